@@ -1,0 +1,54 @@
+"""Model bundles: ``model.safetensors`` (weights, no pickle) + ``config.json``.
+
+The config names the head and its hyper-parameters, the backbones that made its input features
+(CLIP arch/weights, BLIP model, patch spec), the decision threshold and the training
+provenance, so ``predict`` can rebuild the exact feature chain from the bundle alone.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from pipeline.atomic import atomic_path, write_json
+from pipeline.heads.detectors import build_head
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+FORMAT_VERSION = 1
+
+
+def save_bundle(directory: str | Path, model: torch.nn.Module, config: dict[str, Any]) -> None:
+    """Write weights then config, each atomically (config last marks the bundle complete)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(directory / WEIGHTS) as tmp:
+        save_file(state, str(tmp))
+    write_json(directory / CONFIG, {"format_version": FORMAT_VERSION, **config})
+
+
+def load_bundle(directory: str | Path, device: str | torch.device = "cpu"
+                ) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild a head from a bundle directory (safetensors only; no code is executed)."""
+    directory = Path(directory)
+    cfg_path, weights = directory / CONFIG, directory / WEIGHTS
+    if not cfg_path.exists() or not weights.exists():
+        raise FileNotFoundError(
+            f"{directory} is not a model bundle (needs {CONFIG} and {WEIGHTS}); train one with "
+            "`nsnet train` or `dvc repro`"
+        )
+    config = json.loads(cfg_path.read_text())
+    if config.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{directory}: unsupported bundle format {config.get('format_version')}")
+    head = config["head"]
+    model = build_head(head["kind"], head["dim"], **head["hparams"])
+    state = load_file(str(weights))
+    if "basis" in state:  # NS-Net: the basis width is data-dependent (k may be clipped)
+        model.basis = torch.zeros_like(state["basis"])
+    model.load_state_dict(state, strict=True)
+    return model.to(device).eval(), config

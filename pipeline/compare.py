@@ -1,0 +1,54 @@
+"""Train every head on the same cache and print one comparison table (per source + mean)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pipeline.atomic import write_json
+from pipeline.config import Params
+from pipeline.evaluate import evaluate_sets
+from pipeline.features import load_features
+from pipeline.heads.detectors import HEADS
+from pipeline.metrics import pct
+from pipeline.provenance import base_provenance
+from pipeline.train import train_head
+
+METRICS = ("acc", "real_acc", "fake_acc", "ap")
+
+
+def run_compare(params: Params, manifest: str | Path, embeddings: str | Path,
+                heads: tuple[str, ...] = tuple(HEADS), out_json: str | Path | None = None
+                ) -> dict[str, Any]:
+    fs = load_features(params, manifest, embeddings)
+    results: dict[str, Any] = {}
+    for kind in heads:
+        result, config = train_head(params, kind, fs)
+        metrics, _ = evaluate_sets(params, fs, result.model, params.evaluate.threshold)
+        results[kind] = {"test": metrics.get("test"), "val": metrics.get("val"),
+                         "training": config["training"]}
+    out = {"heads": results, "provenance": base_provenance()}
+    if out_json:
+        write_json(out_json, out)
+    return out
+
+
+def format_comparison(out: dict[str, Any], split: str = "test") -> str:
+    """Rows = sources + mean; columns = acc / real / fake / AP for each head."""
+    heads = [h for h, r in out["heads"].items() if r.get(split)]
+    if not heads:
+        return f"(no {split} rows to compare)"
+    sources = sorted({s for h in heads for s in out["heads"][h][split]["per_source"]})
+    width = 4 * 7
+    head_line = f"{'':<18}" + "".join(f"{h:^{width}}|" for h in heads)
+    sub = f"{'source':<18}" + "".join(
+        "".join(f"{m.replace('_acc', ''):>7}" for m in METRICS) + "|" for _ in heads)
+    lines = [head_line, sub]
+    for src in [*sources, "mean"]:
+        cells = []
+        for h in heads:
+            tab = out["heads"][h][split]
+            m = tab["mean"] if src == "mean" else tab["per_source"].get(src, {})
+            cells.append("".join(f"{pct(m.get(k)):>7}" for k in METRICS) + "|")
+        lines.append(f"{src:<18}" + "".join(cells))
+    return "\n".join(lines)

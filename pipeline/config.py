@@ -1,0 +1,250 @@
+"""Parameters: one typed, validated tree loaded from ``params.yaml``.
+
+Everything configurable lives here, so config flows from one place (``load_params``) to every
+stage. Validation happens up front: an unknown key, a wrong type or an out-of-range value raises
+``ParamsError`` naming the dotted key, before any heavy work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ParamsError(ValueError):
+    """A parameter file or override is invalid; the message names the offending key."""
+
+
+def _check(lo: float | None = None, hi: float | None = None, choices: tuple = (), **kw: Any):
+    """Field metadata: inclusive numeric bounds and/or allowed string choices."""
+    return {"lo": lo, "hi": hi, "choices": choices, **kw}
+
+
+LAYOUT_CHOICES = ("auto", "real_fake", "genimage", "ufd", "aigibench")
+
+
+@dataclass
+class SplitParams:
+    train: float = field(default=0.7, metadata=_check(0.0, 1.0))
+    val: float = field(default=0.15, metadata=_check(0.0, 1.0))
+    test: float = field(default=0.15, metadata=_check(0.0, 1.0))
+
+
+@dataclass
+class DataParams:
+    roots: list[str] = field(default_factory=lambda: ["data/demo"])
+    layout: str = field(default="auto", metadata=_check(choices=LAYOUT_CHOICES))
+    split: SplitParams = field(default_factory=SplitParams)
+    max_image_pixels: int = field(default=178_956_970, metadata=_check(1))
+    strict: bool = False
+    num_workers: int = field(default=2, metadata=_check(0, 256))
+
+
+@dataclass
+class ProtocolParams:
+    train_sources: list[str] = field(default_factory=list)
+    test_sources: list[str] = field(default_factory=list)
+    degradations: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PatchParams:
+    size: int = field(default=32, metadata=_check(4, 512))
+    n_low: int = field(default=24, metadata=_check(0, 1024))
+    n_high: int = field(default=25, metadata=_check(0, 1024))
+
+
+@dataclass
+class ClipParams:
+    arch: str = "ViT-L-14"
+    pretrained: str = "openai"
+    batch_size: int = field(default=64, metadata=_check(1, 65536))
+
+
+@dataclass
+class CaptionParams:
+    model: str = "Salesforce/blip-image-captioning-base"
+    max_new_tokens: int = field(default=40, metadata=_check(1, 512))
+    batch_size: int = field(default=16, metadata=_check(1, 65536))
+
+
+@dataclass
+class ComputeParams:
+    device: str = "auto"
+    precision: str = field(default="fp16", metadata=_check(choices=("fp32", "fp16", "bf16")))
+    num_workers: int = field(default=0, metadata=_check(0, 256))
+    shard_size: int = field(default=1024, metadata=_check(1, 10_000_000))
+    scheduler: str = ""
+
+
+@dataclass
+class TrainParams:
+    head: str = field(default="advanced", metadata=_check(choices=("ufd", "nsnet", "advanced")))
+    epochs: int = field(default=20, metadata=_check(1, 100_000))
+    batch_size: int = field(default=256, metadata=_check(2, 1_000_000))
+    lr: float = field(default=2e-4, metadata=_check(0.0, 10.0, exclusive_lo=True))
+    weight_decay: float = field(default=0.0, metadata=_check(0.0, 10.0))
+    temperature: float = field(default=0.07, metadata=_check(1e-4, 100.0))
+    bce_weight: float = field(default=0.1667, metadata=_check(0.0, 1.0))
+    align_weight: float = field(default=0.3, metadata=_check(0.0, 100.0))
+    hidden_dim: int = field(default=512, metadata=_check(1, 65536))
+    proj_dim: int = field(default=128, metadata=_check(1, 65536))
+    dropout: float = field(default=0.1, metadata=_check(0.0, 0.99))
+    nsnet_k: int = field(default=32, metadata=_check(0, 65536))
+    normalize: bool = True
+    balance: bool = True
+    seed: int = field(default=0, metadata=_check(0))
+    device: str = "auto"
+
+
+@dataclass
+class EvaluateParams:
+    threshold: float = field(default=0.5, metadata=_check(0.0, 1.0))
+
+
+@dataclass
+class Params:
+    seed: int = field(default=0, metadata=_check(0))
+    data: DataParams = field(default_factory=DataParams)
+    protocol: ProtocolParams = field(default_factory=ProtocolParams)
+    patches: PatchParams = field(default_factory=PatchParams)
+    clip: ClipParams = field(default_factory=ClipParams)
+    caption: CaptionParams = field(default_factory=CaptionParams)
+    compute: ComputeParams = field(default_factory=ComputeParams)
+    train: TrainParams = field(default_factory=TrainParams)
+    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _coerce(key: str, value: Any, tp: Any, meta: typing.Mapping[str, Any]) -> Any:
+    """Check ``value`` against the annotated type ``tp`` and the field's bounds."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ParamsError(f"{key}: expected a mapping, got {type(value).__name__}")
+        return _build(tp, value, key + ".")
+    if origin in (list, tuple):
+        if not isinstance(value, list | tuple):
+            raise ParamsError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+        (item_tp,) = typing.get_args(tp)[:1]
+        return [_coerce(f"{key}[{i}]", v, item_tp, {}) for i, v in enumerate(value)]
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                return _coerce(key, value, option, meta)
+            except ParamsError:
+                continue
+        raise ParamsError(f"{key}: {value!r} does not match {tp}")
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ParamsError(f"{key}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ParamsError(f"{key}: expected an integer, got {value!r}")
+    elif tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ParamsError(f"{key}: expected a number, got {value!r}")
+        value = float(value)
+    elif tp is str:
+        if not isinstance(value, str):
+            raise ParamsError(f"{key}: expected a string, got {value!r}")
+    lo, hi = meta.get("lo"), meta.get("hi")
+    if lo is not None and (value < lo or (meta.get("exclusive_lo") and value == lo)):
+        raise ParamsError(f"{key}: {value!r} is out of range (must be > {lo})"
+                          if meta.get("exclusive_lo") else
+                          f"{key}: {value!r} is out of range (must be >= {lo})")
+    if hi is not None and value > hi:
+        raise ParamsError(f"{key}: {value!r} is out of range (must be <= {hi})")
+    choices = meta.get("choices") or ()
+    if choices and value not in choices:
+        raise ParamsError(f"{key}: {value!r} is not one of {', '.join(map(str, choices))}")
+    return value
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        section = prefix.rstrip(".") or "top level"
+        raise ParamsError(
+            f"unknown key {prefix}{unknown[0]} (allowed under '{section}': {', '.join(fields)})"
+        )
+    kwargs = {
+        name: _coerce(prefix + name, value, hints[name], fields[name].metadata)
+        for name, value in data.items()
+    }
+    return cls(**kwargs)
+
+
+def _cross_checks(p: Params) -> None:
+    s = p.data.split
+    if abs(s.train + s.val + s.test - 1.0) > 1e-6:
+        raise ParamsError(
+            f"data.split: train + val + test must sum to 1 (got {s.train + s.val + s.test:g})"
+        )
+    if p.patches.n_low + p.patches.n_high < 1:
+        raise ParamsError("patches.n_low + patches.n_high must be at least 1")
+    grid = round((p.patches.n_low + p.patches.n_high) ** 0.5)
+    if grid * grid != p.patches.n_low + p.patches.n_high:
+        raise ParamsError(
+            "patches.n_low + patches.n_high must be a square number (a grid), got "
+            f"{p.patches.n_low + p.patches.n_high}"
+        )
+    if not p.data.roots:
+        raise ParamsError("data.roots: at least one image folder is required")
+
+
+def params_from_dict(data: dict[str, Any] | None) -> Params:
+    """Validate a raw mapping into ``Params`` (missing keys take their defaults)."""
+    params = _build(Params, data or {})
+    _cross_checks(params)
+    return params
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """Parse ``a.b=value`` (value in YAML syntax) into a dotted key and a Python value."""
+    if "=" not in item:
+        raise ParamsError(f"override {item!r} must look like key.sub=value")
+    key, raw = item.split("=", 1)
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def apply_overrides(raw: dict[str, Any], overrides: typing.Iterable[str]) -> dict[str, Any]:
+    """Return a copy of ``raw`` with ``key.sub=value`` overrides applied."""
+    import copy
+
+    out = copy.deepcopy(raw)
+    for item in overrides:
+        key, value = parse_override(item)
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ParamsError(f"override {item!r}: {part} is not a section")
+        node[parts[-1]] = value
+    return out
+
+
+def load_params(path: str | Path = "params.yaml", overrides: typing.Iterable[str] = ()) -> Params:
+    """Read, override and validate a params file. A missing file means all defaults."""
+    path = Path(path)
+    raw: dict[str, Any] = {}
+    if path.exists():
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ParamsError(f"{path}: not valid YAML: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise ParamsError(f"{path}: the top level must be a mapping")
+    return params_from_dict(apply_overrides(raw, overrides))

@@ -1,0 +1,70 @@
+"""The ``evaluate`` stage: metrics per split and per source, curves for ``dvc plots``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline.atomic import atomic_path, write_json
+from pipeline.bundle import load_bundle
+from pipeline.config import Params
+from pipeline.features import FeatureSet, load_features, select
+from pipeline.metrics import per_source_table, pr_curve, roc_curve
+from pipeline.provenance import base_provenance, fingerprint
+from pipeline.training import predict_proba
+
+
+def score(model: Any, fs: FeatureSet) -> pd.DataFrame:
+    frame = fs.frame.copy()
+    frame["prob"] = predict_proba(model, fs.image, fs.text)
+    return frame
+
+
+def evaluate_sets(params: Params, fs: FeatureSet, model: Any, threshold: float
+                  ) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Metrics on val (training sources) and test (protocol's test sources)."""
+    results: dict[str, Any] = {}
+    scored = []
+    sets = {"val": select(fs, "val", params.protocol.train_sources or None),
+            "test": select(fs, "test", params.protocol.test_sources or None)}
+    for name, subset in sets.items():
+        if not len(subset):
+            continue
+        frame = score(model, subset)
+        frame["eval_split"] = name
+        scored.append(frame)
+        results[name] = per_source_table(frame, threshold=threshold)
+    return results, pd.concat(scored, ignore_index=True) if scored else pd.DataFrame()
+
+
+def _csv(path: Path, df: pd.DataFrame) -> None:
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
+
+
+def run_evaluate(params: Params, manifest: str | Path, embeddings: str | Path,
+                 model_dir: str | Path, metrics_json: str | Path, plots_dir: str | Path
+                 ) -> dict[str, Any]:
+    fs = load_features(params, manifest, embeddings)
+    model, config = load_bundle(model_dir)
+    threshold = params.evaluate.threshold
+    results, scored = evaluate_sets(params, fs, model, threshold)
+    plots_dir = Path(plots_dir)
+    test = scored[scored["eval_split"] == "test"] if len(scored) else scored
+    if len(test):
+        y, p = test["label"].to_numpy(), test["prob"].to_numpy()
+        _csv(plots_dir / "roc.csv", roc_curve(y, p))
+        _csv(plots_dir / "pr.csv", pr_curve(y, p))
+        pred = pd.DataFrame({"actual": np.where(y == 1, "fake", "real"),
+                             "predicted": np.where(p >= threshold, "fake", "real")})
+        _csv(plots_dir / "confusion.csv", pred)
+    out = {**results, "threshold": threshold, "head": config["head"]["kind"],
+           "model": {"features": config["training"]["features"],
+                     "best_epoch": config["training"]["best_epoch"]},
+           "scored_ids": fingerprint(scored["id"].tolist()) if len(scored) else "",
+           "provenance": base_provenance()}
+    write_json(metrics_json, out)
+    return out

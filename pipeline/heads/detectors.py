@@ -1,0 +1,131 @@
+"""The three detectors, all functions of cached (image, caption) CLIP embeddings.
+
+* ``UFDProbe``       linear probe on raw image features (Ojha et al. 2023)
+* ``NSNet``          fixed null-space projection ``P = I - V_k V_k^T`` from the training
+                     captions, then an MLP head (Yan et al. 2025)
+* ``AdvancedNSNet``  learned semantic mapper ``f = LayerNorm(t + MLP(t))`` and per-sample
+                     projection ``x - (x.f)/(f.f) f``, then the same MLP head (the seed)
+
+Each ``forward(x, t)`` returns a ``HeadOutput`` with the logit (fake = positive), the
+contrastive embedding and, for the advanced head, the mapped semantic direction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.heads.projection import project_out_direction, project_out_subspace
+
+
+@dataclass
+class HeadOutput:
+    logit: torch.Tensor  # (B,)
+    embedding: torch.Tensor | None  # (B, proj_dim) for the contrastive loss
+    projected: torch.Tensor  # (B, d) the feature the classifier saw
+    semantic: torch.Tensor | None = None  # (B, d) mapped caption direction (advanced)
+
+
+class ArtifactHead(nn.Module):
+    """MLP over the projected feature: a logit for BCE and an embedding for SupCon."""
+
+    def __init__(self, dim: int, hidden: int, proj_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout),
+                                  nn.Linear(hidden, hidden), nn.GELU())
+        self.classifier = nn.Linear(hidden, 1)
+        self.contrast = nn.Linear(hidden, proj_dim)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.body(x)
+        return self.classifier(h).squeeze(-1), self.contrast(h)
+
+
+class _Base(nn.Module):
+    kind = "base"
+
+    def __init__(self, dim: int, normalize: bool) -> None:
+        super().__init__()
+        self.dim = dim
+        self.normalize = normalize
+
+    def _prep(self, v: torch.Tensor) -> torch.Tensor:
+        v = v.float()
+        return F.normalize(v, dim=-1) if self.normalize else v
+
+
+class UFDProbe(_Base):
+    kind = "ufd"
+
+    def __init__(self, dim: int, normalize: bool = True, **_: object) -> None:
+        super().__init__(dim, normalize)
+        self.linear = nn.Linear(dim, 1)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor | None = None) -> HeadOutput:
+        x = self._prep(x)
+        return HeadOutput(self.linear(x).squeeze(-1), None, x)
+
+
+class NSNet(_Base):
+    kind = "nsnet"
+
+    def __init__(self, dim: int, hidden_dim: int = 512, proj_dim: int = 128, dropout: float = 0.1,
+                 nsnet_k: int = 32, normalize: bool = True, **_: object) -> None:
+        super().__init__(dim, normalize)
+        self.register_buffer("basis", torch.zeros(dim, min(nsnet_k, dim)))
+        self.head = ArtifactHead(dim, hidden_dim, proj_dim, dropout)
+
+    @torch.no_grad()
+    def set_basis(self, basis: torch.Tensor) -> None:
+        self.basis = basis.to(self.basis.device, torch.float32).contiguous()
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor | None = None) -> HeadOutput:
+        xp = project_out_subspace(self._prep(x), self.basis)
+        logit, emb = self.head(xp)
+        return HeadOutput(logit, emb, xp)
+
+
+class SemanticMapper(nn.Module):
+    """``f = LayerNorm(t + MLP(t))``; the MLP's last layer starts at zero, so f starts as
+    LayerNorm(t), i.e. (up to normalisation) the identity map on the caption embedding."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        nn.init.zeros_(self.mlp[2].weight)
+        nn.init.zeros_(self.mlp[2].bias)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.norm(t + self.mlp(t))
+
+
+class AdvancedNSNet(_Base):
+    kind = "advanced"
+
+    def __init__(self, dim: int, hidden_dim: int = 512, proj_dim: int = 128, dropout: float = 0.1,
+                 normalize: bool = True, **_: object) -> None:
+        super().__init__(dim, normalize)
+        self.mapper = SemanticMapper(dim, hidden_dim)
+        self.head = ArtifactHead(dim, hidden_dim, proj_dim, dropout)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor | None = None) -> HeadOutput:
+        if t is None:
+            raise ValueError("the advanced head needs the caption embedding t")
+        x = self._prep(x)
+        f = self.mapper(self._prep(t))
+        xp = project_out_direction(x, f)
+        logit, emb = self.head(xp)
+        return HeadOutput(logit, emb, xp, f)
+
+
+HEADS: dict[str, type[_Base]] = {"ufd": UFDProbe, "nsnet": NSNet, "advanced": AdvancedNSNet}
+
+
+def build_head(kind: str, dim: int, **hparams: object) -> _Base:
+    if kind not in HEADS:
+        raise ValueError(f"unknown head {kind!r}; choose one of {', '.join(HEADS)}")
+    return HEADS[kind](dim, **hparams)

@@ -1,0 +1,202 @@
+"""The ``index`` stage: scan image roots into ``cache/manifest.parquet``.
+
+One row per image file: stable content id, path, label, source, deterministic split, size,
+mode, and a status/error column. Unreadable files are kept with a reason (never silently
+dropped); exact duplicate contents are reported, and contents found under both labels are
+excluded as label conflicts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+from pipeline.atomic import write_json
+from pipeline.config import Params
+from pipeline.images import ImageError, open_image, read_bytes
+from pipeline.layouts import LayoutError, iter_entries
+from pipeline.provenance import base_provenance
+from pipeline.store import write_table
+
+MANIFEST_COLUMNS = [
+    "id", "path", "path_raw", "label", "source", "split", "width", "height", "mode", "format",
+    "bytes", "status", "error",
+]
+OK = "ok"
+
+
+class StrictModeError(RuntimeError):
+    """``--strict`` was given and some images were skipped."""
+
+
+def content_id(data: bytes) -> str:
+    """Stable 128-bit content hash used as the image id everywhere downstream."""
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def split_for(image_id: str, train: float, val: float) -> str:
+    """Deterministic split from the content hash: identical bytes always share a split."""
+    u = int(image_id[:8], 16) / 2**32
+    if u < train:
+        return "train"
+    if u < train + val:
+        return "val"
+    return "test"
+
+
+@dataclass(frozen=True)
+class _Probe:
+    path: str
+    max_pixels: int
+    min_side: int
+
+
+def _probe(job: _Probe) -> dict[str, Any]:
+    """Hash and fully decode one file (runs in a worker process)."""
+    row: dict[str, Any] = {"id": None, "width": -1, "height": -1, "mode": "", "format": "",
+                           "bytes": -1, "status": OK, "error": ""}
+    try:
+        data = read_bytes(job.path)
+        row["bytes"] = len(data)
+        row["id"] = content_id(data)
+        _, info = open_image(data, job.max_pixels)
+        row.update(width=info.width, height=info.height, mode=info.mode, format=info.format)
+        if min(info.width, info.height) < job.min_side:
+            row.update(status="too_small",
+                       error=f"{info.width}x{info.height} is smaller than one "
+                             f"{job.min_side}x{job.min_side} patch")
+    except ImageError as exc:
+        row.update(status=exc.reason, error=exc.detail)
+    if row["id"] is None:  # unreadable: derive a stable id from the path instead
+        row["id"] = "path-" + hashlib.blake2b(os.fsencode(job.path), digest_size=12).hexdigest()
+    return row
+
+
+def _display(path: str) -> str:
+    """A printable version of a path whose name may not be valid UTF-8."""
+    return os.fsencode(path).decode("utf-8", errors="backslashreplace")
+
+
+def scan(params: Params) -> pd.DataFrame:
+    """Walk the configured roots and probe every image file."""
+    entries = []
+    for root in params.data.roots:
+        try:
+            entries.extend(iter_entries(root, params.data.layout))
+        except LayoutError:
+            raise
+    if not entries:
+        raise LayoutError(
+            f"no image files with a real/fake label folder found under {params.data.roots}"
+        )
+    jobs = [_Probe(e.path, params.data.max_image_pixels, params.patches.size) for e in entries]
+    workers = params.data.num_workers
+    if workers > 1 and len(jobs) > 64:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            probes = list(pool.map(_probe, jobs, chunksize=32))
+    else:
+        probes = [_probe(j) for j in jobs]
+    rows = []
+    for e, p in zip(entries, probes, strict=True):
+        split = e.split
+        if split is None:
+            split = split_for(p["id"], params.data.split.train, params.data.split.val)
+        elif split == "train" and not any(x.split == "val" for x in entries):
+            # The layout has train/test only: carve a deterministic val split out of train.
+            tv = params.data.split.train + params.data.split.val
+            split = "val" if split_for(p["id"], params.data.split.train / tv, 1.0) != "train" \
+                else "train"
+        rows.append({**p, "path": _display(e.path), "path_raw": os.fsencode(e.path),
+                     "label": e.label, "source": e.source, "split": split})
+    df = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+    return df.sort_values(["path_raw"], kind="stable").reset_index(drop=True)
+
+
+def mark_duplicates(df: pd.DataFrame) -> dict[str, Any]:
+    """Flag repeated contents in place; return the duplicate report."""
+    ok = df["status"] == OK
+    groups = df[ok].groupby("id").indices
+    conflicts, duplicates, cross_split = [], [], []
+    ok_index = df.index[ok]
+    for image_id, positions in groups.items():
+        if len(positions) < 2:
+            continue
+        idx = ok_index[positions]
+        sub = df.loc[idx]
+        entry = {"id": image_id, "paths": sub["path"].tolist(), "labels": sub["label"].tolist(),
+                 "splits": sub["split"].tolist()}
+        if sub["label"].nunique() > 1:
+            conflicts.append(entry)
+            df.loc[idx, "status"] = "label_conflict"
+            df.loc[idx, "error"] = "the same content appears as real and as fake"
+            continue
+        if sub["split"].nunique() > 1:
+            cross_split.append(entry)
+        duplicates.append(entry)
+        df.loc[idx[1:], "status"] = "duplicate"
+        df.loc[idx[1:], "error"] = f"same content as {sub['path'].iloc[0]}"
+    return {"label_conflicts": conflicts, "duplicates": duplicates,
+            "cross_split_duplicates": cross_split}
+
+
+def summarise(df: pd.DataFrame) -> dict[str, Any]:
+    ok = df[df["status"] == OK]
+    return {
+        "files": len(df),
+        "ok": len(ok),
+        "skipped": dict(Counter(df.loc[df["status"] != OK, "status"])),
+        "by_split_label": {f"{s}/{'fake' if lab else 'real'}": int(n)
+                           for (s, lab), n in ok.groupby(["split", "label"]).size().items()},
+        "by_source": {str(k): int(v) for k, v in ok.groupby("source").size().items()},
+    }
+
+
+def read_manifest(path: str | Path, only_ok: bool = False) -> pd.DataFrame:
+    """Read a manifest written by ``write_manifest``."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: run `nsnet index` (or `dvc repro`) first")
+    df = pq.read_table(path).to_pandas()
+    if only_ok:
+        df = df[df["status"] == OK].reset_index(drop=True)
+    return df
+
+
+def build_index(params: Params, out: str | Path, report: str | Path,
+                strict: bool | None = None) -> dict[str, Any]:
+    """Run the index stage end to end; return the summary that was also written to ``report``."""
+    df = scan(params)
+    dup_report = mark_duplicates(df)
+    summary = summarise(df)
+    strict = params.data.strict if strict is None else strict
+    skipped = df[df["status"] != OK]
+    if strict and len(skipped):
+        first = skipped.iloc[0]
+        raise StrictModeError(
+            f"--strict: {len(skipped)} file(s) would be skipped, e.g. {first['path']} "
+            f"({first['status']}: {first['error']})"
+        )
+    provenance = {
+        **base_provenance(),
+        "stage": "index",
+        "roots": list(params.data.roots),
+        "layout": params.data.layout,
+        "split": params.data.split.__dict__,
+        "max_image_pixels": params.data.max_image_pixels,
+        "patch_size": params.patches.size,
+    }
+    write_table(out, df, provenance)
+    skipped_list = [
+        {"path": r.path, "status": r.status, "error": r.error} for r in skipped.itertuples()
+    ]
+    write_json(report, {"summary": summary, **dup_report, "skipped": skipped_list[:10000],
+                        "provenance": provenance})
+    return {"summary": summary, **{k: len(v) for k, v in dup_report.items()}}

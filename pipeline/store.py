@@ -1,0 +1,112 @@
+"""The feature store: HDF5 arrays and Parquet tables aligned with manifest ids.
+
+Files (all under ``cache/``):
+
+* ``patches.h5``     ``ids`` (N,), ``composites`` uint8 (N, S, S, 3), ``coords`` int32 (N, K, 2)
+                      pixel (y, x) of each grid patch in the EXIF-oriented image, ``entropy``
+                      float32 (N, K)
+* ``captions.parquet`` columns id, caption, model
+* ``embeddings.h5``  ``ids`` (N,), ``image`` float16 (N, d), ``text`` float16 (N, d)
+
+Each carries its provenance as JSON (HDF5 attribute / Parquet schema metadata ``nsnet``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.atomic import atomic_path
+
+ID_DTYPE = "S64"
+
+
+def encode_ids(ids: Sequence[str]) -> np.ndarray:
+    return np.asarray([i.encode() for i in ids], dtype=ID_DTYPE)
+
+
+def decode_ids(arr: np.ndarray) -> list[str]:
+    return [bytes(x).decode() for x in arr]
+
+
+def write_h5(path: str | Path, arrays: dict[str, np.ndarray], ids: Sequence[str],
+             provenance: dict[str, Any], chunk_rows: int = 64) -> None:
+    """Atomically write aligned arrays (first axis = ids) with provenance."""
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("ids", data=encode_ids(ids))
+        for name, arr in arrays.items():
+            chunks = (max(1, min(chunk_rows, len(arr))), *arr.shape[1:]) if len(arr) else None
+            f.create_dataset(name, data=arr, chunks=chunks)
+        f.attrs["provenance"] = json.dumps(provenance, sort_keys=True)
+
+
+def concat_h5(path: str | Path, parts: Sequence[str | Path], names: Sequence[str],
+              provenance: dict[str, Any], chunk_rows: int = 64) -> int:
+    """Stream shard files (same datasets) into one aligned file, atomically. Returns rows.
+
+    ``chunk_rows=0`` writes contiguous datasets, which readers can memory-map.
+    """
+    total = 0
+    shapes: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+    for part in parts:
+        with h5py.File(part, "r") as f:
+            total += len(f["ids"])
+            for n in names:
+                shapes[n] = (f[n].shape[1:], f[n].dtype)
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as out:
+        ids = out.create_dataset("ids", shape=(total,), dtype=ID_DTYPE)
+        dsets = {
+            n: out.create_dataset(n, shape=(total, *shape), dtype=dtype,
+                                  chunks=(max(1, min(chunk_rows, total)), *shape)
+                                  if total and chunk_rows else None)
+            for n, (shape, dtype) in shapes.items()
+        }
+        row = 0
+        for part in parts:
+            with h5py.File(part, "r") as f:
+                n = len(f["ids"])
+                ids[row:row + n] = f["ids"][:]
+                for name, d in dsets.items():
+                    d[row:row + n] = f[name][:]
+                row += n
+        out.attrs["provenance"] = json.dumps(provenance, sort_keys=True)
+    return total
+
+
+def h5_provenance(path: str | Path) -> dict[str, Any]:
+    with h5py.File(path, "r") as f:
+        return json.loads(f.attrs.get("provenance", "{}"))
+
+
+def h5_ids(path: str | Path) -> list[str]:
+    with h5py.File(path, "r") as f:
+        return decode_ids(f["ids"][:])
+
+
+def write_table(path: str | Path, df: pd.DataFrame, provenance: dict[str, Any]) -> None:
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    table = table.replace_schema_metadata(
+        {**(table.schema.metadata or {}), b"nsnet": json.dumps(provenance, sort_keys=True).encode()}
+    )
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def table_provenance(path: str | Path) -> dict[str, Any]:
+    meta = pq.read_schema(path).metadata or {}
+    return json.loads(meta.get(b"nsnet", b"{}"))
+
+
+def require(path: str | Path, producer: str) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: run `nsnet {producer}` (or `dvc repro`) first")
+    return path

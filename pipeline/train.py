@@ -1,0 +1,66 @@
+"""The ``train`` stage: fit the configured head on the protocol's training rows."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from pipeline.atomic import atomic_path
+from pipeline.bundle import save_bundle
+from pipeline.config import Params
+from pipeline.features import FeatureSet, load_features, select
+from pipeline.provenance import base_provenance, fingerprint
+from pipeline.training import HPARAM_KEYS, TrainResult, fit
+
+
+def training_sets(params: Params, fs: FeatureSet) -> tuple[FeatureSet, FeatureSet]:
+    """Train and validation rows of the protocol (validation = same sources, val split)."""
+    sources = params.protocol.train_sources or None
+    return select(fs, "train", sources), select(fs, "val", sources)
+
+
+def bundle_config(params: Params, kind: str, result: TrainResult, fs: FeatureSet,
+                  train: FeatureSet, dim: int) -> dict[str, Any]:
+    prov = fs.provenance
+    return {
+        "head": {"kind": kind, "dim": dim,
+                 "hparams": {k: getattr(params.train, k) for k in HPARAM_KEYS}},
+        "threshold": params.evaluate.threshold,
+        "backbones": {
+            "clip": {k: prov.get(k) for k in ("clip_arch", "clip_pretrained", "weights",
+                                               "weights_blake2b", "mean", "std", "image_size",
+                                               "embed_dim")},
+            "blip": {"model": prov.get("blip_model"),
+                     "max_new_tokens": params.caption.max_new_tokens},
+            "patches": prov.get("patch_spec"),
+        },
+        "training": {
+            "params": dataclasses.asdict(params.train),
+            "protocol": dataclasses.asdict(params.protocol),
+            "n_train": len(train), "train_sources": sorted(set(train.frame["source"])),
+            "train_ids": fingerprint(train.frame["id"].tolist()),
+            "features": fingerprint(prov),
+            "best_epoch": result.best_epoch, "best_val_ap": result.best_val_ap,
+            **result.info,
+        },
+        "provenance": base_provenance(),
+    }
+
+
+def train_head(params: Params, kind: str, fs: FeatureSet) -> tuple[TrainResult, dict[str, Any]]:
+    train, val = training_sets(params, fs)
+    result = fit(kind, train, val, params.train)
+    return result, bundle_config(params, kind, result, fs, train, fs.image.shape[1])
+
+
+def run_train(params: Params, manifest: str | Path, embeddings: str | Path, out_dir: str | Path,
+              log_csv: str | Path) -> dict[str, Any]:
+    fs = load_features(params, manifest, embeddings)
+    result, config = train_head(params, params.train.head, fs)
+    with atomic_path(log_csv) as tmp:
+        pd.DataFrame(result.history).to_csv(tmp, index=False)
+    save_bundle(out_dir, result.model, config)
+    return config["training"]

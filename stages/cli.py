@@ -1,0 +1,29 @@
+"""The `nsnet` console script: one subcommand per stage."""
+
+import click
+
+from stages.caption import caption
+from stages.compare import compare
+from stages.demo_data import demo_data
+from stages.embed import embed
+from stages.evaluate import evaluate
+from stages.index import index
+from stages.patches import patches
+from stages.train import train
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="nsnet")
+def main() -> None:
+    """NS-Net / Advanced NS-Net detector of AI-generated images.
+
+    Stages (usually driven by `dvc repro`): index -> patches -> caption -> embed -> train ->
+    evaluate. Every command reads params.yaml and accepts --set key=value overrides.
+    """
+
+
+for command in (index, patches, caption, embed, train, evaluate, compare, demo_data):
+    main.add_command(command)
+
+if __name__ == "__main__":
+    main()

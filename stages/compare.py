@@ -1,0 +1,27 @@
+"""`nsnet compare`: all heads on the same cache, one table."""
+
+import click
+
+from pipeline.compare import format_comparison, run_compare
+from pipeline.heads.detectors import HEADS
+from stages.common import friendly_errors, load, params_options
+
+
+@click.command("compare")
+@params_options
+@click.option("--manifest", default="cache/manifest.parquet", show_default=True)
+@click.option("--embeddings", default="cache/embeddings.h5", show_default=True)
+@click.option("--heads", default=",".join(HEADS), show_default=True,
+              help="Comma-separated heads to train and compare.")
+@click.option("--out", default="metrics/compare.json", show_default=True)
+@friendly_errors
+def compare(params_file: str, overrides: tuple[str, ...], manifest: str, embeddings: str,
+            heads: str, out: str) -> None:
+    """Train each head on the protocol's training rows; print test acc/real/fake/AP (%)."""
+    params = load(params_file, overrides)
+    chosen = tuple(h.strip() for h in heads.split(",") if h.strip())
+    unknown = [h for h in chosen if h not in HEADS]
+    if unknown:
+        raise click.BadParameter(f"unknown head(s) {unknown}; choose from {list(HEADS)}")
+    res = run_compare(params, manifest, embeddings, chosen, out)
+    click.echo(format_comparison(res, "test"))

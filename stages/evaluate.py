@@ -1,0 +1,25 @@
+"""`nsnet evaluate`: metrics per source and curves for dvc plots."""
+
+import click
+
+from pipeline.evaluate import run_evaluate
+from pipeline.metrics import format_table
+from stages.common import friendly_errors, load, params_options
+
+
+@click.command("evaluate")
+@params_options
+@click.option("--manifest", default="cache/manifest.parquet", show_default=True)
+@click.option("--embeddings", default="cache/embeddings.h5", show_default=True)
+@click.option("--model", "model_dir", default="models/detector", show_default=True)
+@click.option("--out", default="metrics/metrics.json", show_default=True)
+@click.option("--plots", "plots_dir", default="plots", show_default=True)
+@friendly_errors
+def evaluate(params_file: str, overrides: tuple[str, ...], manifest: str, embeddings: str,
+             model_dir: str, out: str, plots_dir: str) -> None:
+    """Accuracy, real/fake accuracy, AP and ROC AUC on val and test, per source and mean."""
+    params = load(params_file, overrides)
+    res = run_evaluate(params, manifest, embeddings, model_dir, out, plots_dir)
+    for split in ("val", "test"):
+        if split in res:
+            click.echo(format_table(res[split], f"\n[{res['head']}] {split} (%)"))

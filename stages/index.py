@@ -1,0 +1,25 @@
+"""`nsnet index`: scan image folders into the manifest."""
+
+import click
+
+from pipeline.manifest import build_index
+from stages.common import echo_summary, friendly_errors, load, params_options
+
+
+@click.command("index")
+@params_options
+@click.option("--out", default="cache/manifest.parquet", show_default=True)
+@click.option("--report", default="cache/index_report.json", show_default=True)
+@click.option("--strict/--no-strict", default=None, help="Fail if any file would be skipped.")
+@friendly_errors
+def index(params_file: str, overrides: tuple[str, ...], out: str, report: str,
+          strict: bool | None) -> None:
+    """Scan data.roots into a manifest: id, label, source, split, size, status."""
+    params = load(params_file, overrides)
+    res = build_index(params, out, report, strict)
+    s = res["summary"]
+    echo_summary(
+        f"index: {s['files']} files, {s['ok']} usable, skipped {s['skipped'] or 'none'}; "
+        f"{res['duplicates']} duplicate groups ({res['cross_split_duplicates']} across splits), "
+        f"{res['label_conflicts']} label conflicts; splits {s['by_split_label']} (see {report})"
+    )
