@@ -8,6 +8,7 @@ stage. Validation happens up front: an unknown key, a wrong type or an out-of-ra
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,6 +20,17 @@ import yaml
 
 class ParamsError(ValueError):
     """A parameter file or override is invalid; the message names the offending key."""
+
+
+class _Loader(yaml.SafeLoader):
+    """Safe YAML loader that also reads ``1e-3`` (no dot) as a float, as YAML 1.2 and DVC do."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
 
 
 def _check(lo: float | None = None, hi: float | None = None, choices: tuple = (), **kw: Any):
@@ -216,7 +228,7 @@ def parse_override(item: str) -> tuple[str, Any]:
     if "=" not in item:
         raise ParamsError(f"override {item!r} must look like key.sub=value")
     key, raw = item.split("=", 1)
-    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+    return key.strip(), yaml.load(raw, Loader=_Loader) if raw.strip() else ""
 
 
 def apply_overrides(raw: dict[str, Any], overrides: typing.Iterable[str]) -> dict[str, Any]:
@@ -242,7 +254,7 @@ def load_params(path: str | Path = "params.yaml", overrides: typing.Iterable[str
     raw: dict[str, Any] = {}
     if path.exists():
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
+            raw = yaml.load(path.read_text(), Loader=_Loader) or {}
         except yaml.YAMLError as exc:
             raise ParamsError(f"{path}: not valid YAML: {exc}") from exc
         if not isinstance(raw, dict):

@@ -1,0 +1,137 @@
+"""Parameters: the repo's params.yaml validates; overrides and every kind of error name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import (
+    Params,
+    ParamsError,
+    apply_overrides,
+    load_params,
+    params_from_dict,
+    parse_override,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def repo_raw() -> dict:
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def test_repo_params_load_and_name_the_real_models():
+    p = load_params(ROOT / "params.yaml")
+    assert isinstance(p, Params)
+    assert (p.clip.arch, p.clip.pretrained) == ("ViT-L-14", "openai")
+    assert p.caption.model == "Salesforce/blip-image-captioning-base"
+    assert p.caption.max_new_tokens == 40
+    assert (p.patches.size, p.patches.n_low, p.patches.n_high) == (32, 24, 25)
+    # Every key written in params.yaml is a known key (nothing silently ignored).
+    assert params_from_dict(repo_raw()).to_dict().keys() == Params().to_dict().keys()
+
+
+def test_code_defaults_match_params_yaml_models():
+    d = Params()
+    assert (d.clip.arch, d.clip.pretrained) == ("ViT-L-14", "openai")
+    assert d.caption.model == "Salesforce/blip-image-captioning-base"
+
+
+def test_missing_file_means_defaults(tmp_path):
+    assert load_params(tmp_path / "absent.yaml").to_dict() == Params().to_dict()
+
+
+@pytest.mark.parametrize(("item", "key", "value"), [
+    ("train.lr=1e-3", "train.lr", 1e-3),
+    ("train.epochs=7", "train.epochs", 7),
+    ("train.normalize=false", "train.normalize", False),
+    ("protocol.train_sources=[real, tconv]", "protocol.train_sources", ["real", "tconv"]),
+    ("clip.pretrained=", "clip.pretrained", ""),
+    ("caption.model=a=b", "caption.model", "a=b"),
+    (" seed = 3", "seed", 3),
+])
+def test_parse_override(item, key, value):
+    assert parse_override(item) == (key, value)
+
+
+def test_parse_override_without_equals_is_an_error():
+    with pytest.raises(ParamsError, match="train.lr"):
+        parse_override("train.lr")
+
+
+def test_apply_overrides_copies_and_overrides():
+    raw = repo_raw()
+    out = apply_overrides(raw, ["train.lr=0.01", "train.head=ufd", "data.split.val=0.2",
+                                "data.split.test=0.1"])
+    assert raw["train"]["lr"] == 0.0002  # the input is untouched
+    p = params_from_dict(out)
+    assert (p.train.lr, p.train.head, p.data.split.val) == (0.01, "ufd", 0.2)
+    assert p.train.epochs == raw["train"]["epochs"]  # siblings keep their values
+
+
+def test_load_params_applies_overrides(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(repo_raw()))
+    p = load_params(path, ["train.epochs=3", "clip.arch=tiny"])
+    assert (p.train.epochs, p.clip.arch) == (3, "tiny")
+
+
+def test_exponent_without_dot_is_a_float_in_files_and_overrides(tmp_path):
+    """YAML 1.1 reads ``1e-3`` as a string; DVC (YAML 1.2) and users write it as a number."""
+    path = tmp_path / "params.yaml"
+    path.write_text("train:\n  lr: 1e-3\n  weight_decay: 5E-4\n")
+    p = load_params(path, ["train.temperature=2e-2"])
+    assert (p.train.lr, p.train.weight_decay, p.train.temperature) == (1e-3, 5e-4, 2e-2)
+
+
+def test_override_into_a_scalar_is_an_error():
+    with pytest.raises(ParamsError, match="seed"):
+        apply_overrides(repo_raw(), ["seed.x=1"])
+
+
+@pytest.mark.parametrize(("overrides", "key", "detail"), [
+    (["train.lerning_rate=0.1"], "train.lerning_rate", "unknown key"),
+    (["trian.lr=0.1"], "trian", "unknown key"),
+    (["data.split.tran=0.7"], "data.split.tran", "unknown key"),
+    (["train.epochs=ten"], "train.epochs", "integer"),
+    (["train.epochs=2.5"], "train.epochs", "integer"),
+    (["train.normalize=1"], "train.normalize", "true/false"),
+    (["train.lr=fast"], "train.lr", "number"),
+    (["data.roots=data"], "data.roots", "list"),
+    (["clip.arch=3"], "clip.arch", "string"),
+    (["train.lr=0"], "train.lr", "out of range"),
+    (["train.lr=-1"], "train.lr", "out of range"),
+    (["train.dropout=1.5"], "train.dropout", "out of range"),
+    (["patches.size=2"], "patches.size", "out of range"),
+    (["data.split.train=1.5"], "data.split.train", "out of range"),
+    (["train.head=resnet"], "train.head", "not one of"),
+    (["compute.precision=fp8"], "compute.precision", "not one of"),
+    (["data.split.train=0.5"], "data.split", "sum to 1"),
+    (["patches.n_low=20"], "patches.n_low", "square"),
+    (["data.roots=[]"], "data.roots", "at least one"),
+])
+def test_bad_values_raise_params_error_naming_the_key(overrides, key, detail):
+    with pytest.raises(ParamsError) as err:
+        params_from_dict(apply_overrides(repo_raw(), overrides))
+    assert key in str(err.value)
+    assert detail in str(err.value)
+
+
+def test_bad_yaml_file_is_a_params_error(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(ParamsError, match="params.yaml"):
+        load_params(bad)
+    bad.write_text("- a list\n")
+    with pytest.raises(ParamsError, match="mapping"):
+        load_params(bad)
+
+
+def test_section_given_as_scalar_is_an_error():
+    raw = repo_raw()
+    raw["train"] = 5
+    with pytest.raises(ParamsError, match="train: expected a mapping"):
+        params_from_dict(raw)
