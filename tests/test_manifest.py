@@ -110,7 +110,7 @@ def test_report_json_and_provenance(small_root, tmp_path):
     assert {s["status"] for s in rep["skipped"]} >= {"too_small", "duplicate", "label_conflict"}
     prov = table_provenance(out)
     assert prov["stage"] == "index"
-    assert prov["roots"] == [str(small_root)]
+    assert str(small_root) in json.dumps(prov["roots"])
     assert prov["split"] == {"train": 0.7, "val": 0.15, "test": 0.15}
     assert prov["patch_size"] == 32
     assert prov["nsnet_version"] and prov["code_version"] and prov["torch"]
