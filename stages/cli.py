@@ -9,6 +9,7 @@ from stages.embed import embed
 from stages.evaluate import evaluate
 from stages.index import index
 from stages.patches import patches
+from stages.predict import predict
 from stages.train import train
 
 
@@ -23,6 +24,8 @@ def main() -> None:
 
 
 for command in (index, patches, caption, embed, train, evaluate, compare, demo_data):
+    main.add_command(command)
+for command in (predict,):
     main.add_command(command)
 
 if __name__ == "__main__":

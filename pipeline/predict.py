@@ -1,0 +1,204 @@
+"""Scoring new images with a trained bundle: the training feature chain, run on the fly.
+
+``load_chain(bundle)`` rebuilds, from the bundle's ``config.json`` alone, the exact chain that
+made the training features: patch selection with the bundle's patch spec (grid order seeded by
+the content hash, as in ``nsnet patches``), a BLIP caption of the whole image, CLIP embeddings
+of composite and caption, and the head. Embeddings are rounded through float16 like the
+feature cache, so an image scores the same here as in ``nsnet evaluate``.
+"""
+
+from __future__ import annotations
+
+import glob
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from pipeline.atomic import atomic_path
+from pipeline.bundle import load_bundle
+from pipeline.images import IMAGE_EXTENSIONS, ImageError, open_image, read_bytes
+from pipeline.manifest import content_id
+from pipeline.patches import PatchSpec, Selection, select_batch
+
+AMP = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+RESULT_COLUMNS = ["path", "status", "prob", "label", "caption", "id", "width", "height", "error"]
+OUT_FORMATS = (".csv", ".jsonl", ".parquet")
+FAKE, REAL = "generated", "real"
+
+
+@dataclass
+class Chain:
+    """A bundle's head plus the backbones and settings that produce its input features."""
+
+    head: torch.nn.Module
+    config: dict[str, Any]
+    spec: PatchSpec
+    clip: Any  # pipeline.models.clip.ClipBackbone
+    blip: Any  # pipeline.models.blip.Captioner
+    max_new_tokens: int
+    threshold: float
+    amp: torch.dtype | None = None
+
+    @property
+    def kind(self) -> str:
+        return self.config["head"]["kind"]
+
+
+def load_chain(model_dir: str | Path, device: str = "auto", precision: str = "fp32",
+               threshold: float | None = None) -> Chain:
+    """Load a bundle and the backbones its config names (CLIP arch/weights, BLIP, patches)."""
+    from pipeline.models.blip import load_blip
+    from pipeline.models.clip import load_clip, resolve_device
+
+    head, config = load_bundle(model_dir, resolve_device(device))
+    bb = config.get("backbones") or {}
+    clip_cfg, blip_cfg, spec = bb.get("clip") or {}, bb.get("blip") or {}, bb.get("patches")
+    if not clip_cfg.get("clip_arch") or not blip_cfg.get("model") or not spec:
+        raise ValueError(f"{model_dir}: the bundle's config.json does not name its backbones "
+                         "(backbones.clip.clip_arch, backbones.blip.model, backbones.patches); "
+                         "retrain it with `nsnet train`")
+    clip = load_clip(clip_cfg["clip_arch"], clip_cfg.get("clip_pretrained") or "", device)
+    if clip.embed_dim != config["head"]["dim"]:
+        raise ValueError(f"CLIP {clip_cfg['clip_arch']} gives {clip.embed_dim}-d features but "
+                         f"the head expects {config['head']['dim']}-d")
+    blip = load_blip(blip_cfg["model"], device)
+    return Chain(head, config, PatchSpec(**spec), clip, blip,
+                 int(blip_cfg.get("max_new_tokens") or 40),
+                 float(config.get("threshold", 0.5) if threshold is None else threshold),
+                 AMP[precision])
+
+
+def as_cached(features: torch.Tensor) -> torch.Tensor:
+    """Round like the feature cache (stored float16), back to float32 for the head."""
+    return features.cpu().to(torch.float16).to(torch.float32)
+
+
+@torch.no_grad()
+def head_logits(chain: Chain, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """Head logits for (B, d) image and text features (any device; returned on CPU)."""
+    device = next(chain.head.parameters()).device
+    return chain.head(image.to(device).float(), text.to(device).float()).logit.cpu()
+
+
+@dataclass
+class Features:
+    selections: list[Selection]
+    captions: list[str]
+    image: torch.Tensor  # (B, d) float32, cache-rounded
+    text: torch.Tensor  # (B, d)
+
+
+def compute_features(chain: Chain, images: Sequence[np.ndarray], ids: Sequence[str]) -> Features:
+    """Patches, captions and CLIP features of decoded images (the training chain)."""
+    selections = select_batch(list(images), list(ids), chain.spec)
+    captions = chain.blip.caption(list(images), chain.max_new_tokens, chain.amp)
+    comps = np.stack([s.composite for s in selections])
+    image = as_cached(chain.clip.encode_images(comps, chain.amp))
+    text = as_cached(chain.clip.encode_texts(captions, chain.amp))
+    return Features(selections, captions, image, text)
+
+
+def expand_inputs(items: Iterable[str | Path]) -> list[Path]:
+    """Files as given, folders recursively (image extensions only), globs expanded.
+
+    A name that matches nothing is kept, so it is reported as ``missing`` rather than dropped.
+    """
+    out: list[Path] = []
+    for item in items:
+        text = str(item)
+        matches = sorted(glob.glob(text, recursive=True)) if glob.has_magic(text) else [text]
+        if not matches:
+            out.append(Path(text))
+        for m in matches:
+            p = Path(m)
+            if p.is_dir():
+                out.extend(sorted(f for f in p.rglob("*")
+                                  if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS))
+            else:
+                out.append(p)
+    return list(dict.fromkeys(out))  # drop repeats, keep order
+
+
+def _decode(path: Path, max_pixels: int, min_side: int) -> tuple[dict[str, Any], np.ndarray | None]:
+    row: dict[str, Any] = {"path": str(path), "status": "ok", "prob": np.nan, "label": "",
+                           "caption": "", "id": "", "width": -1, "height": -1, "error": ""}
+    try:
+        data = read_bytes(path)
+        row["id"] = content_id(data)
+        rgb, info = open_image(data, max_pixels)
+        row.update(width=info.width, height=info.height)
+        if min(info.width, info.height) < min_side:
+            raise ImageError("too_small", f"{info.width}x{info.height} is smaller than one "
+                                          f"{min_side}x{min_side} patch")
+        return row, rgb
+    except ImageError as exc:
+        row.update(status=exc.reason, error=exc.detail)
+        return row, None
+
+
+def predict_paths(chain: Chain, paths: Sequence[str | Path], batch_size: int = 16,
+                  max_pixels: int = 178_956_970,
+                  progress: Callable[[int], Any] | None = None) -> pd.DataFrame:
+    """Score every path; unreadable files get a status instead of a probability."""
+    rows: list[dict[str, Any]] = []
+    pending: list[tuple[dict[str, Any], np.ndarray]] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        feats = compute_features(chain, [p[1] for p in pending], [p[0]["id"] for p in pending])
+        probs = torch.sigmoid(head_logits(chain, feats.image, feats.text)).numpy()
+        for (row, _), prob, cap in zip(pending, probs, feats.captions, strict=True):
+            row.update(prob=float(prob), caption=cap,
+                       label=FAKE if prob >= chain.threshold else REAL)
+        if progress:
+            progress(len(pending))
+        pending.clear()
+
+    for path in paths:
+        row, rgb = _decode(Path(path), max_pixels, chain.spec.size)
+        rows.append(row)
+        if rgb is None:
+            if progress:
+                progress(1)
+            continue
+        pending.append((row, rgb))
+        if len(pending) >= batch_size:
+            flush()
+    flush()
+    return pd.DataFrame(rows, columns=RESULT_COLUMNS)
+
+
+def write_results(df: pd.DataFrame, out: str | Path) -> Path:
+    """Write results as .csv, .jsonl or .parquet (by suffix), atomically."""
+    out = Path(out)
+    suffix = out.suffix.lower()
+    if suffix not in OUT_FORMATS:
+        raise ValueError(f"--out {out}: use one of {', '.join(OUT_FORMATS)}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        if suffix == ".csv":
+            df.to_csv(tmp, index=False)
+        elif suffix == ".jsonl":
+            df.to_json(tmp, orient="records", lines=True)
+        else:
+            df.to_parquet(tmp, index=False)
+    return out
+
+
+def format_results(df: pd.DataFrame, max_caption: int = 48) -> str:
+    """A terminal table: probability, label and caption, or the reason a file was skipped."""
+    lines = [f"{'prob':>6}  {'label':<9}  {'path':<40}  caption / status"]
+    for r in df.itertuples(index=False):
+        path = r.path
+        if r.status == "ok":
+            cap = r.caption if len(r.caption) <= max_caption else r.caption[:max_caption - 1] + "…"
+            lines.append(f"{r.prob:6.3f}  {r.label:<9}  {path:<40}  {cap}")
+        else:
+            lines.append(f"{'-':>6}  {'skipped':<9}  {path:<40}  [{r.status}] {r.error}")
+    return "\n".join(lines)

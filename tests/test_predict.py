@@ -1,0 +1,96 @@
+"""`nsnet predict`: the bundle's chain on image files equals evaluation on the feature cache."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from pipeline.features import load_features
+from pipeline.manifest import read_manifest
+from pipeline.predict import expand_inputs, load_chain, predict_paths, write_results
+from pipeline.train import run_train
+from pipeline.training import predict_proba
+from stages.cli import main
+
+
+@pytest.fixture(scope="module")
+def bundle(built_cache, tmp_path_factory) -> Path:
+    return train_bundle(built_cache, tmp_path_factory.mktemp("predict") / "model")
+
+
+def train_bundle(built_cache, out: Path) -> Path:
+    """A head trained long enough that its probabilities spread out."""
+    params = dataclasses.replace(built_cache.params, train=dataclasses.replace(
+        built_cache.params.train, epochs=30, lr=3e-3, device="cpu"))
+    run_train(params, built_cache.manifest, built_cache.embeddings, out, out.parent / "log.csv")
+    return out
+
+
+def test_predict_on_training_images_equals_evaluate_on_cache(built_cache, bundle):
+    fs = load_features(built_cache.params, built_cache.manifest, built_cache.embeddings)
+    chain = load_chain(bundle, device="cpu")
+    cached = predict_proba(chain.head, fs.image, fs.text)
+    df = predict_paths(chain, fs.frame["path"].tolist(), batch_size=16)
+    assert (df["status"] == "ok").all()
+    assert df["id"].tolist() == fs.frame["id"].tolist()  # content hash = the manifest's id
+    captions = pq.read_table(built_cache.captions).to_pandas()
+    assert df["caption"].tolist() == captions["caption"].tolist()
+    np.testing.assert_allclose(df["prob"].to_numpy(), cached, atol=1e-5)
+    assert np.ptp(cached) > 1e-3  # the comparison is not between constants
+    expected = np.where(cached >= chain.threshold, "generated", "real")
+    assert df["label"].tolist() == expected.tolist()
+
+
+def test_unreadable_files_get_a_status_and_outputs_round_trip(built_cache, bundle, tmp_path):
+    images = tmp_path / "in" / "nested"
+    images.mkdir(parents=True)
+    src = [Path(p) for p in read_manifest(built_cache.manifest, only_ok=True)["path"][:2]]
+    for p in src:
+        shutil.copy(p, images / p.name)
+    (images / "text.png").write_text("not an image")
+    (images / "empty.jpg").write_bytes(b"")
+    (images / "notes.txt").write_text("ignored inside folders")
+    from PIL import Image
+
+    Image.new("RGB", (20, 20)).save(images / "tiny.png")
+    paths = expand_inputs([tmp_path / "in", str(tmp_path / "nothing-*.png")])
+    assert not any(p.suffix == ".txt" for p in paths)
+    chain = load_chain(bundle, device="cpu", threshold=0.0)
+    df = predict_paths(chain, paths, batch_size=1)
+    status = dict(zip(df["path"].map(lambda p: Path(p).name), df["status"], strict=True))
+    assert status == {src[0].name: "ok", src[1].name: "ok", "text.png": "not_an_image",
+                      "empty.jpg": "empty_file", "tiny.png": "too_small",
+                      "nothing-*.png": "missing"}
+    ok = df[df["status"] == "ok"]
+    assert (ok["label"] == "generated").all()  # threshold 0 overrides the bundle's
+    assert df.loc[df["status"] != "ok", "prob"].isna().all()
+    for suffix in (".csv", ".jsonl", ".parquet"):
+        out = write_results(df, tmp_path / f"res{suffix}")
+        back = {".csv": pd.read_csv, ".parquet": pd.read_parquet,
+                ".jsonl": lambda p: pd.read_json(p, lines=True)}[suffix](out)
+        assert back["status"].tolist() == df["status"].tolist()
+        np.testing.assert_allclose(back["prob"].to_numpy(float), df["prob"].to_numpy(float))
+    with pytest.raises(ValueError, match="csv"):
+        write_results(df, tmp_path / "res.xlsx")
+
+
+def test_cli_prints_a_table_and_writes_jsonl(built_cache, bundle, tmp_path):
+    first = read_manifest(built_cache.manifest, only_ok=True)["path"].iloc[0]
+    out = tmp_path / "r.jsonl"
+    res = CliRunner().invoke(main, ["predict", first, "--model", str(bundle), "--out", str(out),
+                                    "--params", str(tmp_path / "none.yaml"),
+                                    "--set", "compute.device=cpu"])
+    assert res.exit_code == 0, res.output
+    row = json.loads(out.read_text().splitlines()[0])
+    assert row["status"] == "ok" and 0 <= row["prob"] <= 1 and row["caption"]
+    assert Path(first).name in res.output and "1 scored" in res.output
+    res = CliRunner().invoke(main, ["predict", first, "--model", str(tmp_path / "nope")])
+    assert res.exit_code == 1 and "not a model bundle" in res.output
