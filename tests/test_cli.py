@@ -1,0 +1,173 @@
+"""The `nsnet` console script: every subcommand's help, the whole chain, and clean errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import pandas as pd
+import pytest
+from click.testing import CliRunner, Result
+from conftest import tiny_raw, write_params
+
+from pipeline.manifest import read_manifest
+from pipeline.store import h5_provenance, table_provenance
+from stages.cli import main
+
+SUBCOMMANDS = ("index", "patches", "caption", "embed", "train", "evaluate", "compare",
+               "demo-data")
+PARAM_COMMANDS = ("index", "patches", "caption", "embed", "train", "evaluate", "compare")
+
+
+def invoke(*args: str) -> Result:
+    return CliRunner().invoke(main, list(args), catch_exceptions=True)
+
+
+def ok(*args: str) -> Result:
+    res = invoke(*args)
+    assert res.exit_code == 0, f"nsnet {' '.join(args)} failed:\n{res.output}\n{res.exception!r}"
+    return res
+
+
+def test_main_help_lists_every_subcommand():
+    out = ok("--help").output
+    for name in SUBCOMMANDS:
+        assert name in out
+    assert set(SUBCOMMANDS) <= set(main.commands)
+
+
+@pytest.mark.parametrize("name", SUBCOMMANDS)
+def test_subcommand_help(name):
+    out = ok(name, "--help").output
+    assert f"Usage: main {name}" in out or f"Usage: nsnet {name}" in out
+    if name in PARAM_COMMANDS:  # every stage reads params.yaml and takes --set overrides
+        assert "--params" in out and "params.yaml" in out
+        assert "--set" in out
+
+
+def test_every_registered_command_has_help():
+    for name in main.commands:
+        assert ok(name, "-h").output.strip()
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory: pytest.TempPathFactory, demo_images: Path) -> Path:
+    """Run index -> patches -> caption -> embed -> train -> evaluate -> compare via the CLI."""
+    work = tmp_path_factory.mktemp("cli")
+    write_params(work / "params.yaml", tiny_raw(demo_images, train={"epochs": 2}))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(work)
+        for stage in PARAM_COMMANDS:
+            res = ok(stage)
+            (work / f"{stage}.log").write_text(res.output)
+    return work
+
+
+CHAIN_FILES = [
+    "cache/manifest.parquet", "cache/index_report.json", "cache/patches.h5",
+    "cache/captions.parquet", "cache/embeddings.h5", "models/detector/model.safetensors",
+    "models/detector/config.json", "plots/train_log.csv", "metrics/metrics.json",
+    "plots/roc.csv", "plots/pr.csv", "plots/confusion.csv", "metrics/compare.json",
+]
+
+
+def test_chain_produces_every_output(chain):
+    for rel in CHAIN_FILES:
+        assert (chain / rel).is_file() and (chain / rel).stat().st_size > 0, rel
+    assert not list(chain.rglob("*.partial")), "atomic writes left temporaries behind"
+    assert not list((chain / "cache" / ".work").glob("*/*")), "shards left after the merge"
+    assert "index:" in (chain / "index.log").read_text()
+    assert "test (%)" in (chain / "evaluate.log").read_text()
+    compare_out = (chain / "compare.log").read_text()
+    assert "mean" in compare_out and "advanced" in compare_out
+
+
+def test_chain_outputs_are_aligned_and_carry_provenance(chain):
+    ids = read_manifest(chain / "cache/manifest.parquet", only_ok=True)["id"].tolist()
+    assert table_provenance(chain / "cache/manifest.parquet")["stage"] == "index"
+    patch_prov = h5_provenance(chain / "cache/patches.h5")
+    assert patch_prov["stage"] == "patches" and patch_prov["code_version"]
+    caps = pd.read_parquet(chain / "cache/captions.parquet")
+    assert caps["id"].tolist() == ids and caps["caption"].map(len).gt(0).all()
+    cap_prov = table_provenance(chain / "cache/captions.parquet")
+    assert cap_prov["stage"] == "caption" and cap_prov["blip_model"] == "tiny"
+    with h5py.File(chain / "cache/embeddings.h5") as f:
+        assert [x.decode() for x in f["ids"][:]] == ids
+        assert f["image"].shape[0] == f["text"].shape[0] == len(ids)
+    emb_prov = h5_provenance(chain / "cache/embeddings.h5")
+    assert emb_prov["stage"] == "embed" and emb_prov["clip_arch"] == "tiny"
+    assert emb_prov["patch_spec"] == patch_prov["patch_spec"]
+    bundle = json.loads((chain / "models/detector/config.json").read_text())
+    assert bundle["head"]["kind"] == "advanced"
+    assert bundle["backbones"]["clip"]["clip_arch"] == "tiny"
+    assert bundle["provenance"]["code_version"]
+    metrics = json.loads((chain / "metrics/metrics.json").read_text())
+    assert metrics["head"] == "advanced" and 0.0 <= metrics["test"]["mean"]["acc"] <= 1.0
+    assert metrics["provenance"]["code_version"]
+    compare = json.loads((chain / "metrics/compare.json").read_text())
+    assert set(compare["heads"]) == {"ufd", "nsnet", "advanced"}
+    log = pd.read_csv(chain / "plots/train_log.csv")
+    assert {"epoch", "val_ap"} <= set(log.columns) and len(log) == 2
+
+
+def test_set_overrides_the_params_file(chain, monkeypatch):
+    monkeypatch.chdir(chain)
+    ok("train", "--set", "train.head=ufd", "--set", "train.epochs=1", "--set", "train.lr=1e-3",
+       "--out", "models/ufd", "--log", "plots/ufd_log.csv")
+    bundle = json.loads((chain / "models/ufd/config.json").read_text())
+    assert bundle["head"]["kind"] == "ufd"
+    assert bundle["training"]["params"]["lr"] == 1e-3
+    assert len(pd.read_csv(chain / "plots/ufd_log.csv")) == 1
+
+
+def test_params_option_reads_another_file(chain, monkeypatch, tmp_path):
+    monkeypatch.chdir(chain)
+    raw = tiny_raw("unused", train={"epochs": 1, "head": "nsnet"})
+    other = write_params(tmp_path / "other.yaml", raw)
+    ok("train", "--params", str(other), "--out", str(tmp_path / "m"), "--log",
+       str(tmp_path / "log.csv"))
+    assert json.loads((tmp_path / "m/config.json").read_text())["head"]["kind"] == "nsnet"
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (("train", "--set", "train.lr=-1"), "train.lr"),
+    (("index", "--set", "train.lerning_rate=1"), "train.lerning_rate"),
+    (("patches", "--set", "patches.n_low=20"), "patches.n_low"),
+    (("evaluate", "--set", "evaluate.threshold=2"), "evaluate.threshold"),
+    (("caption", "--set", "caption.max_new_tokens=many"), "caption.max_new_tokens"),
+    (("embed", "--set", "data.split.train=0.9"), "data.split"),
+])
+def test_bad_param_exits_1_with_one_clear_message(tmp_path, monkeypatch, args, needle):
+    monkeypatch.chdir(tmp_path)
+    write_params(tmp_path / "params.yaml", tiny_raw(tmp_path))
+    res = invoke(*args)
+    assert res.exit_code == 1, res.output
+    assert needle in res.output
+    assert "ParamsError" in res.output
+    assert "Traceback" not in res.output
+    assert len(res.output.strip().splitlines()) == 1
+    assert not (tmp_path / "cache").exists()  # validation happens before any work
+
+
+def test_bad_params_file_exits_1(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("train:\n  epochs: [1\n")
+    res = invoke("train")
+    assert res.exit_code == 1 and "params.yaml" in res.output
+    assert "Traceback" not in res.output
+
+
+def test_missing_input_exits_1_naming_the_stage_to_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_params(tmp_path / "params.yaml", tiny_raw(tmp_path))
+    res = invoke("patches")
+    assert res.exit_code == 1
+    assert "manifest.parquet" in res.output and "nsnet index" in res.output
+    assert "Traceback" not in res.output
+
+
+def test_demo_data_writes_images(tmp_path):
+    ok("demo-data", str(tmp_path / "d"), "--n-real", "2", "--n-fake-each", "1")
+    assert len(list((tmp_path / "d" / "real").glob("*.png"))) == 2
+    assert len(list((tmp_path / "d" / "fake").rglob("*.png"))) == 3
