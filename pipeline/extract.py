@@ -7,6 +7,7 @@ patch selection run in DataLoader worker processes when ``compute.num_workers > 
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,11 +18,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pipeline import degrade
 from pipeline import shards as sharding
 from pipeline.config import Params
 from pipeline.images import open_image, read_bytes
-from pipeline.manifest import content_id, read_manifest
-from pipeline.patches import PatchSpec, select_batch
+from pipeline.manifest import OK, content_id, read_manifest
+from pipeline.patches import PatchSpec, select_patches
 from pipeline.provenance import ProvenanceMismatch, base_provenance, fingerprint
 from pipeline.store import (
     concat_h5,
@@ -47,8 +49,10 @@ class _Images(torch.utils.data.Dataset):
     """Decoded, id-verified images of one shard (runs in DataLoader workers)."""
 
     def __init__(self, ids: list[str], paths: list[bytes], max_pixels: int,
-                 transform: Callable[[np.ndarray, str], Any] | None = None) -> None:
+                 transform: Callable[[np.ndarray, str], Any] | None = None,
+                 degradation: str = "") -> None:
         self.ids, self.paths, self.max_pixels, self.transform = ids, paths, max_pixels, transform
+        self.degradation = degradation  # pipeline.degrade name applied after decoding ("" none)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -59,19 +63,41 @@ class _Images(torch.utils.data.Dataset):
         if content_id(data) != self.ids[i]:
             raise StaleManifest(f"{path} changed since it was indexed; rerun `nsnet index`")
         rgb, _ = open_image(data, self.max_pixels)
+        if self.degradation:
+            rgb = degrade.apply(self.degradation, rgb)
         return self.transform(rgb, self.ids[i]) if self.transform else rgb
 
 
-def _batches(dataset: torch.utils.data.Dataset, batch_size: int, workers: int) -> Iterator[list]:
+def _batches(dataset: torch.utils.data.Dataset, batch_size: int, workers: int,
+             collate: Callable[[list], Any] = list, pin: bool = False) -> Iterator[Any]:
+    """Batches of ``dataset`` items, decoded (and transformed) in ``workers`` processes.
+
+    Inside a daemonic process (a dask worker) child processes are not allowed, so decoding
+    runs in-process there. ``pin`` pins collated tensors for asynchronous host-to-GPU copies.
+    """
+    if workers and multiprocessing.current_process().daemon:
+        workers = 0
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, num_workers=workers, collate_fn=list,
-        pin_memory=False, persistent_workers=False,
+        dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate,
+        pin_memory=pin, persistent_workers=False,
     )
     yield from loader
 
 
+def _on_cuda(device: str) -> bool:
+    from pipeline.models.clip import resolve_device
+
+    return resolve_device(device).type == "cuda"
+
+
 def _ok_rows(manifest_path: str | Path) -> pd.DataFrame:
-    return read_manifest(manifest_path, only_ok=True)
+    """The manifest's usable rows; ``attrs["skipped"]`` counts the others by reason."""
+    df = read_manifest(manifest_path)
+    ok = df["status"] == OK
+    rows = df[ok].reset_index(drop=True)
+    rows.attrs["skipped"] = {str(k): int(v) for k, v in df.loc[~ok, "status"].value_counts()
+                             .sort_index().items()}
+    return rows
 
 
 def _manifest_fp(rows: pd.DataFrame) -> str:
@@ -81,23 +107,40 @@ def _manifest_fp(rows: pd.DataFrame) -> str:
 # ----------------------------------------------------------------------------- patches
 
 
+class PatchTransform:
+    """Dataset transform: decoded image -> (composite, pixel coords, entropies).
+
+    Runs inside DataLoader workers, so only the fixed-size composite (150 KB at 224 px), not
+    the decoded image, crosses back to the main process.
+    """
+
+    def __init__(self, spec: PatchSpec) -> None:
+        self.spec = spec
+
+    def __call__(self, rgb: np.ndarray, image_id: str) -> tuple[np.ndarray, np.ndarray,
+                                                                  np.ndarray]:
+        sel = select_patches(rgb, image_id, self.spec)
+        return sel.composite, sel.cells.astype(np.int32) * self.spec.size, sel.entropy
+
+
 def compute_patches_shard(shard: sharding.Shard, progress: Callable[[int], Any] | None = None
                           ) -> int:
     cfg = shard.settings
     spec = PatchSpec(**cfg["spec"])
-    ds = _Images(shard.ids, shard.inputs, cfg["max_pixels"])
-    comps, coords, ents = [], [], []
-    for batch_start, images in _enumerate_batches(ds, cfg["batch_size"], cfg["num_workers"]):
-        ids = shard.ids[batch_start:batch_start + len(images)]
-        for sel in select_batch(images, ids, spec):
-            comps.append(sel.composite)
-            coords.append(sel.cells.astype(np.int32) * spec.size)
-            ents.append(sel.entropy)
+    n = len(shard.ids)
+    comps = np.empty((n, spec.side, spec.side, 3), np.uint8)
+    coords = np.empty((n, spec.count, 2), np.int32)
+    ents = np.empty((n, spec.count), np.float32)
+    ds = _Images(shard.ids, shard.inputs, cfg["max_pixels"], PatchTransform(spec),
+                 cfg.get("degradation", ""))
+    for start, batch in _enumerate_batches(ds, cfg["batch_size"], cfg["num_workers"]):
+        for k, (comp, coord, ent) in enumerate(batch, start):
+            comps[k], coords[k], ents[k] = comp, coord, ent
         if progress:
-            progress(len(images))
-    write_h5(shard.out, {"composites": np.stack(comps), "coords": np.stack(coords),
-                         "entropy": np.stack(ents)}, shard.ids, {"shard": shard.index})
-    return len(shard.ids)
+            progress(len(batch))
+    write_h5(shard.out, {"composites": comps, "coords": coords, "entropy": ents}, shard.ids,
+             {"shard": shard.index})
+    return n
 
 
 def _enumerate_batches(ds: _Images, batch_size: int, workers: int) -> Iterator[tuple[int, list]]:
@@ -114,11 +157,13 @@ def patches_provenance(params: Params) -> dict[str, Any]:
 
 
 def run_patches(params: Params, manifest: str | Path, out: str | Path, cache_dir: str | Path,
-                scheduler: str = "") -> sharding.RunSummary:
+                scheduler: str = "", degradation: str = "") -> sharding.RunSummary:
     rows = _ok_rows(manifest)
     prov = {**patches_provenance(params), "manifest": _manifest_fp(rows)}
     settings = {"spec": prov["patch_spec"], "max_pixels": params.data.max_image_pixels,
                 "batch_size": 32, "num_workers": params.compute.num_workers}
+    if degradation:  # a degraded test view (pipeline.views)
+        settings["degradation"] = prov["degradation"] = degradation
     return _run_and_merge("patches", rows, rows["path_raw"].tolist(), settings, prov,
                           compute_patches_shard, out, cache_dir, params, scheduler, ".h5",
                           merge=lambda parts: concat_h5(out, parts, ["composites", "coords",
@@ -130,18 +175,49 @@ def run_patches(params: Params, manifest: str | Path, out: str | Path, cache_dir
 # ----------------------------------------------------------------------------- caption
 
 
+class BlipPixels:
+    """Dataset transform: decoded image -> BLIP ``pixel_values`` (3, S, S) float32.
+
+    The processor treats each image on its own, so resizing and normalising in DataLoader
+    workers gives exactly the tensor that ``Captioner.caption`` builds for a batch.
+    """
+
+    def __init__(self, image_processor: Any) -> None:
+        self.image_processor = image_processor
+
+    def __call__(self, rgb: np.ndarray, image_id: str) -> torch.Tensor:
+        return self.image_processor(images=[rgb], return_tensors="pt")["pixel_values"][0]
+
+
+@torch.inference_mode()
+def generate_captions(captioner: Any, pixels: torch.Tensor, max_new_tokens: int,
+                      amp_dtype: torch.dtype | None = None) -> list[str]:
+    """Greedy captions for one batch of preprocessed images (same decoding as ``caption``)."""
+    from pipeline.models.clip import _autocast
+
+    pixels = pixels.to(captioner.device, non_blocking=True)
+    with _autocast(captioner.device, amp_dtype):
+        out = captioner.model.generate(pixel_values=pixels, max_new_tokens=max_new_tokens,
+                                       num_beams=1, do_sample=False)
+    texts = captioner.processor.batch_decode(out, skip_special_tokens=True)
+    return [" ".join(t.split()) for t in texts]
+
+
 def compute_caption_shard(shard: sharding.Shard, progress: Callable[[int], Any] | None = None
                           ) -> int:
     from pipeline.models.blip import load_blip
 
     cfg = shard.settings
     captioner = load_blip(cfg["model"], cfg["device"])
-    ds = _Images(shard.ids, shard.inputs, cfg["max_pixels"])
+    ds = _Images(shard.ids, shard.inputs, cfg["max_pixels"],
+                 BlipPixels(captioner.processor.image_processor), cfg.get("degradation", ""))
     captions: list[str] = []
-    for _, images in _enumerate_batches(ds, cfg["batch_size"], cfg["num_workers"]):
-        captions.extend(captioner.caption(images, cfg["max_new_tokens"], AMP[cfg["precision"]]))
+    for pixels in _batches(ds, cfg["batch_size"], cfg["num_workers"], torch.stack,
+                           pin=_on_cuda(cfg["device"])):
+        captions.extend(generate_captions(captioner, pixels, cfg["max_new_tokens"],
+                                          AMP[cfg["precision"]]))
         if progress:
-            progress(len(images))
+            progress(len(pixels))
     df = pd.DataFrame({"id": shard.ids, "caption": captions, "model": cfg["model"]})
     write_table(shard.out, df, {"shard": shard.index})
     return len(shard.ids)
@@ -154,7 +230,7 @@ def caption_provenance(params: Params) -> dict[str, Any]:
 
 
 def run_caption(params: Params, manifest: str | Path, out: str | Path, cache_dir: str | Path,
-                scheduler: str = "") -> sharding.RunSummary:
+                scheduler: str = "", degradation: str = "") -> sharding.RunSummary:
     from pipeline.models.blip import load_blip
 
     rows = _ok_rows(manifest)
@@ -166,17 +242,38 @@ def run_caption(params: Params, manifest: str | Path, out: str | Path, cache_dir
                 "batch_size": params.caption.batch_size, "device": device,
                 "precision": params.compute.precision, "max_pixels": params.data.max_image_pixels,
                 "num_workers": params.compute.num_workers}
+    if degradation:  # a degraded test view (pipeline.views)
+        settings["degradation"] = prov["degradation"] = degradation
 
     def merge(parts: list[str]) -> int:
-        import pyarrow.parquet as pq
-
-        df = pd.concat([pq.read_table(p).to_pandas() for p in parts], ignore_index=True)
-        write_table(out, df, {**base_provenance(), **prov})
-        return len(df)
+        return concat_tables(out, parts, {**base_provenance(), **prov})
 
     return _run_and_merge("caption", rows, rows["path_raw"].tolist(), settings, prov,
                           compute_caption_shard, out, cache_dir, params, scheduler, ".parquet",
                           merge)
+
+
+def concat_tables(path: str | Path, parts: list[str], provenance: dict[str, Any]) -> int:
+    """Stream Parquet shards into one file (one row group per shard), atomically."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from pipeline.atomic import atomic_path
+
+    if not parts:
+        write_table(path, pd.DataFrame({"id": [], "caption": [], "model": []}), provenance)
+        return 0
+    schema = pq.read_schema(parts[0])
+    meta = {**(schema.metadata or {}), b"nsnet": json.dumps(provenance, sort_keys=True).encode()}
+    rows = 0
+    with atomic_path(path) as tmp:
+        with pq.ParquetWriter(tmp, schema.with_metadata(meta)) as writer:
+            for part in parts:
+                table = pq.read_table(part).replace_schema_metadata(meta)
+                writer.write_table(table)
+                rows += table.num_rows
+    return rows
 
 
 # ----------------------------------------------------------------------------- embed
@@ -195,9 +292,16 @@ def compute_embed_shard(shard: sharding.Shard, progress: Callable[[int], Any] | 
     text = np.empty((n, clip.embed_dim), np.float16)
     with h5py.File(cfg["patches"], "r") as f:
         comps = f["composites"]
+        # On CUDA, read each block straight into one page-locked buffer (async upload).
+        pinned = (torch.empty((bs, *comps.shape[1:]), dtype=torch.uint8).pin_memory().numpy()
+                  if _on_cuda(cfg["device"]) else None)
         for i in range(0, n, bs):
             j = min(n, i + bs)
-            block = comps[shard.start + i: shard.start + j]
+            if pinned is None:
+                block = comps[shard.start + i: shard.start + j]
+            else:
+                comps.read_direct(pinned, np.s_[shard.start + i: shard.start + j], np.s_[:j - i])
+                block = pinned[:j - i]
             image[i:j] = clip.encode_images(block, amp).cpu().numpy()
             text[i:j] = clip.encode_texts(shard.inputs[i:j], amp).cpu().numpy()
             if progress:
@@ -271,4 +375,5 @@ def _run_and_merge(stage: str, rows: pd.DataFrame, inputs: list[Any], settings: 
     summary = sharding.run(plan, compute, scheduler, desc=stage)
     merge([s.out for s in plan])
     sharding.cleanup(workdir)
+    summary.skipped = dict(rows.attrs.get("skipped", {}))
     return summary

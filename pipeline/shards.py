@@ -42,18 +42,24 @@ class Shard:
 
 @dataclass
 class RunSummary:
+    """What a stage run did: images computed now, shards reused, images skipped by reason."""
+
     stage: str
     images: int
     shards: int
     reused_shards: int
     seconds: float
+    skipped: dict[str, int] = field(default_factory=dict)
 
     @property
     def images_per_s(self) -> float:
         return self.images / self.seconds if self.seconds > 0 else float("inf")
 
     def line(self) -> str:
-        return (f"{self.stage}: {self.images} images in {self.shards} shards "
+        skipped = sum(self.skipped.values())
+        why = ", ".join(f"{k}: {v}" for k, v in sorted(self.skipped.items()))
+        return (f"{self.stage}: {self.images} images done, {skipped} skipped"
+                f"{f' ({why})' if why else ''}; {self.shards} shards "
                 f"({self.reused_shards} reused from an interrupted run), {self.seconds:.1f} s, "
                 f"{self.images_per_s:.1f} images/s")
 
@@ -91,6 +97,12 @@ def run(shards: list[Shard], compute: Callable[..., int], scheduler: str = "",
         else:
             for shard in pending:
                 compute(shard, progress=bar.update)
+    except KeyboardInterrupt:
+        # Shards are committed atomically: the one in flight left nothing behind.
+        done = sum(Path(s.out).exists() for s in shards)
+        bar.write(f"{stage}: interrupted; {done}/{len(shards)} shards are committed and a rerun "
+                  "resumes from them")
+        raise
     finally:
         bar.close()
     return RunSummary(stage, total - done_before, len(shards), len(shards) - len(pending),
@@ -103,8 +115,12 @@ def _run_dask(pending: list[Shard], compute: Callable[..., int], scheduler: str,
     with Client(scheduler, timeout="30s") as client:
         resources = _gpu_resources(client, pending)
         futures = client.map(compute, pending, pure=False, resources=resources)
-        for fut in as_completed(futures):
-            bar.update(fut.result())
+        try:
+            for fut in as_completed(futures):
+                bar.update(fut.result())
+        except BaseException:
+            client.cancel(futures)  # queued shards stop; running ones still commit atomically
+            raise
 
 
 def _gpu_resources(client: Any, pending: list[Shard]) -> dict[str, float] | None:
