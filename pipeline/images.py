@@ -3,7 +3,14 @@
 Handles EXIF orientation, grayscale, palette, RGBA/LA (alpha dropped, pixels kept as the
 generator wrote them), CMYK, 16-bit and float images, and the first frame of animations. A size
 limit guards against decompression bombs. Failures raise ``ImageError`` with a short reason code
-that the manifest records.
+that the manifest records:
+
+* ``empty_file``    the file has 0 bytes
+* ``not_an_image``  no image decoder recognises the bytes (e.g. a text or HTML file named .jpg)
+* ``corrupt``       the decoder failed part-way (truncated download, broken data)
+* ``too_large``     width x height exceeds ``data.max_image_pixels`` (decompression bomb guard)
+* ``unreadable``    the operating system refused to read it (permissions, I/O error, link loop)
+* ``missing``       the file disappeared between the folder scan and the read
 """
 
 from __future__ import annotations
@@ -104,9 +111,11 @@ def open_image(
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageError("too_large", str(exc)) from exc
+    except MemoryError as exc:
+        raise ImageError("too_large", "not enough memory to decode this image") from exc
     except UnidentifiedImageError as exc:
         raise ImageError("not_an_image", f"not a decodable image ({len(data)} bytes)") from exc
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+    except Exception as exc:  # noqa: BLE001 - decoders of web files raise all kinds of errors
         raise ImageError("corrupt", f"{type(exc).__name__}: {exc}") from exc
     h, w = arr.shape[:2]
     return arr, ImageInfo(width=w, height=h, mode=src_mode, format=fmt)
