@@ -104,7 +104,7 @@ class TrainParams:
     weight_decay: float = field(default=0.0, metadata=_check(0.0, 10.0))
     temperature: float = field(default=0.07, metadata=_check(1e-4, 100.0))
     bce_weight: float = field(default=0.1667, metadata=_check(0.0, 1.0))
-    align_weight: float = field(default=0.3, metadata=_check(0.0, 100.0))
+    align_weight: float = field(default=0.25, metadata=_check(0.0, 100.0))
     hidden_dim: int = field(default=512, metadata=_check(1, 65536))
     proj_dim: int = field(default=128, metadata=_check(1, 65536))
     dropout: float = field(default=0.1, metadata=_check(0.0, 0.99))
