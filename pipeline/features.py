@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,26 +25,78 @@ from pipeline.provenance import ProvenanceMismatch, check_compatible
 from pipeline.store import decode_ids, h5_provenance, require
 
 
+class MappedRows:
+    """Rows ``index`` of a memory-mapped (n, d) tensor, gathered only when indexed.
+
+    Behaves like the (len(index), d) tensor for what the heads need: ``rows[i:j]``,
+    ``rows[idx]`` (returns a real tensor of those rows), ``len``, ``shape`` and ``dtype``. Taking
+    a subset composes indices, so selecting the training split never copies the cache.
+    """
+
+    def __init__(self, base: torch.Tensor, index: torch.Tensor) -> None:
+        self.base, self.index = base, index
+
+    def __getitem__(self, key: slice | torch.Tensor) -> torch.Tensor:
+        rows = self.index[key]
+        if rows.dim() == 0:
+            return self.base[rows]
+        order = rows.argsort()  # read the mapped file in ascending order, then restore order
+        out = torch.empty((len(rows), *self.base.shape[1:]), dtype=self.base.dtype)
+        out[order] = self.base[rows[order]]
+        return out
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((len(self.index), *self.base.shape[1:]))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.base.dtype
+
+
+Rows = torch.Tensor | MappedRows
+
+
 @dataclass
 class FeatureSet:
-    """Aligned rows: metadata frame plus image/text feature tensors (float32)."""
+    """Aligned rows: metadata frame plus image/text features (in-RAM float32 tensors, or
+    float16 memory-mapped ``MappedRows`` when the cache is larger than memory)."""
 
     frame: pd.DataFrame  # id, label, source, split, path
-    image: torch.Tensor
-    text: torch.Tensor
+    image: Rows
+    text: Rows
     provenance: dict[str, Any]
 
     def subset(self, mask: np.ndarray) -> FeatureSet:
         idx = torch.from_numpy(np.flatnonzero(mask))
-        return FeatureSet(self.frame[mask].reset_index(drop=True), self.image[idx],
-                          self.text[idx], self.provenance)
+        return FeatureSet(self.frame[mask].reset_index(drop=True), _take(self.image, idx),
+                          _take(self.text, idx), self.provenance)
 
     @property
     def labels(self) -> torch.Tensor:
         return torch.from_numpy(self.frame["label"].to_numpy().astype(np.int64))
 
+    @property
+    def mapped(self) -> bool:
+        return isinstance(self.image, MappedRows)
+
     def __len__(self) -> int:
         return len(self.frame)
+
+
+def _take(rows: Rows, idx: torch.Tensor) -> Rows:
+    if isinstance(rows, MappedRows):
+        return MappedRows(rows.base, rows.index[idx])
+    return rows[idx]
+
+
+def iter_blocks(rows: Rows, block: int = 65536) -> Iterator[torch.Tensor]:
+    """Yield consecutive float32 blocks of ``rows`` (bounded memory for mapped caches)."""
+    for i in range(0, len(rows), block):
+        yield rows[i:i + block].float()
 
 
 def _available_ram() -> int:
@@ -53,8 +106,9 @@ def _available_ram() -> int:
         return 8 << 30
 
 
-def _read(dset: h5py.Dataset, path: Path) -> torch.Tensor:
-    """Whole dataset in RAM as float32, or a float16 memmap of it when it is too large.
+def _read(dset: h5py.Dataset, path: Path) -> Rows:
+    """Whole dataset in RAM as float32, or a memmap of it (stored dtype) when the float32
+    copy would take more than half the available RAM.
 
     Consumers gather batches and call ``.float()``, which works for both.
     """
@@ -64,7 +118,8 @@ def _read(dset: h5py.Dataset, path: Path) -> torch.Tensor:
         mm = np.memmap(path, dtype=dset.dtype, mode="r", offset=offset, shape=dset.shape)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # read-only memmap is intended
-            return torch.from_numpy(mm)
+            base = torch.from_numpy(mm)
+        return MappedRows(base, torch.arange(len(base)))
     return torch.from_numpy(dset[:].astype(np.float32))
 
 

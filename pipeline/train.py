@@ -13,7 +13,7 @@ from pipeline.bundle import save_bundle
 from pipeline.config import Params
 from pipeline.features import FeatureSet, load_features, select
 from pipeline.provenance import base_provenance, fingerprint
-from pipeline.training import HPARAM_KEYS, TrainResult, fit
+from pipeline.training import HPARAM_KEYS, EpochCallback, TrainResult, fit
 
 
 def training_sets(params: Params, fs: FeatureSet) -> tuple[FeatureSet, FeatureSet]:
@@ -50,17 +50,24 @@ def bundle_config(params: Params, kind: str, result: TrainResult, fs: FeatureSet
     }
 
 
-def train_head(params: Params, kind: str, fs: FeatureSet) -> tuple[TrainResult, dict[str, Any]]:
+def train_head(params: Params, kind: str, fs: FeatureSet,
+               on_epoch: EpochCallback | None = None) -> tuple[TrainResult, dict[str, Any]]:
     train, val = training_sets(params, fs)
-    result = fit(kind, train, val, params.train)
+    result = fit(kind, train, val, params.train, on_epoch=on_epoch)
     return result, bundle_config(params, kind, result, fs, train, fs.image.shape[1])
 
 
 def run_train(params: Params, manifest: str | Path, embeddings: str | Path, out_dir: str | Path,
               log_csv: str | Path) -> dict[str, Any]:
+    """Train ``train.head``; the per-epoch log (a DVC plots file) is rewritten every epoch."""
     fs = load_features(params, manifest, embeddings)
-    result, config = train_head(params, params.train.head, fs)
-    with atomic_path(log_csv) as tmp:
-        pd.DataFrame(result.history).to_csv(tmp, index=False)
+    rows: list[dict[str, float]] = []
+
+    def log_epoch(row: dict[str, float]) -> None:
+        rows.append(row)
+        with atomic_path(log_csv) as tmp:
+            pd.DataFrame(rows).to_csv(tmp, index=False)
+
+    result, config = train_head(params, params.train.head, fs, log_epoch)
     save_bundle(out_dir, result.model, config)
     return config["training"]
