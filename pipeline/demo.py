@@ -130,7 +130,9 @@ def make_workspace(workspace: str | Path, project: str | Path, **image_kw: int) 
         "# Demo parameters: the project's params.yaml with tiny random backbones and demo data.\n"
         + yaml.safe_dump(raw, sort_keys=False)
     )
-    (workspace / ".gitignore").write_text("/data/\n/models/\n/metrics/\n/plots/\n")
+    # metrics/ and plots/ (cache: false) stay in git so `dvc exp run` commits them and
+    # `dvc exp show` / `dvc metrics diff` can compare experiments.
+    (workspace / ".gitignore").write_text("/data/\n/models/\n/dvc_plots/\n")
     (workspace / "cache").mkdir(exist_ok=True)
     shutil.copy2(project / "cache" / ".gitignore", workspace / "cache" / ".gitignore")
     make_demo_images(workspace / "data" / "demo", **image_kw)
