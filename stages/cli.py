@@ -7,6 +7,7 @@ from stages.compare import compare
 from stages.demo_data import demo_data
 from stages.embed import embed
 from stages.evaluate import evaluate
+from stages.explain import explain
 from stages.index import index
 from stages.patches import patches
 from stages.predict import predict
@@ -25,7 +26,7 @@ def main() -> None:
 
 for command in (index, patches, caption, embed, train, evaluate, compare, demo_data):
     main.add_command(command)
-for command in (predict,):
+for command in (predict, explain):
     main.add_command(command)
 
 if __name__ == "__main__":

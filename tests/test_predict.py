@@ -29,20 +29,23 @@ def bundle(built_cache, tmp_path_factory) -> Path:
 def train_bundle(built_cache, out: Path) -> Path:
     """A head trained long enough that its probabilities spread out."""
     params = dataclasses.replace(built_cache.params, train=dataclasses.replace(
-        built_cache.params.train, epochs=30, lr=3e-3, device="cpu"))
+        built_cache.params.train, epochs=15, lr=3e-3, device="cpu"))
     run_train(params, built_cache.manifest, built_cache.embeddings, out, out.parent / "log.csv")
     return out
 
 
 def test_predict_on_training_images_equals_evaluate_on_cache(built_cache, bundle):
     fs = load_features(built_cache.params, built_cache.manifest, built_cache.embeddings)
+    keep = np.zeros(len(fs), bool)
+    keep[::3] = True  # every third image: real and all generators, fewer forward passes
+    fs = fs.subset(keep)
     chain = load_chain(bundle, device="cpu")
     cached = predict_proba(chain.head, fs.image, fs.text)
     df = predict_paths(chain, fs.frame["path"].tolist(), batch_size=16)
     assert (df["status"] == "ok").all()
     assert df["id"].tolist() == fs.frame["id"].tolist()  # content hash = the manifest's id
     captions = pq.read_table(built_cache.captions).to_pandas()
-    assert df["caption"].tolist() == captions["caption"].tolist()
+    assert df["caption"].tolist() == captions["caption"][keep].tolist()
     np.testing.assert_allclose(df["prob"].to_numpy(), cached, atol=1e-5)
     assert np.ptp(cached) > 1e-3  # the comparison is not between constants
     expected = np.where(cached >= chain.threshold, "generated", "real")

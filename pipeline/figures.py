@@ -1,0 +1,157 @@
+"""Pictures a person can read: the explanation report and the t-SNE figure (matplotlib, Agg)."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.colors import TwoSlopeNorm  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
+
+from pipeline.atomic import atomic_path  # noqa: E402
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from pipeline.explain import Explanation
+
+CMAP = "RdBu_r"  # red: pushed toward generated, blue: toward real
+
+
+def _save(fig: plt.Figure, out: str | Path, dpi: int) -> Path:
+    out = Path(out)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return out
+
+
+def _norm(values: np.ndarray) -> TwoSlopeNorm:
+    vmax = float(np.abs(values).max()) or 1e-6
+    return TwoSlopeNorm(vcenter=0.0, vmin=-vmax, vmax=vmax)
+
+
+def render_explanation(ex: Explanation, out: str | Path, k: int = 5, dpi: int = 110) -> Path:
+    """Image with its patches outlined by contribution, the composite, verdict and top patches."""
+    s, g = ex.spec.size, ex.spec.grid
+    contrib = np.array([p.contribution for p in ex.patches])
+    norm, cmap = _norm(contrib), plt.get_cmap(CMAP)
+    fig = plt.figure(figsize=(15, 8.2))
+    grid = fig.add_gridspec(2, 3, height_ratios=[3.2, 1], width_ratios=[1.25, 1, 1.05],
+                            hspace=0.25, wspace=0.12)
+    ax = fig.add_subplot(grid[0, 0])
+    ax.imshow(ex.image)
+    top = {p.index: rank for rank, p in enumerate(ex.top(k, 1), 1)}
+    for p in sorted(ex.patches, key=lambda p: abs(p.contribution)):
+        colour = cmap(norm(p.contribution))
+        weight = abs(p.contribution) / max(float(np.abs(contrib).max()), 1e-12)
+        ax.add_patch(Rectangle((p.col, p.row), s, s, facecolor=(*colour[:3], 0.55 * weight),
+                               edgecolor=colour, linewidth=2.4 if p.index in top else 1.0))
+        if p.index in top:
+            ax.text(p.col + s / 2, p.row + s / 2, str(top[p.index]), color="white",
+                    fontsize=9, fontweight="bold", ha="center", va="center",
+                    bbox={"boxstyle": "circle,pad=0.15", "fc": "black", "alpha": 0.7, "lw": 0})
+    ax.set_title(f"{Path(ex.path).name}  ({ex.width}x{ex.height})\nthe {len(ex.patches)} "
+                 f"selected {s}px patches, coloured by contribution", fontsize=10)
+    ax.axis("off")
+
+    ax = fig.add_subplot(grid[0, 1])
+    ax.imshow(ex.composite)
+    heat = contrib.reshape(g, g)
+    im = ax.imshow(np.kron(heat, np.ones((s, s))), cmap=CMAP, norm=norm, alpha=0.45)
+    for i in range(1, g):
+        ax.axhline(i * s - 0.5, color="white", lw=0.5)
+        ax.axvline(i * s - 0.5, color="white", lw=0.5)
+    for p in ex.patches:
+        if p.index in top:
+            r, c = divmod(p.index, g)
+            ax.text(c * s + s / 2, r * s + s / 2, str(top[p.index]), color="white", fontsize=9,
+                    fontweight="bold", ha="center", va="center")
+    ax.set_title(f"composite the detector sees\n({g}x{g} grid: {ex.spec.n_low} smooth + "
+                 f"{ex.spec.n_high} textured patches)", fontsize=10)
+    ax.axis("off")
+    bar = fig.colorbar(im, ax=ax, orientation="horizontal", fraction=0.05, pad=0.03)
+    bar.set_ticks([norm.vmin, 0.0, norm.vmax])
+    bar.set_ticklabels([f"{norm.vmin:+.2g}", "0", f"{norm.vmax:+.2g}"])
+    bar.set_label("contribution (logit drop when occluded):  ← real   |   generated →",
+                  fontsize=9)
+
+    ax = fig.add_subplot(grid[0, 2])
+    ax.axis("off")
+    verdict = "GENERATED" if ex.label == "generated" else "REAL"
+    ax.text(0, 1, verdict, fontsize=26, fontweight="bold", va="top",
+            color="#b2182b" if verdict == "GENERATED" else "#2166ac", transform=ax.transAxes)
+    n_low = sum(p.band == "low" for p in ex.top(k, 1))
+    lines = [
+        f"P(generated) = {ex.prob:.3f}   (threshold {ex.threshold:g})",
+        f"head: {ex.head}",
+        "",
+        "caption (BLIP):",
+        *textwrap.wrap(f"“{ex.caption}”", 44),
+        "",
+        f"semantic part removed from the CLIP feature:\n  ||x - Px|| / ||x|| = "
+        f"{100 * ex.semantic_removed:.1f}%",
+        "",
+        f"top {len(top)} patches toward generated: {n_low} smooth (low entropy),",
+        f"  {len(top) - n_low} textured (high entropy)",
+        "",
+        "contribution = logit(image) - logit(image with the",
+        "  patch replaced by the mean colour)",
+    ]
+    ax.text(0, 0.84, "\n".join(lines), fontsize=10.5, va="top", family="DejaVu Sans",
+            transform=ax.transAxes, linespacing=1.35)
+
+    strip = grid[1, :].subgridspec(1, 2 * k + 1, wspace=0.15)
+    groups = [(ex.top(k, 1), "toward generated", "#b2182b", 0),
+              (ex.top(k, -1), "toward real", "#2166ac", k + 1)]
+    for patches, name, colour, start in groups:
+        for j in range(k):
+            ax = fig.add_subplot(strip[0, start + j])
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j >= len(patches):
+                ax.axis("off")
+                continue
+            p = patches[j]
+            ax.imshow(ex.image[p.row:p.row + s, p.col:p.col + s], interpolation="nearest")
+            for side in ax.spines.values():
+                side.set_edgecolor(colour)
+                side.set_linewidth(2.5)
+            tag = f"#{j + 1} " if start == 0 else ""
+            ax.set_title(f"{tag}{p.contribution:+.2g}\n{p.band} H={p.entropy:.2f}", fontsize=8)
+            if j == 0:
+                ax.set_ylabel(name, color=colour, fontsize=9)
+    return _save(fig, out, dpi)
+
+
+def render_tsne(points: dict[str, np.ndarray], frame: pd.DataFrame, out: str | Path,
+                title: str, dpi: int = 110) -> Path:
+    """2 x 2 panels: features before/after the projection, coloured by label and by source."""
+    fig, axes = plt.subplots(2, 2, figsize=(12, 10.5))
+    labels = np.where(frame["label"].to_numpy() == 1, "generated", "real")
+    sources = frame["source"].astype(str).to_numpy()
+    label_colours = {"real": "#2166ac", "generated": "#b2182b"}
+    palette = plt.get_cmap("tab10" if len(set(sources)) <= 10 else "tab20")
+    source_colours = {src: palette(i % palette.N) for i, src in enumerate(sorted(set(sources)))}
+    for row, (stage, xy) in enumerate(points.items()):
+        for col, (values, colours, what) in enumerate(
+                [(labels, label_colours, "label"), (sources, source_colours, "source")]):
+            ax = axes[row, col]
+            for value, colour in colours.items():
+                m = values == value
+                if m.any():
+                    ax.scatter(xy[m, 0], xy[m, 1], s=9, alpha=0.75, color=colour,
+                               label=f"{value} ({int(m.sum())})", linewidths=0)
+            ax.set_title(f"{stage}: coloured by {what}", fontsize=11)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.legend(fontsize=8, markerscale=2, loc="best", framealpha=0.8)
+    fig.suptitle(title, fontsize=12)
+    fig.tight_layout()
+    return _save(fig, out, dpi)

@@ -1,0 +1,39 @@
+"""`nsnet explain`: a picture and a JSON of why one image was judged generated or real."""
+
+from pathlib import Path
+
+import click
+
+from pipeline.explain import explain_image, write_report
+from pipeline.predict import load_chain
+from stages.common import echo_summary, friendly_errors, load, params_options
+
+
+@click.command("explain")
+@params_options
+@click.argument("image", type=click.Path(dir_okay=False))
+@click.option("--model", "model_dir", default="models/detector", show_default=True,
+              help="Model bundle directory (written by `nsnet train`).")
+@click.option("--out", default=None, help="Report PNG [default: <image stem>.explain.png]; "
+                                          "the JSON goes beside it with the same stem.")
+@click.option("--top", "k", type=click.IntRange(1, 20), default=5, show_default=True,
+              help="How many most influential patches to list each way.")
+@click.option("--threshold", type=click.FloatRange(0, 1), default=None,
+              help="Decision threshold [default: the bundle's].")
+@friendly_errors
+def explain(params_file: str, overrides: tuple[str, ...], image: str, model_dir: str,
+            out: str | None, k: int, threshold: float | None) -> None:
+    """Occlusion attribution of the selected patches, caption and semantic share of IMAGE."""
+    params = load(params_file, overrides)
+    chain = load_chain(model_dir, params.compute.device, params.compute.precision, threshold)
+    ex = explain_image(chain, image, params.data.max_image_pixels)
+    png, js = write_report(ex, out or f"{Path(image).stem}.explain.png", k)
+    click.echo(f"{Path(image).name}: P(generated) = {ex.prob:.3f} -> {ex.label} "
+               f"(threshold {ex.threshold:g}, head {ex.head})")
+    click.echo(f"caption: {ex.caption}")
+    click.echo(f"semantic part removed: {100 * ex.semantic_removed:.1f}% of the image feature")
+    click.echo("patches pushing toward generated (contribution in logits, pixel y,x):")
+    for p in ex.top(k, 1):
+        click.echo(f"  {p.contribution:+.4f}  at ({p.row},{p.col})  {p.band} entropy "
+                   f"{p.entropy:.2f}")
+    echo_summary(f"explain: report {png}, data {js}")
