@@ -1,7 +1,8 @@
-"""The real `dvc` pipeline in a fresh workspace: build, up to date, train-only reruns, reports.
+"""The real `dvc` pipeline: dvc.yaml agrees with the CLI, and in a fresh workspace it builds,
+is then up to date, re-runs only the training side when a train parameter changes, and reports.
 
-One workspace is built for the module (tiny demo set, tiny backbones, few epochs) and the tests
-run in file order: the last one changes a train parameter.
+One workspace is built for the module (tiny demo set, tiny backbones, few epochs) and the slow
+tests run in file order: the last one changes a train parameter.
 """
 
 from __future__ import annotations
@@ -12,16 +13,19 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import click
 import pytest
 import yaml
 
+from pipeline.config import Params
 from pipeline.demo import make_workspace
-
-pytestmark = pytest.mark.slow
+from stages.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("index", "patches", "caption", "embed", "train", "evaluate", "compare")
+FEATURE_STAGES = ("index", "patches", "caption", "embed")
+TRAIN_SIDE = ("train", "evaluate", "compare")
 OUTS = ("cache/manifest.parquet", "cache/index_report.json", "cache/patches.h5",
         "cache/captions.parquet", "cache/embeddings.h5", "models/detector/config.json",
         "models/detector/model.safetensors", "plots/train_log.csv", "metrics/metrics.json",
@@ -52,6 +56,80 @@ def skipped(out: str) -> set[str]:
     return set(re.findall(r"Stage '([\w-]+)' didn't change, skipping", out))
 
 
+# ----------------------------------------------------------------------------- dvc.yaml
+
+
+def stages_of(dvc_yaml: Path) -> dict[str, dict[str, Any]]:
+    return yaml.safe_load(dvc_yaml.read_text())["stages"]
+
+
+def _paths(entries: list[Any] | None) -> list[str]:
+    return [e if isinstance(e, str) else next(iter(e)) for e in entries or []]
+
+
+def produced(stage: dict[str, Any]) -> list[str]:
+    return [*_paths(stage.get("outs")), *_paths(stage.get("metrics")), *_paths(stage.get("plots"))]
+
+
+def _under(path: str, parent: str) -> bool:
+    return path == parent or path.startswith(parent.rstrip("/") + "/")
+
+
+def train_side(stages: dict[str, dict[str, Any]]) -> set[str]:
+    """Stages a train.* change must re-run: those reading train params, and all downstream."""
+    hit = {name for name, st in stages.items()
+           if any(p == "train" or str(p).startswith("train.") for p in st.get("params", []))}
+    while True:
+        outs = [o for name in hit for o in produced(stages[name])]
+        more = {name for name, st in stages.items() if name not in hit
+                and any(_under(d, o) or _under(o, d) for d in _paths(st.get("deps")) for o in outs)}
+        if not more:
+            return hit
+        hit |= more
+
+
+def test_dvc_yaml_params_are_real_keys():
+    known = Params().to_dict()
+    for name, stage in stages_of(ROOT / "dvc.yaml").items():
+        for key in stage.get("params", []):
+            node: Any = known
+            for part in str(key).split("."):
+                assert isinstance(node, dict) and part in node, f"{name}: unknown param {key}"
+                node = node[part]
+
+
+def test_feature_stages_do_not_depend_on_training():
+    stages = stages_of(ROOT / "dvc.yaml")
+    for name in FEATURE_STAGES:
+        for key in stages[name].get("params", []):
+            assert str(key).split(".")[0] not in ("train", "evaluate", "protocol"), (name, key)
+    assert set(TRAIN_SIDE) <= train_side(stages)
+    assert not set(FEATURE_STAGES) & train_side(stages)
+
+
+def test_each_stage_cmd_reads_and_writes_what_dvc_yaml_declares():
+    """`nsnet <stage>` with its defaults touches only declared deps/outs (and writes them)."""
+    for name, stage in stages_of(ROOT / "dvc.yaml").items():
+        argv = stage["cmd"].split()
+        assert argv[0] == "nsnet" and argv[1] in main.commands, stage["cmd"]
+        command = main.commands[argv[1]]
+        declared = [*_paths(stage.get("deps")), *produced(stage)]
+        defaults = [p.default for p in command.params
+                    if isinstance(p, click.Option) and isinstance(p.default, str)
+                    and p.name != "params_file" and p.default.split("/")[0]
+                    in ("cache", "models", "metrics", "plots", "data")]
+        assert defaults, f"{name}: no default paths"
+        for path in defaults:
+            assert any(_under(d, path) or _under(path, d) for d in declared), (
+                f"stage {name}: `{stage['cmd']}` uses {path}, which dvc.yaml does not declare")
+        for out in produced(stage):
+            assert any(_under(out, path) for path in defaults), (
+                f"stage {name}: dvc.yaml declares {out}, which `{stage['cmd']}` does not write")
+
+
+# ----------------------------------------------------------------------------- real dvc
+
+
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     ws = make_workspace(tmp_path_factory.mktemp("dvc") / "ws", ROOT, n_real=24, n_fake_each=12,
@@ -70,29 +148,36 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     return ws, out
 
 
+@pytest.mark.slow
 def test_repro_runs_every_stage_and_writes_every_out(workspace):
     ws, out = workspace
-    assert ran(out) == set(STAGES), out
+    stages = stages_of(ws / "dvc.yaml")
+    assert ran(out) == set(stages), out
     for rel in OUTS:
         assert (ws / rel).is_file() and (ws / rel).stat().st_size > 0, rel
+    for stage in stages.values():
+        for rel in produced(stage):
+            assert (ws / rel).exists(), rel
     lock = yaml.safe_load((ws / "dvc.lock").read_text())
-    assert set(lock["stages"]) == set(STAGES)
+    assert set(lock["stages"]) == set(stages)
     # The expensive stages depend on their own params only, never on train.*.
-    for stage in ("index", "patches", "caption", "embed"):
+    for stage in FEATURE_STAGES:
         assert "train" not in lock["stages"][stage].get("params", {}).get("params.yaml", {})
     assert "train" in lock["stages"]["train"]["params"]["params.yaml"]
 
 
+@pytest.mark.slow
 def test_second_repro_is_up_to_date(workspace):
     ws, _ = workspace
     out = sh(ws, "dvc", "repro")
     assert not ran(out), out
-    assert skipped(out) == set(STAGES), out
+    assert skipped(out) == set(stages_of(ws / "dvc.yaml")), out
     assert "Data and pipelines are up to date" in out
     assert "up to date" in sh(ws, "dvc", "status")
     assert sh(ws, "git", "status", "--porcelain") == ""  # nothing untracked or modified
 
 
+@pytest.mark.slow
 def test_metrics_and_plots_show(workspace, tmp_path):
     ws, _ = workspace
     metrics = json.loads(sh(ws, "dvc", "metrics", "show", "--json"))
@@ -108,13 +193,18 @@ def test_metrics_and_plots_show(workspace, tmp_path):
         assert name in html, name
 
 
+@pytest.mark.slow
 def test_train_param_change_reruns_only_train_evaluate_compare(workspace):
     ws, _ = workspace
     cached = {p: (ws / p).stat().st_mtime_ns for p in OUTS[:5]}
     old_model = (ws / "models/detector/model.safetensors").read_bytes()
     out = sh(ws, "dvc", "exp", "run", "-S", "train.lr=0.0005")
-    assert ran(out) == {"train", "evaluate", "compare"}, out
-    assert skipped(out) == {"index", "patches", "caption", "embed"}, out
+    stages = stages_of(ws / "dvc.yaml")
+    expected = train_side(stages)
+    assert set(TRAIN_SIDE) <= expected
+    assert ran(out) == expected, out
+    assert skipped(out) == set(stages) - expected, out
+    assert not ran(out) & set(FEATURE_STAGES)
     assert yaml.safe_load((ws / "params.yaml").read_text())["train"]["lr"] == 0.0005
     assert {p: (ws / p).stat().st_mtime_ns for p in OUTS[:5]} == cached  # cache untouched
     bundle = json.loads((ws / "models/detector/config.json").read_text())
