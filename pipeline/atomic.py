@@ -7,6 +7,7 @@ partial one, and a failed write (disk full, permission) leaves the previous outp
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -44,6 +45,32 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def reserve_space(target: str | os.PathLike[str], nbytes: int) -> None:
+    """Fail cleanly with ``OutputWriteError`` unless ``nbytes`` can be written next to ``target``.
+
+    HDF5 reports a full disk from deep inside its C library, where a failed flush can leave
+    the file open and crash the interpreter at exit; so HDF5 writers check for room first by
+    allocating (then freeing) a scratch file of the size they are about to write.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".reserve", dir=target.parent)
+    try:
+        if nbytes > 0:
+            os.posix_fallocate(fd, 0, nbytes)
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            return  # the filesystem cannot preallocate: nothing to check
+        raise OutputWriteError(
+            exc.errno or 0,
+            f"could not write {target}: {exc.strerror or exc} (needs about {nbytes} bytes). "
+            "The previous version of this output (if any) was left intact.",
+        ) from exc
+    finally:
+        os.close(fd)
+        os.unlink(name)
 
 
 def write_json(target: str | os.PathLike[str], obj: Any) -> None:

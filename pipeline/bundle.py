@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from pipeline.atomic import atomic_path, write_json
 from pipeline.heads.detectors import build_head
@@ -28,7 +28,7 @@ def save_bundle(directory: str | Path, model: torch.nn.Module, config: dict[str,
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_path(directory / WEIGHTS) as tmp:
-        save_file(state, str(tmp))
+        tmp.write_bytes(save(state))  # Python I/O: a full disk raises OSError, caught above
     write_json(directory / CONFIG, {"format_version": FORMAT_VERSION, **config})
 
 

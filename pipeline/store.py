@@ -24,9 +24,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.atomic import atomic_path
+from pipeline.atomic import atomic_path, reserve_space
 
 ID_DTYPE = "S64"
+H5_SLACK = 1 << 20  # room checked beyond the raw arrays (HDF5 metadata)
 
 
 def encode_ids(ids: Sequence[str]) -> np.ndarray:
@@ -40,6 +41,7 @@ def decode_ids(arr: np.ndarray) -> list[str]:
 def write_h5(path: str | Path, arrays: dict[str, np.ndarray], ids: Sequence[str],
              provenance: dict[str, Any], chunk_rows: int = 64) -> None:
     """Atomically write aligned arrays (first axis = ids) with provenance."""
+    reserve_space(path, sum(a.nbytes for a in arrays.values()) + 64 * len(ids) + H5_SLACK)
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset("ids", data=encode_ids(ids))
         for name, arr in arrays.items():
@@ -61,6 +63,8 @@ def concat_h5(path: str | Path, parts: Sequence[str | Path], names: Sequence[str
             total += len(f["ids"])
             for n in names:
                 shapes[n] = (f[n].shape[1:], f[n].dtype)
+    row_bytes = 64 + sum(int(np.prod(shape)) * dtype.itemsize for shape, dtype in shapes.values())
+    reserve_space(path, total * row_bytes + H5_SLACK)
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as out:
         ids = out.create_dataset("ids", shape=(total,), dtype=ID_DTYPE)
         dsets = {

@@ -2,7 +2,7 @@
 
 import click
 
-from pipeline.manifest import build_index
+from pipeline.manifest import build_index, skipped_lines
 from stages.common import echo_summary, friendly_errors, load, params_options
 
 
@@ -23,3 +23,8 @@ def index(params_file: str, overrides: tuple[str, ...], out: str, report: str,
         f"{res['duplicates']} duplicate groups ({res['cross_split_duplicates']} across splits), "
         f"{res['label_conflicts']} label conflicts; splits {s['by_split_label']} (see {report})"
     )
+    lines = skipped_lines(res)
+    if lines:
+        click.secho("skipped (kept in the manifest with a reason, left out downstream):",
+                    fg="yellow", err=True)
+        click.secho("\n".join(lines), fg="yellow", err=True)
