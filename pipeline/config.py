@@ -121,6 +121,12 @@ class EvaluateParams:
 
 
 @dataclass
+class FigureParams:
+    tsne_points: int = field(default=2000, metadata=_check(10, 1_000_000))
+    tsne_perplexity: float = field(default=30.0, metadata=_check(1.0, 1000.0))
+
+
+@dataclass
 class Params:
     seed: int = field(default=0, metadata=_check(0))
     data: DataParams = field(default_factory=DataParams)
@@ -131,6 +137,7 @@ class Params:
     compute: ComputeParams = field(default_factory=ComputeParams)
     train: TrainParams = field(default_factory=TrainParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+    figures: FigureParams = field(default_factory=FigureParams)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -12,6 +12,7 @@ from stages.index import index
 from stages.patches import patches
 from stages.predict import predict
 from stages.train import train
+from stages.tsne import tsne
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -26,7 +27,7 @@ def main() -> None:
 
 for command in (index, patches, caption, embed, train, evaluate, compare, demo_data):
     main.add_command(command)
-for command in (predict, explain):
+for command in (predict, explain, tsne):
     main.add_command(command)
 
 if __name__ == "__main__":

@@ -1,0 +1,23 @@
+"""`nsnet tsne`: Figure 1, cached features before/after the head's semantic projection."""
+
+import click
+
+from pipeline.tsne import run_tsne
+from stages.common import echo_summary, friendly_errors, load, params_options
+
+
+@click.command("tsne")
+@params_options
+@click.option("--manifest", default="cache/manifest.parquet", show_default=True)
+@click.option("--embeddings", default="cache/embeddings.h5", show_default=True)
+@click.option("--model", "model_dir", default="models/detector", show_default=True)
+@click.option("--out", default="plots/tsne.png", show_default=True)
+@friendly_errors
+def tsne(params_file: str, overrides: tuple[str, ...], manifest: str, embeddings: str,
+         model_dir: str, out: str) -> None:
+    """t-SNE of figures.tsne_points cached image features, coloured by label and by source."""
+    params = load(params_file, overrides)
+    res = run_tsne(params, manifest, embeddings, model_dir, out)
+    sil = res["silhouette"]
+    echo_summary(f"tsne: {res['n']} images, {res['head']} head; real-vs-generated silhouette "
+                 f"{sil['before']:.3f} before -> {sil['after']:.3f} after projection -> {out}")
