@@ -48,9 +48,26 @@ class SplitParams:
     test: float = field(default=0.15, metadata=_check(0.0, 1.0))
 
 
+ROLE_CHOICES = ("auto", "train", "test")
+
+
+@dataclass
+class RootParams:
+    """One image folder: ``path``, its ``role`` in the protocol and optionally its layout.
+
+    A plain string in ``data.roots`` means ``{path: <string>}``. Roles: ``auto`` keeps the
+    layout's official split (else a content-hash split), ``train`` puts every image in train/val,
+    ``test`` puts every image in test. ``layout: ""`` means ``data.layout``.
+    """
+
+    path: str = ""
+    role: str = field(default="auto", metadata=_check(choices=ROLE_CHOICES))
+    layout: str = field(default="", metadata=_check(choices=("", *LAYOUT_CHOICES)))
+
+
 @dataclass
 class DataParams:
-    roots: list[str] = field(default_factory=lambda: ["data/demo"])
+    roots: list[RootParams] = field(default_factory=lambda: [RootParams("data/demo")])
     layout: str = field(default="auto", metadata=_check(choices=LAYOUT_CHOICES))
     split: SplitParams = field(default_factory=SplitParams)
     max_image_pixels: int = field(default=178_956_970, metadata=_check(1))
@@ -221,11 +238,42 @@ def _cross_checks(p: Params) -> None:
         )
     if not p.data.roots:
         raise ParamsError("data.roots: at least one image folder is required")
+    for i, root in enumerate(p.data.roots):
+        if not root.path:
+            raise ParamsError(f"data.roots[{i}].path: an image folder is required")
+    _check_degradations(p)
+
+
+def _check_degradations(p: Params) -> None:
+    from pipeline.degrade import DegradationError, parse
+
+    names = p.protocol.degradations
+    if len(set(names)) != len(names):
+        raise ParamsError(f"protocol.degradations: names repeat in {names}")
+    for i, name in enumerate(names):
+        try:
+            side = parse(name).output_side()
+        except DegradationError as exc:
+            raise ParamsError(f"protocol.degradations[{i}]: {exc}") from exc
+        if side is not None and side < p.patches.size:
+            raise ParamsError(
+                f"protocol.degradations[{i}]: {name} makes {side} px images, smaller than one "
+                f"patches.size={p.patches.size} patch, so they could not be patched"
+            )
+
+
+def _normalise_roots(data: dict[str, Any]) -> dict[str, Any]:
+    """Accept plain strings in ``data.roots`` as ``{path: <string>}``."""
+    section = data.get("data")
+    if not isinstance(section, dict) or not isinstance(section.get("roots"), list):
+        return data
+    roots = [{"path": r} if isinstance(r, str) else r for r in section["roots"]]
+    return {**data, "data": {**section, "roots": roots}}
 
 
 def params_from_dict(data: dict[str, Any] | None) -> Params:
     """Validate a raw mapping into ``Params`` (missing keys take their defaults)."""
-    params = _build(Params, data or {})
+    params = _build(Params, _normalise_roots(data or {}))
     _cross_checks(params)
     return params
 

@@ -13,6 +13,7 @@ from pipeline.bundle import load_bundle
 from pipeline.config import Params
 from pipeline.features import FeatureSet, load_features, select
 from pipeline.metrics import per_source_table, pr_curve, roc_curve
+from pipeline.protocols import with_duplicate_members
 from pipeline.provenance import base_provenance, fingerprint
 from pipeline.training import predict_proba
 
@@ -48,7 +49,7 @@ def _csv(path: Path, df: pd.DataFrame) -> None:
 def run_evaluate(params: Params, manifest: str | Path, embeddings: str | Path,
                  model_dir: str | Path, metrics_json: str | Path, plots_dir: str | Path
                  ) -> dict[str, Any]:
-    fs = load_features(params, manifest, embeddings)
+    fs = with_duplicate_members(load_features(params, manifest, embeddings), manifest)
     model, config = load_bundle(model_dir)
     threshold = params.evaluate.threshold
     results, scored = evaluate_sets(params, fs, model, threshold)

@@ -1,12 +1,23 @@
 """Folder layouts of the benchmarks: labels, source (generator) names and official splits.
 
-Supported (``data.layout``):
+Supported (``data.layout``, or per root ``data.roots[i].layout``):
 
-* ``real_fake``  ``<root>/[<split>/]{real,fake}/[<source>/]...`` (also ``0_real/1_fake``)
-* ``genimage``   ``<root>/<generator>/{train,val}/{nature,ai}/...`` (official val is the test set)
-* ``ufd``        ``<root>/[<split>/]<generator>/[<class>/]{0_real,1_fake}/...``
-* ``aigibench``  like ``ufd`` (``<subset>/[<class>/]{0_real,1_fake}``), subsets named by folder
-* ``auto``       picks one of the above from the folder names found.
+* ``real_fake``  ``<root>/[<split>/]{real,fake}/[<source>/]...`` (also ``0_real/1_fake``).
+  Reals in ``real/`` get the source ``real``; fakes get their subfolder name (``fake`` if none).
+* ``genimage``   ``<root>/<generator>/[<subset>/]{train,val}/{nature,ai}/...``. The generator is
+  named by the first folder below the root, or by a canonical name (``SDv1.4``, ``Midjourney``,
+  ...) when a folder on the way matches one of GenImage's eight generators. GenImage's official
+  ``val`` folders are its test set, so they become our ``test`` split.
+* ``ufd``        ``<root>/[<split>/]<generator>/[<class>/]{0_real,1_fake}/...``: the
+  UniversalFakeDetect test set (``progan/airplane/0_real``, ``dalle/1_fake``) and the ProGAN
+  training set (``train/<class>/{0_real,1_fake}``, ``val/...``). The source is the first folder
+  below the root and split folder: the generator in the test set, the object class in the
+  ProGAN training set (so ``protocol.train_sources: [car, cat, chair, horse]`` picks the 4-class
+  setting out of the 20 classes).
+* ``aigibench``  as ``ufd``. AIGIBench (Li et al. 2025, github.com/HorizonTEL/AIGIBench) ships
+  ``train/{car,cat,chair,horse,sdv1.4}/{0_real,1_fake}``, ``val/<...>/{0_real,1_fake}`` and
+  ``test/<subset>/{0_real,1_fake}`` (25 subsets: ProGAN, R3GAN, FLUX1-dev, CommunityAI, ...).
+* ``auto``       picks one of the above from the folder names found near the root.
 
 The walk follows directory symlinks but never visits a directory twice (no symlink loops).
 """
@@ -14,6 +25,7 @@ The walk follows directory symlinks but never visits a directory twice (no symli
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +36,20 @@ REAL_NAMES = {"real", "0_real", "nature", "reals", "0"}
 FAKE_NAMES = {"fake", "1_fake", "ai", "fakes", "1", "generated", "synthetic"}
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 LAYOUTS = ("real_fake", "genimage", "ufd", "aigibench")
+DETECT_DEPTH = 6  # folder levels below the root inspected by ``detect_layout``
+
+# GenImage's eight generators, matched on a folder name reduced to lowercase letters and digits
+# (``stable_diffusion_v_1_4`` and ``imagenet_ai_0419_sdv4`` both give ``SDv1.4``).
+GENIMAGE_NAMES = (
+    (re.compile(r"midjourney"), "Midjourney"),
+    (re.compile(r"(sdv?1?4|diffusionv?14)$"), "SDv1.4"),
+    (re.compile(r"(sdv?1?5|diffusionv?15)$"), "SDv1.5"),
+    (re.compile(r"adm$"), "ADM"),
+    (re.compile(r"glide"), "GLIDE"),
+    (re.compile(r"wukong"), "Wukong"),
+    (re.compile(r"vqdm"), "VQDM"),
+    (re.compile(r"biggan"), "BigGAN"),
+)
 
 
 class LayoutError(ValueError):
@@ -38,11 +64,34 @@ class Entry:
     split: str | None  # official split if the layout gives one
 
 
-def walk_files(root: Path) -> Iterator[Path]:
-    """All files below ``root`` in sorted order, following symlinks once (loop-safe)."""
+@dataclass(frozen=True)
+class WalkError:
+    """A folder below a root that could not be listed (its files are not in the manifest)."""
+
+    path: str  # printable (non-UTF-8 bytes backslash-escaped)
+    error: str
+
+
+def walk_files(root: Path, errors: list[WalkError] | None = None) -> Iterator[Path]:
+    """All files below ``root`` in sorted order, following symlinks once (loop-safe).
+
+    Folders that cannot be listed (permissions, I/O errors) are appended to ``errors`` rather
+    than skipped silently.
+    """
     seen: set[tuple[int, int]] = set()
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        st = os.stat(dirpath)
+
+    def failed(exc: OSError) -> None:
+        if errors is not None:
+            name = os.fsencode(exc.filename or "").decode("utf-8", errors="backslashreplace")
+            errors.append(WalkError(name, f"{type(exc).__name__}: {exc.strerror or exc}"))
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=failed, followlinks=True):
+        try:
+            st = os.stat(dirpath)
+        except OSError as exc:
+            failed(exc)
+            dirnames[:] = []
+            continue
         key = (st.st_dev, st.st_ino)
         if key in seen:
             dirnames[:] = []
@@ -68,24 +117,46 @@ def _label_index(parts: tuple[str, ...]) -> tuple[int, int] | None:
     return None
 
 
+def _folder_pairs(root: Path) -> set[tuple[str, str]]:
+    """(parent, name) of every folder within ``DETECT_DEPTH`` levels of ``root``, lowercased."""
+    pairs: set[tuple[str, str]] = set()
+    base = len(root.parts)
+    for dirpath, dirnames, _ in os.walk(root, followlinks=True):
+        here = Path(dirpath)
+        parent = here.name.lower() if len(here.parts) > base else ""
+        pairs.update((parent, d.lower()) for d in dirnames)
+        if len(here.parts) - base >= DETECT_DEPTH - 1:
+            dirnames[:] = []
+    return pairs
+
+
 def detect_layout(root: Path) -> str:
     """Guess the layout of ``root`` from its folder names."""
-    names: set[str] = set()
-    for depth, (_dirpath, dirnames, _) in enumerate(os.walk(root)):
-        names.update(d.lower() for d in dirnames)
-        if depth > 2000:
-            break
-    if {"ai", "nature"} & names:
+    pairs = _folder_pairs(Path(root))
+    names = {name for _, name in pairs}
+    if any(p in ("train", "val") and n in ("ai", "nature") for p, n in pairs):
         return "genimage"
     if {"0_real", "1_fake"} & names:
         return "ufd"
     if {"real", "fake"} & names:
         return "real_fake"
+    if {"ai", "nature"} & names:
+        return "genimage"
     raise LayoutError(
         f"{root}: no label folders found. Expected real/ + fake/, 0_real/ + 1_fake/ (UFD, "
         "AIGIBench) or <generator>/{train,val}/{nature,ai}/ (GenImage). Set data.layout or "
         "reorganise the folder."
     )
+
+
+def genimage_name(folders: list[str]) -> str | None:
+    """Canonical GenImage generator name for the first folder that matches one."""
+    for folder in folders:
+        key = re.sub(r"[^a-z0-9]", "", folder.lower())
+        for pattern, name in GENIMAGE_NAMES:
+            if pattern.search(key):
+                return name
+    return None
 
 
 def classify(rel_dirs: tuple[str, ...], layout: str) -> tuple[int, str, str | None] | None:
@@ -99,7 +170,7 @@ def classify(rel_dirs: tuple[str, ...], layout: str) -> tuple[int, str, str | No
     split = next((SPLIT_NAMES[p.lower()] for p in before if p.lower() in SPLIT_NAMES), None)
     named = [p for p in before if p.lower() not in SPLIT_NAMES]
     if layout == "genimage":
-        source = named[0] if named else "genimage"
+        source = genimage_name(named) or (named[0] if named else "genimage")
         if split == "val":  # GenImage's official val folders are its test set
             split = "test"
     elif layout in ("ufd", "aigibench"):
@@ -109,8 +180,15 @@ def classify(rel_dirs: tuple[str, ...], layout: str) -> tuple[int, str, str | No
     return label, source, split
 
 
-def iter_entries(root: str | os.PathLike[str], layout: str = "auto") -> Iterator[Entry]:
-    """Every image-named file below ``root`` with its label, source and official split."""
+def iter_entries(root: str | os.PathLike[str], layout: str = "auto",
+                 unlabelled: list[str] | None = None,
+                 errors: list[WalkError] | None = None) -> Iterator[Entry]:
+    """Every image-named file below ``root`` with its label, source and official split.
+
+    Image files outside any label folder are not entries; their paths are appended to
+    ``unlabelled`` when a list is given, so the caller can report them. Folders that could
+    not be listed are appended to ``errors`` (see ``walk_files``).
+    """
     root = Path(root)
     if not root.is_dir():
         raise LayoutError(f"data root {root} does not exist or is not a folder")
@@ -118,12 +196,14 @@ def iter_entries(root: str | os.PathLike[str], layout: str = "auto") -> Iterator
         layout = detect_layout(root)
     if layout not in LAYOUTS:
         raise LayoutError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
-    for path in walk_files(root):
+    for path in walk_files(root, errors):
         if not is_image_name(path):
             continue
         rel_dirs = path.relative_to(root).parts[:-1]
         got = classify(rel_dirs, layout)
         if got is None:
+            if unlabelled is not None:
+                unlabelled.append(str(path))
             continue
         label, source, split = got
         yield Entry(path=str(path.absolute()), label=label, source=source, split=split)

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from pipeline.atomic import write_json
 from pipeline.config import Params
 from pipeline.images import ImageError, open_image, read_bytes
-from pipeline.layouts import LayoutError, iter_entries
+from pipeline.layouts import Entry, LayoutError, WalkError, iter_entries
 from pipeline.provenance import base_provenance
 from pipeline.store import write_table
 
@@ -44,7 +44,10 @@ def content_id(data: bytes) -> str:
 
 def split_for(image_id: str, train: float, val: float) -> str:
     """Deterministic split from the content hash: identical bytes always share a split."""
-    u = int(image_id[:8], 16) / 2**32
+    head = image_id[:8]
+    if not all(c in "0123456789abcdef" for c in head):  # "path-..." ids of unreadable files
+        head = hashlib.blake2b(image_id.encode(), digest_size=4).hexdigest()
+    u = int(head, 16) / 2**32
     if u < train:
         return "train"
     if u < train + val:
@@ -85,19 +88,58 @@ def _display(path: str) -> str:
     return os.fsencode(path).decode("utf-8", errors="backslashreplace")
 
 
-def scan(params: Params) -> pd.DataFrame:
-    """Walk the configured roots and probe every image file."""
-    entries = []
+def _carve_val(image_id: str, params: Params) -> str:
+    """Deterministic train/val choice for a training image of a root that has no val split."""
+    s = params.data.split
+    share = s.train / (s.train + s.val) if s.train + s.val > 0 else 1.0
+    return "train" if split_for(image_id, share, 1.0 - share) == "train" else "val"
+
+
+def assign_split(official: str | None, image_id: str, role: str, root_has_val: bool,
+                 params: Params) -> str:
+    """Our split of one image from its root's role, the layout's official split and its hash.
+
+    * role ``test``: always ``test``.
+    * role ``train``: the official ``val`` stays ``val``; everything else is ``train``, with a
+      deterministic val share carved out by content hash when the root has no val folder.
+    * role ``auto``: the official split is kept (a root with train but no val gets the val share
+      carved out of train); images without one are split train/val/test by content hash.
+    """
+    if role == "test":
+        return "test"
+    if role == "train":
+        if official == "val":
+            return "val"
+        return "train" if root_has_val else _carve_val(image_id, params)
+    if official is None:
+        return split_for(image_id, params.data.split.train, params.data.split.val)
+    if official == "train" and not root_has_val:
+        return _carve_val(image_id, params)
+    return official
+
+
+def _root_entries(params: Params, errors: list[WalkError] | None = None
+                  ) -> tuple[list[tuple[Entry, str, bool]], list[str]]:
+    """(entry, role, root has a val folder) for every labelled image, plus unlabelled paths."""
+    out: list[tuple[Entry, str, bool]] = []
+    unlabelled: list[str] = []
     for root in params.data.roots:
-        try:
-            entries.extend(iter_entries(root, params.data.layout))
-        except LayoutError:
-            raise
-    if not entries:
-        raise LayoutError(
-            f"no image files with a real/fake label folder found under {params.data.roots}"
-        )
-    jobs = [_Probe(e.path, params.data.max_image_pixels, params.patches.size) for e in entries]
+        entries = list(iter_entries(root.path, root.layout or params.data.layout, unlabelled,
+                                    errors))
+        if not entries:
+            raise LayoutError(f"no image files with a real/fake label folder found under "
+                              f"{root.path}")
+        has_val = any(e.split == "val" for e in entries)
+        out.extend((e, root.role, has_val) for e in entries)
+    return out, unlabelled
+
+
+def scan(params: Params, errors: list[WalkError] | None = None
+         ) -> tuple[pd.DataFrame, list[str]]:
+    """Walk the configured roots and probe every image file; also return unlabelled paths."""
+    entries, unlabelled = _root_entries(params, errors)
+    jobs = [_Probe(e.path, params.data.max_image_pixels, params.patches.size)
+            for e, _, _ in entries]
     workers = params.data.num_workers
     if workers > 1 and len(jobs) > 64:
         with ProcessPoolExecutor(max_workers=workers) as pool:
@@ -105,19 +147,12 @@ def scan(params: Params) -> pd.DataFrame:
     else:
         probes = [_probe(j) for j in jobs]
     rows = []
-    for e, p in zip(entries, probes, strict=True):
-        split = e.split
-        if split is None:
-            split = split_for(p["id"], params.data.split.train, params.data.split.val)
-        elif split == "train" and not any(x.split == "val" for x in entries):
-            # The layout has train/test only: carve a deterministic val split out of train.
-            tv = params.data.split.train + params.data.split.val
-            split = "val" if split_for(p["id"], params.data.split.train / tv, 1.0) != "train" \
-                else "train"
+    for (e, role, has_val), p in zip(entries, probes, strict=True):
+        split = assign_split(e.split, p["id"], role, has_val, params)
         rows.append({**p, "path": _display(e.path), "path_raw": os.fsencode(e.path),
-                     "label": e.label, "source": e.source, "split": split})
+                     "label": e.label, "source": _display(e.source), "split": split})
     df = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
-    return df.sort_values(["path_raw"], kind="stable").reset_index(drop=True)
+    return df.sort_values(["path_raw"], kind="stable").reset_index(drop=True), unlabelled
 
 
 def mark_duplicates(df: pd.DataFrame) -> dict[str, Any]:
@@ -173,21 +208,28 @@ def read_manifest(path: str | Path, only_ok: bool = False) -> pd.DataFrame:
 def build_index(params: Params, out: str | Path, report: str | Path,
                 strict: bool | None = None) -> dict[str, Any]:
     """Run the index stage end to end; return the summary that was also written to ``report``."""
-    df = scan(params)
+    walk_errors: list[WalkError] = []
+    df, unlabelled = scan(params, walk_errors)
     dup_report = mark_duplicates(df)
     summary = summarise(df)
+    summary["unlabelled_files"] = len(unlabelled)
+    summary["unlisted_folders"] = len(walk_errors)
     strict = params.data.strict if strict is None else strict
     skipped = df[df["status"] != OK]
-    if strict and len(skipped):
-        first = skipped.iloc[0]
+    if strict and (len(skipped) or walk_errors):
+        first = (f"{skipped.iloc[0]['path']} ({skipped.iloc[0]['status']}: "
+                 f"{skipped.iloc[0]['error']})" if len(skipped) else
+                 f"{walk_errors[0].path} (folder could not be listed: {walk_errors[0].error})")
         raise StrictModeError(
-            f"--strict: {len(skipped)} file(s) would be skipped, e.g. {first['path']} "
-            f"({first['status']}: {first['error']})"
+            f"--strict: {len(skipped)} file(s) would be skipped and {len(walk_errors)} "
+            f"folder(s) could not be listed, e.g. {first}"
         )
     provenance = {
         **base_provenance(),
         "stage": "index",
-        "roots": list(params.data.roots),
+        "roots": [r.path for r in params.data.roots],
+        "root_roles": [r.role for r in params.data.roots],
+        "root_layouts": [r.layout or params.data.layout for r in params.data.roots],
         "layout": params.data.layout,
         "split": params.data.split.__dict__,
         "max_image_pixels": params.data.max_image_pixels,
@@ -198,5 +240,24 @@ def build_index(params: Params, out: str | Path, report: str | Path,
         {"path": r.path, "status": r.status, "error": r.error} for r in skipped.itertuples()
     ]
     write_json(report, {"summary": summary, **dup_report, "skipped": skipped_list[:10000],
+                        "unlabelled": unlabelled[:10000],
+                        "unlisted_folders": [w.__dict__ for w in walk_errors[:10000]],
                         "provenance": provenance})
-    return {"summary": summary, **{k: len(v) for k, v in dup_report.items()}}
+    examples = {str(reason): [(r.path, r.error) for r in group.head(3).itertuples()]
+                for reason, group in skipped.groupby("status", sort=True)}
+    return {"summary": summary, **{k: len(v) for k, v in dup_report.items()},
+            "skipped_examples": examples,
+            "unlisted_folders": [(w.path, w.error) for w in walk_errors]}
+
+
+def skipped_lines(result: dict[str, Any], per_reason: int = 3) -> list[str]:
+    """Human-readable lines: each skip reason with its count and a few example files."""
+    counts = result["summary"]["skipped"]
+    lines = []
+    for reason in sorted(counts):
+        lines.append(f"  {reason}: {counts[reason]} file(s)")
+        for path, error in result.get("skipped_examples", {}).get(reason, [])[:per_reason]:
+            lines.append(f"    {path}: {error}")
+    for path, error in result.get("unlisted_folders", [])[:per_reason * 3]:
+        lines.append(f"  unlisted_folder: {path}: {error}")
+    return lines

@@ -4,6 +4,7 @@ import click
 
 from stages.caption import caption
 from stages.compare import compare
+from stages.degrade import degrade, evaluate_views
 from stages.demo_data import demo_data
 from stages.embed import embed
 from stages.evaluate import evaluate
@@ -25,7 +26,8 @@ def main() -> None:
     """
 
 
-for command in (index, patches, caption, embed, train, evaluate, compare, demo_data):
+for command in (index, patches, caption, embed, train, evaluate, compare, demo_data, degrade,
+                evaluate_views):
     main.add_command(command)
 for command in (predict, explain, tsne):
     main.add_command(command)

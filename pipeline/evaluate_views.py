@@ -1,0 +1,74 @@
+"""Metrics of the trained detector on every degraded test view (GenImage's robustness table).
+
+For each name in ``protocol.degradations`` the view's cached features (``pipeline.views``) are
+scored with the same detector and threshold as the clean test set; the per-generator table and
+its mean go to ``metrics/views/<name>.json``, and a summary of all views (plus ``clean``, read
+from the clean features) to ``metrics/degradations.json``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pipeline.atomic import write_json
+from pipeline.bundle import load_bundle
+from pipeline.config import Params
+from pipeline.evaluate import score
+from pipeline.features import load_features, select
+from pipeline.metrics import pct, per_source_table
+from pipeline.protocols import with_duplicate_members
+from pipeline.provenance import base_provenance
+from pipeline.views import view_paths
+
+SUMMARY_KEYS = ("acc", "real_acc", "fake_acc", "ap")
+
+
+def view_result(params: Params, model: Any, manifest: str | Path, embeddings: str | Path,
+                main_manifest: str | Path) -> dict[str, Any]:
+    """Per-source table of the protocol's test rows of one feature file.
+
+    Reals shared between generators come back from ``main_manifest``'s duplicate rows
+    (``pipeline.protocols``), exactly as in ``nsnet evaluate``.
+    """
+    fs = with_duplicate_members(load_features(params, manifest, embeddings), main_manifest)
+    test = select(fs, "test", params.protocol.test_sources or None)
+    if not len(test):
+        raise ValueError(f"no test rows of protocol.test_sources in {embeddings}")
+    return per_source_table(score(model, test), threshold=params.evaluate.threshold)
+
+
+def run_evaluate_views(params: Params, manifest: str | Path, embeddings: str | Path,
+                       model_dir: str | Path, views_dir: str | Path, metrics_dir: str | Path
+                       ) -> dict[str, Any]:
+    """Score clean + every degraded view; write one JSON per view and the summary."""
+    model, config = load_bundle(model_dir)
+    metrics_dir = Path(metrics_dir)
+    (metrics_dir / "views").mkdir(parents=True, exist_ok=True)  # a DVC output, even if empty
+    results = {"clean": view_result(params, model, manifest, embeddings, manifest)}
+    for name in params.protocol.degradations:
+        paths = view_paths(views_dir, name)
+        results[name] = view_result(params, model, paths.manifest, paths.embeddings, manifest)
+        write_json(metrics_dir / "views" / f"{name}.json",
+                   {"view": name, **results[name], "threshold": params.evaluate.threshold,
+                    "head": config["head"]["kind"], "provenance": base_provenance()})
+    summary = {
+        "head": config["head"]["kind"], "threshold": params.evaluate.threshold,
+        "views": {name: {"mean": res["mean"],
+                         "per_source": {s: {k: m[k] for k in SUMMARY_KEYS}
+                                        for s, m in res["per_source"].items()}}
+                  for name, res in results.items()},
+        "provenance": base_provenance(),
+    }
+    write_json(metrics_dir / "degradations.json", summary)
+    return results
+
+
+def format_views_table(results: dict[str, dict[str, Any]], title: str = "") -> str:
+    """One row per view: mean acc / real acc / fake acc / AP over generators (%)."""
+    lines = [title] if title else []
+    lines.append(f"{'view':<14}{'acc':>8}{'real':>8}{'fake':>8}{'AP':>8}")
+    for name, res in results.items():
+        mean = res.get("mean", {})
+        lines.append(f"{name:<14}" + "".join(f"{pct(mean.get(k)):>8}" for k in SUMMARY_KEYS))
+    return "\n".join(lines)
