@@ -1,0 +1,259 @@
+"""Faults: SIGKILL mid-stage, write errors, and caches made with other settings.
+
+Kills use a real ``nsnet`` subprocess and one image per shard, so some shards are committed in
+``cache/.work/<stage>-<fingerprint>/`` when the process dies; the resumed run must end with
+exactly the cache of an uninterrupted run. Write errors come from a real file size limit
+(RLIMIT_FSIZE) in the subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from pipeline.atomic import atomic_path, write_json
+from pipeline.demo import make_demo_images
+from pipeline.extract import run_embed
+from pipeline.provenance import ProvenanceMismatch
+from stages.cli import main
+from tests.conftest import ROOT, build_cache, tiny_params, tiny_raw, write_params
+
+SHARDED = {"compute": {"shard_size": 1}}
+
+
+def nsnet(args: list[str], cwd: Path, fsize: int | None = None) -> subprocess.Popen:
+    """Start the real CLI; with ``fsize`` no file it writes may exceed that many bytes."""
+
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes then fail with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, resource.RLIM_INFINITY))
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "stages.cli", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=limit if fsize else None)
+
+
+def committed(workdir_glob: str, cwd: Path, suffix: str) -> list[Path]:
+    return sorted(p for p in (cwd / "cache" / ".work").glob(f"{workdir_glob}/*{suffix}")
+                  if not p.name.startswith("."))
+
+
+def kill_after(proc: subprocess.Popen, cwd: Path, stage: str, suffix: str, n: int) -> int:
+    """SIGKILL ``proc`` once ``n`` shards of ``stage`` are committed; return how many were."""
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and proc.poll() is None:
+        if len(committed(f"{stage}-*", cwd, suffix)) >= n:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.002)
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the stage ended before it could be killed"
+    return len(committed(f"{stage}-*", cwd, suffix))
+
+
+@pytest.fixture(scope="module")
+def small_images(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("small") / "images"
+    make_demo_images(root, n_real=3, n_fake_each=1, size=96, seed=5)
+    return root
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, small_images):
+    """An uninterrupted run with one image per shard (the same settings the kills use)."""
+    return build_cache(tmp_path_factory.mktemp("reference"), tiny_params(small_images, **SHARDED))
+
+
+def _workspace(tmp_path: Path, reference, demo_images: Path, *files: str) -> Path:
+    (tmp_path / "cache").mkdir()
+    write_params(tmp_path / "params.yaml", tiny_raw(demo_images, **SHARDED))
+    for name in files:
+        shutil.copy(reference.workdir / "cache" / name, tmp_path / "cache" / name)
+    return tmp_path
+
+
+def _resume(cwd: Path, stage: str) -> int:
+    proc = nsnet([stage], cwd)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    return int(re.search(r"\((\d+) reused from an interrupted run\)", err).group(1))
+
+
+def test_sigkill_during_caption_resumes_to_the_same_captions(tmp_path, reference, small_images):
+    cwd = _workspace(tmp_path, reference, small_images, "manifest.parquet")
+    total = len(pq.read_table(reference.manifest).to_pandas().query("status == 'ok'"))
+    done = kill_after(nsnet(["caption"], cwd), cwd, "caption", ".parquet", 2)
+    assert 2 <= done < total
+    assert not (cwd / "cache" / "captions.parquet").exists()
+    assert _resume(cwd, "caption") == done
+    got = pq.read_table(cwd / "cache" / "captions.parquet")
+    want = pq.read_table(reference.captions)
+    assert got.to_pandas().equals(want.to_pandas())
+    assert _settings(got.schema.metadata[b"nsnet"]) == _settings(want.schema.metadata[b"nsnet"])
+    assert not list((cwd / "cache" / ".work").glob("caption-*"))  # finished work is cleaned
+
+
+def _settings(provenance: bytes | str) -> dict:
+    """Provenance without the code version (the tree may change while tests run)."""
+    prov = json.loads(provenance)
+    return {k: v for k, v in prov.items() if k not in ("code_version", "nsnet_version")}
+
+
+def test_sigkill_during_embed_resumes_to_the_same_arrays(tmp_path, reference, small_images):
+    cwd = _workspace(tmp_path, reference, small_images, "manifest.parquet", "patches.h5",
+                     "captions.parquet")
+    total = len(pq.read_table(reference.manifest).to_pandas().query("status == 'ok'"))
+    done = kill_after(nsnet(["embed"], cwd), cwd, "embed", ".h5", 2)
+    assert 2 <= done < total
+    assert not (cwd / "cache" / "embeddings.h5").exists()
+    # Another setting makes another fingerprint: the killed run's shards are not mixed in.
+    alt = tmp_path / "alt"
+    shutil.copytree(cwd / "cache", alt / "cache")
+    other = tiny_params(small_images, compute={"shard_size": 1, "precision": "bf16"})
+    summary = run_embed(other, *(alt / "cache" / n for n in ("manifest.parquet", "patches.h5",
+                                                             "captions.parquet",
+                                                             "embeddings.h5")), alt / "cache")
+    assert summary.reused_shards == 0 and summary.images == total
+    # A half-written shard of the killed run (its temporary name) must never be read.
+    workdir = next((cwd / "cache" / ".work").glob("embed-*"))
+    (workdir / ".000999-deadbeef.h5.x1y2.partial").write_bytes(b"\x89HDF\r\n partial")
+    assert _resume(cwd, "embed") == done
+    with h5py.File(cwd / "cache" / "embeddings.h5") as got, \
+            h5py.File(reference.embeddings) as want:
+        for name in ("ids", "image", "text"):
+            np.testing.assert_array_equal(got[name][:], want[name][:])
+        assert _settings(got.attrs["provenance"]) == _settings(want.attrs["provenance"])
+
+
+# ----------------------------------------------------------------------------- write errors
+
+
+def test_atomic_write_failure_keeps_previous_file(tmp_path):
+    target = tmp_path / "report.json"
+    write_json(target, {"good": True})
+    before = target.read_bytes()
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text('{"half": ')
+        raise RuntimeError("writer crashed")
+    assert target.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
+
+
+def _fsize_run(cwd: Path, args: list[str], limit: int) -> subprocess.CompletedProcess:
+    proc = nsnet(args, cwd, fsize=limit)
+    out, err = proc.communicate(timeout=300)
+    return subprocess.CompletedProcess(args, proc.returncode, out, err)
+
+
+def test_disk_full_during_index_keeps_previous_manifest(tmp_path, built_cache):
+    """The manifest cannot be written (file size limit): exit 1, clear message, old one kept."""
+    work = built_cache.copy_to(tmp_path / "w")
+    write_params(work.workdir / "params.yaml", tiny_raw(demo_root(built_cache)))
+    before = work.manifest.read_bytes()
+    assert len(before) > 4096
+    proc = _fsize_run(work.workdir, ["index"], 4096)
+    assert proc.returncode == 1, proc.stderr
+    assert "could not write" in proc.stderr and "File too large" in proc.stderr
+    assert "left intact" in proc.stderr and "Traceback" not in proc.stderr
+    assert work.manifest.read_bytes() == before
+    assert not [p for p in (work.workdir / "cache").iterdir() if p.name.endswith(".partial")]
+
+
+def test_disk_full_during_embed_keeps_previous_embeddings(tmp_path, built_cache):
+    """HDF5 outputs: a clean exit 1 (HDF5's own failure path can crash the process at exit)."""
+    work = built_cache.copy_to(tmp_path / "w")
+    write_params(work.workdir / "params.yaml", tiny_raw(demo_root(built_cache)))
+    before = work.embeddings.read_bytes()
+    proc = _fsize_run(work.workdir, ["embed"], 16_384)
+    assert proc.returncode == 1, proc.stderr
+    assert "could not write" in proc.stderr and "File too large" in proc.stderr
+    assert "left intact" in proc.stderr and "Traceback" not in proc.stderr
+    assert work.embeddings.read_bytes() == before
+    assert not [p for p in (work.workdir / "cache").iterdir() if p.name.endswith(".partial")]
+
+
+def test_disk_full_during_train_keeps_previous_bundle(tmp_path, built_cache):
+    work = built_cache.copy_to(tmp_path / "w")
+    write_params(work.workdir / "params.yaml", tiny_raw(demo_root(built_cache),
+                                                        train={"epochs": 1}))
+    first = CliRunner().invoke(main, ["train", "--params", str(work.workdir / "params.yaml"),
+                                      "--manifest", str(work.manifest), "--embeddings",
+                                      str(work.embeddings), "--out",
+                                      str(work.workdir / "models" / "detector"), "--log",
+                                      str(work.workdir / "plots" / "log.csv")])
+    assert first.exit_code == 0, first.output
+    bundle = work.workdir / "models" / "detector"
+    before = {p.name: p.read_bytes() for p in bundle.iterdir()}
+    assert (bundle / "model.safetensors").stat().st_size > 8192
+    proc = _fsize_run(work.workdir, ["train", "--set", "train.seed=3"], 8192)
+    assert proc.returncode == 1, proc.stderr
+    assert "could not write" in proc.stderr and "Traceback" not in proc.stderr
+    assert {p.name: p.read_bytes() for p in bundle.iterdir()} == before
+
+
+def demo_root(cache) -> str:
+    return cache.params.data.roots[0].path
+
+
+# ----------------------------------------------------------------------------- other settings
+
+
+def test_embed_refuses_patches_of_another_patch_size(tmp_path, built_cache):
+    work = built_cache.copy_to(tmp_path / "w")
+    before = work.embeddings.read_bytes()
+    params = tiny_params(demo_root(built_cache), patches={"size": 16})
+    with pytest.raises(ProvenanceMismatch, match="patch_spec"):
+        run_embed(params, work.manifest, work.patches, work.captions, work.embeddings,
+                  work.workdir / "cache")
+    assert work.embeddings.read_bytes() == before
+
+
+def test_train_and_evaluate_refuse_embeddings_of_another_clip(tmp_path, built_cache):
+    work = built_cache.copy_to(tmp_path / "w")
+    raw = tiny_raw(demo_root(built_cache), clip={"arch": "ViT-B-32", "pretrained": "openai"})
+    write_params(work.workdir / "params.yaml", raw)
+    common = ["--params", str(work.workdir / "params.yaml"), "--manifest", str(work.manifest),
+              "--embeddings", str(work.embeddings)]
+    model = work.workdir / "models" / "detector"
+    res = CliRunner().invoke(main, ["train", *common, "--out", str(model), "--log",
+                                    str(tmp_path / "log.csv")])
+    assert res.exit_code == 1 and "ProvenanceMismatch" in res.output
+    assert "clip_arch: cache has 'tiny', requested 'ViT-B-32'" in res.output
+    assert not model.exists()
+    metrics = tmp_path / "metrics.json"
+    res = CliRunner().invoke(main, ["evaluate", *common, "--model", str(model), "--out",
+                                    str(metrics), "--plots", str(tmp_path / "plots")])
+    assert res.exit_code == 1 and "clip_arch: cache has 'tiny'" in res.output
+    assert not metrics.exists()
+
+
+def test_dvc_params_invalidate_only_affected_stages():
+    """dvc reruns a stage when one of its params changes: each stage lists exactly its own."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+
+    def uses(stage: str, key: str) -> bool:
+        return any(key == p or key.startswith(p + ".") for p in stages[stage].get("params", []))
+
+    assert uses("embed", "clip.arch") and uses("embed", "clip.pretrained")
+    assert uses("patches", "patches.size") and uses("caption", "caption.model")
+    for stage in ("index", "patches", "caption"):
+        assert not uses(stage, "clip.arch"), stage
+    for stage in ("index", "patches", "caption", "embed"):
+        assert not uses(stage, "train.lr"), stage
+    assert not uses("patches", "caption.model") and not uses("caption", "patches.size")
