@@ -190,6 +190,8 @@ def _coerce(key: str, value: Any, tp: Any, meta: typing.Mapping[str, Any]) -> An
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ParamsError(f"{key}: expected a number, got {value!r}")
         value = float(value)
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ParamsError(f"{key}: {value!r} is not a finite number")
     elif tp is str:
         if not isinstance(value, str):
             raise ParamsError(f"{key}: expected a string, got {value!r}")
@@ -222,7 +224,13 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
+DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
 def _cross_checks(p: Params) -> None:
+    for key, device in (("compute.device", p.compute.device), ("train.device", p.train.device)):
+        if not DEVICE_RE.fullmatch(device):
+            raise ParamsError(f"{key}: {device!r} is not a device (auto, cpu, cuda, cuda:N, mps)")
     s = p.data.split
     if abs(s.train + s.val + s.test - 1.0) > 1e-6:
         raise ParamsError(
