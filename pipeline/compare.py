@@ -51,4 +51,12 @@ def format_comparison(out: dict[str, Any], split: str = "test") -> str:
             m = tab["mean"] if src == "mean" else tab["per_source"].get(src, {})
             cells.append("".join(f"{pct(m.get(k)):>7}" for k in METRICS) + "|")
         lines.append(f"{src:<18}" + "".join(cells))
+    lines.append("")
+    lines.append(f"{split} split, %; mean = over sources. Best epoch (val AP): " + ", ".join(
+        f"{h} {out['heads'][h]['training']['best_epoch']}" for h in heads) + ".")
+    for h in heads:
+        tr = out["heads"][h]["training"]
+        if "explained_variance" in tr:
+            lines.append(f"{h}: top-{tr['nsnet_k']} caption directions removed, explaining "
+                         f"{100 * tr['explained_variance']:.1f}% of the captions' energy.")
     return "\n".join(lines)

@@ -156,6 +156,12 @@ def test_supcon_without_positives_is_zero_and_differentiable():
     assert float(loss.detach()) == 0.0 and z.grad is not None
 
 
+def test_ufd_probe_is_linear_in_the_raw_feature():
+    head = build_head("ufd", 16, normalize=True)
+    x = _randn(6, 16, seed=11).float() * 5
+    torch.testing.assert_close(head(x).logit, x @ head.linear.weight[0] + head.linear.bias[0])
+
+
 def test_build_head_rejects_unknown_kinds():
     assert build_head("ufd", 8).kind == "ufd"
     with pytest.raises(ValueError, match="unknown head"):

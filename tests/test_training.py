@@ -152,7 +152,10 @@ def test_compare_prints_one_table_for_all_heads(built_cache, tmp_path):
     lines = table.splitlines()
     assert all(h in lines[0] for h in ("ufd", "nsnet", "advanced"))
     sources = sorted(out["heads"]["ufd"]["test"]["per_source"])
-    assert [ln.split()[0] for ln in lines[2:]] == [*sources, "mean"]
+    end = lines.index("")
+    assert [ln.split()[0] for ln in lines[2:end]] == [*sources, "mean"]
     mean_acc = out["heads"]["advanced"]["test"]["mean"]["acc"]
-    assert f"{100 * mean_acc:.1f}" in lines[-1]
+    assert f"{100 * mean_acc:.1f}" in lines[end - 1]
+    k = out["heads"]["nsnet"]["training"]["nsnet_k"]
+    assert f"nsnet: top-{k} caption directions removed" in table
     assert (tmp_path / "compare.json").exists()

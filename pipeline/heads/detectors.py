@@ -1,6 +1,6 @@
 """The three detectors, all functions of cached (image, caption) CLIP embeddings.
 
-* ``UFDProbe``       linear probe on raw image features (Ojha et al. 2023)
+* ``UFDProbe``       linear probe on raw (unnormalised) image features (Ojha et al. 2023)
 * ``NSNet``          fixed null-space projection ``P = I - V_k V_k^T`` from the training
                      captions, then an MLP head (Yan et al. 2025)
 * ``AdvancedNSNet``  learned semantic mapper ``f = LayerNorm(t + MLP(t))`` and per-sample
@@ -58,10 +58,13 @@ class _Base(nn.Module):
 
 
 class UFDProbe(_Base):
+    """Linear probe on the raw CLIP image feature, as in Ojha et al. (``normalize`` is ignored:
+    on unit-norm features, whose directions differ little, a linear probe barely moves)."""
+
     kind = "ufd"
 
-    def __init__(self, dim: int, normalize: bool = True, **_: object) -> None:
-        super().__init__(dim, normalize)
+    def __init__(self, dim: int, **_: object) -> None:
+        super().__init__(dim, normalize=False)
         self.linear = nn.Linear(dim, 1)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | None = None) -> HeadOutput:
