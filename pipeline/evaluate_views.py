@@ -48,6 +48,9 @@ def run_evaluate_views(params: Params, manifest: str | Path, embeddings: str | P
     results = {"clean": view_result(params, model, manifest, embeddings, manifest)}
     for name in params.protocol.degradations:
         paths = view_paths(views_dir, name)
+        if not paths.embeddings.exists():
+            raise FileNotFoundError(f"{paths.embeddings} not found: run `nsnet degrade` (or "
+                                    "`dvc repro views`) after changing protocol.degradations")
         results[name] = view_result(params, model, paths.manifest, paths.embeddings, manifest)
         write_json(metrics_dir / "views" / f"{name}.json",
                    {"view": name, **results[name], "threshold": params.evaluate.threshold,

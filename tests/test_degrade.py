@@ -156,6 +156,10 @@ def test_evaluate_views_reports_metrics_per_degradation(views_workspace, tmp_pat
     for res in results.values():
         for m in res["per_source"].values():
             assert 0 <= m["acc"] <= 1 and m["n_real"] > 0 and m["n_fake"] > 0
+    missing = tiny_params(params.data.roots[0].path, protocol={"degradations": ["blur5"]})
+    with pytest.raises(FileNotFoundError, match="nsnet degrade"):
+        run_evaluate_views(missing, work.manifest, work.embeddings,
+                           work.workdir / "models" / "detector", views, tmp_path)
     table = format_views_table(results)
     assert table.splitlines()[0].split() == ["view", "acc", "real", "fake", "AP"]
     assert [line.split()[0] for line in table.splitlines()[1:]] == list(results)
