@@ -36,6 +36,7 @@ GIT_ID = {"GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@localhost",
 
 def _env() -> dict[str, str]:
     env = {**os.environ, **GIT_ID, "HF_HUB_OFFLINE": "1", "DVC_NO_ANALYTICS": "1"}
+    env.setdefault("OMP_NUM_THREADS", "1")  # tiny models: one thread is fastest on a busy box
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     return env
 
