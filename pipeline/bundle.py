@@ -7,6 +7,7 @@ provenance, so ``predict`` can rebuild the exact feature chain from the bundle a
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -27,9 +28,15 @@ def save_bundle(directory: str | Path, model: torch.nn.Module, config: dict[str,
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    blob = save(state)
     with atomic_path(directory / WEIGHTS) as tmp:
-        tmp.write_bytes(save(state))  # Python I/O: a full disk raises OSError, caught above
-    write_json(directory / CONFIG, {"format_version": FORMAT_VERSION, **config})
+        tmp.write_bytes(blob)  # Python I/O: a full disk raises OSError, caught above
+    write_json(directory / CONFIG, {"format_version": FORMAT_VERSION,
+                                    "weights_blake2b": _digest(blob), **config})
+
+
+def _digest(blob: bytes) -> str:
+    return hashlib.blake2b(blob, digest_size=16).hexdigest()
 
 
 def load_bundle(directory: str | Path, device: str | torch.device = "cpu"
@@ -45,6 +52,12 @@ def load_bundle(directory: str | Path, device: str | torch.device = "cpu"
     config = json.loads(cfg_path.read_text())
     if config.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{directory}: unsupported bundle format {config.get('format_version')}")
+    expected = config.get("weights_blake2b")
+    if expected and _digest(weights.read_bytes()) != expected:
+        raise ValueError(
+            f"{directory}: {WEIGHTS} does not match {CONFIG} (an interrupted or mixed save); "
+            "retrain with `nsnet train` or restore the bundle"
+        )
     head = config["head"]
     model = build_head(head["kind"], head["dim"], **head["hparams"])
     state = load_file(str(weights))

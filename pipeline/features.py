@@ -120,7 +120,7 @@ def _read(dset: h5py.Dataset, path: Path) -> Rows:
             warnings.simplefilter("ignore", UserWarning)  # read-only memmap is intended
             base = torch.from_numpy(mm)
         return MappedRows(base, torch.arange(len(base)))
-    return torch.from_numpy(dset[:].astype(np.float32))
+    return torch.from_numpy(dset[:]).float()
 
 
 def load_features(params: Params, manifest: str | Path, embeddings: str | Path) -> FeatureSet:

@@ -35,7 +35,8 @@ def encode_ids(ids: Sequence[str]) -> np.ndarray:
 
 
 def decode_ids(arr: np.ndarray) -> list[str]:
-    return [bytes(x).decode() for x in arr]
+    """Fixed-width id bytes -> str, vectorised (one numpy pass, no per-id Python decode)."""
+    return np.char.decode(np.asarray(arr, dtype=ID_DTYPE), "ascii").tolist()
 
 
 def write_h5(path: str | Path, arrays: dict[str, np.ndarray], ids: Sequence[str],
