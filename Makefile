@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO ?= demo-run
+export DVC_NO_ANALYTICS := 1
+export HF_HUB_DISABLE_TELEMETRY := 1
 
 .PHONY: install demo test lint bench clean-demo
 
@@ -20,8 +22,9 @@ demo: install
 	$(BIN)/nsnet demo-data $(DEMO) --workspace --project .
 	cd $(DEMO) && git init -q && PATH=$(CURDIR)/$(BIN):$$PATH dvc init -q && \
 	  git add -A && git -c user.name=demo -c user.email=demo@localhost commit -qm "demo" && \
-	  PATH=$(CURDIR)/$(BIN):$$PATH $(CURDIR)/$(BIN)/dvc repro && \
-	  PATH=$(CURDIR)/$(BIN):$$PATH $(CURDIR)/$(BIN)/dvc metrics show
+	  PATH=$(CURDIR)/$(BIN):$$PATH $(CURDIR)/$(BIN)/dvc repro
+	@echo "Demo done: the tables above are in $(DEMO)/metrics/*.json;" \
+	  "try: cd $(DEMO) && dvc metrics show / dvc plots show / dvc exp run -S train.lr=0.0005"
 
 test: install
 	$(BIN)/ruff check .

@@ -32,7 +32,8 @@ DEMO_OVERRIDES = {
     "clip": {"arch": "tiny", "pretrained": "", "batch_size": 64},
     "caption": {"model": "tiny", "max_new_tokens": 12, "batch_size": 32},
     "compute": {"precision": "fp32", "shard_size": 128, "num_workers": 0},
-    "protocol": {"train_sources": ["real", "tconv"], "test_sources": []},
+    "protocol": {"train_sources": ["real", "tconv"], "test_sources": [],
+                 "degradations": ["jpeg30", "resize64", "blur3"]},
     "train": {"epochs": 40, "batch_size": 64, "lr": 1e-3, "nsnet_k": 8, "hidden_dim": 256},
 }
 
