@@ -6,7 +6,7 @@ DEMO ?= demo-run
 export DVC_NO_ANALYTICS := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: install demo test lint bench clean-demo
+.PHONY: install demo test lint clean-demo
 
 $(BIN)/nsnet: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

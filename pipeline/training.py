@@ -119,6 +119,9 @@ def fit(kind: str, train: FeatureSet, val: FeatureSet | None, tp: TrainParams,
         )
     _check_finite("training image features", train.image)
     _check_finite("training text features", train.text)
+    if val is not None and len(val):  # model selection on NaN scores would be meaningless
+        _check_finite("validation image features", val.image)
+        _check_finite("validation text features", val.text)
     device = resolve_device(tp.device)
     cuda = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda):

@@ -78,6 +78,13 @@ def test_nan_in_features_stops_training():
         fit("nsnet", train, None, TP)
 
 
+def test_nan_in_validation_features_stops_training():
+    train, val = synthetic(64), synthetic(16)
+    val.image[2, 1] = float("nan")
+    with pytest.raises(TrainingDiverged, match="validation image"):
+        fit("advanced", train, val, TP)
+
+
 def test_diverging_loss_stops_training():
     train = synthetic(64)
     train.image.mul_(1e18)  # finite but absurd features, no normalisation, the largest lr
