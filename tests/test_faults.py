@@ -161,6 +161,15 @@ def _fsize_run(cwd: Path, args: list[str], limit: int) -> subprocess.CompletedPr
     return subprocess.CompletedProcess(args, proc.returncode, out, err)
 
 
+def _assert_failed_cleanly(proc, workdir, output, before: bytes) -> None:
+    """Exit 1 with the write-error message, previous output byte-identical, no temp files."""
+    assert proc.returncode == 1, proc.stderr
+    assert "could not write" in proc.stderr and "File too large" in proc.stderr
+    assert "left intact" in proc.stderr and "Traceback" not in proc.stderr
+    assert output.read_bytes() == before
+    assert not [p for p in (workdir / "cache").iterdir() if p.name.endswith(".partial")]
+
+
 def test_disk_full_during_index_keeps_previous_manifest(tmp_path, built_cache):
     """The manifest cannot be written (file size limit): exit 1, clear message, old one kept."""
     work = built_cache.copy_to(tmp_path / "w")
@@ -168,11 +177,7 @@ def test_disk_full_during_index_keeps_previous_manifest(tmp_path, built_cache):
     before = work.manifest.read_bytes()
     assert len(before) > 4096
     proc = _fsize_run(work.workdir, ["index"], 4096)
-    assert proc.returncode == 1, proc.stderr
-    assert "could not write" in proc.stderr and "File too large" in proc.stderr
-    assert "left intact" in proc.stderr and "Traceback" not in proc.stderr
-    assert work.manifest.read_bytes() == before
-    assert not [p for p in (work.workdir / "cache").iterdir() if p.name.endswith(".partial")]
+    _assert_failed_cleanly(proc, work.workdir, work.manifest, before)
 
 
 def test_disk_full_during_embed_keeps_previous_embeddings(tmp_path, built_cache):
@@ -181,11 +186,7 @@ def test_disk_full_during_embed_keeps_previous_embeddings(tmp_path, built_cache)
     write_params(work.workdir / "params.yaml", tiny_raw(demo_root(built_cache)))
     before = work.embeddings.read_bytes()
     proc = _fsize_run(work.workdir, ["embed"], 16_384)
-    assert proc.returncode == 1, proc.stderr
-    assert "could not write" in proc.stderr and "File too large" in proc.stderr
-    assert "left intact" in proc.stderr and "Traceback" not in proc.stderr
-    assert work.embeddings.read_bytes() == before
-    assert not [p for p in (work.workdir / "cache").iterdir() if p.name.endswith(".partial")]
+    _assert_failed_cleanly(proc, work.workdir, work.embeddings, before)
 
 
 def test_disk_full_during_train_keeps_previous_bundle(tmp_path, built_cache):
