@@ -38,14 +38,15 @@ import h5py  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from pipeline.backbones.blip import load_blip  # noqa: E402
+from pipeline.backbones.clip import load_clip, resolve_device  # noqa: E402
+from pipeline.cache_store import concat_h5, h5_provenance, write_h5, write_table  # noqa: E402
 from pipeline.config import Params, params_from_dict  # noqa: E402
-from pipeline.extract import AMP, run_caption, run_embed, run_patches  # noqa: E402
-from pipeline.images import open_image, read_bytes  # noqa: E402
-from pipeline.manifest import build_index, read_manifest  # noqa: E402
-from pipeline.models.blip import load_blip  # noqa: E402
-from pipeline.models.clip import load_clip, resolve_device  # noqa: E402
-from pipeline.patches import PatchSpec, select_patches  # noqa: E402
-from pipeline.store import concat_h5, h5_provenance, write_h5, write_table  # noqa: E402
+from pipeline.data.images import open_image, read_bytes  # noqa: E402
+from pipeline.data.index_stage import build_index  # noqa: E402
+from pipeline.data.manifest import read_manifest  # noqa: E402
+from pipeline.extraction.extract_stages import AMP, run_caption, run_embed, run_patches  # noqa: E402
+from pipeline.extraction.patch_selection import PatchSpec, select_patches  # noqa: E402
 
 VIT_L14_GFLOPS = 162.0  # open_clip's model profile: image tower at 224 px (81 G multiply-adds)
 
@@ -109,7 +110,7 @@ def random_blip_base(dest: Path) -> str:
         BlipProcessor,
     )
 
-    from pipeline.models.blip import _tiny
+    from pipeline.backbones.blip import _tiny
 
     torch.manual_seed(0)
     model = BlipForConditionalGeneration(BlipConfig())
@@ -221,7 +222,7 @@ def matmul_tflops(device: torch.device, dtype: torch.dtype, seconds: float = 2.0
 def synthetic_store(params: Params, cache: Path, rows: int, patch_rows: int
                     ) -> tuple[Path, Path, Path]:
     """The real cache's files tiled to more rows, in the layout the stages write."""
-    from pipeline.manifest import MANIFEST_COLUMNS
+    from pipeline.data.manifest import MANIFEST_COLUMNS
 
     man = read_manifest(cache / "manifest.parquet")
     ok = man[man["status"] == "ok"].reset_index(drop=True)
@@ -273,7 +274,7 @@ def best_of(fn: Callable[[], Any], repeat: int = 3) -> float:
 
 def store_reads(params: Params, cache: Path, rows: int, patch_rows: int
                 ) -> list[tuple[str, int, float, float]]:
-    from pipeline.features import load_features
+    from pipeline.extraction.cached_features import load_features
 
     manifest, emb, pat = synthetic_store(params, cache, rows, patch_rows)
     out = []
@@ -308,7 +309,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def run(args: argparse.Namespace, work: Path, device: torch.device, precision: str) -> None:
-    from pipeline.demo import make_demo_images
+    from pipeline.data.demo_data import make_demo_images
 
     fake_each = args.images // 6
     make_demo_images(work / "images", n_real=args.images - 3 * fake_each, n_fake_each=fake_each,

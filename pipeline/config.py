@@ -252,15 +252,57 @@ def _cross_checks(p: Params) -> None:
     _check_degradations(p)
 
 
+# ----------------------------------------------------------------------------- degradation names
+# A test-time degradation (``protocol.degradations``) is named jpeg<q>, resize<n> or blur<s>;
+# ``pipeline.data.degradations`` applies them to pixels.
+
+GENIMAGE_DEGRADATIONS = ("jpeg65", "jpeg30", "resize112", "resize64", "blur3", "blur5")
+_NAME = re.compile(r"^(jpeg|resize|blur)(\d+(?:\.\d+)?)$")
+
+
+class DegradationError(ValueError):
+    """A degradation name is not understood or its value is out of range."""
+
+
+@dataclass(frozen=True)
+class Degradation:
+    """A parsed degradation name, e.g. ``jpeg65`` -> kind ``jpeg``, value 65."""
+
+    name: str
+    kind: str
+    value: float
+
+    def output_side(self) -> int | None:
+        """The side of every output image when the degradation fixes it (resize), else None."""
+        return int(self.value) if self.kind == "resize" else None
+
+
+def parse_degradation(name: str) -> Degradation:
+    """Validate a degradation name; raise ``DegradationError`` naming the accepted forms."""
+    m = _NAME.match(name) if isinstance(name, str) else None
+    if not m:
+        raise DegradationError(
+            f"unknown degradation {name!r}: use jpeg<quality 1-100>, resize<side px> or "
+            f"blur<sigma px>, e.g. {', '.join(GENIMAGE_DEGRADATIONS)}"
+        )
+    kind, value = m.group(1), float(m.group(2))
+    if kind == "jpeg" and not (1 <= value <= 100 and value.is_integer()):
+        raise DegradationError(f"{name}: JPEG quality must be an integer in 1..100")
+    if kind == "resize" and not (1 <= value <= 65536 and value.is_integer()):
+        raise DegradationError(f"{name}: resize side must be a whole number of pixels >= 1")
+    if kind == "blur" and not 0 < value <= 100:
+        raise DegradationError(f"{name}: blur sigma must be in (0, 100]")
+    return Degradation(name, kind, value)
+
+
 def _check_degradations(p: Params) -> None:
-    from pipeline.degrade import DegradationError, parse
 
     names = p.protocol.degradations
     if len(set(names)) != len(names):
         raise ParamsError(f"protocol.degradations: names repeat in {names}")
     for i, name in enumerate(names):
         try:
-            side = parse(name).output_side()
+            side = parse_degradation(name).output_side()
         except DegradationError as exc:
             raise ParamsError(f"protocol.degradations[{i}]: {exc}") from exc
         if side is not None and side < p.patches.size:

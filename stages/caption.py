@@ -2,7 +2,7 @@
 
 import click
 
-from pipeline.extract import run_caption
+from pipeline.extraction.extract_stages import run_caption
 from stages.common import echo_summary, friendly_errors, load, params_options
 
 

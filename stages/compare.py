@@ -2,7 +2,7 @@
 
 import click
 
-from pipeline.compare import format_comparison, run_compare
+from pipeline.evaluation.compare_stage import format_comparison, run_compare
 from pipeline.heads.detectors import HEADS
 from stages.common import friendly_errors, load, params_options
 

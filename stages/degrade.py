@@ -2,9 +2,9 @@
 
 import click
 
-from pipeline.evaluate_views import format_views_table, run_evaluate_views
+from pipeline.evaluation.views_eval_stage import format_views_table, run_evaluate_views
+from pipeline.extraction.views_stage import run_views
 from pipeline.metrics import format_table
-from pipeline.views import run_views
 from stages.common import echo_summary, friendly_errors, load, params_options
 
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.demo import make_demo_images, make_workspace
+from pipeline.data.demo_data import make_demo_images, make_workspace
 from stages.common import echo_summary, friendly_errors
 
 

@@ -2,7 +2,7 @@
 
 import click
 
-from pipeline.extract import run_embed
+from pipeline.extraction.extract_stages import run_embed
 from stages.common import echo_summary, friendly_errors, load, params_options
 
 

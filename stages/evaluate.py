@@ -2,7 +2,7 @@
 
 import click
 
-from pipeline.evaluate import run_evaluate
+from pipeline.evaluation.evaluate_stage import run_evaluate
 from pipeline.metrics import format_table
 from stages.common import friendly_errors, load, params_options
 

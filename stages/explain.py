@@ -4,8 +4,8 @@ from pathlib import Path
 
 import click
 
-from pipeline.explain import explain_image, write_report
-from pipeline.predict import load_chain
+from pipeline.inference.explain import explain_image, write_report
+from pipeline.inference.predict import load_chain
 from stages.common import echo_summary, friendly_errors, load, params_options
 
 

@@ -2,7 +2,7 @@
 
 import click
 
-from pipeline.manifest import build_index, skipped_lines
+from pipeline.data.index_stage import build_index, skipped_lines
 from stages.common import echo_summary, friendly_errors, load, params_options
 
 

@@ -3,7 +3,13 @@
 import click
 from tqdm.auto import tqdm
 
-from pipeline.predict import expand_inputs, format_results, load_chain, predict_paths, write_results
+from pipeline.inference.predict import (
+    expand_inputs,
+    format_results,
+    load_chain,
+    predict_paths,
+    write_results,
+)
 from stages.common import echo_summary, friendly_errors, load, params_options
 
 

@@ -2,7 +2,7 @@
 
 import click
 
-from pipeline.train import run_train
+from pipeline.heads.train_stage import run_train
 from stages.common import echo_summary, friendly_errors, load, params_options
 
 

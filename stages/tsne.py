@@ -2,7 +2,7 @@
 
 import click
 
-from pipeline.tsne import run_tsne
+from pipeline.reports.tsne_stage import run_tsne
 from stages.common import echo_summary, friendly_errors, load, params_options
 
 

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from pipeline.config import Params, params_from_dict
-from pipeline.demo import DEMO_OVERRIDES, make_demo_images
+from pipeline.data.demo_data import DEMO_OVERRIDES, make_demo_images
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for the network
@@ -76,8 +76,8 @@ class BuiltCache:
 
 
 def build_cache(workdir: Path, params: Params) -> BuiltCache:
-    from pipeline.extract import run_caption, run_embed, run_patches
-    from pipeline.manifest import build_index
+    from pipeline.data.index_stage import build_index
+    from pipeline.extraction.extract_stages import run_caption, run_embed, run_patches
 
     cache = workdir / "cache"
     cache.mkdir(parents=True, exist_ok=True)

@@ -22,9 +22,10 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from pipeline.extract import run_patches
-from pipeline.images import ImageError, open_image
-from pipeline.manifest import build_index, read_manifest
+from pipeline.data.images import ImageError, open_image
+from pipeline.data.index_stage import build_index
+from pipeline.data.manifest import read_manifest
+from pipeline.extraction.extract_stages import run_patches
 from stages.cli import main
 from tests.conftest import tiny_params, tiny_raw, write_params
 

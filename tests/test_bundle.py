@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from pipeline.bundle import CONFIG, WEIGHTS, load_bundle, save_bundle
+from pipeline.heads.bundle import CONFIG, WEIGHTS, load_bundle, save_bundle
 from pipeline.heads.detectors import build_head
 
 HP = {"hidden_dim": 16, "proj_dim": 8, "dropout": 0.0, "normalize": True}

@@ -11,8 +11,8 @@ import pytest
 from click.testing import CliRunner, Result
 from conftest import tiny_raw, write_params
 
-from pipeline.manifest import read_manifest
-from pipeline.store import h5_provenance, table_provenance
+from pipeline.cache_store import h5_provenance, table_provenance
+from pipeline.data.manifest import read_manifest
 from stages.cli import main
 
 SUBCOMMANDS = ("index", "patches", "caption", "embed", "train", "evaluate", "compare",

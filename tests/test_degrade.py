@@ -13,13 +13,13 @@ import pytest
 from conftest import tiny_params
 from PIL import Image
 
-from pipeline import degrade
 from pipeline.config import ParamsError
-from pipeline.evaluate_views import format_views_table, run_evaluate_views
-from pipeline.images import open_image, read_bytes
-from pipeline.patches import PatchSpec, select_patches
-from pipeline.train import run_train
-from pipeline.views import run_views, view_paths, view_rows
+from pipeline.data import degradations as degrade
+from pipeline.data.images import open_image, read_bytes
+from pipeline.evaluation.views_eval_stage import format_views_table, run_evaluate_views
+from pipeline.extraction.patch_selection import PatchSpec, select_patches
+from pipeline.extraction.views_stage import run_views, view_paths, view_rows
+from pipeline.heads.train_stage import run_train
 
 
 @pytest.fixture(scope="module")

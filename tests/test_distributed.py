@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.extract import (
+from pipeline.extraction.extract_stages import (
     _ok_rows,
     compute_caption_shard,
     compute_embed_shard,
@@ -20,7 +20,7 @@ from pipeline.extract import (
     run_embed,
     run_patches,
 )
-from pipeline.shards import plan
+from pipeline.extraction.sharding import plan
 from tests.conftest import tiny_params
 
 distributed = pytest.importorskip("dask.distributed")
@@ -59,8 +59,8 @@ def test_dask_cluster_matches_in_process_run(built_cache, demo_images, tmp_path)
                           out["embeddings.h5"], cache, addr)
 
         def model_loads() -> tuple[int, int, int, int]:
-            from pipeline.models.blip import load_blip
-            from pipeline.models.clip import load_clip
+            from pipeline.backbones.blip import load_blip
+            from pipeline.backbones.clip import load_clip
 
             b, c = load_blip.cache_info(), load_clip.cache_info()
             return b.misses, b.hits + b.misses, c.misses, c.hits + c.misses

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from pipeline.config import Params
-from pipeline.demo import make_workspace
+from pipeline.data.demo_data import make_workspace
 from stages.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]

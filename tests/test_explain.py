@@ -12,7 +12,10 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from pipeline.explain import (
+from pipeline.data.images import open_image
+from pipeline.data.manifest import read_manifest
+from pipeline.heads.train_stage import run_train
+from pipeline.inference.explain import (
     Explanation,
     explain_image,
     occlude,
@@ -20,10 +23,7 @@ from pipeline.explain import (
     semantic_removed,
     write_report,
 )
-from pipeline.images import open_image
-from pipeline.manifest import read_manifest
-from pipeline.predict import compute_features, load_chain
-from pipeline.train import run_train
+from pipeline.inference.predict import compute_features, load_chain
 from stages.cli import main
 
 
@@ -102,7 +102,7 @@ def test_semantic_share_matches_the_nsnet_basis(built_cache, fakes, tmp_path):
 
 def test_cli_writes_png_and_json(chain, fakes, tmp_path):
     bundle = tmp_path / "b"
-    from pipeline.bundle import save_bundle
+    from pipeline.heads.bundle import save_bundle
 
     save_bundle(bundle, chain.head, {k: v for k, v in chain.config.items()
                                      if k != "format_version"})

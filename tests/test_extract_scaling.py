@@ -14,8 +14,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline import shards as sharding
-from pipeline.extract import (
+from pipeline.backbones.blip import load_blip
+from pipeline.cache_store import concat_h5, table_provenance
+from pipeline.data.index_stage import build_index
+from pipeline.extraction import sharding as sharding
+from pipeline.extraction.extract_stages import (
     BlipPixels,
     PatchTransform,
     _batches,
@@ -25,10 +28,7 @@ from pipeline.extract import (
     compute_patches_shard,
     run_patches,
 )
-from pipeline.manifest import build_index
-from pipeline.models.blip import load_blip
-from pipeline.patches import PatchSpec, select_batch
-from pipeline.store import concat_h5, table_provenance
+from pipeline.extraction.patch_selection import PatchSpec, select_batch
 from tests.conftest import tiny_params
 
 SPEC = PatchSpec()
@@ -65,7 +65,7 @@ def test_patch_selection_in_workers_equals_in_process_and_batched_reference(buil
 
 def test_workers_send_back_fixed_size_composites_not_decoded_images(tmp_path):
     """Memory per in-flight item is bounded by the composite, whatever the image size."""
-    from pipeline.manifest import content_id
+    from pipeline.data.manifest import content_id
 
     rng = np.random.default_rng(0)
     paths, ids = [], []

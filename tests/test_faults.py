@@ -27,8 +27,8 @@ import yaml
 from click.testing import CliRunner
 
 from pipeline.atomic import atomic_path, write_json
-from pipeline.demo import make_demo_images
-from pipeline.extract import run_embed
+from pipeline.data.demo_data import make_demo_images
+from pipeline.extraction.extract_stages import run_embed
 from pipeline.provenance import ProvenanceMismatch
 from stages.cli import main
 from tests.conftest import ROOT, build_cache, tiny_params, tiny_raw, write_params

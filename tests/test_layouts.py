@@ -17,8 +17,9 @@ from conftest import tiny_params
 from PIL import Image
 
 from pipeline.config import ParamsError
-from pipeline.layouts import LayoutError, classify, detect_layout, genimage_name
-from pipeline.manifest import build_index, read_manifest
+from pipeline.data.index_stage import build_index
+from pipeline.data.layouts import LayoutError, classify, detect_layout, genimage_name
+from pipeline.data.manifest import read_manifest
 
 _RNG = np.random.default_rng(11)
 

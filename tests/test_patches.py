@@ -10,9 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.images import open_image
-from pipeline.manifest import read_manifest
-from pipeline.patches import PatchSpec, patch_entropies, select_batch, select_patches, to_gray
+from pipeline.data.images import open_image
+from pipeline.data.manifest import read_manifest
+from pipeline.extraction.patch_selection import (
+    PatchSpec,
+    patch_entropies,
+    select_batch,
+    select_patches,
+    to_gray,
+)
 
 SPECS = [PatchSpec(), PatchSpec(size=16, n_low=4, n_high=5)]
 

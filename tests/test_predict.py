@@ -13,11 +13,11 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from pipeline.features import load_features
-from pipeline.manifest import read_manifest
-from pipeline.predict import expand_inputs, load_chain, predict_paths, write_results
-from pipeline.train import run_train
-from pipeline.training import predict_proba
+from pipeline.data.manifest import read_manifest
+from pipeline.extraction.cached_features import load_features
+from pipeline.heads.train_stage import run_train
+from pipeline.heads.training_loop import predict_proba
+from pipeline.inference.predict import expand_inputs, load_chain, predict_paths, write_results
 from stages.cli import main
 
 

@@ -18,10 +18,10 @@ from conftest import build_cache, tiny_raw, write_params
 from PIL import Image
 
 from pipeline.config import params_from_dict
-from pipeline.evaluate import run_evaluate
-from pipeline.features import load_features, select
+from pipeline.evaluation.evaluate_stage import run_evaluate
+from pipeline.extraction.cached_features import load_features, select
+from pipeline.heads.train_stage import run_train
 from pipeline.metrics import format_table
-from pipeline.train import run_train
 from stages.cli import main
 
 _RNG = np.random.default_rng(5)

@@ -17,13 +17,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from pipeline.bundle import CONFIG, WEIGHTS, load_bundle
-from pipeline.manifest import read_manifest
-from pipeline.models.availability import ModelUnavailable
-from pipeline.models.blip import load_blip
-from pipeline.models.clip import TINY_NAME, _register_tiny, load_clip
-from pipeline.train import run_train
-from pipeline.training import TrainingDiverged
+from pipeline.backbones.availability import ModelUnavailable
+from pipeline.backbones.blip import load_blip
+from pipeline.backbones.clip import TINY_NAME, _register_tiny, load_clip
+from pipeline.data.manifest import read_manifest
+from pipeline.heads.bundle import CONFIG, WEIGHTS, load_bundle
+from pipeline.heads.train_stage import run_train
+from pipeline.heads.training_loop import TrainingDiverged
 from stages.cli import main
 from tests.conftest import tiny_params, tiny_raw, write_params
 
@@ -139,8 +139,8 @@ def test_nonfinite_features_stop_training_without_a_bundle(tmp_path, built_cache
 
 
 def test_training_diverged_is_raised_by_fit(tmp_path, built_cache):
-    from pipeline.features import load_features, select
-    from pipeline.training import fit
+    from pipeline.extraction.cached_features import load_features, select
+    from pipeline.heads.training_loop import fit
 
     fs = load_features(built_cache.params, built_cache.manifest, built_cache.embeddings)
     train = select(fs, "train")

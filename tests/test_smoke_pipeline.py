@@ -2,9 +2,9 @@
 
 import h5py
 
-from pipeline.evaluate import run_evaluate
-from pipeline.manifest import read_manifest
-from pipeline.train import run_train
+from pipeline.data.manifest import read_manifest
+from pipeline.evaluation.evaluate_stage import run_evaluate
+from pipeline.heads.train_stage import run_train
 
 
 def test_stages_produce_aligned_outputs(built_cache, tmp_path):

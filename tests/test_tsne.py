@@ -11,11 +11,11 @@ import yaml
 from click.testing import CliRunner
 from PIL import Image
 
-from pipeline.bundle import load_bundle
 from pipeline.config import FigureParams, ParamsError, params_from_dict
-from pipeline.features import load_features
-from pipeline.train import run_train
-from pipeline.tsne import before_after, run_tsne, subsample
+from pipeline.extraction.cached_features import load_features
+from pipeline.heads.bundle import load_bundle
+from pipeline.heads.train_stage import run_train
+from pipeline.reports.tsne_stage import before_after, run_tsne, subsample
 from stages.cli import main
 from tests.conftest import ROOT, tiny_raw, write_params
 

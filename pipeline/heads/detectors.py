@@ -129,6 +129,23 @@ HEADS: dict[str, type[_Base]] = {"ufd": UFDProbe, "nsnet": NSNet, "advanced": Ad
 
 
 def build_head(kind: str, dim: int, **hparams: object) -> _Base:
+    """A fresh detection head over ``dim``-d CLIP features.
+
+    Args:
+        kind: ``ufd`` (linear probe, Ojha et al.), ``nsnet`` (fixed top-k caption null space)
+            or ``advanced`` (per-sample projection orthogonal to a learned semantic mapping).
+        dim: feature width (768 for ViT-L-14).
+        **hparams: the head's hyper-parameters (``hidden_dim``, ``proj_dim``, ``dropout``,
+            ``normalize``, ``k`` for nsnet); ``train.*`` in params.yaml names them.
+
+    Raises:
+        ValueError: unknown ``kind``.
+
+    Example::
+
+        head = build_head("advanced", 768, hidden_dim=512, proj_dim=128)
+        out = head(image_features, text_features)  # out.logit (fake > 0)
+    """
     if kind not in HEADS:
         raise ValueError(f"unknown head {kind!r}; choose one of {', '.join(HEADS)}")
     return HEADS[kind](dim, **hparams)

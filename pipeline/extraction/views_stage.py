@@ -3,7 +3,8 @@ degradation, cached under ``cache/views/<name>/{manifest.parquet,patches.h5,capt
 embeddings.h5}``.
 
 Rows keep the ids of the clean images (so each composite uses the same seeded patch order as
-the clean one); the degradation (``pipeline.degrade``) is applied right after decoding. A view
+the clean one); the degradation (``pipeline.data.degradations``) is applied right after
+decoding. A view
 whose outputs already match the current manifest and settings is reused, so adding a name to
 ``protocol.degradations`` computes only that view.
 """
@@ -17,13 +18,13 @@ from typing import Any
 import h5py
 import pandas as pd
 
+from pipeline.cache_store import h5_provenance, table_provenance, write_table
 from pipeline.config import Params
-from pipeline.degrade import parse
-from pipeline.extract import clip_request, run_caption, run_embed, run_patches
-from pipeline.manifest import OK, read_manifest
-from pipeline.patches import PatchSpec
+from pipeline.data.degradations import parse
+from pipeline.data.manifest import OK, read_manifest
+from pipeline.extraction.extract_stages import clip_request, run_caption, run_embed, run_patches
+from pipeline.extraction.patch_selection import PatchSpec
 from pipeline.provenance import fingerprint
-from pipeline.store import h5_provenance, table_provenance, write_table
 
 FILES = ("manifest.parquet", "patches.h5", "captions.parquet", "embeddings.h5")
 

@@ -2,7 +2,7 @@
 
 ``load_clip(arch, pretrained)`` is the one place a CLIP model is built. ``arch="tiny"`` builds
 ``nsnet-tiny-clip`` (2-layer towers, 128-d embeddings) from the config shipped in
-``pipeline/models/configs`` with a fixed seed; its tokenizer is open_clip's BPE tokenizer, whose
+``pipeline/backbones/configs`` with a fixed seed; its tokenizer is open_clip's BPE tokenizer, whose
 vocabulary ships inside the open_clip package, so it works offline.
 """
 
@@ -19,7 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.models.availability import CLIP_HELP, ModelUnavailable, ensure_offline_if_unreachable
+from pipeline.backbones.availability import (
+    CLIP_HELP,
+    ModelUnavailable,
+    ensure_offline_if_unreachable,
+)
 
 TINY_ARCH = "tiny"
 TINY_NAME = "nsnet-tiny-clip"
@@ -153,7 +157,28 @@ def _build(arch: str, pretrained: str, device: torch.device) -> tuple[Any, dict[
 
 @functools.lru_cache(maxsize=4)
 def load_clip(arch: str, pretrained: str = "", device: str = "auto") -> ClipBackbone:
-    """Build (once per process) a frozen CLIP in eval mode with its own normalisation."""
+    """Build (once per process) a frozen CLIP in eval mode with its own normalisation.
+
+    Args:
+        arch: an open_clip architecture (``ViT-L-14``, the reference) or ``tiny`` (a small
+            randomly initialised CLIP from ``backbones/configs``, seeded, for tests and demos).
+        pretrained: an open_clip pretrained tag (``openai``), a local checkpoint path, or ""
+            with ``tiny``. Weights come from the Hugging Face cache; set ``HF_HUB_OFFLINE=1`` to
+            never touch the network.
+        device: ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``.
+
+    Returns a ``ClipBackbone`` with ``encode_images`` / ``encode_texts``, ``embed_dim``, the
+    model's own mean/std and a ``provenance`` dict (arch, weights hash, library version).
+
+    Raises:
+        ModelUnavailable: the weights are neither cached nor reachable; the message says how to
+            fetch them (``hf download`` or a checkpoint path). It fails at once, never hangs.
+
+    Example::
+
+        clip = load_clip("ViT-L-14", "openai", device="cuda")
+        feats = clip.encode_images(composites_uint8)  # (n, 768)
+    """
     import open_clip
 
     dev = resolve_device(device)

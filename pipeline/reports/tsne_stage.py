@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.bundle import load_bundle
 from pipeline.config import Params
-from pipeline.features import FeatureSet, load_features
+from pipeline.extraction.cached_features import FeatureSet, load_features
+from pipeline.heads.bundle import load_bundle
 
 
 @torch.no_grad()
@@ -67,7 +67,7 @@ def label_separation(x: np.ndarray, labels: np.ndarray) -> float:
 def run_tsne(params: Params, manifest: str | Path, embeddings: str | Path,
              model_dir: str | Path, out_png: str | Path) -> dict[str, Any]:
     """Draw the 2 x 2 t-SNE figure; return counts and the label separation before/after."""
-    from pipeline.figures import render_tsne
+    from pipeline.reports.figures import render_tsne
 
     fs = load_features(params, manifest, embeddings)
     model, config = load_bundle(model_dir)

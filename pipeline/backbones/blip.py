@@ -17,8 +17,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.models.availability import BLIP_HELP, ModelUnavailable, ensure_offline_if_unreachable
-from pipeline.models.clip import _autocast, resolve_device
+from pipeline.backbones.availability import (
+    BLIP_HELP,
+    ModelUnavailable,
+    ensure_offline_if_unreachable,
+)
+from pipeline.backbones.clip import _autocast, resolve_device
 
 TINY_MODEL = "tiny"
 TINY_SEED = 0
@@ -116,7 +120,25 @@ def _real(name: str) -> tuple[Any, Any, dict[str, Any]]:
 
 @functools.lru_cache(maxsize=2)
 def load_blip(name: str, device: str = "auto") -> Captioner:
-    """Build (once per process) a captioner in eval mode."""
+    """Build (once per process) a BLIP captioner in eval mode.
+
+    Args:
+        name: a Hugging Face model id (``Salesforce/blip-image-captioning-base``, the
+            reference), a local folder saved with ``save_pretrained``, or ``tiny`` (a small
+            random BLIP for tests and demos). Only safetensors weights are loaded; no remote code.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+
+    Returns a ``Captioner`` (model, processor, device, provenance).
+
+    Raises:
+        ModelUnavailable: the model is not in the local cache and the hub cannot be reached;
+            the message names the command that fetches it.
+
+    Example::
+
+        blip = load_blip("Salesforce/blip-image-captioning-base", device="cuda")
+        caption = blip.caption([rgb_uint8], max_new_tokens=40)[0]
+    """
     import transformers
 
     dev = resolve_device(device)

@@ -41,7 +41,25 @@ def _digest(blob: bytes) -> str:
 
 def load_bundle(directory: str | Path, device: str | torch.device = "cpu"
                 ) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Rebuild a head from a bundle directory (safetensors only; no code is executed)."""
+    """Rebuild a head from a bundle directory (safetensors only; no code is executed).
+
+    Args:
+        directory: a folder with ``config.json`` and ``model.safetensors`` (``nsnet train``
+            writes ``models/detector``).
+        device: where to put the head.
+
+    Returns ``(head, config)``: the head in eval mode and the bundle's config (head kind and
+    hparams, backbones, threshold, provenance).
+
+    Raises:
+        FileNotFoundError: not a bundle. ValueError: unknown format, or weights that do not
+            match the config's hash.
+
+    Example::
+
+        head, config = load_bundle("models/detector")
+        probs = torch.sigmoid(head(image_features, text_features).logit)
+    """
     directory = Path(directory)
     cfg_path, weights = directory / CONFIG, directory / WEIGHTS
     if not cfg_path.exists() or not weights.exists():

@@ -9,66 +9,16 @@ how much of the image feature the head removed as semantic content, ``||x - Px||
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
-from pipeline.images import ImageError, open_image, read_bytes
-from pipeline.manifest import content_id
-from pipeline.patches import PatchSpec
-from pipeline.predict import FAKE, REAL, Chain, as_cached, compute_features, head_logits
-
-
-@dataclass
-class PatchReport:
-    index: int  # position in the 7 x 7 grid, row-major
-    row: int  # top pixel of the patch in the (EXIF-oriented) image
-    col: int  # left pixel
-    entropy: float  # spectral entropy (bits)
-    band: str  # "low" (smooth) or "high" (textured) spectral entropy
-    contribution: float  # logit(original) - logit(occluded); > 0 pushed toward generated
-    delta_prob: float  # prob(original) - prob(occluded)
-
-
-@dataclass
-class Explanation:
-    path: str
-    id: str
-    width: int
-    height: int
-    prob: float
-    label: str
-    threshold: float
-    logit: float
-    caption: str
-    head: str
-    semantic_removed: float  # ||x - Px|| / ||x|| of the (normalised) image feature
-    patches: list[PatchReport]
-    composite: np.ndarray = field(repr=False)
-    image: np.ndarray = field(repr=False)
-    spec: PatchSpec = field(repr=False, default_factory=PatchSpec)
-
-    def top(self, k: int = 5, sign: int = 1) -> list[PatchReport]:
-        """The ``k`` patches that pushed most toward generated (sign=1) or real (sign=-1)."""
-        ranked = sorted(self.patches, key=lambda p: -sign * p.contribution)
-        return [p for p in ranked[:k] if sign * p.contribution > 0]
-
-    def to_json(self, k: int = 5) -> dict[str, Any]:
-        def rows(ps: list[PatchReport]) -> list[dict[str, Any]]:
-            return [p.__dict__ for p in ps]
-
-        return {"path": self.path, "id": self.id, "width": self.width, "height": self.height,
-                "prob_generated": self.prob, "label": self.label, "threshold": self.threshold,
-                "logit": self.logit, "caption": self.caption, "head": self.head,
-                "semantic_removed": self.semantic_removed,
-                "attribution": "occlusion: each grid tile replaced by the composite's mean "
-                               "colour; contribution = logit(original) - logit(occluded)",
-                "patch_size": self.spec.size,
-                "top_generated": rows(self.top(k, 1)), "top_real": rows(self.top(k, -1)),
-                "patches": rows(self.patches)}
+from pipeline.data.images import ImageError, open_image, read_bytes
+from pipeline.data.manifest import content_id
+from pipeline.extraction.patch_selection import PatchSpec
+from pipeline.inference.predict import FAKE, REAL, Chain, as_cached, compute_features, head_logits
+from pipeline.reports.explanation import Explanation, PatchReport
 
 
 def occlude(composite: np.ndarray, tiles: np.ndarray | list[int], spec: PatchSpec,
@@ -137,7 +87,7 @@ def explain_image(chain: Chain, path: str | Path, max_pixels: int = 178_956_970)
 def write_report(ex: Explanation, out: str | Path, k: int = 5) -> tuple[Path, Path]:
     """The PNG report at ``out`` and its JSON twin (same stem, ``.json``)."""
     from pipeline.atomic import write_json
-    from pipeline.figures import render_explanation
+    from pipeline.reports.figures import render_explanation
 
     out = Path(out)
     png = render_explanation(ex, out, k)

@@ -9,13 +9,13 @@ import numpy as np
 import pandas as pd
 
 from pipeline.atomic import atomic_path, write_json
-from pipeline.bundle import load_bundle
 from pipeline.config import Params
-from pipeline.features import FeatureSet, load_features, select
+from pipeline.evaluation.protocol_rows import with_duplicate_members
+from pipeline.extraction.cached_features import FeatureSet, load_features, select
+from pipeline.heads.bundle import load_bundle
+from pipeline.heads.training_loop import predict_proba
 from pipeline.metrics import per_source_table, pr_curve, roc_curve
-from pipeline.protocols import with_duplicate_members
 from pipeline.provenance import base_provenance, fingerprint
-from pipeline.training import predict_proba
 
 
 def score(model: Any, fs: FeatureSet) -> pd.DataFrame:

@@ -17,42 +17,18 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import pyarrow.parquet as pq
 
 from pipeline.atomic import write_json
+from pipeline.cache_store import write_table
 from pipeline.config import Params
-from pipeline.images import ImageError, open_image, read_bytes
-from pipeline.layouts import Entry, LayoutError, WalkError, iter_entries
+from pipeline.data.images import ImageError, open_image, read_bytes
+from pipeline.data.layouts import Entry, LayoutError, WalkError, iter_entries
+from pipeline.data.manifest import MANIFEST_COLUMNS, OK, content_id, split_for
 from pipeline.provenance import base_provenance
-from pipeline.store import write_table
-
-MANIFEST_COLUMNS = [
-    "id", "path", "path_raw", "label", "source", "split", "width", "height", "mode", "format",
-    "bytes", "status", "error",
-]
-OK = "ok"
 
 
 class StrictModeError(RuntimeError):
     """``--strict`` was given and some images were skipped."""
-
-
-def content_id(data: bytes) -> str:
-    """Stable 128-bit content hash used as the image id everywhere downstream."""
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
-
-
-def split_for(image_id: str, train: float, val: float) -> str:
-    """Deterministic split from the content hash: identical bytes always share a split."""
-    head = image_id[:8]
-    if not all(c in "0123456789abcdef" for c in head):  # "path-..." ids of unreadable files
-        head = hashlib.blake2b(image_id.encode(), digest_size=4).hexdigest()
-    u = int(head, 16) / 2**32
-    if u < train:
-        return "train"
-    if u < train + val:
-        return "val"
-    return "test"
 
 
 @dataclass(frozen=True)
@@ -192,17 +168,6 @@ def summarise(df: pd.DataFrame) -> dict[str, Any]:
                            for (s, lab), n in ok.groupby(["split", "label"]).size().items()},
         "by_source": {str(k): int(v) for k, v in ok.groupby("source").size().items()},
     }
-
-
-def read_manifest(path: str | Path, only_ok: bool = False) -> pd.DataFrame:
-    """Read a manifest written by ``write_manifest``."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: run `nsnet index` (or `dvc repro`) first")
-    df = pq.read_table(path).to_pandas()
-    if only_ok:
-        df = df[df["status"] == OK].reset_index(drop=True)
-    return df
 
 
 def build_index(params: Params, out: str | Path, report: str | Path,

@@ -19,13 +19,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.backbones.clip import resolve_device
 from pipeline.config import TrainParams
-from pipeline.features import FeatureSet, Rows, iter_blocks
+from pipeline.extraction.cached_features import FeatureSet, Rows, iter_blocks
 from pipeline.heads.detectors import build_head
 from pipeline.heads.losses import bce_loss, supcon_loss
 from pipeline.heads.projection import semantic_basis
 from pipeline.metrics import binary_metrics
-from pipeline.models.clip import resolve_device
 
 
 class TrainingDiverged(RuntimeError):

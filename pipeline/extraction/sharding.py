@@ -9,7 +9,7 @@ merged, in order, into the stage's output; because each shard is deterministic t
 is the same as an uninterrupted run's.
 
 With a dask scheduler address the pending shards are submitted to the cluster; models are
-cached per worker process (``functools.lru_cache`` in ``pipeline.models``), so each worker
+cached per worker process (``functools.lru_cache`` in ``pipeline.backbones``), so each worker
 loads a model once, not once per task.
 """
 

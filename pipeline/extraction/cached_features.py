@@ -18,11 +18,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pipeline.cache_store import decode_ids, h5_provenance, require
 from pipeline.config import Params
-from pipeline.extract import clip_request
-from pipeline.manifest import read_manifest
+from pipeline.data.manifest import read_manifest
+from pipeline.extraction.extract_stages import clip_request
 from pipeline.provenance import ProvenanceMismatch, check_compatible
-from pipeline.store import decode_ids, h5_provenance, require
 
 
 class MappedRows:

@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.images import IMAGE_EXTENSIONS
+from pipeline.data.images import IMAGE_EXTENSIONS
 
 REAL_NAMES = {"real", "0_real", "nature", "reals", "0"}
 FAKE_NAMES = {"fake", "1_fake", "ai", "fakes", "1", "generated", "synthetic"}

@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline.features import FeatureSet, _take
-from pipeline.manifest import read_manifest
+from pipeline.data.manifest import read_manifest
+from pipeline.extraction.cached_features import FeatureSet, _take
 
 
 def with_duplicate_members(fs: FeatureSet, manifest: str | Path) -> FeatureSet:

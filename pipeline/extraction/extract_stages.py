@@ -1,7 +1,8 @@
 """The expensive stages: ``patches``, ``caption`` and ``embed``, each computed once.
 
 Every stage reads the manifest's ok images in manifest order, computes shards (see
-``pipeline.shards``) and merges them into one aligned output with its provenance. Decoding and
+``pipeline.extraction.sharding``) and merges them into one aligned output with its provenance.
+Decoding and
 patch selection run in DataLoader worker processes when ``compute.num_workers > 0``.
 """
 
@@ -18,14 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline import degrade
-from pipeline import shards as sharding
-from pipeline.config import Params
-from pipeline.images import open_image, read_bytes
-from pipeline.manifest import OK, content_id, read_manifest
-from pipeline.patches import PatchSpec, select_patches
-from pipeline.provenance import ProvenanceMismatch, base_provenance, fingerprint
-from pipeline.store import (
+from pipeline.cache_store import (
     concat_h5,
     h5_ids,
     h5_provenance,
@@ -34,6 +28,13 @@ from pipeline.store import (
     write_h5,
     write_table,
 )
+from pipeline.config import Params
+from pipeline.data import degradations as degrade
+from pipeline.data.images import open_image, read_bytes
+from pipeline.data.manifest import OK, content_id, read_manifest
+from pipeline.extraction import sharding as sharding
+from pipeline.extraction.patch_selection import PatchSpec, select_patches
+from pipeline.provenance import ProvenanceMismatch, base_provenance, fingerprint
 
 AMP = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -52,7 +53,8 @@ class _Images(torch.utils.data.Dataset):
                  transform: Callable[[np.ndarray, str], Any] | None = None,
                  degradation: str = "") -> None:
         self.ids, self.paths, self.max_pixels, self.transform = ids, paths, max_pixels, transform
-        self.degradation = degradation  # pipeline.degrade name applied after decoding ("" none)
+        # a pipeline.data.degradations name applied after decoding ("" none)
+        self.degradation = degradation
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -85,7 +87,7 @@ def _batches(dataset: torch.utils.data.Dataset, batch_size: int, workers: int,
 
 
 def _on_cuda(device: str) -> bool:
-    from pipeline.models.clip import resolve_device
+    from pipeline.backbones.clip import resolve_device
 
     return resolve_device(device).type == "cuda"
 
@@ -162,7 +164,7 @@ def run_patches(params: Params, manifest: str | Path, out: str | Path, cache_dir
     prov = {**patches_provenance(params), "manifest": _manifest_fp(rows)}
     settings = {"spec": prov["patch_spec"], "max_pixels": params.data.max_image_pixels,
                 "batch_size": 32, "num_workers": params.compute.num_workers}
-    if degradation:  # a degraded test view (pipeline.views)
+    if degradation:  # a degraded test view (pipeline.extraction.views_stage)
         settings["degradation"] = prov["degradation"] = degradation
     return _run_and_merge("patches", rows, rows["path_raw"].tolist(), settings, prov,
                           compute_patches_shard, out, cache_dir, params, scheduler, ".h5",
@@ -193,7 +195,7 @@ class BlipPixels:
 def generate_captions(captioner: Any, pixels: torch.Tensor, max_new_tokens: int,
                       amp_dtype: torch.dtype | None = None) -> list[str]:
     """Greedy captions for one batch of preprocessed images (same decoding as ``caption``)."""
-    from pipeline.models.clip import _autocast
+    from pipeline.backbones.clip import _autocast
 
     pixels = pixels.to(captioner.device, non_blocking=True)
     with _autocast(captioner.device, amp_dtype):
@@ -205,7 +207,7 @@ def generate_captions(captioner: Any, pixels: torch.Tensor, max_new_tokens: int,
 
 def compute_caption_shard(shard: sharding.Shard, progress: Callable[[int], Any] | None = None
                           ) -> int:
-    from pipeline.models.blip import load_blip
+    from pipeline.backbones.blip import load_blip
 
     cfg = shard.settings
     captioner = load_blip(cfg["model"], cfg["device"])
@@ -231,7 +233,7 @@ def caption_provenance(params: Params) -> dict[str, Any]:
 
 def run_caption(params: Params, manifest: str | Path, out: str | Path, cache_dir: str | Path,
                 scheduler: str = "", degradation: str = "") -> sharding.RunSummary:
-    from pipeline.models.blip import load_blip
+    from pipeline.backbones.blip import load_blip
 
     rows = _ok_rows(manifest)
     device = params.compute.device
@@ -242,7 +244,7 @@ def run_caption(params: Params, manifest: str | Path, out: str | Path, cache_dir
                 "batch_size": params.caption.batch_size, "device": device,
                 "precision": params.compute.precision, "max_pixels": params.data.max_image_pixels,
                 "num_workers": params.compute.num_workers}
-    if degradation:  # a degraded test view (pipeline.views)
+    if degradation:  # a degraded test view (pipeline.extraction.views_stage)
         settings["degradation"] = prov["degradation"] = degradation
 
     def merge(parts: list[str]) -> int:
@@ -281,7 +283,7 @@ def concat_tables(path: str | Path, parts: list[str], provenance: dict[str, Any]
 
 def compute_embed_shard(shard: sharding.Shard, progress: Callable[[int], Any] | None = None
                         ) -> int:
-    from pipeline.models.clip import load_clip
+    from pipeline.backbones.clip import load_clip
 
     cfg = shard.settings
     clip = load_clip(cfg["arch"], cfg["pretrained"], cfg["device"])
@@ -318,7 +320,7 @@ def run_embed(params: Params, manifest: str | Path, patches: str | Path, caption
               out: str | Path, cache_dir: str | Path, scheduler: str = "") -> sharding.RunSummary:
     import pyarrow.parquet as pq
 
-    from pipeline.models.clip import load_clip
+    from pipeline.backbones.clip import load_clip
 
     rows = _ok_rows(manifest)
     ids = rows["id"].tolist()

@@ -20,10 +20,10 @@ import pandas as pd
 import torch
 
 from pipeline.atomic import atomic_path
-from pipeline.bundle import load_bundle
-from pipeline.images import IMAGE_EXTENSIONS, ImageError, open_image, read_bytes
-from pipeline.manifest import content_id
-from pipeline.patches import PatchSpec, Selection, select_batch
+from pipeline.data.images import IMAGE_EXTENSIONS, ImageError, open_image, read_bytes
+from pipeline.data.manifest import content_id
+from pipeline.extraction.patch_selection import PatchSpec, Selection, select_batch
+from pipeline.heads.bundle import load_bundle
 
 AMP = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 RESULT_COLUMNS = ["path", "status", "prob", "label", "caption", "id", "width", "height", "error"]
@@ -38,8 +38,8 @@ class Chain:
     head: torch.nn.Module
     config: dict[str, Any]
     spec: PatchSpec
-    clip: Any  # pipeline.models.clip.ClipBackbone
-    blip: Any  # pipeline.models.blip.Captioner
+    clip: Any  # pipeline.backbones.clip.ClipBackbone
+    blip: Any  # pipeline.backbones.blip.Captioner
     max_new_tokens: int
     threshold: float
     amp: torch.dtype | None = None
@@ -51,9 +51,21 @@ class Chain:
 
 def load_chain(model_dir: str | Path, device: str = "auto", precision: str = "fp32",
                threshold: float | None = None) -> Chain:
-    """Load a bundle and the backbones its config names (CLIP arch/weights, BLIP, patches)."""
-    from pipeline.models.blip import load_blip
-    from pipeline.models.clip import load_clip, resolve_device
+    """Load a bundle and the backbones its config names (CLIP arch/weights, BLIP, patches).
+
+    The chain computes exactly the features the head was trained on, so ``predict_paths`` on an
+    indexed image gives the probability ``nsnet evaluate`` gives it.
+
+    Raises ``FileNotFoundError``/``ValueError`` for a broken bundle and ``ModelUnavailable`` when
+    a backbone's weights are missing.
+
+    Example::
+
+        chain = load_chain("models/detector", device="cuda")
+        table = predict_paths(chain, ["photo.jpg"])  # prob, label, caption, ...
+    """
+    from pipeline.backbones.blip import load_blip
+    from pipeline.backbones.clip import load_clip, resolve_device
 
     head, config = load_bundle(model_dir, resolve_device(device))
     bb = config.get("backbones") or {}

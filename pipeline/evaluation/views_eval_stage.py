@@ -1,6 +1,7 @@
 """Metrics of the trained detector on every degraded test view (GenImage's robustness table).
 
-For each name in ``protocol.degradations`` the view's cached features (``pipeline.views``) are
+For each name in ``protocol.degradations`` the view's cached features
+(``pipeline.extraction.views_stage``) are
 scored with the same detector and threshold as the clean test set; the per-generator table and
 its mean go to ``metrics/views/<name>.json``, and a summary of all views (plus ``clean``, read
 from the clean features) to ``metrics/degradations.json``.
@@ -12,14 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.atomic import write_json
-from pipeline.bundle import load_bundle
 from pipeline.config import Params
-from pipeline.evaluate import score
-from pipeline.features import load_features, select
+from pipeline.evaluation.evaluate_stage import score
+from pipeline.evaluation.protocol_rows import with_duplicate_members
+from pipeline.extraction.cached_features import load_features, select
+from pipeline.extraction.views_stage import view_paths
+from pipeline.heads.bundle import load_bundle
 from pipeline.metrics import pct, per_source_table
-from pipeline.protocols import with_duplicate_members
 from pipeline.provenance import base_provenance
-from pipeline.views import view_paths
 
 SUMMARY_KEYS = ("acc", "real_acc", "fake_acc", "ap")
 
@@ -29,7 +30,7 @@ def view_result(params: Params, model: Any, manifest: str | Path, embeddings: st
     """Per-source table of the protocol's test rows of one feature file.
 
     Reals shared between generators come back from ``main_manifest``'s duplicate rows
-    (``pipeline.protocols``), exactly as in ``nsnet evaluate``.
+    (``pipeline.evaluation.protocol_rows``), exactly as in ``nsnet evaluate``.
     """
     fs = with_duplicate_members(load_features(params, manifest, embeddings), main_manifest)
     test = select(fs, "test", params.protocol.test_sources or None)

@@ -16,20 +16,22 @@ Each function is a pure function of the pixels, so a degraded view is computed o
 from __future__ import annotations
 
 import io
-import re
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
-GENIMAGE_DEGRADATIONS = ("jpeg65", "jpeg30", "resize112", "resize64", "blur3", "blur5")
-_NAME = re.compile(r"^(jpeg|resize|blur)(\d+(?:\.\d+)?)$")
+from pipeline.config import (  # the name grammar is a parameter format, parsed in config
+    GENIMAGE_DEGRADATIONS,
+    Degradation,
+    DegradationError,
+    parse_degradation,
+)
 
+__all__ = ["GENIMAGE_DEGRADATIONS", "Degradation", "DegradationError", "apply", "blur", "jpeg",
+           "parse", "resize"]
 
-class DegradationError(ValueError):
-    """A degradation name is not understood or its value is out of range."""
 
 
 def jpeg(rgb: np.ndarray, quality: int) -> np.ndarray:
@@ -51,22 +53,6 @@ def blur(rgb: np.ndarray, sigma: float) -> np.ndarray:
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-@dataclass(frozen=True)
-class Degradation:
-    """A parsed degradation name, e.g. ``jpeg65`` -> kind ``jpeg``, value 65."""
-
-    name: str
-    kind: str
-    value: float
-
-    def __call__(self, rgb: np.ndarray) -> np.ndarray:
-        return _FUNCS[self.kind](rgb, self.value)
-
-    def output_side(self) -> int | None:
-        """The side of every output image when the degradation fixes it (resize), else None."""
-        return int(self.value) if self.kind == "resize" else None
-
-
 _FUNCS: dict[str, Callable[[np.ndarray, float], np.ndarray]] = {
     "jpeg": lambda rgb, v: jpeg(rgb, int(v)),
     "resize": lambda rgb, v: resize(rgb, int(v)),
@@ -75,23 +61,13 @@ _FUNCS: dict[str, Callable[[np.ndarray, float], np.ndarray]] = {
 
 
 def parse(name: str) -> Degradation:
-    """Validate a degradation name; raise ``DegradationError`` naming the accepted forms."""
-    m = _NAME.match(name) if isinstance(name, str) else None
-    if not m:
-        raise DegradationError(
-            f"unknown degradation {name!r}: use jpeg<quality 1-100>, resize<side px> or "
-            f"blur<sigma px>, e.g. {', '.join(GENIMAGE_DEGRADATIONS)}"
-        )
-    kind, value = m.group(1), float(m.group(2))
-    if kind == "jpeg" and not (1 <= value <= 100 and value.is_integer()):
-        raise DegradationError(f"{name}: JPEG quality must be an integer in 1..100")
-    if kind == "resize" and not (1 <= value <= 65536 and value.is_integer()):
-        raise DegradationError(f"{name}: resize side must be a whole number of pixels >= 1")
-    if kind == "blur" and not 0 < value <= 100:
-        raise DegradationError(f"{name}: blur sigma must be in (0, 100]")
-    return Degradation(name, kind, value)
+    """Validate a degradation name (see ``pipeline.config.parse_degradation``)."""
+    return parse_degradation(name)
 
 
 def apply(name: str, rgb: np.ndarray) -> np.ndarray:
     """Degrade one (H, W, 3) uint8 image by name ("" = unchanged)."""
-    return parse(name)(rgb) if name else rgb
+    if not name:
+        return rgb
+    spec = parse_degradation(name)
+    return _FUNCS[spec.kind](rgb, spec.value)

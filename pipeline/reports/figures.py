@@ -19,7 +19,7 @@ from pipeline.atomic import atomic_path  # noqa: E402
 if TYPE_CHECKING:
     import pandas as pd
 
-    from pipeline.explain import Explanation
+    from pipeline.reports.explanation import Explanation
 
 CMAP = "RdBu_r"  # red: pushed toward generated, blue: toward real
 

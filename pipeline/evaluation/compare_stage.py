@@ -7,12 +7,12 @@ from typing import Any
 
 from pipeline.atomic import write_json
 from pipeline.config import Params
-from pipeline.evaluate import evaluate_sets
-from pipeline.features import load_features
+from pipeline.evaluation.evaluate_stage import evaluate_sets
+from pipeline.extraction.cached_features import load_features
 from pipeline.heads.detectors import HEADS
+from pipeline.heads.train_stage import train_head
 from pipeline.metrics import pct
 from pipeline.provenance import base_provenance
-from pipeline.train import train_head
 
 METRICS = ("acc", "real_acc", "fake_acc", "ap")
 

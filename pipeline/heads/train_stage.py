@@ -9,11 +9,11 @@ from typing import Any
 import pandas as pd
 
 from pipeline.atomic import atomic_path
-from pipeline.bundle import save_bundle
 from pipeline.config import Params
-from pipeline.features import FeatureSet, load_features, select
+from pipeline.extraction.cached_features import FeatureSet, load_features, select
+from pipeline.heads.bundle import save_bundle
+from pipeline.heads.training_loop import HPARAM_KEYS, EpochCallback, TrainResult, fit
 from pipeline.provenance import base_provenance, fingerprint
-from pipeline.training import HPARAM_KEYS, EpochCallback, TrainResult, fit
 
 
 def training_sets(params: Params, fs: FeatureSet) -> tuple[FeatureSet, FeatureSet]:

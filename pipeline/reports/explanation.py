@@ -1,0 +1,63 @@
+"""The record of one explanation: per-patch occlusion contributions and the verdict.
+
+``pipeline.inference.explain`` fills it; ``pipeline.reports.figures`` draws it and ``to_json``
+writes it, so the picture and the JSON come from one object.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pipeline.extraction.patch_selection import PatchSpec
+
+
+@dataclass
+class PatchReport:
+    index: int  # position in the 7 x 7 grid, row-major
+    row: int  # top pixel of the patch in the (EXIF-oriented) image
+    col: int  # left pixel
+    entropy: float  # spectral entropy (bits)
+    band: str  # "low" (smooth) or "high" (textured) spectral entropy
+    contribution: float  # logit(original) - logit(occluded); > 0 pushed toward generated
+    delta_prob: float  # prob(original) - prob(occluded)
+
+
+@dataclass
+class Explanation:
+    path: str
+    id: str
+    width: int
+    height: int
+    prob: float
+    label: str
+    threshold: float
+    logit: float
+    caption: str
+    head: str
+    semantic_removed: float  # ||x - Px|| / ||x|| of the (normalised) image feature
+    patches: list[PatchReport]
+    composite: np.ndarray = field(repr=False)
+    image: np.ndarray = field(repr=False)
+    spec: PatchSpec = field(repr=False, default_factory=PatchSpec)
+
+    def top(self, k: int = 5, sign: int = 1) -> list[PatchReport]:
+        """The ``k`` patches that pushed most toward generated (sign=1) or real (sign=-1)."""
+        ranked = sorted(self.patches, key=lambda p: -sign * p.contribution)
+        return [p for p in ranked[:k] if sign * p.contribution > 0]
+
+    def to_json(self, k: int = 5) -> dict[str, Any]:
+        def rows(ps: list[PatchReport]) -> list[dict[str, Any]]:
+            return [p.__dict__ for p in ps]
+
+        return {"path": self.path, "id": self.id, "width": self.width, "height": self.height,
+                "prob_generated": self.prob, "label": self.label, "threshold": self.threshold,
+                "logit": self.logit, "caption": self.caption, "head": self.head,
+                "semantic_removed": self.semantic_removed,
+                "attribution": "occlusion: each grid tile replaced by the composite's mean "
+                               "colour; contribution = logit(original) - logit(occluded)",
+                "patch_size": self.spec.size,
+                "top_generated": rows(self.top(k, 1)), "top_real": rows(self.top(k, -1)),
+                "patches": rows(self.patches)}
