@@ -2,13 +2,16 @@
 
 Files (all under ``cache/``):
 
-* ``patches.h5``     ``ids`` (N,), ``composites`` uint8 (N, S, S, 3), ``coords`` int32 (N, K, 2)
-                      pixel (y, x) of each grid patch in the EXIF-oriented image, ``entropy``
-                      float32 (N, K)
+* ``selections.h5``  ``ids`` (N,), ``cells`` int32 (N, K, 2) (row, col) of each grid patch in
+                      the EXIF-oriented image (pixels = cell x patch size), ``entropy`` float32
+                      (N, K): about 650 bytes per image, no pixels
 * ``captions.parquet`` columns id, caption, model
 * ``embeddings.h5``  ``ids`` (N,), ``image`` float16 (N, d), ``text`` float16 (N, d)
+* ``composites.h5``  only with ``patches.keep_composites``: ``composites`` uint8 (N, S, S, 3)
 
-Each carries its provenance as JSON (HDF5 attribute / Parquet schema metadata ``nsnet``).
+Each carries its provenance as JSON (HDF5 attribute / Parquet schema metadata ``nsnet``) and,
+for the ``extract`` outputs, the request each part was made with (``requests``) and the cache
+``layout`` version.
 """
 
 from __future__ import annotations

@@ -72,7 +72,7 @@ class DataParams:
     split: SplitParams = field(default_factory=SplitParams)
     max_image_pixels: int = field(default=178_956_970, metadata=_check(1))
     strict: bool = False
-    num_workers: int = field(default=2, metadata=_check(0, 256))
+    num_workers: int | str = field(default="auto", metadata=_check(0, 256, auto=True))
 
 
 @dataclass
@@ -87,28 +87,30 @@ class PatchParams:
     size: int = field(default=32, metadata=_check(4, 512))
     n_low: int = field(default=24, metadata=_check(0, 1024))
     n_high: int = field(default=25, metadata=_check(0, 1024))
+    keep_composites: bool = False  # also write cache/composites.h5 (150 KB/image) to look at
 
 
 @dataclass
 class ClipParams:
     arch: str = "ViT-L-14"
     pretrained: str = "openai"
-    batch_size: int = field(default=64, metadata=_check(1, 65536))
+    batch_size: int | str = field(default="auto", metadata=_check(1, 65536, auto=True))
 
 
 @dataclass
 class CaptionParams:
     model: str = "Salesforce/blip-image-captioning-base"
     max_new_tokens: int = field(default=40, metadata=_check(1, 512))
-    batch_size: int = field(default=16, metadata=_check(1, 65536))
+    batch_size: int | str = field(default="auto", metadata=_check(1, 65536, auto=True))
 
 
 @dataclass
 class ComputeParams:
     device: str = "auto"
     precision: str = field(default="fp16", metadata=_check(choices=("fp32", "fp16", "bf16")))
-    num_workers: int = field(default=0, metadata=_check(0, 256))
-    shard_size: int = field(default=1024, metadata=_check(1, 10_000_000))
+    num_workers: int | str = field(default="auto", metadata=_check(0, 256, auto=True))
+    torch_threads: int | str = field(default="auto", metadata=_check(1, 1024, auto=True))
+    shard_size: int = field(default=4096, metadata=_check(1, 10_000_000))
     scheduler: str = ""
 
 
@@ -162,6 +164,12 @@ class Params:
 
 def _coerce(key: str, value: Any, tp: Any, meta: typing.Mapping[str, Any]) -> Any:
     """Check ``value`` against the annotated type ``tp`` and the field's bounds."""
+    if meta.get("auto"):  # an integer, or "auto" (resolved by pipeline.runtime for the machine)
+        if value == "auto":
+            return value
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ParamsError(f"{key}: expected an integer or 'auto', got {value!r}")
+        tp = int
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):

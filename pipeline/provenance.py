@@ -40,6 +40,15 @@ def code_version() -> str:
         return __version__
 
 
+def code_fingerprint(*modules: Any) -> str:
+    """Hash of the source files of ``modules``: a cached part records the code that made it,
+    so editing that code (and only that code) invalidates it."""
+    h = hashlib.blake2b(digest_size=8)
+    for module in modules:
+        h.update(Path(module.__file__).read_bytes())
+    return h.hexdigest()
+
+
 def base_provenance() -> dict[str, Any]:
     import torch
 

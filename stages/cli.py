@@ -2,15 +2,13 @@
 
 import click
 
-from stages.caption import caption
 from stages.compare import compare
 from stages.degrade import degrade, evaluate_views
 from stages.demo_data import demo_data
-from stages.embed import embed
 from stages.evaluate import evaluate
 from stages.explain import explain
+from stages.extract import extract
 from stages.index import index
-from stages.patches import patches
 from stages.predict import predict
 from stages.train import train
 from stages.tsne import tsne
@@ -21,12 +19,12 @@ from stages.tsne import tsne
 def main() -> None:
     """NS-Net / Advanced NS-Net detector of AI-generated images.
 
-    Stages (usually driven by `dvc repro`): index -> patches -> caption -> embed -> train ->
-    evaluate. Every command reads params.yaml and accepts --set key=value overrides.
+    Stages (usually driven by `dvc repro`): index -> extract -> train -> evaluate.
+    Every command reads params.yaml and accepts --set key=value overrides.
     """
 
 
-for command in (index, patches, caption, embed, train, evaluate, compare, demo_data, degrade,
+for command in (index, extract, train, evaluate, compare, demo_data, degrade,
                 evaluate_views):
     main.add_command(command)
 for command in (predict, explain, tsne):

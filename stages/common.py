@@ -25,7 +25,12 @@ def params_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def load(params_file: str, overrides: tuple[str, ...]) -> Params:
-    return load_params(params_file, overrides)
+    """Validated params; torch's thread count is then set for this machine (compute.*)."""
+    from pipeline import runtime
+
+    params = load_params(params_file, overrides)
+    runtime.configure_threads(params.compute.torch_threads, 0)
+    return params
 
 
 def friendly_errors(func: Callable[..., Any]) -> Callable[..., Any]:

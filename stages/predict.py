@@ -3,6 +3,7 @@
 import click
 from tqdm.auto import tqdm
 
+from pipeline import runtime
 from pipeline.inference.predict import (
     expand_inputs,
     format_results,
@@ -37,7 +38,8 @@ def predict(params_file: str, overrides: tuple[str, ...], paths: tuple[str, ...]
     files = expand_inputs(paths)
     chain = load_chain(model_dir, params.compute.device, params.compute.precision, threshold)
     with tqdm(total=len(files), desc="predict", unit="img", dynamic_ncols=True) as bar:
-        df = predict_paths(chain, files, batch_size or params.caption.batch_size,
+        batch = batch_size or runtime.caption_batch(params.caption.batch_size, chain.clip.device)
+        df = predict_paths(chain, files, batch,
                            params.data.max_image_pixels, bar.update)
     if not quiet:
         click.echo(format_results(df))

@@ -64,31 +64,34 @@ class BuiltCache:
     workdir: Path
     params: Params
     manifest: Path
-    patches: Path
+    selections: Path
     captions: Path
     embeddings: Path
 
     def copy_to(self, dest: Path) -> BuiltCache:
         shutil.copytree(self.workdir, dest)
         return BuiltCache(dest, self.params, *(dest / "cache" / p.name for p in
-                                                (self.manifest, self.patches, self.captions,
+                                                (self.manifest, self.selections, self.captions,
                                                  self.embeddings)))
+
+    @property
+    def outputs(self) -> Any:
+        from pipeline.extraction.extract_stage import Outputs
+
+        return Outputs.at(self.selections, self.captions, self.embeddings)
 
 
 def build_cache(workdir: Path, params: Params) -> BuiltCache:
     from pipeline.data.index_stage import build_index
-    from pipeline.extraction.extract_stages import run_caption, run_embed, run_patches
+    from pipeline.extraction.extract_stage import Outputs, run_extract
 
     cache = workdir / "cache"
     cache.mkdir(parents=True, exist_ok=True)
     manifest = cache / "manifest.parquet"
     build_index(params, manifest, cache / "index_report.json")
-    run_patches(params, manifest, cache / "patches.h5", cache)
-    run_caption(params, manifest, cache / "captions.parquet", cache)
-    run_embed(params, manifest, cache / "patches.h5", cache / "captions.parquet",
-              cache / "embeddings.h5", cache)
-    return BuiltCache(workdir, params, manifest, cache / "patches.h5",
-                      cache / "captions.parquet", cache / "embeddings.h5")
+    out = Outputs.at(cache / "selections.h5", cache / "captions.parquet", cache / "embeddings.h5")
+    run_extract(params, manifest, out, cache)
+    return BuiltCache(workdir, params, manifest, out.selections, out.captions, out.embeddings)
 
 
 @pytest.fixture(scope="session")

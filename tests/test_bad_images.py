@@ -25,7 +25,7 @@ from PIL import Image
 from pipeline.data.images import ImageError, open_image
 from pipeline.data.index_stage import build_index
 from pipeline.data.manifest import read_manifest
-from pipeline.extraction.extract_stages import run_patches
+from pipeline.extraction.extract_stage import Outputs, run_extract
 from stages.cli import main
 from tests.conftest import tiny_params, tiny_raw, write_params
 
@@ -244,7 +244,8 @@ def test_non_utf8_file_and_folder_names(tmp_path):
     row = df[df["label"] == 1].iloc[0]
     assert row["status"] == "ok" and row["path_raw"] == name
     assert row["path"].endswith("gen_\\xff/caf\\xe9_\\x80.png") and row["source"] == "gen_\\xff"
-    run_patches(params, tmp_path / "m.parquet", tmp_path / "p.h5", tmp_path)  # reads raw path
+    out = Outputs.at(tmp_path / "p.h5", tmp_path / "c.parquet", tmp_path / "e.h5")
+    run_extract(params, tmp_path / "m.parquet", out, tmp_path)  # reads the raw path
     with h5py.File(tmp_path / "p.h5") as f:
         assert len(f["ids"]) == 2
 
@@ -341,7 +342,7 @@ def _bad_folder(root: Path) -> dict[str, str]:
             "tiny.png": "too_small", "gray.png": "ok", "cmyk.jpg": "ok", "r0.png": "ok"}
 
 
-def test_index_cli_records_reasons_prints_summary_and_patches_skip(tmp_path, monkeypatch):
+def test_index_cli_records_reasons_prints_summary_and_extract_skips(tmp_path, monkeypatch):
     root = tmp_path / "data"
     expected = _bad_folder(root)
     write_params(tmp_path / "params.yaml", tiny_raw(root))
@@ -356,9 +357,9 @@ def test_index_cli_records_reasons_prints_summary_and_patches_skip(tmp_path, mon
     for want in ("empty_file: 1 file(s)", "not_an_image: 1 file(s)", "corrupt: 1 file(s)",
                  "too_small: 1 file(s)", "page.jpg", "cut.jpg"):
         assert want in result.output
-    out = CliRunner().invoke(main, ["patches"])
+    out = CliRunner().invoke(main, ["extract"])
     assert out.exit_code == 0, out.output
-    with h5py.File("cache/patches.h5") as f:
+    with h5py.File("cache/selections.h5") as f:
         ids = [x.decode() for x in f["ids"][:]]
     assert ids == df.loc[df["status"] == "ok", "id"].tolist() and len(ids) == 8
 

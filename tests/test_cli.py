@@ -15,9 +15,8 @@ from pipeline.cache_store import h5_provenance, table_provenance
 from pipeline.data.manifest import read_manifest
 from stages.cli import main
 
-SUBCOMMANDS = ("index", "patches", "caption", "embed", "train", "evaluate", "compare",
-               "demo-data")
-PARAM_COMMANDS = ("index", "patches", "caption", "embed", "train", "evaluate", "compare")
+SUBCOMMANDS = ("index", "extract", "train", "evaluate", "compare", "demo-data")
+PARAM_COMMANDS = ("index", "extract", "train", "evaluate", "compare")
 
 
 def invoke(*args: str) -> Result:
@@ -53,7 +52,7 @@ def test_every_registered_command_has_help():
 
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory: pytest.TempPathFactory, demo_images: Path) -> Path:
-    """Run index -> patches -> caption -> embed -> train -> evaluate -> compare via the CLI."""
+    """Run index -> extract -> train -> evaluate -> compare via the CLI."""
     work = tmp_path_factory.mktemp("cli")
     write_params(work / "params.yaml", tiny_raw(demo_images, train={"epochs": 2}))
     with pytest.MonkeyPatch.context() as mp:
@@ -65,7 +64,7 @@ def chain(tmp_path_factory: pytest.TempPathFactory, demo_images: Path) -> Path:
 
 
 CHAIN_FILES = [
-    "cache/manifest.parquet", "cache/index_report.json", "cache/patches.h5",
+    "cache/manifest.parquet", "cache/index_report.json", "cache/selections.h5",
     "cache/captions.parquet", "cache/embeddings.h5", "models/detector/model.safetensors",
     "models/detector/config.json", "plots/train_log.csv", "metrics/metrics.json",
     "plots/roc.csv", "plots/pr.csv", "plots/confusion.csv", "metrics/compare.json",
@@ -86,17 +85,18 @@ def test_chain_produces_every_output(chain):
 def test_chain_outputs_are_aligned_and_carry_provenance(chain):
     ids = read_manifest(chain / "cache/manifest.parquet", only_ok=True)["id"].tolist()
     assert table_provenance(chain / "cache/manifest.parquet")["stage"] == "index"
-    patch_prov = h5_provenance(chain / "cache/patches.h5")
-    assert patch_prov["stage"] == "patches" and patch_prov["code_version"]
+    patch_prov = h5_provenance(chain / "cache/selections.h5")
+    assert patch_prov["stage"] == "extract" and patch_prov["code_version"]
+    assert patch_prov["part"] == "selections"
     caps = pd.read_parquet(chain / "cache/captions.parquet")
     assert caps["id"].tolist() == ids and caps["caption"].map(len).gt(0).all()
     cap_prov = table_provenance(chain / "cache/captions.parquet")
-    assert cap_prov["stage"] == "caption" and cap_prov["blip_model"] == "tiny"
+    assert cap_prov["part"] == "captions" and cap_prov["blip_model"] == "tiny"
     with h5py.File(chain / "cache/embeddings.h5") as f:
         assert [x.decode() for x in f["ids"][:]] == ids
         assert f["image"].shape[0] == f["text"].shape[0] == len(ids)
     emb_prov = h5_provenance(chain / "cache/embeddings.h5")
-    assert emb_prov["stage"] == "embed" and emb_prov["clip_arch"] == "tiny"
+    assert emb_prov["stage"] == "extract" and emb_prov["clip_arch"] == "tiny"
     assert emb_prov["patch_spec"] == patch_prov["patch_spec"]
     bundle = json.loads((chain / "models/detector/config.json").read_text())
     assert bundle["head"]["kind"] == "advanced"
@@ -133,10 +133,11 @@ def test_params_option_reads_another_file(chain, monkeypatch, tmp_path):
 @pytest.mark.parametrize(("args", "needle"), [
     (("train", "--set", "train.lr=-1"), "train.lr"),
     (("index", "--set", "train.lerning_rate=1"), "train.lerning_rate"),
-    (("patches", "--set", "patches.n_low=20"), "patches.n_low"),
+    (("extract", "--set", "patches.n_low=20"), "patches.n_low"),
     (("evaluate", "--set", "evaluate.threshold=2"), "evaluate.threshold"),
-    (("caption", "--set", "caption.max_new_tokens=many"), "caption.max_new_tokens"),
-    (("embed", "--set", "data.split.train=0.9"), "data.split"),
+    (("extract", "--set", "caption.max_new_tokens=many"), "caption.max_new_tokens"),
+    (("extract", "--set", "data.split.train=0.9"), "data.split"),
+    (("extract", "--set", "compute.num_workers=lots"), "compute.num_workers"),
 ])
 def test_bad_param_exits_1_with_one_clear_message(tmp_path, monkeypatch, args, needle):
     monkeypatch.chdir(tmp_path)
@@ -161,7 +162,7 @@ def test_bad_params_file_exits_1(tmp_path, monkeypatch):
 def test_missing_input_exits_1_naming_the_stage_to_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write_params(tmp_path / "params.yaml", tiny_raw(tmp_path))
-    res = invoke("patches")
+    res = invoke("extract")
     assert res.exit_code == 1
     assert "manifest.parquet" in res.output and "nsnet index" in res.output
     assert "Traceback" not in res.output

@@ -13,10 +13,12 @@ import pytest
 from conftest import tiny_params
 from PIL import Image
 
+from pipeline.backbones.clip import load_clip
 from pipeline.config import ParamsError
 from pipeline.data import degradations as degrade
 from pipeline.data.images import open_image, read_bytes
 from pipeline.evaluation.views_eval_stage import format_views_table, run_evaluate_views
+from pipeline.extraction import image_pass
 from pipeline.extraction.patch_selection import PatchSpec, select_patches
 from pipeline.extraction.views_stage import run_views, view_paths, view_rows
 from pipeline.heads.train_stage import run_train
@@ -106,27 +108,32 @@ def test_views_hold_the_degraded_test_split(views_workspace):
     assert not any(r["reused"] for r in first)
     rows = view_rows(work.manifest)
     assert len(rows) > 0 and set(rows["split"]) == {"test"}
-    spec = PatchSpec(**params.patches.__dict__)
-    with h5py.File(work.patches, "r") as f:
+    spec = PatchSpec.of(params.patches)
+    with h5py.File(work.selections, "r") as f:
         clean_ids = [i.decode() for i in f["ids"][:]]
-        clean = f["composites"][clean_ids.index(rows["id"][0])]
+        clean = f["cells"][clean_ids.index(rows["id"][0])]
+    clip = load_clip(params.clip.arch, params.clip.pretrained, "cpu")
     for name in ("jpeg30", "resize64"):
         paths = view_paths(views, name)
         with h5py.File(paths.embeddings, "r") as f:
             assert [i.decode() for i in f["ids"][:]] == rows["id"].tolist()
             assert f["image"].shape[0] == len(rows)
-        captions = pq.read_table(paths.captions).to_pandas()
+            image0 = f["image"][0]
+        captions = pq.read_table(paths.outputs.captions).to_pandas()
         assert captions["id"].tolist() == rows["id"].tolist()
-        with h5py.File(paths.patches, "r") as f:
-            comp = f["composites"][0]
-        # the cached composite is the patch selection of the degraded decoded image
+        with h5py.File(paths.outputs.selections, "r") as f:
+            cells = f["cells"][0]
+        # the cached selection is that of the degraded decoded image, and the image feature
+        # is CLIP's of the composite rebuilt from it
         rgb, _ = open_image(read_bytes(os.fsdecode(rows["path_raw"][0])), 10**9)
-        expected = select_patches(degrade.apply(name, rgb), rows["id"][0], spec).composite
-        assert np.array_equal(comp, expected)
-        assert not np.array_equal(comp, clean)
-    with h5py.File(view_paths(views, "resize64").patches, "r") as f:
-        tiles = f["composites"][0].reshape(7, 32, 7, 32, 3).transpose(0, 2, 1, 3, 4)
-    distinct = {t.tobytes() for t in tiles.reshape(49, 32, 32, 3)}
+        expected = select_patches(degrade.apply(name, rgb), rows["id"][0], spec)
+        np.testing.assert_array_equal(cells, expected.cells)
+        want = clip.encode_images(expected.composite[None]).numpy()[0]
+        np.testing.assert_allclose(image0, want, atol=2e-3, rtol=2e-3)
+        if name == "jpeg30":
+            assert not np.array_equal(cells, clean)
+    with h5py.File(view_paths(views, "resize64").outputs.selections, "r") as f:
+        distinct = {tuple(c) for c in f["cells"][0]}
     assert len(distinct) <= 4  # a 64 px image has 2 x 2 patches, repeated to fill the grid
 
 
@@ -135,8 +142,10 @@ def test_views_are_reused_and_only_new_ones_computed(views_workspace):
     before = view_paths(views, "jpeg30").embeddings.stat().st_mtime_ns
     more = tiny_params(params.data.roots[0].path,
                        protocol={"degradations": ["jpeg30", "resize64", "blur3"]})
+    image_pass.DECODES["count"] = 0
     res = {r["view"]: r["reused"] for r in run_views(more, work.manifest, views)}
     assert res == {"jpeg30": True, "resize64": True, "blur3": False}
+    assert image_pass.DECODES["count"] == len(view_rows(work.manifest))  # one decode each
     assert view_paths(views, "jpeg30").embeddings.stat().st_mtime_ns == before
     changed = tiny_params(params.data.roots[0].path, protocol={"degradations": ["jpeg30"]},
                           caption={"max_new_tokens": 5})

@@ -1,4 +1,4 @@
-"""The extraction stages on a real dask cluster (2 worker processes, CPU, tiny models) give
+"""The extract stage on a real dask cluster (2 worker processes, CPU, tiny models) give
 exactly the in-process cache, with one model load per worker process, not per shard."""
 
 from __future__ import annotations
@@ -11,15 +11,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.extraction.extract_stages import (
-    _ok_rows,
-    compute_caption_shard,
-    compute_embed_shard,
-    compute_patches_shard,
-    run_caption,
-    run_embed,
-    run_patches,
-)
+from pipeline.extraction.extract_stage import Outputs, compute_shard, ok_rows, run_extract
 from pipeline.extraction.sharding import plan
 from tests.conftest import tiny_params
 
@@ -34,12 +26,12 @@ def _arrays(path) -> dict[str, np.ndarray]:
 
 
 def test_shards_and_compute_functions_pickle(built_cache, tmp_path):
-    rows = _ok_rows(built_cache.manifest)
-    shards = plan("caption", rows["id"].tolist(), rows["path_raw"].tolist(), 16, tmp_path,
-                  {"model": "tiny"}, ".parquet")
+    rows = ok_rows(built_cache.manifest)
+    inputs = list(zip(rows["path_raw"].tolist(), [None] * len(rows), strict=True))
+    shards = plan("extract", rows["id"].tolist(), inputs, 16, tmp_path,
+                  {"blip_model": "tiny"}, ".h5")
     assert pickle.loads(pickle.dumps(shards)) == shards
-    for fn in (compute_patches_shard, compute_caption_shard, compute_embed_shard):
-        assert pickle.loads(pickle.dumps(fn)) is fn
+    assert pickle.loads(pickle.dumps(compute_shard)) is compute_shard
 
 
 def test_dask_cluster_matches_in_process_run(built_cache, demo_images, tmp_path):
@@ -48,15 +40,13 @@ def test_dask_cluster_matches_in_process_run(built_cache, demo_images, tmp_path)
     params = tiny_params(demo_images, compute={"num_workers": 1, "shard_size": 16})
     ws = built_cache.copy_to(tmp_path / "ws")
     cache = ws.workdir / "cache"
-    out = {n: cache / f"dask-{n}" for n in ("patches.h5", "captions.parquet", "embeddings.h5")}
+    out = Outputs.at(cache / "dask-selections.h5", cache / "dask-captions.parquet",
+                     cache / "dask-embeddings.h5")
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   resources={"GPU": 1}, dashboard_address=None) as cluster, \
             distributed.Client(cluster) as client:
         addr = cluster.scheduler_address
-        s_pat = run_patches(params, ws.manifest, out["patches.h5"], cache, addr)
-        s_cap = run_caption(params, ws.manifest, out["captions.parquet"], cache, addr)
-        s_emb = run_embed(params, ws.manifest, out["patches.h5"], out["captions.parquet"],
-                          out["embeddings.h5"], cache, addr)
+        summary = run_extract(params, ws.manifest, out, cache, addr)
 
         def model_loads() -> tuple[int, int, int, int]:
             from pipeline.backbones.blip import load_blip
@@ -66,9 +56,8 @@ def test_dask_cluster_matches_in_process_run(built_cache, demo_images, tmp_path)
             return b.misses, b.hits + b.misses, c.misses, c.hits + c.misses
 
         loads = client.run(model_loads)
-    n_shards = math.ceil(len(_ok_rows(ws.manifest)) / 16)
-    assert s_pat.shards == s_cap.shards == s_emb.shards == n_shards
-    assert s_pat.reused_shards == s_cap.reused_shards == s_emb.reused_shards == 0
+    n_shards = math.ceil(len(ok_rows(ws.manifest)) / 16)
+    assert summary.shards == n_shards and summary.reused_shards == 0
     assert len(loads) == 2
     for stage, (miss, call) in {"blip": (0, 1), "clip": (2, 3)}.items():
         calls = [v[call] for v in loads.values()]
@@ -77,10 +66,11 @@ def test_dask_cluster_matches_in_process_run(built_cache, demo_images, tmp_path)
         assert all(m == (1 if c else 0) for m, c in zip(misses, calls, strict=True)), stage
         assert max(calls) >= 2, stage  # so at least one worker reused its loaded model
 
-    for name in ("patches.h5", "embeddings.h5"):
-        a, b = _arrays(getattr(ws, name.split(".")[0])), _arrays(out[name])
+    for mine, theirs in ((out.selections, ws.selections), (out.embeddings, ws.embeddings)):
+        a, b = _arrays(theirs), _arrays(mine)
         assert a.keys() == b.keys()
         for k in a:
             assert a[k].dtype == b[k].dtype
-            np.testing.assert_array_equal(a[k], b[k], err_msg=f"{name}:{k}")
-    assert pq.read_table(out["captions.parquet"]).equals(pq.read_table(ws.captions))
+            np.testing.assert_array_equal(a[k], b[k], err_msg=f"{mine.name}:{k}")
+    assert pq.read_table(out.captions).select(["id", "caption", "model"]).equals(
+        pq.read_table(ws.captions).select(["id", "caption", "model"]))

@@ -24,9 +24,9 @@ from pipeline.data.demo_data import make_workspace
 from stages.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-FEATURE_STAGES = ("index", "patches", "caption", "embed")
+FEATURE_STAGES = ("index", "extract")
 TRAIN_SIDE = ("train", "evaluate", "compare")
-OUTS = ("cache/manifest.parquet", "cache/index_report.json", "cache/patches.h5",
+OUTS = ("cache/manifest.parquet", "cache/index_report.json", "cache/selections.h5",
         "cache/captions.parquet", "cache/embeddings.h5", "models/detector/config.json",
         "models/detector/model.safetensors", "plots/train_log.csv", "metrics/metrics.json",
         "plots/roc.csv", "plots/pr.csv", "plots/confusion.csv", "metrics/compare.json")
@@ -36,6 +36,7 @@ GIT_ID = {"GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@localhost",
 
 def _env() -> dict[str, str]:
     env = {**os.environ, **GIT_ID, "HF_HUB_OFFLINE": "1", "DVC_NO_ANALYTICS": "1"}
+    env["PYTHONPATH"] = "."  # the workspace's own copy of pipeline/ and stages/ runs
     env.setdefault("OMP_NUM_THREADS", "1")  # tiny models: one thread is fastest on a busy box
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     return env
@@ -108,24 +109,61 @@ def test_feature_stages_do_not_depend_on_training():
     assert not set(FEATURE_STAGES) & train_side(stages)
 
 
-def test_each_stage_cmd_reads_and_writes_what_dvc_yaml_declares():
-    """`nsnet <stage>` with its defaults touches only declared deps/outs (and writes them)."""
+DATA_DIRS = ("cache", "models", "metrics", "plots", "data")
+
+
+def _cmd_paths(cmd: str) -> dict[str, str]:
+    """``--option path`` pairs of a stage's cmd whose path lies in one of the data folders."""
+    argv = cmd.split()
+    return {opt: val for opt, val in zip(argv, argv[1:], strict=False)
+            if opt.startswith("--") and val.split("/")[0] in DATA_DIRS}
+
+
+def test_each_stage_cmd_names_every_path_dvc_yaml_declares():
+    """dvc.yaml is the one place that names the data paths: each cmd passes them explicitly,
+    every path it passes is declared, and every declared data path is passed."""
     for name, stage in stages_of(ROOT / "dvc.yaml").items():
         argv = stage["cmd"].split()
         assert argv[0] == "nsnet" and argv[1] in main.commands, stage["cmd"]
         command = main.commands[argv[1]]
+        options = {o for p in command.params if isinstance(p, click.Option) for o in p.opts}
+        passed = _cmd_paths(stage["cmd"])
+        assert set(passed) <= options, f"{name}: unknown options {set(passed) - options}"
         declared = [*_paths(stage.get("deps")), *produced(stage)]
-        defaults = [p.default for p in command.params
-                    if isinstance(p, click.Option) and isinstance(p.default, str)
-                    and p.name != "params_file" and p.default.split("/")[0]
-                    in ("cache", "models", "metrics", "plots", "data")]
-        assert defaults, f"{name}: no default paths"
-        for path in defaults:
+        for path in passed.values():
             assert any(_under(d, path) or _under(path, d) for d in declared), (
                 f"stage {name}: `{stage['cmd']}` uses {path}, which dvc.yaml does not declare")
-        for out in produced(stage):
-            assert any(_under(out, path) for path in defaults), (
-                f"stage {name}: dvc.yaml declares {out}, which `{stage['cmd']}` does not write")
+        for path in declared:
+            if path.split("/")[0] in DATA_DIRS and path != "data":
+                assert any(_under(path, p) for p in passed.values()), (
+                    f"stage {name}: dvc.yaml declares {path} but the cmd does not pass it")
+        # Every default data path of the command is overridden in the cmd.
+        for p in command.params:
+            if isinstance(p, click.Option) and isinstance(p.default, str) and \
+                    p.default.split("/")[0] in DATA_DIRS and p.name != "composites":
+                assert set(p.opts) & set(passed), f"{name}: cmd relies on {p.opts[0]}'s default"
+
+
+def test_each_stage_depends_on_the_code_it_runs():
+    stages = stages_of(ROOT / "dvc.yaml")
+    code = {name: [d for d in _paths(st.get("deps")) if d.startswith("pipeline")]
+            for name, st in stages.items()}
+    for name, deps in code.items():
+        assert deps, f"stage {name} lists none of the code it runs"
+        for dep in deps:
+            assert (ROOT / dep).exists(), f"stage {name}: {dep} does not exist"
+    uses = {name: {d for d in deps} for name, deps in code.items()}
+    assert any(_under("pipeline/extraction/patch_selection.py", d) for d in uses["extract"])
+    assert any(_under("pipeline/heads/detectors.py", d) for d in uses["train"])
+    for name in FEATURE_STAGES:
+        assert not any(_under("pipeline/heads/detectors.py", d) for d in uses[name]), name
+
+
+def test_dvc_yaml_declares_the_detector_artifact():
+    spec = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    artifact = spec["artifacts"]["detector"]
+    assert artifact["type"] == "model" and artifact["desc"]
+    assert artifact["path"] in produced(spec["stages"]["train"])
 
 
 # ----------------------------------------------------------------------------- real dvc
@@ -133,8 +171,8 @@ def test_each_stage_cmd_reads_and_writes_what_dvc_yaml_declares():
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    ws = make_workspace(tmp_path_factory.mktemp("dvc") / "ws", ROOT, n_real=24, n_fake_each=12,
-                        size=128)
+    ws = make_workspace(tmp_path_factory.mktemp("dvc") / "ws", ROOT, code="copy", n_real=24,
+                        n_fake_each=12, size=128)
     params = yaml.safe_load((ws / "params.yaml").read_text())
     params["train"].update({"epochs": 2})
     assert params["train"]["lr"] != 0.0005  # the last test changes it to this value
@@ -219,3 +257,27 @@ def test_train_param_change_reruns_only_train_evaluate_compare(workspace):
     metrics = revs[0]["data"]["metrics"]["metrics/metrics.json"]
     assert "error" not in metrics, metrics
     assert metrics["data"]["test"]["mean"]["acc"] is not None
+
+
+def _edit(path: Path) -> None:
+    path.write_text(path.read_text() + "\n# an edit that changes no behaviour\n")
+
+
+@pytest.mark.slow
+def test_code_edits_rerun_exactly_the_stages_that_run_that_code(workspace):
+    """Editing the patch selection re-runs extract and everything after it, and inside extract
+    recomputes only the parts made by that code; editing a head re-runs only the head stages."""
+    ws, _ = workspace
+    stages = stages_of(ws / "dvc.yaml")
+    captions = (ws / "cache/captions.parquet").read_bytes()
+    _edit(ws / "pipeline/extraction/patch_selection.py")
+    out = sh(ws, "dvc", "repro")
+    assert ran(out) == set(stages) - {"index"}, out
+    assert "up to date: captions, text" in out, out  # BLIP did not run again
+    assert (ws / "cache/captions.parquet").read_bytes() == captions
+    sh(ws, "git", "add", "-A")
+    sh(ws, "git", "commit", "-qm", "patch selection edited")
+    _edit(ws / "pipeline/heads/detectors.py")
+    out = sh(ws, "dvc", "repro")
+    assert ran(out) == {"train", "evaluate", "evaluate_views", "compare", "tsne"}, out
+    assert "up to date" in sh(ws, "dvc", "status")

@@ -28,8 +28,7 @@ from click.testing import CliRunner
 
 from pipeline.atomic import atomic_path, write_json
 from pipeline.data.demo_data import make_demo_images
-from pipeline.extraction.extract_stages import run_embed
-from pipeline.provenance import ProvenanceMismatch
+from pipeline.extraction.extract_stage import Outputs, run_extract
 from stages.cli import main
 from tests.conftest import ROOT, build_cache, tiny_params, tiny_raw, write_params
 
@@ -95,50 +94,43 @@ def _resume(cwd: Path, stage: str) -> int:
     return int(re.search(r"\((\d+) reused from an interrupted run\)", err).group(1))
 
 
-def test_sigkill_during_caption_resumes_to_the_same_captions(tmp_path, reference, small_images):
-    cwd = _workspace(tmp_path, reference, small_images, "manifest.parquet")
-    total = len(pq.read_table(reference.manifest).to_pandas().query("status == 'ok'"))
-    done = kill_after(nsnet(["caption"], cwd), cwd, "caption", ".parquet", 2)
-    assert 2 <= done < total
-    assert not (cwd / "cache" / "captions.parquet").exists()
-    assert _resume(cwd, "caption") == done
-    got = pq.read_table(cwd / "cache" / "captions.parquet")
-    want = pq.read_table(reference.captions)
-    assert got.to_pandas().equals(want.to_pandas())
-    assert _settings(got.schema.metadata[b"nsnet"]) == _settings(want.schema.metadata[b"nsnet"])
-    assert not list((cwd / "cache" / ".work").glob("caption-*"))  # finished work is cleaned
-
-
 def _settings(provenance: bytes | str) -> dict:
     """Provenance without the code version (the tree may change while tests run)."""
     prov = json.loads(provenance)
     return {k: v for k, v in prov.items() if k not in ("code_version", "nsnet_version")}
 
 
-def test_sigkill_during_embed_resumes_to_the_same_arrays(tmp_path, reference, small_images):
-    cwd = _workspace(tmp_path, reference, small_images, "manifest.parquet", "patches.h5",
-                     "captions.parquet")
+def test_sigkill_during_extract_resumes_to_the_same_cache(tmp_path, reference, small_images):
+    cwd = _workspace(tmp_path, reference, small_images, "manifest.parquet")
     total = len(pq.read_table(reference.manifest).to_pandas().query("status == 'ok'"))
-    done = kill_after(nsnet(["embed"], cwd), cwd, "embed", ".h5", 2)
+    done = kill_after(nsnet(["extract"], cwd), cwd, "extract", ".h5", 2)
     assert 2 <= done < total
-    assert not (cwd / "cache" / "embeddings.h5").exists()
+    for name in ("selections.h5", "captions.parquet", "embeddings.h5"):
+        assert not (cwd / "cache" / name).exists(), name
     # Another setting makes another fingerprint: the killed run's shards are not mixed in.
     alt = tmp_path / "alt"
     shutil.copytree(cwd / "cache", alt / "cache")
     other = tiny_params(small_images, compute={"shard_size": 1, "precision": "bf16"})
-    summary = run_embed(other, *(alt / "cache" / n for n in ("manifest.parquet", "patches.h5",
-                                                             "captions.parquet",
-                                                             "embeddings.h5")), alt / "cache")
+    out = Outputs.at(*(alt / "cache" / n for n in ("selections.h5", "captions.parquet",
+                                                   "embeddings.h5")))
+    summary = run_extract(other, alt / "cache" / "manifest.parquet", out, alt / "cache")
     assert summary.reused_shards == 0 and summary.images == total
     # A half-written shard of the killed run (its temporary name) must never be read.
-    workdir = next((cwd / "cache" / ".work").glob("embed-*"))
+    workdir = next((cwd / "cache" / ".work").glob("extract-*"))
     (workdir / ".000999-deadbeef.h5.x1y2.partial").write_bytes(b"\x89HDF\r\n partial")
-    assert _resume(cwd, "embed") == done
-    with h5py.File(cwd / "cache" / "embeddings.h5") as got, \
-            h5py.File(reference.embeddings) as want:
-        for name in ("ids", "image", "text"):
-            np.testing.assert_array_equal(got[name][:], want[name][:])
-        assert _settings(got.attrs["provenance"]) == _settings(want.attrs["provenance"])
+    assert _resume(cwd, "extract") == done
+    for name in ("selections.h5", "embeddings.h5"):
+        with h5py.File(cwd / "cache" / name) as got, \
+                h5py.File(reference.workdir / "cache" / name) as want:
+            assert set(got) == set(want)
+            for key in got:
+                np.testing.assert_array_equal(got[key][:], want[key][:], err_msg=key)
+            assert _settings(got.attrs["provenance"]) == _settings(want.attrs["provenance"])
+    got = pq.read_table(cwd / "cache" / "captions.parquet")
+    want = pq.read_table(reference.captions)
+    assert got.to_pandas().equals(want.to_pandas())
+    assert _settings(got.schema.metadata[b"nsnet"]) == _settings(want.schema.metadata[b"nsnet"])
+    assert not list((cwd / "cache" / ".work").glob("extract-*"))  # finished work is cleaned
 
 
 # ----------------------------------------------------------------------------- write errors
@@ -180,12 +172,15 @@ def test_disk_full_during_index_keeps_previous_manifest(tmp_path, built_cache):
     _assert_failed_cleanly(proc, work.workdir, work.manifest, before)
 
 
-def test_disk_full_during_embed_keeps_previous_embeddings(tmp_path, built_cache):
-    """HDF5 outputs: a clean exit 1 (HDF5's own failure path can crash the process at exit)."""
+def test_disk_full_during_extract_keeps_previous_embeddings(tmp_path, built_cache):
+    """HDF5 outputs: a clean exit 1 (HDF5's own failure path can crash the process at exit).
+    A new caption length re-captions and re-embeds the text; the new embeddings file cannot be
+    written, so the previous one stays as it was."""
     work = built_cache.copy_to(tmp_path / "w")
     write_params(work.workdir / "params.yaml", tiny_raw(demo_root(built_cache)))
     before = work.embeddings.read_bytes()
-    proc = _fsize_run(work.workdir, ["embed"], 16_384)
+    assert len(before) > 16_384
+    proc = _fsize_run(work.workdir, ["extract", "--set", "caption.max_new_tokens=3"], 16_384)
     _assert_failed_cleanly(proc, work.workdir, work.embeddings, before)
 
 
@@ -215,14 +210,22 @@ def demo_root(cache) -> str:
 # ----------------------------------------------------------------------------- other settings
 
 
-def test_embed_refuses_patches_of_another_patch_size(tmp_path, built_cache):
+def test_extract_never_mixes_parts_made_with_other_settings(tmp_path, built_cache):
+    """Another patch size: selections and image embeddings are recomputed from the images;
+    only the parts that do not depend on it (captions, text embeddings) are reused."""
     work = built_cache.copy_to(tmp_path / "w")
-    before = work.embeddings.read_bytes()
+    with h5py.File(work.embeddings) as f:
+        image_before, text_before = f["image"][:], f["text"][:]
     params = tiny_params(demo_root(built_cache), patches={"size": 16})
-    with pytest.raises(ProvenanceMismatch, match="patch_spec"):
-        run_embed(params, work.manifest, work.patches, work.captions, work.embeddings,
-                  work.workdir / "cache")
-    assert work.embeddings.read_bytes() == before
+    summary = run_extract(params, work.manifest, work.outputs, work.workdir / "cache")
+    assert summary.reused_parts == ["captions", "text"], summary.line()
+    with h5py.File(work.selections) as f:
+        assert json.loads(f.attrs["provenance"])["patch_spec"]["size"] == 16
+    with h5py.File(work.embeddings) as f:
+        assert not np.array_equal(f["image"][:], image_before)
+        np.testing.assert_array_equal(f["text"][:], text_before)
+        requests = json.loads(f.attrs["requests"])
+    assert requests["image"]["selections"] != requests["text"]["captions"]
 
 
 def test_train_and_evaluate_refuse_embeddings_of_another_clip(tmp_path, built_cache):
@@ -251,10 +254,12 @@ def test_dvc_params_invalidate_only_affected_stages():
     def uses(stage: str, key: str) -> bool:
         return any(key == p or key.startswith(p + ".") for p in stages[stage].get("params", []))
 
-    assert uses("embed", "clip.arch") and uses("embed", "clip.pretrained")
-    assert uses("patches", "patches.size") and uses("caption", "caption.model")
-    for stage in ("index", "patches", "caption"):
-        assert not uses(stage, "clip.arch"), stage
-    for stage in ("index", "patches", "caption", "embed"):
+    assert uses("extract", "clip.arch") and uses("extract", "clip.pretrained")
+    assert uses("extract", "patches.size") and uses("extract", "caption.model")
+    assert not uses("index", "clip.arch") and not uses("index", "caption.model")
+    for stage in ("index", "extract", "views"):
         assert not uses(stage, "train.lr"), stage
-    assert not uses("patches", "caption.model") and not uses("caption", "patches.size")
+    # Settings that change how fast, not what, never invalidate the extraction.
+    for key in ("clip.batch_size", "caption.batch_size", "compute.num_workers",
+                "compute.torch_threads", "compute.shard_size", "data.num_workers"):
+        assert not uses("extract", key) and not uses("views", key), key

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from stages.cli import main
 from tests.conftest import ROOT, tiny_raw, write_params
 
-STAGES = ["index", "patches", "caption", "embed", "train", "evaluate"]
+STAGES = ["index", "extract", "train", "evaluate"]
 
 BAD = [  # (edit of the raw params, key the message must name, words it must contain)
     (lambda r: r["clip"].update(archh="ViT-B-32"), "clip.archh", "unknown key"),

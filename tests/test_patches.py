@@ -14,7 +14,9 @@ from pipeline.data.images import open_image
 from pipeline.data.manifest import read_manifest
 from pipeline.extraction.patch_selection import (
     PatchSpec,
+    choose,
     patch_entropies,
+    patch_entropies_reference,
     select_batch,
     select_patches,
     to_gray,
@@ -157,27 +159,60 @@ def test_batched_selection_equals_single(spec):
         np.testing.assert_allclose(got.entropy, want.entropy, rtol=1e-6)
 
 
-def test_cached_composites_match_source_files_at_recorded_coords(built_cache):
-    """patches.h5 from the real stage: each tile is the file's pixels at its (y, x) coords."""
+@pytest.mark.parametrize("size", [32, 16, 15])
+def test_fast_entropies_choose_the_same_cells_as_the_reference_fft(size):
+    """The real-FFT form (Hermitian weights, luma as one matmul) against the complex float64
+    form it replaced: same cells chosen, entropies within float tolerance."""
+    rng = np.random.default_rng(size)
+    spec = PatchSpec(size=size, n_low=4, n_high=5) if size != 32 else PatchSpec()
+    for shape in [(512, 512), (384, 517), (200, 333), (96, 96)]:
+        rgb = random_image(rng, *shape)
+        gray = to_gray(torch.from_numpy(rgb))
+        fast, ref = patch_entropies(gray, size), patch_entropies_reference(gray, size)
+        np.testing.assert_allclose(fast.numpy(), ref.numpy(), rtol=1e-5, atol=1e-5)
+        image_id = f"{shape[0]:04x}" * 8
+        np.testing.assert_array_equal(choose(fast, spec, image_id)[0],
+                                      choose(ref, spec, image_id)[0])
+
+
+def test_cached_selections_point_at_the_source_pixels(built_cache, tmp_path):
+    """selections.h5 from the real stage holds cells, not pixels: at each row's cells the
+    entropies are the numpy reference's, they are the lowest/highest ones, and the composite
+    rebuilt from the file (kept with patches.keep_composites) is those pixels."""
+    from pipeline.extraction.extract_stage import Outputs, run_extract
+
     rows = read_manifest(built_cache.manifest, only_ok=True)
-    spec = PatchSpec(**built_cache.params.patches.__dict__)
-    with h5py.File(built_cache.patches) as f:
+    spec = PatchSpec.of(built_cache.params.patches)
+    with h5py.File(built_cache.selections) as f:
         ids = [x.decode() for x in f["ids"][:]]
-        coords, comps, ents = f["coords"][:], f["composites"], f["entropy"][:]
+        cells, ents = f["cells"][:], f["entropy"][:]
         prov = json.loads(f.attrs["provenance"])
-        assert ids == rows["id"].tolist()
-        assert coords.shape == (len(ids), spec.count, 2)
+        assert set(f) == {"ids", "cells", "entropy"}  # no pixels in the cache
+    assert ids == rows["id"].tolist()
+    assert cells.shape == (len(ids), spec.count, 2) and ents.shape == (len(ids), spec.count)
+    assert prov["stage"] == "extract" and prov["part"] == "selections"
+    keep = built_cache.copy_to(tmp_path / "keep")
+    params = built_cache.params
+    params.patches.keep_composites = True
+    try:
+        out = Outputs.at(keep.selections, keep.captions, keep.embeddings,
+                         keep.workdir / "cache" / "composites.h5")
+        run_extract(params, keep.manifest, out, keep.workdir / "cache")
+    finally:
+        params.patches.keep_composites = False
+    with h5py.File(out.composites) as f:
+        comps = f["composites"]
         for i in range(0, len(ids), max(1, len(ids) // 8)):  # a spread of rows
             rgb, _ = open_image(rows["path"][i])
-            comp = comps[i]
-            for k, (y, x) in enumerate(coords[i]):
-                np.testing.assert_array_equal(tile(comp, k, spec),
-                                              rgb[y:y + spec.size, x:x + spec.size])
             ref = ref_entropies(rgb, spec.size)
-            np.testing.assert_allclose(ents[i], ref[coords[i, :, 0] // spec.size,
-                                                    coords[i, :, 1] // spec.size],
+            np.testing.assert_allclose(ents[i], ref[cells[i, :, 0], cells[i, :, 1]],
                                        rtol=1e-5, atol=1e-5)
-    assert prov["stage"] == "patches"
-    assert prov["patch_spec"] == spec.as_dict()
-    assert prov["order"] == "permutation-seeded-by-id"
-    assert prov["code_version"] and prov["manifest"]
+            order = np.sort(ref.reshape(-1))
+            chosen = np.sort(ref[cells[i, :, 0], cells[i, :, 1]])
+            if order.size >= spec.count:
+                want = np.concatenate([order[:spec.n_low], order[order.size - spec.n_high:]])
+                np.testing.assert_allclose(chosen, want, rtol=1e-5, atol=1e-5)
+            for k, (r, c) in enumerate(cells[i]):
+                y, x = r * spec.size, c * spec.size
+                np.testing.assert_array_equal(tile(comps[i], k, spec),
+                                              rgb[y:y + spec.size, x:x + spec.size])

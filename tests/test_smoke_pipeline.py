@@ -9,8 +9,8 @@ from pipeline.heads.train_stage import run_train
 
 def test_stages_produce_aligned_outputs(built_cache, tmp_path):
     ids = read_manifest(built_cache.manifest, only_ok=True)["id"].tolist()
-    with h5py.File(built_cache.patches) as f:
-        assert f["composites"].shape == (len(ids), 224, 224, 3)
+    with h5py.File(built_cache.selections) as f:
+        assert f["cells"].shape == (len(ids), 49, 2)
         assert [x.decode() for x in f["ids"][:]] == ids
     with h5py.File(built_cache.embeddings) as f:
         assert f["image"].shape == (len(ids), 128)

@@ -119,11 +119,30 @@ def make_demo_images(out: str | Path, n_real: int = 240, n_fake_each: int = 160,
     return counts
 
 
-def make_workspace(workspace: str | Path, project: str | Path, **image_kw: int) -> Path:
-    """A self-contained DVC workspace: the project's dvc.yaml, demo params, demo images."""
-    workspace, project = Path(workspace), Path(project)
+CODE_DIRS = ("pipeline", "stages")  # dvc.yaml's stages depend on the code they run
+DVCIGNORE = "# compiled Python changes when code runs: not a dependency\n__pycache__/\n*.pyc\n"
+
+
+def make_workspace(workspace: str | Path, project: str | Path, code: str = "link",
+                   **image_kw: int) -> Path:
+    """A self-contained DVC workspace: the project's dvc.yaml, demo params, demo images.
+
+    ``code="link"`` symlinks the project's ``pipeline/`` and ``stages/`` into the workspace
+    (the code deps of dvc.yaml); ``code="copy"`` copies them, so a test can edit the copy and
+    run it (with the workspace first on ``PYTHONPATH``) without touching the project.
+    """
+    workspace, project = Path(workspace).absolute(), Path(project).absolute()
     workspace.mkdir(parents=True, exist_ok=True)
     shutil.copy2(project / "dvc.yaml", workspace / "dvc.yaml")
+    (workspace / ".dvcignore").write_text(DVCIGNORE)
+    for name in CODE_DIRS:
+        if code == "link":
+            (workspace / name).symlink_to(project / name, target_is_directory=True)
+        elif code == "copy":
+            shutil.copytree(project / name, workspace / name,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            raise ValueError(f"code must be 'link' or 'copy', not {code!r}")
     raw = yaml.safe_load((project / "params.yaml").read_text())
     for section, values in DEMO_OVERRIDES.items():
         raw.setdefault(section, {}).update(values)
@@ -133,7 +152,7 @@ def make_workspace(workspace: str | Path, project: str | Path, **image_kw: int) 
     )
     # metrics/ and plots/ (cache: false) stay in git so `dvc exp run` commits them and
     # `dvc exp show` / `dvc metrics diff` can compare experiments.
-    (workspace / ".gitignore").write_text("/data/\n/models/\n/dvc_plots/\n")
+    (workspace / ".gitignore").write_text("/data/\n/models/\n/dvc_plots/\n__pycache__/\n")
     (workspace / "cache").mkdir(exist_ok=True)
     shutil.copy2(project / "cache" / ".gitignore", workspace / "cache" / ".gitignore")
     make_demo_images(workspace / "data" / "demo", **image_kw)

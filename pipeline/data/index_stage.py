@@ -18,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 
+from pipeline import runtime
 from pipeline.atomic import write_json
 from pipeline.cache_store import write_table
 from pipeline.config import Params
@@ -116,7 +117,7 @@ def scan(params: Params, errors: list[WalkError] | None = None
     entries, unlabelled = _root_entries(params, errors)
     jobs = [_Probe(e.path, params.data.max_image_pixels, params.patches.size)
             for e, _, _ in entries]
-    workers = params.data.num_workers
+    workers = runtime.index_workers(params.data.num_workers)
     if workers > 1 and len(jobs) > 64:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             probes = list(pool.map(_probe, jobs, chunksize=32))

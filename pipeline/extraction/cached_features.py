@@ -21,7 +21,7 @@ import torch
 from pipeline.cache_store import decode_ids, h5_provenance, require
 from pipeline.config import Params
 from pipeline.data.manifest import read_manifest
-from pipeline.extraction.extract_stages import clip_request
+from pipeline.extraction.extract_stage import check_layout, clip_request
 from pipeline.provenance import ProvenanceMismatch, check_compatible
 
 
@@ -125,10 +125,11 @@ def _read(dset: h5py.Dataset, path: Path) -> Rows:
 
 def load_features(params: Params, manifest: str | Path, embeddings: str | Path) -> FeatureSet:
     """Join embeddings with the manifest (labels, sources, splits) and check provenance."""
-    embeddings = require(embeddings, "embed")
+    embeddings = require(embeddings, "extract")
+    check_layout(embeddings, "embeddings")
     prov = h5_provenance(embeddings)
     check_compatible(prov, clip_request(params), str(embeddings),
-                     "Rerun `nsnet embed` (or `dvc repro`) with the current clip settings.")
+                     "Rerun `nsnet extract` (or `dvc repro`) with the current clip settings.")
     rows = read_manifest(manifest, only_ok=True)
     with h5py.File(embeddings, "r") as f:
         ids = decode_ids(f["ids"][:])

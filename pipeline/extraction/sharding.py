@@ -50,6 +50,7 @@ class RunSummary:
     reused_shards: int
     seconds: float
     skipped: dict[str, int] = field(default_factory=dict)
+    reused_parts: list[str] = field(default_factory=list)  # outputs already up to date
 
     @property
     def images_per_s(self) -> float:
@@ -58,8 +59,9 @@ class RunSummary:
     def line(self) -> str:
         skipped = sum(self.skipped.values())
         why = ", ".join(f"{k}: {v}" for k, v in sorted(self.skipped.items()))
+        reused = f"; up to date: {', '.join(self.reused_parts)}" if self.reused_parts else ""
         return (f"{self.stage}: {self.images} images done, {skipped} skipped"
-                f"{f' ({why})' if why else ''}; {self.shards} shards "
+                f"{f' ({why})' if why else ''}{reused}; {self.shards} shards "
                 f"({self.reused_shards} reused from an interrupted run), {self.seconds:.1f} s, "
                 f"{self.images_per_s:.1f} images/s")
 
@@ -127,7 +129,7 @@ def _gpu_resources(client: Any, pending: list[Shard]) -> dict[str, float] | None
     """Ask for one ``GPU`` resource per task when the workers advertise GPUs."""
     info = client.scheduler_info()
     has_gpu = any("GPU" in (w.get("resources") or {}) for w in info.get("workers", {}).values())
-    needs_model = pending[0].stage in ("caption", "embed")
+    needs_model = pending[0].stage in ("extract", "caption", "embed")
     return {"GPU": 1} if has_gpu and needs_model else None
 
 

@@ -1,12 +1,10 @@
-"""Degraded test views: the test split re-run through patches -> caption -> embed once per
-degradation, cached under ``cache/views/<name>/{manifest.parquet,patches.h5,captions.parquet,
-embeddings.h5}``.
+"""Degraded test views: the test split re-run through ``extract`` once per degradation, cached
+under ``cache/views/<name>/{manifest.parquet,selections.h5,captions.parquet,embeddings.h5}``.
 
 Rows keep the ids of the clean images (so each composite uses the same seeded patch order as
-the clean one); the degradation (``pipeline.data.degradations``) is applied right after
-decoding. A view
-whose outputs already match the current manifest and settings is reused, so adding a name to
-``protocol.degradations`` computes only that view.
+the clean one); the degradation (``pipeline.data.degradations``) is applied right after the one
+decode of each test image. A view whose outputs already match the current manifest and
+settings is reused, so adding a name to ``protocol.degradations`` computes only that view.
 """
 
 from __future__ import annotations
@@ -15,23 +13,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import h5py
 import pandas as pd
 
-from pipeline.cache_store import h5_provenance, table_provenance, write_table
+from pipeline.cache_store import write_table
 from pipeline.config import Params
 from pipeline.data.degradations import parse
 from pipeline.data.manifest import OK, read_manifest
-from pipeline.extraction.extract_stages import clip_request, run_caption, run_embed, run_patches
-from pipeline.extraction.patch_selection import PatchSpec
+from pipeline.extraction.extract_stage import PARTS, Outputs, current_parts, requests, run_extract
 from pipeline.provenance import fingerprint
 
-FILES = ("manifest.parquet", "patches.h5", "captions.parquet", "embeddings.h5")
+FILES = ("manifest.parquet", "selections.h5", "captions.parquet", "embeddings.h5")
 
 
 @dataclass(frozen=True)
 class ViewPaths:
-    """The four cached files of one degraded view."""
+    """The cached files of one degraded view."""
 
     root: Path
 
@@ -40,12 +36,9 @@ class ViewPaths:
         return self.root / "manifest.parquet"
 
     @property
-    def patches(self) -> Path:
-        return self.root / "patches.h5"
-
-    @property
-    def captions(self) -> Path:
-        return self.root / "captions.parquet"
+    def outputs(self) -> Outputs:
+        return Outputs.at(self.root / "selections.h5", self.root / "captions.parquet",
+                          self.root / "embeddings.h5")
 
     @property
     def embeddings(self) -> Path:
@@ -62,61 +55,35 @@ def view_rows(manifest: str | Path) -> pd.DataFrame:
     return df[(df["status"] == OK) & (df["split"] == "test")].reset_index(drop=True)
 
 
-def _expected(params: Params, name: str, rows: pd.DataFrame) -> dict[str, Any]:
-    return {"degradation": name, "rows": fingerprint(rows["id"].tolist()),
-            "patch_spec": PatchSpec(**params.patches.__dict__).as_dict(),
-            "blip_model": params.caption.model, "max_new_tokens": params.caption.max_new_tokens,
-            **clip_request(params)}
-
-
-def _found(paths: ViewPaths, clip_keys: list[str]) -> dict[str, Any] | None:
-    """What an existing view was computed with, or None when any file is missing."""
-    if not all((paths.root / f).exists() for f in FILES):
-        return None
-    try:
-        patch, cap, emb = (h5_provenance(paths.patches), table_provenance(paths.captions),
-                           h5_provenance(paths.embeddings))
-        view = table_provenance(paths.manifest)
-        with h5py.File(paths.embeddings, "r") as f:
-            complete = f["image"].shape[0] == view.get("n_rows")
-    except (OSError, KeyError, ValueError):
-        return None
-    if not complete or patch.get("degradation") != cap.get("degradation"):
-        return None
-    return {"degradation": patch.get("degradation"), "rows": view.get("rows"),
-            "patch_spec": patch.get("patch_spec"), "blip_model": cap.get("blip_model"),
-            "max_new_tokens": cap.get("max_new_tokens"),
-            **{k: emb.get(k) for k in clip_keys}}
-
-
 def is_current(params: Params, name: str, paths: ViewPaths, rows: pd.DataFrame) -> bool:
-    return _found(paths, list(clip_request(params))) == _expected(params, name, rows)
+    """Every part of the view was made from these rows with the current settings."""
+    ids = rows["id"].tolist()
+    return current_parts(paths.outputs, requests(params, ids, name), ids) == set(PARTS)
 
 
 def run_view(params: Params, name: str, manifest: str | Path, views_dir: str | Path,
              scheduler: str = "", force: bool = False) -> dict[str, Any]:
-    """Compute (or reuse) one degraded view of the test split; return a short summary."""
+    """Compute (or reuse) one degraded view of the test split; return a short summary.
+
+    Each test image is decoded once, degraded, and fed to selection, BLIP and CLIP."""
     parse(name)  # validate before any work
     rows = view_rows(manifest)
     if rows.empty:
         raise ValueError(f"{manifest} has no usable test images to degrade; check data.roots "
                          "roles and data.split")
     paths = view_paths(views_dir, name)
-    if not force and is_current(params, name, paths, rows):
+    if force:
+        for f in FILES:
+            (paths.root / f).unlink(missing_ok=True)
+    elif is_current(params, name, paths, rows):
         return {"view": name, "images": len(rows), "reused": True}
     paths.root.mkdir(parents=True, exist_ok=True)
     write_table(paths.manifest, rows, {"stage": "views", "view_of": str(manifest),
                                        "rows": fingerprint(rows["id"].tolist()),
                                        "n_rows": len(rows)})
-    lines = [
-        run_patches(params, paths.manifest, paths.patches, paths.root, scheduler,
-                    degradation=name).line(),
-        run_caption(params, paths.manifest, paths.captions, paths.root, scheduler,
-                    degradation=name).line(),
-        run_embed(params, paths.manifest, paths.patches, paths.captions, paths.embeddings,
-                  paths.root, scheduler).line(),
-    ]
-    return {"view": name, "images": len(rows), "reused": False, "log": lines}
+    line = run_extract(params, paths.manifest, paths.outputs, paths.root, scheduler,
+                       degradation=name).line()
+    return {"view": name, "images": len(rows), "reused": False, "log": [line]}
 
 
 def run_views(params: Params, manifest: str | Path, views_dir: str | Path,

@@ -1,0 +1,134 @@
+"""One decode per image: every pixel-derived input of extraction comes from a single pass.
+
+A worker process reads an image's bytes, checks them against the manifest's content id,
+decodes them once and derives from those pixels what the models need: the patch selection
+(cells and entropies, a few hundred bytes), the 224 px composite for CLIP and the uint8
+384 px resize for BLIP. Only those fixed-size arrays cross back to the main process, where the
+models run on the GPU while the workers decode the next batches (``prefetch``).
+
+Workers run torch with one thread each (``worker_init``); the main process's thread count is
+set by ``pipeline.runtime.configure_threads``.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.data import degradations
+from pipeline.data.images import open_image, read_bytes
+from pipeline.data.manifest import content_id
+from pipeline.extraction.patch_selection import PatchSpec, composite, select_cells
+
+# Counts decodes in this process (the benchmark reads it with ``num_workers=0``).
+DECODES = {"count": 0}
+
+
+class StaleManifest(RuntimeError):
+    """An image changed on disk after ``nsnet index`` recorded it."""
+
+
+class BlipResize:
+    """BLIP's own image processor split in two: the resize (in a decoding worker, kept as
+    uint8, a quarter of the bytes of float32) and the rescale + normalisation (main process, on
+    the model's device where the processor supports it). Bit-identical to calling the processor
+    on the decoded image, whichever backend the installed transformers uses."""
+
+    def __init__(self, image_processor: Any) -> None:
+        self.processor = image_processor
+
+    def resize(self, rgb: np.ndarray) -> np.ndarray:
+        """(H, W, 3) uint8 -> (3, S, S) resized, uint8 when the values are whole numbers."""
+        x = self.processor(images=[rgb], do_rescale=False, do_normalize=False,
+                           return_tensors="pt")["pixel_values"][0]
+        if x.dtype != torch.uint8 and bool((x == x.round()).all()) and x.min() >= 0 \
+                and x.max() <= 255:
+            x = x.to(torch.uint8)
+        return x.numpy()
+
+    def normalise(self, batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """(B, 3, S, S) resized batch -> ``pixel_values`` float32 on ``device``."""
+        batch = batch.to(device, non_blocking=True)
+        try:
+            out = self.processor(images=batch, do_resize=False, return_tensors="pt",
+                                 device=device)["pixel_values"]
+        except (TypeError, ValueError):  # processors without a device option
+            out = self.processor(images=batch.cpu(), do_resize=False,
+                                 return_tensors="pt")["pixel_values"]
+        return out.to(device, non_blocking=True)
+
+
+@dataclass(frozen=True)
+class PassPlan:
+    """What one pass derives from each decoded image."""
+
+    spec: PatchSpec
+    max_pixels: int
+    select: bool = True  # compute cells/entropies (False: they come in ``cells``)
+    composite: bool = True  # build the CLIP composite
+    blip: BlipResize | None = None  # BLIP input, when captions are computed
+    degradation: str = ""  # a pipeline.data.degradations name applied after decoding
+
+
+class ImagePass(torch.utils.data.Dataset):
+    """Item ``i``: ``{"cells", "entropy", "composite", "blip"}`` of image ``i`` (one decode)."""
+
+    def __init__(self, ids: list[str], paths: list[bytes], plan: PassPlan,
+                 cells: np.ndarray | None = None) -> None:
+        self.ids, self.paths, self.plan, self.cells = ids, paths, plan, cells
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+        plan = self.plan
+        path = os.fsdecode(self.paths[i])
+        data = read_bytes(path)
+        if content_id(data) != self.ids[i]:
+            raise StaleManifest(f"{path} changed since it was indexed; rerun `nsnet index`")
+        rgb, _ = open_image(data, plan.max_pixels)
+        DECODES["count"] += 1
+        if plan.degradation:
+            rgb = degradations.apply(plan.degradation, rgb)
+        item: dict[str, np.ndarray] = {}
+        if plan.select:
+            item["cells"], item["entropy"] = select_cells(rgb, self.ids[i], plan.spec)
+        if plan.composite:
+            cells = item["cells"] if plan.select else self.cells[i]  # type: ignore[index]
+            item["composite"] = composite(rgb, cells, plan.spec)
+        if plan.blip is not None:
+            item["blip"] = plan.blip.resize(rgb)
+        return item
+
+
+def collate(items: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
+    """Stack each field into one tensor (pinned by the loader when ``pin`` is set)."""
+    return {k: torch.from_numpy(np.stack([it[k] for it in items])) for k in items[0]}
+
+
+def worker_init(_: int) -> None:
+    """Decoding workers: one torch thread each, so N workers use N cores, not N x cores."""
+    torch.set_num_threads(1)
+
+
+def batches(dataset: ImagePass, batch_size: int, workers: int, pin: bool = False,
+            prefetch: int = 4) -> Iterator[dict[str, torch.Tensor]]:
+    """Batches decoded in ``workers`` processes, ``prefetch`` batches ahead per worker.
+
+    Inside a daemonic process (a dask worker) child processes are not allowed, so decoding
+    runs in-process there.
+    """
+    if workers and multiprocessing.current_process().daemon:
+        workers = 0
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate,
+        pin_memory=pin, persistent_workers=False, worker_init_fn=worker_init,
+        prefetch_factor=prefetch if workers else None,
+    )
+    yield from loader

@@ -1,0 +1,86 @@
+"""Machine-dependent settings resolved in one place: worker counts, torch threads, batch sizes.
+
+``params.yaml`` may say ``auto`` for ``data.num_workers``, ``compute.num_workers``,
+``compute.torch_threads``, ``clip.batch_size`` and ``caption.batch_size``; these functions turn
+``auto`` into numbers for the machine at hand, so a laptop and a 16-core GPU server both run
+well from the same file. Explicit integers are always taken as given.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+# Batch sizes by device. BLIP's greedy decoding is bound by kernel launches, so on a GPU a
+# large batch is what keeps it busy; CLIP's image tower saturates earlier.
+GPU_CAPTION_BATCH = {80: 256, 40: 192, 16: 96, 0: 32}  # min GiB of GPU memory -> batch
+GPU_CLIP_BATCH = {40: 512, 16: 256, 0: 64}
+CPU_CAPTION_BATCH = 16
+CPU_CLIP_BATCH = 32
+MAX_AUTO_WORKERS = 32
+
+
+def cpu_count() -> int:
+    """Cores this process may use (affinity/cgroup aware where the OS says so)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def _cuda(device: Any) -> bool:
+    return getattr(device, "type", str(device)).startswith("cuda")
+
+
+def workers(value: int | str, device: Any = "cpu") -> int:
+    """Decoding worker processes: ``auto`` leaves one core to the main process."""
+    if value != "auto":
+        return int(value)
+    return max(0, min(MAX_AUTO_WORKERS, cpu_count() - 1))
+
+
+def index_workers(value: int | str) -> int:
+    """Processes that hash and probe images in ``index`` (CPU only): ``auto`` = every core."""
+    return cpu_count() if value == "auto" else int(value)
+
+
+def torch_threads(value: int | str, n_workers: int, device: Any = "cpu") -> int:
+    """Threads for torch in the main process. ``auto``: on a GPU a few (the GPU does the math);
+    on a CPU the cores the decoding workers leave free, at least one."""
+    if value != "auto":
+        return int(value)
+    free = max(1, cpu_count() - n_workers)
+    return min(4, free) if _cuda(device) else free
+
+
+def configure_threads(value: int | str, n_workers: int, device: Any = "cpu") -> int:
+    """Set torch's intra-op threads for this process deliberately; return the number."""
+    import torch
+
+    n = torch_threads(value, n_workers, device)
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
+
+
+def _gpu_gib(device: Any) -> float:
+    import torch
+
+    index = getattr(device, "index", None) or 0
+    return torch.cuda.get_device_properties(index).total_memory / 2**30
+
+
+def _by_memory(table: dict[int, int], gib: float) -> int:
+    return next(batch for floor, batch in sorted(table.items(), reverse=True) if gib >= floor)
+
+
+def caption_batch(value: int | str, device: Any) -> int:
+    if value != "auto":
+        return int(value)
+    return _by_memory(GPU_CAPTION_BATCH, _gpu_gib(device)) if _cuda(device) else CPU_CAPTION_BATCH
+
+
+def clip_batch(value: int | str, device: Any) -> int:
+    if value != "auto":
+        return int(value)
+    return _by_memory(GPU_CLIP_BATCH, _gpu_gib(device)) if _cuda(device) else CPU_CLIP_BATCH
