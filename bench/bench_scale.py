@@ -1,0 +1,277 @@
+"""Extraction at benchmark scale: per-stage cost per image, measured at N and 4N images.
+
+Generates 512 px JPEG and PNG images (half each), runs ``index`` and ``extract`` on them, each
+stage in a fresh single-core subprocess (one torch thread, no worker processes, so CPU ms are
+per core), and prints one Markdown table per run:
+
+* CPU ms per image (user + system of the stage process),
+* decodes per image (counted at the decoder),
+* bytes per image written to ``cache/`` (selections vs embeddings/captions/manifest),
+* peak RSS of the stage process, wall time at N and 4N (growth should be linear, memory flat),
+
+then the CPU-side work of the extraction pass per image (decode, patch selection, composite,
+BLIP resize) and an extrapolation to GenImage (2.6 M images) on a machine with ``--cores`` cores
+and one GPU running BLIP and CLIP at the stated rates (``--caption-rate``, ``--image-rate``,
+``--text-rate``: measured on a GPU with ``--device cuda`` where one is available, otherwise
+assumptions that the table labels as such).
+
+    python bench/bench_scale.py --n 64            # about 2 minutes on a 2-core CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+GENIMAGE = 2_600_000
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def make_images(root: Path, n: int, size: int, seed: int = 0) -> None:
+    """Photo-like images (smooth gradients + texture + noise), half JPEG (q 90) half PNG."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    for i in range(n):
+        label = "real" if i % 2 == 0 else "fake"
+        f1, f2 = rng.uniform(4, 40, 2)
+        base = (np.sin(yy / f1 + rng.uniform(0, 6)) + np.cos(xx / f2)) * 50 + 128
+        img = base[..., None] + rng.normal(0, rng.uniform(2, 25), (size, size, 3))
+        img[rng.integers(0, size // 2):, :rng.integers(size // 4, size)] *= 0.6
+        arr = np.clip(img, 0, 255).astype(np.uint8)
+        folder = root / label
+        folder.mkdir(parents=True, exist_ok=True)
+        if i % 4 < 2:
+            Image.fromarray(arr).save(folder / f"{i:06d}.jpg", quality=90)
+        else:
+            Image.fromarray(arr).save(folder / f"{i:06d}.png")
+
+
+def workspace(base: Path, n: int, size: int, args: argparse.Namespace) -> Path:
+    import yaml
+
+    ws = base / f"n{n}"
+    make_images(ws / "data", n, size)
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["data"].update({"roots": [str(ws / "data")], "num_workers": 1})
+    raw["clip"].update({"arch": args.arch, "pretrained": args.pretrained,
+                        "batch_size": args.batch})
+    raw["caption"].update({"model": args.caption, "max_new_tokens": args.max_new_tokens,
+                           "batch_size": args.batch})
+    raw["compute"].update({"device": args.device, "precision": args.precision,
+                           "num_workers": 0, "torch_threads": 1, "shard_size": 4096})
+    (ws / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    return ws
+
+
+# ----------------------------------------------------------------------------- one stage
+
+
+def child(stage: str, ws: Path) -> None:
+    """Run one stage in this process (single core) and print its measurements as JSON."""
+    os.chdir(ws)
+    import torch
+
+    torch.set_num_threads(1)
+    from pipeline.config import load_params
+    from pipeline.data import index_stage
+    from pipeline.extraction import image_pass
+
+    params = load_params("params.yaml")
+    decodes = {"n": 0}
+    real_open = index_stage.open_image
+
+    def counting_open(*a, **k):  # index's decodes
+        decodes["n"] += 1
+        return real_open(*a, **k)
+
+    index_stage.open_image = counting_open
+    t0, c0 = time.perf_counter(), time.process_time()
+    if stage == "index":
+        index_stage.build_index(params, "cache/manifest.parquet", "cache/index_report.json")
+    else:
+        from pipeline.extraction.extract_stage import Outputs, run_extract
+
+        image_pass.DECODES["count"] = 0
+        run_extract(params, "cache/manifest.parquet",
+                    Outputs.at("cache/selections.h5", "cache/captions.parquet",
+                               "cache/embeddings.h5"), "cache")
+        decodes["n"] = image_pass.DECODES["count"]
+    print(json.dumps({"wall": time.perf_counter() - t0, "cpu": time.process_time() - c0,
+                      "decodes": decodes["n"],
+                      "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def run_stage(stage: str, ws: Path) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, __file__, "--child", stage, "--ws", str(ws)],
+                         env=env, capture_output=True, text=True, check=False)
+    if out.returncode:
+        raise SystemExit(f"{stage} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def cache_bytes(ws: Path) -> dict[str, int]:
+    files = {p.name: p.stat().st_size for p in (ws / "cache").rglob("*") if p.is_file()}
+    feats = sum(v for k, v in files.items() if k in ("embeddings.h5", "captions.parquet"))
+    manifest = sum(v for k, v in files.items() if k in ("manifest.parquet",
+                                                        "index_report.json"))
+    return {"other": sum(files.values()) - feats - manifest, "features": feats,
+            "manifest": manifest}
+
+
+# ----------------------------------------------------------------------------- CPU side
+
+
+def cpu_side(ws: Path, n: int, args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """ms per image, one core, of each piece of the extraction pass, by format."""
+    import torch
+
+    torch.set_num_threads(1)
+    from transformers import BlipImageProcessor
+
+    from pipeline.data.images import open_image, read_bytes
+    from pipeline.extraction.image_pass import BlipResize
+    from pipeline.extraction.patch_selection import (
+        PatchSpec,
+        composite,
+        patch_entropies_reference,
+        select_cells,
+        to_gray,
+    )
+
+    spec, resize = PatchSpec(), BlipResize(BlipImageProcessor())
+    out: dict[str, dict[str, float]] = {}
+    for ext in ("jpg", "png"):
+        paths = sorted((ws / "data").rglob(f"*.{ext}"))[:n]
+        t = dict.fromkeys(("read", "decode", "select", "select_before", "composite",
+                           "blip_resize"), 0.0)
+        for path in paths:
+            c = time.process_time()
+            data = read_bytes(path)
+            t["read"] += time.process_time() - c
+            c = time.process_time()
+            rgb, _ = open_image(data)
+            t["decode"] += time.process_time() - c
+            c = time.process_time()
+            cells, _ = select_cells(rgb, "ab" * 16, spec)
+            t["select"] += time.process_time() - c
+            c = time.process_time()
+            patch_entropies_reference(to_gray(torch.from_numpy(rgb)), spec.size)
+            t["select_before"] += time.process_time() - c
+            c = time.process_time()
+            composite(rgb, cells, spec)
+            t["composite"] += time.process_time() - c
+            c = time.process_time()
+            resize.resize(rgb)
+            t["blip_resize"] += time.process_time() - c
+        out[ext] = {k: 1e3 * v / len(paths) for k, v in t.items()}
+    return out
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=64, help="images of the small run (then 4N)")
+    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--arch", default="tiny")
+    ap.add_argument("--pretrained", default="")
+    ap.add_argument("--caption", default="tiny")
+    ap.add_argument("--max-new-tokens", type=int, default=40)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--precision", default="fp32")
+    ap.add_argument("--cores", type=int, default=16, help="cores of the target machine")
+    ap.add_argument("--caption-rate", type=float, default=600.0,
+                    help="BLIP-base images/s on the target GPU (stated)")
+    ap.add_argument("--image-rate", type=float, default=2500.0,
+                    help="CLIP ViT-L/14 image tower images/s on the target GPU (stated)")
+    ap.add_argument("--text-rate", type=float, default=10000.0,
+                    help="CLIP text tower captions/s on the target GPU (stated)")
+    ap.add_argument("--child", default="")
+    ap.add_argument("--ws", default="")
+    args = ap.parse_args()
+    if args.child:
+        child(args.child, Path(args.ws))
+        return
+    load = os.getloadavg()[0]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        spaces = {}
+        for n in (args.n, 4 * args.n):
+            ws = workspace(Path(tmp), n, args.size, args)
+            spaces[n] = ws
+            res = {stage: run_stage(stage, ws) for stage in ("index", "extract")}
+            rows.append((n, res, cache_bytes(ws)))
+        side = cpu_side(spaces[4 * args.n], min(32, 2 * args.n), args)
+    print(f"\n## Extraction scale benchmark ({args.size} px, half JPEG half PNG; "
+          f"{args.arch}/{args.caption} models on {args.device}; 1 core per stage; "
+          f"load average {load:.1f} on {os.cpu_count()} cores)\n")
+    print("| stage | N | CPU ms/img | decodes/img | wall s | peak RSS MB |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for n, res, _ in rows:
+        for stage, r in res.items():
+            print(f"| {stage} | {n} | {1e3 * r['cpu'] / n:.1f} | {r['decodes'] / n:.2f} | "
+                  f"{r['wall']:.1f} | {r['rss_mb']:.0f} |")
+    (n1, r1, b1), (n4, r4, b4) = rows
+    print("\n| growth N -> 4N | wall N s | wall 4N s | ms/img of the first N | ms/img of the "
+          "next 3N (linear: no higher) | peak RSS ratio (flat = 1) |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for stage in ("index", "extract"):
+        w1, w4 = r1[stage]["wall"], r4[stage]["wall"]
+        rss = r4[stage]["rss_mb"] / r1[stage]["rss_mb"]
+        print(f"| {stage} | {w1:.1f} | {w4:.1f} | {1e3 * w1 / n1:.1f} | "
+              f"{1e3 * (w4 - w1) / (n4 - n1):.1f} | {rss:.2f} |")
+    total = (r4["index"]["decodes"] + r4["extract"]["decodes"]) / n4
+    print(f"\nDecodes per image from index through extract: {total:.2f} (index's validation "
+          "+ one extraction pass).")
+    print("\n| bytes per image in cache/ | N | 4N |")
+    print("| --- | ---: | ---: |")
+    for key, label in (("other", "everything but embeddings, captions, manifest"),
+                       ("features", "embeddings + captions"), ("manifest", "manifest + report")):
+        print(f"| {label} | {b1[key] / n1:.0f} | {b4[key] / n4:.0f} |")
+    print("\n| extraction pass, CPU ms/img (1 core) | read | decode | patch selection "
+          "(before: complex fp64 FFT) | composite | BLIP resize | total |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for ext, t in side.items():
+        total = t["read"] + t["decode"] + t["select"] + t["composite"] + t["blip_resize"]
+        print(f"| {ext} | {t['read']:.2f} | {t['decode']:.2f} | {t['select']:.2f} "
+              f"({t['select_before']:.2f}) | {t['composite']:.2f} | {t['blip_resize']:.2f} | "
+              f"{total:.2f} |")
+    # GenImage on one machine: CPU work spread over the cores, GPU work at the stated rates;
+    # index runs first, extraction's CPU and GPU sides overlap (workers prefetch).
+    index_ms = 1e3 * r4["index"]["cpu"] / n4
+    pass_ms = np.mean([sum(v for k, v in t.items() if k != "select_before")
+                       for t in side.values()])
+    cpu_workers = max(1, args.cores - 1)
+    index_h = GENIMAGE * index_ms / 1e3 / args.cores / 3600
+    cpu_h = GENIMAGE * pass_ms / 1e3 / cpu_workers / 3600
+    gpu_h = GENIMAGE * (1 / args.caption_rate + 1 / args.image_rate + 1 / args.text_rate) / 3600
+    print(f"\n| GenImage, 2.6 M images, {args.cores} cores + 1 GPU | hours |")
+    print("| --- | ---: |")
+    print(f"| index (hash + validating decode, {args.cores} processes) | {index_h:.2f} |")
+    print(f"| extraction CPU side ({cpu_workers} decoding workers) | {cpu_h:.2f} |")
+    print(f"| extraction GPU side (BLIP {args.caption_rate:.0f}/s, CLIP image "
+          f"{args.image_rate:.0f}/s, text {args.text_rate:.0f}/s: stated rates) | {gpu_h:.2f} |")
+    print(f"| total (index, then max of the overlapped sides) | "
+          f"{index_h + max(cpu_h, gpu_h):.2f} |")
+
+
+if __name__ == "__main__":
+    main()
