@@ -135,3 +135,33 @@ def test_section_given_as_scalar_is_an_error():
     raw["train"] = 5
     with pytest.raises(ParamsError, match="train: expected a mapping"):
         params_from_dict(raw)
+
+
+def test_auto_runtime_settings_fit_the_machine():
+    """`auto` resolves per machine: workers leave a core to the models, torch threads avoid
+    cores that workers or other processes already use, batches depend on the device."""
+    from pipeline import runtime
+
+    cores = runtime.cpu_count()
+    assert runtime.workers("auto") == max(0, min(runtime.MAX_AUTO_WORKERS, cores - 1))
+    assert runtime.workers(3) == 3 and runtime.index_workers("auto") == cores
+    assert runtime.torch_threads("auto", 0, "cpu", load=0.0) == cores
+    assert runtime.torch_threads("auto", 0, "cpu", load=float(cores) + 3) == 1  # busy machine
+    assert runtime.torch_threads("auto", cores + 4, "cpu", load=0.0) == 1
+    assert runtime.torch_threads(7, 0, "cpu", load=99.0) == 7  # explicit numbers are kept
+    assert runtime.caption_batch("auto", "cpu") == runtime.CPU_CAPTION_BATCH
+    assert runtime.clip_batch(48, "cpu") == 48
+    assert runtime._by_memory(runtime.GPU_CAPTION_BATCH, 80.0) == 256
+    assert runtime._by_memory(runtime.GPU_CAPTION_BATCH, 24.0) == 96
+    assert runtime._by_memory(runtime.GPU_CLIP_BATCH, 8.0) == 64
+
+
+def test_auto_params_accept_auto_or_a_number_only(tmp_path):
+    from tests.conftest import tiny_params
+
+    assert tiny_params(tmp_path, compute={"num_workers": "auto"}).compute.num_workers == "auto"
+    assert tiny_params(tmp_path, clip={"batch_size": 8}).clip.batch_size == 8
+    for section, key, bad in (("compute", "num_workers", "many"), ("caption", "batch_size", 0),
+                              ("compute", "torch_threads", True)):
+        with pytest.raises(ParamsError, match=f"{section}.{key}"):
+            tiny_params(tmp_path, **{section: {key: bad}})
