@@ -110,7 +110,7 @@ class ComputeParams:
     precision: str = field(default="fp16", metadata=_check(choices=("fp32", "fp16", "bf16")))
     num_workers: int | str = field(default="auto", metadata=_check(0, 256, auto=True))
     torch_threads: int | str = field(default="auto", metadata=_check(1, 1024, auto=True))
-    shard_size: int = field(default=4096, metadata=_check(1, 10_000_000))
+    shard_size: int = field(default=8192, metadata=_check(1, 10_000_000))
     scheduler: str = ""
 
 

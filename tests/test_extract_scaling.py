@@ -103,6 +103,16 @@ def test_workers_send_back_fixed_size_arrays_not_decoded_images(tmp_path):
     assert tuple(batch["entropy"].shape) == (3, SPEC.count)
 
 
+def test_workers_fetch_small_groups_joined_into_exact_model_batches(built_cache):
+    rows = ok_rows(built_cache.manifest).head(14)
+    ds = ImagePass(rows["id"].tolist(), rows["path_raw"].tolist(), PassPlan(SPEC, 10**8))
+    got = list(batches(ds, 6, 2, fetch=4))  # groups of 3 images, joined in order
+    assert [len(b["cells"]) for b in got] == [6, 6, 2]
+    (whole,) = list(batches(ds, 14, 0))
+    for key in ("cells", "entropy", "composite"):
+        torch.testing.assert_close(torch.cat([b[key] for b in got]), whole[key], rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("size", [64, 384])
 def test_blip_resize_in_workers_is_the_image_processor_bit_for_bit(size):
     """uint8 resize in the worker + rescale/normalise on the device == BlipImageProcessor."""

@@ -118,17 +118,38 @@ def worker_init(_: int) -> None:
 
 
 def batches(dataset: ImagePass, batch_size: int, workers: int, pin: bool = False,
-            prefetch: int = 4) -> Iterator[dict[str, torch.Tensor]]:
-    """Batches decoded in ``workers`` processes, ``prefetch`` batches ahead per worker.
+            prefetch: int = 4, fetch: int = 8) -> Iterator[dict[str, torch.Tensor]]:
+    """Model batches of ``batch_size`` items decoded in ``workers`` processes.
 
-    Inside a daemonic process (a dask worker) child processes are not allowed, so decoding
-    runs in-process there.
+    Workers fetch small groups of ``fetch`` images (``prefetch`` groups ahead each) that the
+    main process joins into model batches: a worker handing over a whole GPU batch of 256 would
+    make the models wait seconds at the start of every shard. Inside a daemonic process (a dask
+    worker) child processes are not allowed, so decoding runs in-process there.
     """
     if workers and multiprocessing.current_process().daemon:
         workers = 0
+    group = batch_size  # a divisor of the batch size, so model batches are exactly batch_size
+    if workers:
+        group = max(d for d in range(1, min(fetch, batch_size) + 1) if batch_size % d == 0)
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate,
+        dataset, batch_size=group, num_workers=workers, collate_fn=collate,
         pin_memory=pin, persistent_workers=False, worker_init_fn=worker_init,
         prefetch_factor=prefetch if workers else None,
     )
-    yield from loader
+    pending: list[dict[str, torch.Tensor]] = []
+    size = 0
+    for part in loader:
+        pending.append(part)
+        size += len(next(iter(part.values())))
+        if size >= batch_size:
+            yield _join(pending, pin)
+            pending, size = [], 0
+    if pending:
+        yield _join(pending, pin)
+
+
+def _join(parts: list[dict[str, torch.Tensor]], pin: bool) -> dict[str, torch.Tensor]:
+    if len(parts) == 1:
+        return parts[0]
+    out = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    return {k: v.pin_memory() for k, v in out.items()} if pin else out
