@@ -1,5 +1,10 @@
 """Detection metrics (real = 0, fake = 1), vectorised numpy, checked against scikit-learn.
 
+Threshold convention: an image is called fake when its probability is strictly *above* the
+threshold, so a probability of exactly 0.5 counts as real. That is what the benchmarks' own code
+does (UniversalFakeDetect's and CNNDetection's ``calculate_acc``: ``y_pred > thres``), and
+``evaluate``, ``predict`` and ``explain`` all use ``is_fake``.
+
 ``acc`` at a threshold, ``real_acc`` (true-negative rate), ``fake_acc`` (true-positive rate,
 NS-Net's primary metric), ``ap`` (average precision, sklearn's step-wise definition) and
 ``auc`` (ROC AUC, ties counted half).
@@ -58,10 +63,15 @@ def pr_curve(y: np.ndarray, score: np.ndarray) -> pd.DataFrame:
                          "threshold": thr})
 
 
+def is_fake(prob: Any, threshold: float = 0.5) -> Any:
+    """The decision: fake when ``prob > threshold`` (exactly the threshold counts as real)."""
+    return prob > threshold
+
+
 def binary_metrics(y: np.ndarray, prob: np.ndarray, threshold: float = 0.5) -> dict[str, Any]:
     y = np.asarray(y).astype(np.int64)
     prob = np.asarray(prob, dtype=np.float64)
-    pred = prob >= threshold
+    pred = is_fake(prob, threshold)
     real, fake = y == 0, y == 1
 
     def rate(mask: np.ndarray, want: bool) -> float:
@@ -108,14 +118,30 @@ def _nanmean(values: list[float]) -> float:
 
 
 def format_table(result: dict[str, Any], title: str = "") -> str:
-    """A paper-style table: acc / real acc / fake acc / AP per generator and the mean."""
+    """A paper-style table: acc / real acc / fake acc / AP per generator and the mean.
+
+    With a benchmark preset (``result["rows"]``) the rows are the preset's, in its order; a row
+    without data reads ``missing`` and the mean says over how many rows it was taken.
+    """
     lines = [title] if title else []
     lines.append(f"{'source':<22}{'n':>7}{'acc':>8}{'real':>8}{'fake':>8}{'AP':>8}{'AUC':>8}")
-    rows = [*result["per_source"].items(), ("mean", {**result["mean"], "n": ""}),
-            ("overall (pooled)", result["overall"])]
-    for name, m in rows:
-        lines.append(f"{name:<22}{m.get('n', ''):>7}" + "".join(
-            f"{pct(m.get(k)):>8}" for k in ("acc", "real_acc", "fake_acc", "ap", "auc")))
+    keys = ("acc", "real_acc", "fake_acc", "ap", "auc")
+    order = result.get("rows") or list(result["per_source"])
+    missing = result.get("missing", {})
+    for name in order:
+        if name in missing:
+            lines.append(f"{name:<22}{'':>7}  missing: {missing[name]}")
+            continue
+        m = result["per_source"][name]
+        lines.append(f"{name:<22}{m.get('n', ''):>7}" + "".join(f"{pct(m.get(k)):>8}"
+                                                             for k in keys))
+    for name, m in ((result.get("mean_label", "mean"), {**result["mean"], "n": ""}),
+                    ("overall (pooled)", result["overall"])):
+        lines.append(f"{name:<22}{m.get('n', ''):>7}" + "".join(f"{pct(m.get(k)):>8}"
+                                                             for k in keys))
+    if missing:
+        lines.append(f"partial mean: {len(order) - len(missing)} of {len(order)} official rows "
+                     f"(missing: {', '.join(missing)})")
     return "\n".join(lines)
 
 

@@ -9,6 +9,8 @@ from pipeline.metrics import (
     average_precision,
     binary_metrics,
     eval_groups,
+    format_table,
+    is_fake,
     per_source_table,
     roc_auc,
     roc_curve,
@@ -28,7 +30,7 @@ def _scores(seed: int, n: int = 400, levels: int | None = 7) -> tuple[np.ndarray
 def test_metrics_match_scikit_learn(seed, levels):
     y, p = _scores(seed, levels=levels)
     m = binary_metrics(y, p, threshold=0.5)
-    pred = (p >= 0.5).astype(int)
+    pred = (p > 0.5).astype(int)  # the benchmarks' rule: exactly 0.5 is real
     assert m["acc"] == pytest.approx(skm.accuracy_score(y, pred), abs=1e-12)
     assert m["real_acc"] == pytest.approx(skm.recall_score(y, pred, pos_label=0), abs=1e-12)
     assert m["fake_acc"] == pytest.approx(skm.recall_score(y, pred, pos_label=1), abs=1e-12)
@@ -37,11 +39,22 @@ def test_metrics_match_scikit_learn(seed, levels):
     assert (m["n"], m["n_real"], m["n_fake"]) == (len(y), int((y == 0).sum()), int(y.sum()))
 
 
-def test_threshold_is_inclusive_and_configurable():
-    y = np.array([0, 1, 1, 0])
-    p = np.array([0.5, 0.5, 0.9, 0.2])
-    assert binary_metrics(y, p, 0.5)["acc"] == skm.accuracy_score(y, p >= 0.5)
-    assert binary_metrics(y, p, 0.6)["acc"] == skm.accuracy_score(y, p >= 0.6)
+def _ufd_style_acc(y: np.ndarray, p: np.ndarray, thres: float) -> tuple[float, float, float]:
+    """Real, fake and overall accuracy the way UniversalFakeDetect's ``validate.py`` counts them
+    (``calculate_acc``): predicted fake when the score is strictly above the threshold."""
+    real, fake = y == 0, y == 1
+    return (skm.accuracy_score(y[real], p[real] > thres),
+            skm.accuracy_score(y[fake], p[fake] > thres), skm.accuracy_score(y, p > thres))
+
+
+def test_threshold_exactly_half_counts_as_real_like_ufd_calculate_acc():
+    y = np.array([0, 1, 1, 0, 0])
+    p = np.array([0.5, 0.5, 0.9, 0.2, 0.5000001])
+    m = binary_metrics(y, p, 0.5)
+    assert (m["real_acc"], m["fake_acc"], m["acc"]) == pytest.approx(_ufd_style_acc(y, p, 0.5))
+    assert m["real_acc"] == pytest.approx(2 / 3) and m["fake_acc"] == 0.5  # both 0.5s: real
+    assert binary_metrics(y, p, 0.6)["acc"] == skm.accuracy_score(y, p > 0.6)
+    assert is_fake(np.array([0.5, 0.51]), 0.5).tolist() == [False, True]
 
 
 def test_all_tied_scores_and_single_class():

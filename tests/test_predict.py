@@ -48,8 +48,19 @@ def test_predict_on_training_images_equals_evaluate_on_cache(built_cache, bundle
     assert df["caption"].tolist() == captions["caption"][keep].tolist()
     np.testing.assert_allclose(df["prob"].to_numpy(), cached, atol=1e-5)
     assert np.ptp(cached) > 1e-3  # the comparison is not between constants
-    expected = np.where(cached >= chain.threshold, "generated", "real")
+    expected = np.where(cached > chain.threshold, "generated", "real")
     assert df["label"].tolist() == expected.tolist()
+
+
+def test_predict_calls_a_probability_equal_to_the_threshold_real(built_cache, bundle):
+    """The benchmarks' rule (UFD's calculate_acc: fake iff prob > threshold), in predict too."""
+    chain = load_chain(bundle, device="cpu")
+    path = read_manifest(built_cache.manifest, only_ok=True)["path"].iloc[0]
+    prob = float(predict_paths(chain, [path])["prob"].iloc[0])
+    at = dataclasses.replace(chain, threshold=prob)
+    assert predict_paths(at, [path])["label"].tolist() == ["real"]
+    below = dataclasses.replace(chain, threshold=np.nextafter(prob, -1.0))
+    assert predict_paths(below, [path])["label"].tolist() == ["generated"]
 
 
 def test_unreadable_files_get_a_status_and_outputs_round_trip(built_cache, bundle, tmp_path):

@@ -18,6 +18,7 @@ from pipeline.data.images import ImageError, open_image, read_bytes
 from pipeline.data.manifest import content_id
 from pipeline.extraction.patch_selection import PatchSpec
 from pipeline.inference.predict import FAKE, REAL, Chain, as_cached, compute_features, head_logits
+from pipeline.metrics import is_fake
 from pipeline.reports.explanation import Explanation, PatchReport
 
 
@@ -78,7 +79,7 @@ def explain_image(chain: Chain, path: str | Path, max_pixels: int = 178_956_970)
                            bands[k], float(base - logits[k]), float(prob - probs[k]))
                for k in range(chain.spec.count)]
     return Explanation(str(path), image_id, info.width, info.height, float(prob),
-                       FAKE if prob >= chain.threshold else REAL, chain.threshold, base,
+                       FAKE if is_fake(prob, chain.threshold) else REAL, chain.threshold, base,
                        feats.captions[0], chain.kind,
                        semantic_removed(chain, feats.image, feats.text), patches,
                        sel.composite, rgb, chain.spec)

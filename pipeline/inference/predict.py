@@ -24,6 +24,7 @@ from pipeline.data.images import IMAGE_EXTENSIONS, ImageError, open_image, read_
 from pipeline.data.manifest import content_id
 from pipeline.extraction.patch_selection import PatchSpec, Selection, select_batch
 from pipeline.heads.bundle import load_bundle
+from pipeline.metrics import is_fake
 
 AMP = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 RESULT_COLUMNS = ["path", "status", "prob", "label", "caption", "id", "width", "height", "error"]
@@ -167,7 +168,7 @@ def predict_paths(chain: Chain, paths: Sequence[str | Path], batch_size: int = 1
         probs = torch.sigmoid(head_logits(chain, feats.image, feats.text)).numpy()
         for (row, _), prob, cap in zip(pending, probs, feats.captions, strict=True):
             row.update(prob=float(prob), caption=cap,
-                       label=FAKE if prob >= chain.threshold else REAL)
+                       label=FAKE if is_fake(prob, chain.threshold) else REAL)
         if progress:
             progress(len(pending))
         pending.clear()
