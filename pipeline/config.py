@@ -39,6 +39,8 @@ def _check(lo: float | None = None, hi: float | None = None, choices: tuple = ()
 
 
 LAYOUT_CHOICES = ("auto", "real_fake", "genimage", "ufd", "aigibench")
+# Benchmark presets (defined in ``pipeline.data.presets``): official training sources and rows.
+PRESET_CHOICES = ("none", "genimage", "ufd", "aigibench-1", "aigibench-2")
 
 
 @dataclass
@@ -73,10 +75,12 @@ class DataParams:
     max_image_pixels: int = field(default=178_956_970, metadata=_check(1))
     strict: bool = False
     num_workers: int | str = field(default="auto", metadata=_check(0, 256, auto=True))
+    skip_lists: list[str] = field(default_factory=list)  # files listing images to leave out
 
 
 @dataclass
 class ProtocolParams:
+    preset: str = field(default="none", metadata=_check(choices=PRESET_CHOICES))
     train_sources: list[str] = field(default_factory=list)
     test_sources: list[str] = field(default_factory=list)
     degradations: list[str] = field(default_factory=list)
@@ -257,6 +261,13 @@ def _cross_checks(p: Params) -> None:
     for i, root in enumerate(p.data.roots):
         if not root.path:
             raise ParamsError(f"data.roots[{i}].path: an image folder is required")
+    if p.protocol.preset != "none":
+        for key in ("train_sources", "test_sources"):
+            if getattr(p.protocol, key):
+                raise ParamsError(
+                    f"protocol.{key}: protocol.preset {p.protocol.preset!r} sets the training "
+                    "sources and test rows; leave train_sources and test_sources empty ([])"
+                )
     _check_degradations(p)
 
 

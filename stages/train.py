@@ -23,3 +23,7 @@ def train(params_file: str, overrides: tuple[str, ...], manifest: str, embedding
              if "nsnet_k" in info else "")
     echo_summary(f"train: {params.train.head} on {info['n_train']} images, best epoch "
                  f"{info['best_epoch']} (val AP {info['best_val_ap']:.4f}){extra} -> {out}")
+    if info.get("preset_train_missing"):
+        click.secho(f"note: protocol.preset {info['preset']} trains on "
+                    f"{len(info['preset_train_sources'])} sources; not found in the training "
+                    f"data: {', '.join(info['preset_train_missing'])}", fg="yellow", err=True)

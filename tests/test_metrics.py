@@ -9,7 +9,6 @@ from pipeline.metrics import (
     average_precision,
     binary_metrics,
     eval_groups,
-    format_table,
     is_fake,
     per_source_table,
     roc_auc,

@@ -25,6 +25,7 @@ from pipeline.config import Params
 from pipeline.data.images import ImageError, open_image, read_bytes
 from pipeline.data.layouts import Entry, LayoutError, WalkError, iter_entries
 from pipeline.data.manifest import MANIFEST_COLUMNS, OK, content_id, split_for
+from pipeline.data.skip_lists import SKIP_STATUS, SkipLists, read_skip_lists
 from pipeline.provenance import base_provenance
 
 
@@ -111,18 +112,32 @@ def _root_entries(params: Params, errors: list[WalkError] | None = None
     return out, unlabelled
 
 
-def scan(params: Params, errors: list[WalkError] | None = None
-         ) -> tuple[pd.DataFrame, list[str]]:
-    """Walk the configured roots and probe every image file; also return unlabelled paths."""
+def _listed_row(path: str, reason: str) -> dict[str, Any]:
+    """The manifest row of a file named by ``data.skip_lists`` (never read or decoded)."""
+    image_id = "path-" + hashlib.blake2b(os.fsencode(path), digest_size=12).hexdigest()
+    return {"id": image_id, "width": -1, "height": -1, "mode": "", "format": "", "bytes": -1,
+            "status": SKIP_STATUS, "error": reason}
+
+
+def scan(params: Params, errors: list[WalkError] | None = None,
+         skip: SkipLists | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """Walk the configured roots and probe every image file; also return unlabelled paths.
+
+    Files named by ``skip`` (``data.skip_lists``) are not probed; they get status
+    ``skip_listed`` with the list file and line as the reason.
+    """
     entries, unlabelled = _root_entries(params, errors)
+    listed = {e.path: r for e, _, _ in entries if skip and (r := skip.reason(e.path))}
     jobs = [_Probe(e.path, params.data.max_image_pixels, params.patches.size)
-            for e, _, _ in entries]
+            for e, _, _ in entries if e.path not in listed]
     workers = runtime.index_workers(params.data.num_workers)
     if workers > 1 and len(jobs) > 64:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            probes = list(pool.map(_probe, jobs, chunksize=32))
+            probed = iter(list(pool.map(_probe, jobs, chunksize=32)))
     else:
-        probes = [_probe(j) for j in jobs]
+        probed = iter([_probe(j) for j in jobs])
+    probes = [_listed_row(e.path, listed[e.path]) if e.path in listed else next(probed)
+              for e, _, _ in entries]
     rows = []
     for (e, role, has_val), p in zip(entries, probes, strict=True):
         split = assign_split(e.split, p["id"], role, has_val, params)
@@ -175,19 +190,23 @@ def build_index(params: Params, out: str | Path, report: str | Path,
                 strict: bool | None = None) -> dict[str, Any]:
     """Run the index stage end to end; return the summary that was also written to ``report``."""
     walk_errors: list[WalkError] = []
-    df, unlabelled = scan(params, walk_errors)
+    skip = read_skip_lists(params.data.skip_lists)
+    df, unlabelled = scan(params, walk_errors, skip)
     dup_report = mark_duplicates(df)
     summary = summarise(df)
     summary["unlabelled_files"] = len(unlabelled)
     summary["unlisted_folders"] = len(walk_errors)
+    summary["skip_list_entries"] = len(skip.where)
+    summary["skip_list_unmatched"] = len(skip.unmatched)
     strict = params.data.strict if strict is None else strict
     skipped = df[df["status"] != OK]
-    if strict and (len(skipped) or walk_errors):
-        first = (f"{skipped.iloc[0]['path']} ({skipped.iloc[0]['status']}: "
-                 f"{skipped.iloc[0]['error']})" if len(skipped) else
+    unlisted = skipped[skipped["status"] != SKIP_STATUS]  # listed files are skipped on purpose
+    if strict and (len(unlisted) or walk_errors):
+        first = (f"{unlisted.iloc[0]['path']} ({unlisted.iloc[0]['status']}: "
+                 f"{unlisted.iloc[0]['error']})" if len(unlisted) else
                  f"{walk_errors[0].path} (folder could not be listed: {walk_errors[0].error})")
         raise StrictModeError(
-            f"--strict: {len(skipped)} file(s) would be skipped and {len(walk_errors)} "
+            f"--strict: {len(unlisted)} file(s) would be skipped and {len(walk_errors)} "
             f"folder(s) could not be listed, e.g. {first}"
         )
     provenance = {
@@ -200,6 +219,7 @@ def build_index(params: Params, out: str | Path, report: str | Path,
         "split": params.data.split.__dict__,
         "max_image_pixels": params.data.max_image_pixels,
         "patch_size": params.patches.size,
+        "skip_lists": list(params.data.skip_lists),
     }
     write_table(out, df, provenance)
     skipped_list = [
@@ -207,6 +227,7 @@ def build_index(params: Params, out: str | Path, report: str | Path,
     ]
     write_json(report, {"summary": summary, **dup_report, "skipped": skipped_list[:10000],
                         "unlabelled": unlabelled[:10000],
+                        "skip_list_unmatched": skip.unmatched[:10000],
                         "unlisted_folders": [w.__dict__ for w in walk_errors[:10000]],
                         "provenance": provenance})
     examples = {str(reason): [(r.path, r.error) for r in group.head(3).itertuples()]

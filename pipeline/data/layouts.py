@@ -9,11 +9,13 @@ Supported (``data.layout``, or per root ``data.roots[i].layout``):
   ...) when a folder on the way matches one of GenImage's eight generators. GenImage's official
   ``val`` folders are its test set, so they become our ``test`` split.
 * ``ufd``        ``<root>/[<split>/]<generator>/[<class>/]{0_real,1_fake}/...``: the
-  UniversalFakeDetect test set (``progan/airplane/0_real``, ``dalle/1_fake``) and the ProGAN
-  training set (``train/<class>/{0_real,1_fake}``, ``val/...``). The source is the first folder
-  below the root and split folder: the generator in the test set, the object class in the
-  ProGAN training set (so ``protocol.train_sources: [car, cat, chair, horse]`` picks the 4-class
-  setting out of the 20 classes).
+  UniversalFakeDetect test set (``progan/airplane/0_real``, ``diffusion_datasets/laion/0_real``,
+  ``diffusion_datasets/dalle/1_fake``) and the ProGAN training set (``progan_train/<class>/...``,
+  ``progan_val/<class>/...``, or ``train/[progan/]<class>/...``). The source is the first folder
+  below the root and split folder, skipping the archives' container folders
+  (``CNN_synth_testset``, ``diffusion_datasets``, ``datasets``): the generator (or real pool) in
+  the test set, the object class in the ProGAN training set (so ``protocol.train_sources: [car,
+  cat, chair, horse]`` picks AIGIBench's 4-class setting out of the 20 classes).
 * ``aigibench``  as ``ufd``. AIGIBench (Li et al. 2025, github.com/HorizonTEL/AIGIBench) ships
   ``train/{car,cat,chair,horse,sdv1.4}/{0_real,1_fake}``, ``val/<...>/{0_real,1_fake}`` and
   ``test/<subset>/{0_real,1_fake}`` (25 subsets: ProGAN, R3GAN, FLUX1-dev, CommunityAI, ...).
@@ -34,7 +36,12 @@ from pipeline.data.images import IMAGE_EXTENSIONS
 
 REAL_NAMES = {"real", "0_real", "nature", "reals", "0"}
 FAKE_NAMES = {"fake", "1_fake", "ai", "fakes", "1", "generated", "synthetic"}
-SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test",
+               # CNNDetection's ProGAN training and validation archives extract to these
+               "progan_train": "train", "progan_val": "val"}
+# Folders of the distributed archives that hold sources without being one (ufd, aigibench):
+# CNNDetection's test archive, UFD's diffusion archive, the usual download parents.
+CONTAINER_NAMES = {"cnn_synth_testset", "diffusion_datasets", "datasets", "dataset"}
 LAYOUTS = ("real_fake", "genimage", "ufd", "aigibench")
 DETECT_DEPTH = 6  # folder levels below the root inspected by ``detect_layout``
 
@@ -159,6 +166,22 @@ def genimage_name(folders: list[str]) -> str | None:
     return None
 
 
+def _ufd_split(before: tuple[str, ...]) -> tuple[str | None, list[str]]:
+    """(split, source folders) of a ufd/aigibench path: a split folder counts only before the
+    first source folder, so ProGAN's class ``train`` (``progan_train/train/0_real``,
+    ``progan/train/1_fake``) is a class, not a split; container folders are dropped."""
+    split, named = None, []
+    for p in before:
+        low = p.lower()
+        if low in CONTAINER_NAMES:
+            continue
+        if split is None and not named and low in SPLIT_NAMES:
+            split = SPLIT_NAMES[low]
+        else:
+            named.append(p)
+    return split, named
+
+
 def classify(rel_dirs: tuple[str, ...], layout: str) -> tuple[int, str, str | None] | None:
     """Label, source and official split of a file from its folder names (relative to root)."""
     found = _label_index(rel_dirs)
@@ -174,6 +197,9 @@ def classify(rel_dirs: tuple[str, ...], layout: str) -> tuple[int, str, str | No
         if split == "val":  # GenImage's official val folders are its test set
             split = "test"
     elif layout in ("ufd", "aigibench"):
+        split, named = _ufd_split(before)
+        if split in ("train", "val") and len(named) > 1 and named[0].lower() == "progan":
+            named = named[1:]  # UFD's training tree: train/progan/<class>/{0_real,1_fake}
         source = named[0] if named else (after[0] if after else rel_dirs[idx].lower())
     else:
         source = named[0] if named else (after[0] if after else ("real" if label == 0 else "fake"))

@@ -38,19 +38,23 @@ def format_comparison(out: dict[str, Any], split: str = "test") -> str:
     heads = [h for h, r in out["heads"].items() if r.get(split)]
     if not heads:
         return f"(no {split} rows to compare)"
-    sources = sorted({s for h in heads for s in out["heads"][h][split]["per_source"]})
+    first = out["heads"][heads[0]][split]
+    sources = ([r for r in first["rows"] if r not in first.get("missing", {})]
+               if first.get("rows") else
+               sorted({s for h in heads for s in out["heads"][h][split]["per_source"]}))
     width = 4 * 7
     head_line = f"{'':<18}" + "".join(f"{h:^{width}}|" for h in heads)
     sub = f"{'source':<18}" + "".join(
         "".join(f"{m.replace('_acc', ''):>7}" for m in METRICS) + "|" for _ in heads)
     lines = [head_line, sub]
+    mean_label = first.get("mean_label", "mean")
     for src in [*sources, "mean"]:
         cells = []
         for h in heads:
             tab = out["heads"][h][split]
             m = tab["mean"] if src == "mean" else tab["per_source"].get(src, {})
             cells.append("".join(f"{pct(m.get(k)):>7}" for k in METRICS) + "|")
-        lines.append(f"{src:<18}" + "".join(cells))
+        lines.append(f"{mean_label if src == 'mean' else src:<18}" + "".join(cells))
     lines.append("")
     lines.append(f"{split} split, %; mean = over sources. Best epoch (val AP): " + ", ".join(
         f"{h} {out['heads'][h]['training']['best_epoch']}" for h in heads) + ".")

@@ -10,11 +10,17 @@ import pandas as pd
 
 from pipeline.atomic import atomic_path, write_json
 from pipeline.config import Params
-from pipeline.evaluation.protocol_rows import with_duplicate_members
-from pipeline.extraction.cached_features import FeatureSet, load_features, select
+from pipeline.data.presets import get_preset
+from pipeline.evaluation.protocol_rows import (
+    protocol_table,
+    protocol_test_set,
+    protocol_val_set,
+    with_duplicate_members,
+)
+from pipeline.extraction.cached_features import FeatureSet, load_features
 from pipeline.heads.bundle import load_bundle
 from pipeline.heads.training_loop import predict_proba
-from pipeline.metrics import per_source_table, pr_curve, roc_curve
+from pipeline.metrics import is_fake, per_source_table, pr_curve, roc_curve
 from pipeline.provenance import base_provenance, fingerprint
 
 
@@ -26,18 +32,19 @@ def score(model: Any, fs: FeatureSet) -> pd.DataFrame:
 
 def evaluate_sets(params: Params, fs: FeatureSet, model: Any, threshold: float
                   ) -> tuple[dict[str, Any], pd.DataFrame]:
-    """Metrics on val (training sources) and test (protocol's test sources)."""
+    """Metrics on val (training sources, per source) and test (the protocol's table: the
+    preset's official rows, or one row per test source)."""
     results: dict[str, Any] = {}
     scored = []
-    sets = {"val": select(fs, "val", params.protocol.train_sources or None),
-            "test": select(fs, "test", params.protocol.test_sources or None)}
+    sets = {"val": protocol_val_set(params, fs), "test": protocol_test_set(params, fs)}
     for name, subset in sets.items():
         if not len(subset):
             continue
         frame = score(model, subset)
         frame["eval_split"] = name
         scored.append(frame)
-        results[name] = per_source_table(frame, threshold=threshold)
+        results[name] = (protocol_table(params, frame, threshold) if name == "test" else
+                         per_source_table(frame, threshold=threshold))
     return results, pd.concat(scored, ignore_index=True) if scored else pd.DataFrame()
 
 
@@ -60,9 +67,16 @@ def run_evaluate(params: Params, manifest: str | Path, embeddings: str | Path,
         _csv(plots_dir / "roc.csv", roc_curve(y, p))
         _csv(plots_dir / "pr.csv", pr_curve(y, p))
         pred = pd.DataFrame({"actual": np.where(y == 1, "fake", "real"),
-                             "predicted": np.where(p >= threshold, "fake", "real")})
+                             "predicted": np.where(is_fake(p, threshold), "fake", "real")})
         _csv(plots_dir / "confusion.csv", pred)
-    out = {**results, "threshold": threshold, "head": config["head"]["kind"],
+    preset = get_preset(params.protocol.preset)
+    protocol = {"preset": params.protocol.preset,
+                "title": preset.title if preset else "",
+                "reference": preset.reference if preset else "",
+                "rows": preset.row_names if preset else [],
+                "threshold_rule": "fake if prob > threshold (exactly the threshold is real)"}
+    out = {**results, "protocol": protocol, "threshold": threshold,
+           "head": config["head"]["kind"],
            "model": {"features": config["training"]["features"],
                      "best_epoch": config["training"]["best_epoch"]},
            "scored_ids": fingerprint(scored["id"].tolist()) if len(scored) else "",

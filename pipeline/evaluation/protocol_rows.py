@@ -1,4 +1,9 @@
-"""Evaluation rows of a benchmark protocol that the deduplicated cache would otherwise lose.
+"""Evaluation rows of a benchmark protocol: the preset's official table, and the shared reals
+that the deduplicated cache would otherwise lose.
+
+``protocol_table`` scores the test split as the protocol says: with ``protocol.preset`` the
+preset's rows in the paper's order and names, each against its own reals or its real pool
+(``preset_table``); without one, one row per generator (``pipeline.metrics.per_source_table``).
 
 Benchmarks share real images between generators: UniversalFakeDetect's diffusion folders
 (``ldm_200/0_real``, ``glide_100_27/0_real``, ...) hold copies of the same LAION reals. The
@@ -12,13 +17,17 @@ train/test leakage; those are reported by the index instead).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
+from pipeline.config import Params
 from pipeline.data.manifest import read_manifest
-from pipeline.extraction.cached_features import FeatureSet, _take
+from pipeline.data.presets import Preset, get_preset, match_sources
+from pipeline.extraction.cached_features import FeatureSet, _take, select
+from pipeline.metrics import binary_metrics, per_source_table
 
 
 def with_duplicate_members(fs: FeatureSet, manifest: str | Path) -> FeatureSet:
@@ -48,3 +57,79 @@ def with_duplicate_members(fs: FeatureSet, manifest: str | Path) -> FeatureSet:
     new_frame = pd.concat([frame, pd.DataFrame(extra_rows, columns=frame.columns)],
                           ignore_index=True)
     return FeatureSet(new_frame, _take(fs.image, idx), _take(fs.text, idx), fs.provenance)
+
+
+def preset_table(frame: pd.DataFrame, preset: Preset, threshold: float,
+                 prob_col: str = "prob") -> dict[str, Any]:
+    """The preset's official rows (in its order) scored on ``frame`` (test rows), plus the mean.
+
+    A row scores the fakes of its folders against their own reals or, when they hold none,
+    against its real pool. A row with no fakes or no reals is listed under ``missing`` and left
+    out of the mean, whose label then says over how many of the official rows it was taken.
+    """
+    y, p = frame["label"].to_numpy(), frame[prob_col].to_numpy()
+    source = frame["source"].to_numpy()
+    known = set(source)
+    per: dict[str, Any] = {}
+    missing: dict[str, str] = {}
+    used: set[str] = set()
+    scored = np.zeros(len(frame), dtype=bool)
+    for row in preset.rows:
+        folders, _ = match_sources(row.folders, known)
+        in_row = np.isin(source, folders)
+        fake, real = in_row & (y == 1), in_row & (y == 0)
+        pool: list[str] = []
+        if not real.any() and row.real_pool:
+            pool, _ = match_sources([row.real_pool], known)
+            real = np.isin(source, pool) & (y == 0)
+        if not fake.any() or not real.any():
+            what = [w for w, ok in (("fake", fake.any()), ("real", real.any())) if not ok]
+            pool_note = f" (real pool {row.real_pool})" if row.real_pool and not real.any() else ""
+            missing[row.name] = f"no {' and no '.join(what)} test images{pool_note}"
+            continue
+        used.update(folders, pool)
+        idx = np.flatnonzero(fake | real)
+        scored[idx] = True
+        per[row.name] = {**binary_metrics(y[idx], p[idx], threshold), "sources": folders,
+                         "real_pool": pool[0] if pool else None}
+    if not per:
+        raise ValueError(
+            f"protocol.preset {preset.name!r}: none of its {len(preset.rows)} test rows "
+            f"({', '.join(preset.row_names)}) has both real and fake test images; test sources "
+            f"found: {', '.join(sorted(known)) or 'none'}"
+        )
+    keys = ("acc", "real_acc", "fake_acc", "ap", "auc")
+    mean = {k: float(np.nanmean([m[k] for m in per.values()])) for k in keys}
+    n_rows = len(preset.rows)
+    return {
+        "preset": preset.name, "rows": preset.row_names, "per_source": per, "missing": missing,
+        "mean": mean, "mean_rows": list(per), "mean_complete": not missing,
+        "mean_label": "mean" if not missing else f"mean ({len(per)} of {n_rows} rows)",
+        "overall": binary_metrics(y[scored], p[scored], threshold),
+        "not_in_preset": sorted(known - used),
+    }
+
+
+def protocol_table(params: Params, frame: pd.DataFrame, threshold: float) -> dict[str, Any]:
+    """The test table of the protocol: the preset's official rows, else one row per source."""
+    preset = get_preset(params.protocol.preset)
+    if preset is None:
+        return per_source_table(frame, threshold=threshold)
+    return preset_table(frame, preset, threshold)
+
+
+def protocol_test_set(params: Params, fs: FeatureSet) -> FeatureSet:
+    """The test split, restricted to ``protocol.test_sources`` unless a preset picks the rows."""
+    if params.protocol.preset != "none":
+        return select(fs, "test")
+    return select(fs, "test", params.protocol.test_sources or None)
+
+
+def protocol_val_set(params: Params, fs: FeatureSet) -> FeatureSet:
+    """Validation rows of the training sources (the preset's, or ``protocol.train_sources``)."""
+    preset = get_preset(params.protocol.preset)
+    if preset is None:
+        return select(fs, "val", params.protocol.train_sources or None)
+    val = select(fs, "val")
+    found, _ = match_sources(preset.training, set(val.frame["source"]))
+    return select(val, "val", found) if found else val.subset(np.zeros(len(val), dtype=bool))

@@ -15,11 +15,15 @@ from typing import Any
 from pipeline.atomic import write_json
 from pipeline.config import Params
 from pipeline.evaluation.evaluate_stage import score
-from pipeline.evaluation.protocol_rows import with_duplicate_members
-from pipeline.extraction.cached_features import load_features, select
+from pipeline.evaluation.protocol_rows import (
+    protocol_table,
+    protocol_test_set,
+    with_duplicate_members,
+)
+from pipeline.extraction.cached_features import load_features
 from pipeline.extraction.views_stage import view_paths
 from pipeline.heads.bundle import load_bundle
-from pipeline.metrics import pct, per_source_table
+from pipeline.metrics import pct
 from pipeline.provenance import base_provenance
 
 SUMMARY_KEYS = ("acc", "real_acc", "fake_acc", "ap")
@@ -33,10 +37,10 @@ def view_result(params: Params, model: Any, manifest: str | Path, embeddings: st
     (``pipeline.evaluation.protocol_rows``), exactly as in ``nsnet evaluate``.
     """
     fs = with_duplicate_members(load_features(params, manifest, embeddings), main_manifest)
-    test = select(fs, "test", params.protocol.test_sources or None)
+    test = protocol_test_set(params, fs)
     if not len(test):
         raise ValueError(f"no test rows of protocol.test_sources in {embeddings}")
-    return per_source_table(score(model, test), threshold=params.evaluate.threshold)
+    return protocol_table(params, score(model, test), params.evaluate.threshold)
 
 
 def run_evaluate_views(params: Params, manifest: str | Path, embeddings: str | Path,
@@ -58,7 +62,8 @@ def run_evaluate_views(params: Params, manifest: str | Path, embeddings: str | P
                     "head": config["head"]["kind"], "provenance": base_provenance()})
     summary = {
         "head": config["head"]["kind"], "threshold": params.evaluate.threshold,
-        "views": {name: {"mean": res["mean"],
+        "preset": params.protocol.preset,
+        "views": {name: {"mean": res["mean"], "mean_rows": list(res["per_source"]),
                          "per_source": {s: {k: m[k] for k in SUMMARY_KEYS}
                                         for s, m in res["per_source"].items()}}
                   for name, res in results.items()},

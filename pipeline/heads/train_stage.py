@@ -10,6 +10,7 @@ import pandas as pd
 
 from pipeline.atomic import atomic_path
 from pipeline.config import Params
+from pipeline.data.presets import get_preset, preset_training, training_sources
 from pipeline.extraction.cached_features import FeatureSet, load_features, select
 from pipeline.heads.bundle import save_bundle
 from pipeline.heads.training_loop import HPARAM_KEYS, EpochCallback, TrainResult, fit
@@ -17,9 +18,22 @@ from pipeline.provenance import base_provenance, fingerprint
 
 
 def training_sets(params: Params, fs: FeatureSet) -> tuple[FeatureSet, FeatureSet]:
-    """Train and validation rows of the protocol (validation = same sources, val split)."""
-    sources = params.protocol.train_sources or None
+    """Train and validation rows of the protocol (validation = same sources, val split).
+
+    The sources are the preset's training sources (those present) or
+    ``protocol.train_sources`` ([] = all)."""
+    known = fs.frame.loc[fs.frame["split"].isin(["train", "val"]), "source"]
+    sources = training_sources(params, known)
     return select(fs, "train", sources), select(fs, "val", sources)
+
+
+def _preset_info(params: Params, train: FeatureSet) -> dict[str, Any]:
+    preset = get_preset(params.protocol.preset)
+    if preset is None:
+        return {}
+    _, missing = preset_training(preset, set(train.frame["source"]))
+    return {"preset": preset.name, "preset_train_sources": list(preset.training),
+            "preset_train_missing": missing}
 
 
 def bundle_config(params: Params, kind: str, result: TrainResult, fs: FeatureSet,
@@ -42,6 +56,7 @@ def bundle_config(params: Params, kind: str, result: TrainResult, fs: FeatureSet
             "protocol": dataclasses.asdict(params.protocol),
             "n_train": len(train), "train_sources": sorted(set(train.frame["source"])),
             "train_ids": fingerprint(train.frame["id"].tolist()),
+            **_preset_info(params, train),
             "features": fingerprint(prov),
             "best_epoch": result.best_epoch, "best_val_ap": result.best_val_ap,
             **result.info,

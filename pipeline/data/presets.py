@@ -1,0 +1,161 @@
+"""Benchmark presets: each paper's training sources, official test rows and real pools.
+
+``protocol.preset`` names one of these. A preset fixes what the paper fixes, so our tables can
+be set beside the published ones row for row:
+
+* ``training``: the sources (generator or object-class folders) trained and validated on;
+* ``rows``: the official test rows, in the paper's order and with its names. Each row scores the
+  fakes of its folder(s) against the reals of the same folder(s) or, when those hold no reals,
+  against its named real pool (UniversalFakeDetect's diffusion rows);
+* a mean over every row; one over fewer rows is labelled as partial.
+
+Sources (folder names) are matched to rows without regard to case or punctuation
+(``FLUX1-dev`` = ``flux1_dev``). Sources from the official sources:
+
+* GenImage (Zhu et al. 2024, github.com/GenImage-Dataset/GenImage, Table 3): train on SD V1.4,
+  test on the eight generators' ``val`` folders, each with its own ``nature`` reals.
+* UniversalFakeDetect (Ojha et al. 2023, github.com/WisconsinAIVision/UniversalFakeDetect,
+  ``dataset_paths.py``): train on all 20 ProGAN classes of CNNDetection's training set; 19 rows.
+  The 11 GAN rows use their own ``0_real`` folders (``sitd`` is the folder ``seeingdark``); the
+  diffusion rows share two real pools of ``diffusion_datasets``: ``guided`` vs ``imagenet``,
+  the other seven vs ``laion``. CNNDetection's test set also ships ``stylegan2`` and
+  ``whichfaceisreal``, which are not UFD rows.
+* AIGIBench (Li et al. 2025, github.com/HorizonTEL/AIGIBench): Setting-I trains on ProGAN's
+  car/cat/chair/horse, Setting-II adds ``sdv1.4``; 25 test subsets, each with its own reals,
+  in the order of the benchmark's evaluation configs.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from pipeline.config import PRESET_CHOICES, Params
+
+NONE = "none"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One official test row: its printed name, the folders of its fakes, its real pool."""
+
+    name: str
+    folders: tuple[str, ...]  # sources whose fakes (and own reals, if any) form the row
+    real_pool: str | None = None  # source of the shared reals when the folders hold none
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    title: str
+    training: tuple[str, ...]  # training (and validation) sources
+    rows: tuple[Row, ...]
+    layout: str  # the layout of the distributed trees
+    reference: str = ""
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def row_names(self) -> list[str]:
+        return [r.name for r in self.rows]
+
+
+def _rows(*names: str) -> tuple[Row, ...]:
+    return tuple(Row(n, (n,)) for n in names)
+
+
+PROGAN_CLASSES = (
+    "airplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
+    "train", "tvmonitor",
+)
+AIGIBENCH_SUBSETS = (
+    "BlendFace", "BLIP", "CommunityAI", "DALLE-3", "E4S", "FaceSwap", "FLUX1-dev", "GLIDE",
+    "Imagen3", "Infinite-ID", "InstantID", "InSwap", "IP-Adapter", "Midjourney", "PhotoMaker",
+    "ProGAN", "R3GAN", "SD3", "SDXL", "SimSwap", "SocialRF", "StyleGAN-XL", "StyleGAN3",
+    "StyleSwim", "WFIR",
+)
+# Folder spellings of the AIGIBench README that differ from the evaluation configs' names.
+_AIGIBENCH_ALIASES = {"Midjourney": ("Midjourney-V6",), "InSwap": ("ImSwap",)}
+_AIGIBENCH_ROWS = tuple(Row(n, (n, *_AIGIBENCH_ALIASES.get(n, ()))) for n in AIGIBENCH_SUBSETS)
+
+PRESETS: dict[str, Preset] = {
+    "genimage": Preset(
+        "genimage", "GenImage (train on SD V1.4, test on 8 generators)", ("SDv1.4",),
+        tuple(Row(name, (source,)) for name, source in (
+            ("Midjourney", "Midjourney"), ("SD V1.4", "SDv1.4"), ("SD V1.5", "SDv1.5"),
+            ("ADM", "ADM"), ("GLIDE", "GLIDE"), ("Wukong", "Wukong"), ("VQDM", "VQDM"),
+            ("BigGAN", "BigGAN"))),
+        "genimage", "Zhu et al. 2024, GenImage README Table 3"),
+    "ufd": Preset(
+        "ufd", "UniversalFakeDetect (train on 20 ProGAN classes, 19 test rows)", PROGAN_CLASSES,
+        (*_rows("progan", "cyclegan", "biggan", "stylegan", "gaugan", "stargan", "deepfake"),
+         Row("sitd", ("seeingdark",)), *_rows("san", "crn", "imle"),
+         Row("guided", ("guided",), "imagenet"),
+         *(Row(n, (n,), "laion") for n in ("ldm_200", "ldm_200_cfg", "ldm_100", "glide_100_27",
+                                           "glide_50_27", "glide_100_10", "dalle"))),
+        "ufd", "Ojha et al. 2023, UniversalFakeDetect dataset_paths.py",
+        ("stylegan2 and whichfaceisreal of CNNDetection's test set are not UFD rows",)),
+    "aigibench-1": Preset(
+        "aigibench-1", "AIGIBench Setting-I (ProGAN car/cat/chair/horse, 25 subsets)",
+        ("car", "cat", "chair", "horse"), _AIGIBENCH_ROWS, "aigibench",
+        "Li et al. 2025, AIGIBench README and evaluation configs"),
+    "aigibench-2": Preset(
+        "aigibench-2", "AIGIBench Setting-II (ProGAN 4 classes + SD v1.4, 25 subsets)",
+        ("car", "cat", "chair", "horse", "sdv1.4"), _AIGIBENCH_ROWS, "aigibench",
+        "Li et al. 2025, AIGIBench README and evaluation configs"),
+}
+
+
+def source_key(name: str) -> str:
+    """Folder names compared without case or punctuation: ``FLUX1-dev`` = ``flux1_dev``."""
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def get_preset(name: str) -> Preset | None:
+    """The preset called ``name``, or None for ``none``."""
+    if name == NONE:
+        return None
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown protocol.preset {name!r}; choose one of "
+                         f"{', '.join(PRESET_CHOICES)}") from None
+
+
+def match_sources(wanted: Iterable[str], known: Iterable[str]) -> tuple[list[str], list[str]]:
+    """(known sources matching ``wanted`` in ``wanted``'s order, wanted names not found)."""
+    by_key: dict[str, list[str]] = {}
+    for s in sorted(set(known)):
+        by_key.setdefault(source_key(s), []).append(s)
+    found: list[str] = []
+    missing: list[str] = []
+    for w in wanted:
+        hits = by_key.get(source_key(w), [])
+        if hits:
+            found.extend(h for h in hits if h not in found)
+        else:
+            missing.append(w)
+    return found, missing
+
+
+def preset_training(preset: Preset, known: Iterable[str]) -> tuple[list[str], list[str]]:
+    """(the preset's training sources present in ``known``, those absent)."""
+    return match_sources(preset.training, known)
+
+
+def training_sources(params: Params, known: Iterable[str]) -> list[str] | None:
+    """Sources to train and validate on: the preset's, else ``protocol.train_sources``
+    (None = all). Raises ``ValueError`` when a preset finds none of its training sources."""
+    preset = get_preset(params.protocol.preset)
+    if preset is None:
+        return params.protocol.train_sources or None
+    known = sorted(set(known))
+    found, _ = preset_training(preset, known)
+    if not found:
+        raise ValueError(
+            f"protocol.preset {preset.name!r} trains on {', '.join(preset.training)}, but none "
+            f"of them is among the training sources found ({', '.join(known) or 'none'}); check "
+            "data.roots and the roots' roles"
+        )
+    return found
