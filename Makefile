@@ -6,7 +6,7 @@ DEMO ?= demo-run
 export DVC_NO_ANALYTICS := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: install demo test lint clean-demo
+.PHONY: install demo test lint clean-demo check-open-clip
 
 $(BIN)/nsnet: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,16 @@ demo: install
 test: install
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
+
+# The open_clip floor (2.24.0) and last 2.x (2.32.0) beside the installed 3.x: real checkpoint
+# loading under each (tests/test_open_clip_compat.py). Needs the package index.
+OPEN_CLIP_RELEASES ?= 2.24.0 2.32.0
+check-open-clip: install
+	for v in $(OPEN_CLIP_RELEASES); do \
+	  $(BIN)/python -m pip install -q --no-deps --target .floors/open_clip-$$v open_clip_torch==$$v \
+	  || exit 1; done
+	NSNET_OPEN_CLIP_RELEASES=$$(for v in $(OPEN_CLIP_RELEASES); do printf '%s:' \
+	  $(CURDIR)/.floors/open_clip-$$v; done) $(BIN)/pytest -q tests/test_open_clip_compat.py
 
 lint: install
 	$(BIN)/ruff check .

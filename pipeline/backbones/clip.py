@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import inspect
 import logging
 import os
 from dataclasses import dataclass, field
@@ -100,6 +101,30 @@ def _register_tiny() -> None:
         open_clip.add_model_config(CONFIG_DIR)
 
 
+def open_clip_version() -> str:
+    """The installed open_clip release (2.2x has no ``open_clip.__version__``)."""
+    from importlib.metadata import version
+
+    import open_clip
+
+    return getattr(open_clip, "__version__", None) or version("open_clip_torch")
+
+
+def safe_load_kwargs(create_model: Any) -> dict[str, bool]:
+    """The keyword that makes ``create_model`` load checkpoints with ``weights_only=True``.
+
+    open_clip 3.x calls it ``weights_only``, 2.3x ``load_weights_only``; older 2.x releases have
+    neither and call ``torch.load`` with torch's default, which is ``weights_only=True`` from
+    torch 2.6 on (the floor in ``pyproject.toml``). Passing a keyword a release does not know
+    would reach the model constructor and fail, so the signature decides.
+    """
+    params = inspect.signature(create_model).parameters
+    for name in ("weights_only", "load_weights_only"):
+        if name in params:
+            return {name: True}
+    return {}
+
+
 def _build(arch: str, pretrained: str, device: torch.device) -> tuple[Any, dict[str, Any]]:
     import open_clip
 
@@ -146,7 +171,7 @@ def _build(arch: str, pretrained: str, device: torch.device) -> tuple[Any, dict[
     try:
         # open_clip loads local checkpoint files with torch.load(weights_only=True).
         model = open_clip.create_model(arch, pretrained=pretrained, device=device,
-                                       weights_only=True)
+                                       **safe_load_kwargs(open_clip.create_model))
     except Exception as exc:  # noqa: BLE001 - re-raised with instructions
         why = "" if online else " (the Hugging Face hub is not reachable from here)"
         raise ModelUnavailable(
@@ -196,7 +221,7 @@ def load_clip(arch: str, pretrained: str = "", device: str = "auto") -> ClipBack
         "clip_arch": arch,
         "clip_pretrained": pretrained,
         **weights,
-        "open_clip": open_clip.__version__,
+        "open_clip": open_clip_version(),
         "mean": list(mean),
         "std": list(std),
         "image_size": size,
