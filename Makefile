@@ -2,16 +2,18 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# The tested dependency versions (`make lock` refreshes them); CONSTRAINTS= installs unpinned.
+CONSTRAINTS ?= constraints.txt
 DEMO ?= demo-run
 export DVC_NO_ANALYTICS := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: install demo test lint clean-demo check-open-clip
+.PHONY: install demo test lint clean-demo check-open-clip lock
 
-$(BIN)/nsnet: pyproject.toml
+$(BIN)/nsnet: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
-	$(BIN)/python -m pip install -e '.[dev]'
+	$(BIN)/python -m pip install $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e '.[dev]'
 	touch $@
 
 install: $(BIN)/nsnet
@@ -39,6 +41,16 @@ check-open-clip: install
 	  || exit 1; done
 	NSNET_OPEN_CLIP_RELEASES=$$(for v in $(OPEN_CLIP_RELEASES); do printf '%s:' \
 	  $(CURDIR)/.floors/open_clip-$$v; done) $(BIN)/pytest -q tests/test_open_clip_compat.py
+
+# Refresh constraints.txt from the venv after a deliberate upgrade (e.g. `pip install -U
+# transformers` then `make test`), so `make install` reproduces the tested environment.
+lock:
+	{ echo "# Tested dependency versions: \`make install\` uses them (pip -c). Refresh with"; \
+	  echo "# \`make lock\`. Made on Python $$($(BIN)/python -c 'import platform; \
+	print(platform.python_version(), platform.system(), platform.machine())')."; \
+	  $(BIN)/python -m pip freeze --exclude-editable | grep -v -i '^nsnet=='; } > $(CONSTRAINTS).tmp
+	mv $(CONSTRAINTS).tmp $(CONSTRAINTS)
+	@echo "wrote $(CONSTRAINTS): $$(grep -c '==' $(CONSTRAINTS)) pinned packages"
 
 lint: install
 	$(BIN)/ruff check .
