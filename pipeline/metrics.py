@@ -142,6 +142,8 @@ def format_table(result: dict[str, Any], title: str = "") -> str:
     if missing:
         lines.append(f"partial mean: {len(order) - len(missing)} of {len(order)} official rows "
                      f"(missing: {', '.join(missing)})")
+    if result.get("not_in_preset"):
+        lines.append(f"not rows of the preset (not scored): {', '.join(result['not_in_preset'])}")
     return "\n".join(lines)
 
 

@@ -20,6 +20,10 @@ def evaluate(params_file: str, overrides: tuple[str, ...], manifest: str, embedd
     """Accuracy, real/fake accuracy, AP and ROC AUC on val and test, per source and mean."""
     params = load(params_file, overrides)
     res = run_evaluate(params, manifest, embeddings, model_dir, out, plots_dir)
+    protocol = res["protocol"]
+    if protocol["title"]:
+        click.echo(f"protocol.preset {protocol['preset']}: {protocol['title']} "
+                   f"[{protocol['reference']}]; fake = prob > {res['threshold']:g}")
     for split in ("val", "test"):
         if split in res:
             click.echo(format_table(res[split], f"\n[{res['head']}] {split} (%)"))

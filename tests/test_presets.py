@@ -130,6 +130,8 @@ def test_ufd_preset_prints_the_19_official_rows_with_their_real_pools(ufd_run):
         np.mean([m["acc"] for m in test["per_source"].values()]))
     assert metrics["protocol"]["preset"] == "ufd" and metrics["protocol"]["rows"] == UFD_ROWS
     assert _printed_rows(eval_out) == UFD_ROWS
+    assert "protocol.preset ufd: UniversalFakeDetect" in eval_out
+    assert "not rows of the preset (not scored): stylegan2, whichfaceisreal" in eval_out
     assert "mean " in eval_out and "stylegan2" not in eval_out.split("test (%)")[1].split(
         "mean")[0]
 
@@ -269,6 +271,7 @@ def test_aigibench_settings_train_sources_and_25_rows_with_a_missing_one(aigiben
     assert _printed_rows(eval_out) == list(AIGIBENCH_SUBSETS)
     assert "SocialRF" in eval_out and "missing: no real test images" in eval_out
     assert "mean (24 of 25 rows)" in eval_out and "partial mean: 24 of 25" in eval_out
+    assert test["not_in_preset"] == [] and "not rows of the preset" not in eval_out
 
 
 def test_preset_training_sources_partly_or_wholly_absent(aigibench_cache, genimage_run, tmp_path):

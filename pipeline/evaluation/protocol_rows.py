@@ -82,12 +82,12 @@ def preset_table(frame: pd.DataFrame, preset: Preset, threshold: float,
         if not real.any() and row.real_pool:
             pool, _ = match_sources([row.real_pool], known)
             real = np.isin(source, pool) & (y == 0)
+        used.update(folders, pool)
         if not fake.any() or not real.any():
             what = [w for w, ok in (("fake", fake.any()), ("real", real.any())) if not ok]
             pool_note = f" (real pool {row.real_pool})" if row.real_pool and not real.any() else ""
             missing[row.name] = f"no {' and no '.join(what)} test images{pool_note}"
             continue
-        used.update(folders, pool)
         idx = np.flatnonzero(fake | real)
         scored[idx] = True
         per[row.name] = {**binary_metrics(y[idx], p[idx], threshold), "sources": folders,
