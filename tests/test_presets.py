@@ -264,14 +264,37 @@ def test_aigibench_settings_train_sources_and_25_rows_with_a_missing_one(aigiben
     assert all((m["n_real"], m["n_fake"]) == (1, 1) for m in test["per_source"].values())
     assert test["per_source"]["Midjourney"]["sources"] == ["Midjourney-V6"]
     assert test["missing"] == {"SocialRF": "no real test images"}
-    assert not test["mean_complete"] and test["mean_label"] == "mean (24 of 25 rows)"
+    assert not test["mean_complete"] and test["mean_label"] == "mean (24/25 rows)"
     assert test["mean_rows"] == present
     assert test["mean"]["acc"] == pytest.approx(np.mean([test["per_source"][n]["acc"]
                                                          for n in present]))
     assert _printed_rows(eval_out) == list(AIGIBENCH_SUBSETS)
     assert "SocialRF" in eval_out and "missing: no real test images" in eval_out
-    assert "mean (24 of 25 rows)" in eval_out and "partial mean: 24 of 25" in eval_out
+    assert "mean (24/25 rows)" in eval_out and "partial mean: 24 of 25" in eval_out
     assert test["not_in_preset"] == [] and "not rows of the preset" not in eval_out
+
+
+def test_compare_and_evaluate_views_print_the_preset_rows(aigibench_cache, tmp_path):
+    work, raw = aigibench_cache
+    _run(work, raw, "aigibench-1")
+    params_file = work / "params-aigibench-1.yaml"
+    common = ["--params", str(params_file), "--manifest", str(work / "cache/manifest.parquet"),
+              "--embeddings", str(work / "cache/embeddings.h5")]
+    res = CliRunner().invoke(main, ["compare", *common, "--heads", "ufd",
+                                    "--out", str(tmp_path / "compare.json")])
+    assert res.exit_code == 0, res.output
+    names = [line[:18].strip() for line in res.output.splitlines()[2:]]
+    present = [n for n in AIGIBENCH_SUBSETS if n != "SocialRF"]
+    assert names[:25] == [*present, "mean (24/25 rows)"]
+    res = CliRunner().invoke(main, ["evaluate-views", *common,
+                                    "--model", str(work / "model-aigibench-1"),
+                                    "--views", str(tmp_path / "views"),
+                                    "--metrics", str(tmp_path / "metrics")])
+    assert res.exit_code == 0, res.output
+    assert _printed_rows(res.output) == list(AIGIBENCH_SUBSETS)
+    summary = json.loads((tmp_path / "metrics" / "degradations.json").read_text())
+    assert summary["preset"] == "aigibench-1"
+    assert sorted(summary["views"]["clean"]["mean_rows"]) == sorted(present)
 
 
 def test_preset_training_sources_partly_or_wholly_absent(aigibench_cache, genimage_run, tmp_path):
@@ -332,4 +355,4 @@ def test_preset_table_counts_exactly_half_as_real():
     table = preset_table(frame, PRESETS["ufd"], 0.5)
     assert table["per_source"]["dalle"]["real_acc"] == 1.0
     assert table["per_source"]["dalle"]["fake_acc"] == 0.0
-    assert len(table["missing"]) == 17 and table["mean_label"] == "mean (2 of 19 rows)"
+    assert len(table["missing"]) == 17 and table["mean_label"] == "mean (2/19 rows)"

@@ -104,7 +104,7 @@ def preset_table(frame: pd.DataFrame, preset: Preset, threshold: float,
     return {
         "preset": preset.name, "rows": preset.row_names, "per_source": per, "missing": missing,
         "mean": mean, "mean_rows": list(per), "mean_complete": not missing,
-        "mean_label": "mean" if not missing else f"mean ({len(per)} of {n_rows} rows)",
+        "mean_label": "mean" if not missing else f"mean ({len(per)}/{n_rows} rows)",
         "overall": binary_metrics(y[scored], p[scored], threshold),
         "not_in_preset": sorted(known - used),
     }
