@@ -218,6 +218,22 @@ def test_genimage_skip_lists_leave_listed_files_out_with_a_reason(genimage_run):
     assert report["skip_list_unmatched"] == ["imagenet_ai_0419_sdv4/train/ai/033_sdv4_00152.png"]
 
 
+def test_strict_index_does_not_count_listed_files(genimage_run, tmp_path):
+    work, raw, *_ = genimage_run
+    res = CliRunner().invoke(main, ["index", "--strict", "--params",
+                                    str(write_params(tmp_path / "p.yaml", raw)),
+                                    "--out", str(tmp_path / "m.parquet"),
+                                    "--report", str(tmp_path / "r.json")])
+    assert res.exit_code == 0, res.output  # the corrupt file is listed, so not a surprise
+    assert "skip_listed: 2 file(s)" in res.output and "imagenet_glide.txt:1" in res.output
+    unlisted = {**raw, "data": {**raw["data"], "skip_lists": []}}
+    res = CliRunner().invoke(main, ["index", "--strict", "--params",
+                                    str(write_params(tmp_path / "q.yaml", unlisted)),
+                                    "--out", str(tmp_path / "m2.parquet"),
+                                    "--report", str(tmp_path / "r2.json")])
+    assert res.exit_code == 1 and "ai_05.png" in res.output
+
+
 def test_missing_skip_list_is_one_clear_error(tmp_path):
     _pair(tmp_path / "imgs", 1, 1)
     raw = tiny_raw(tmp_path / "imgs")
