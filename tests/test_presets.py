@@ -130,6 +130,10 @@ def test_ufd_preset_prints_the_19_official_rows_with_their_real_pools(ufd_run):
         np.mean([m["acc"] for m in test["per_source"].values()]))
     assert metrics["protocol"]["preset"] == "ufd" and metrics["protocol"]["rows"] == UFD_ROWS
     assert _printed_rows(eval_out) == UFD_ROWS
+    roc = pd.read_csv(work / "plots-ufd" / "roc.csv")  # curves over the preset's rows only
+    n_real = 11 * 2 + 3 + 2
+    assert roc["fpr"].iloc[-1] == 1.0 and len(pd.read_csv(work / "plots-ufd" / "confusion.csv")) \
+        == n_real + 11 * 2 + 8 * 2
     assert "protocol.preset ufd: UniversalFakeDetect" in eval_out
     assert "not rows of the preset (not scored): stylegan2, whichfaceisreal" in eval_out
     assert "mean " in eval_out and "stylegan2" not in eval_out.split("test (%)")[1].split(

@@ -62,6 +62,10 @@ def run_evaluate(params: Params, manifest: str | Path, embeddings: str | Path,
     results, scored = evaluate_sets(params, fs, model, threshold)
     plots_dir = Path(plots_dir)
     test = scored[scored["eval_split"] == "test"] if len(scored) else scored
+    if len(test) and results.get("test", {}).get("preset"):  # curves over the preset's rows
+        rows = results["test"]["per_source"].values()
+        used = {s for m in rows for s in m["sources"]} | {m["real_pool"] for m in rows}
+        test = test[test["source"].isin(used)]
     if len(test):
         y, p = test["label"].to_numpy(), test["prob"].to_numpy()
         _csv(plots_dir / "roc.csv", roc_curve(y, p))
