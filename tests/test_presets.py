@@ -358,12 +358,13 @@ def test_preset_and_explicit_sources_together_are_rejected():
     (("progan_train", "car", "0_real"), (0, "car", "train")),
     (("progan_val", "horse", "1_fake"), (1, "horse", "val")),
     (("train", "progan", "airplane", "1_fake"), (1, "airplane", "train")),  # UFD's train tree
-    (("CNN_synth_testset", "progan", "cat", "1_fake"), (1, "progan", None)),
-    (("diffusion_datasets", "laion", "0_real"), (0, "laion", None)),
+    (("CNN_synth_testset", "progan", "cat", "1_fake"), (1, "progan", "test")),
+    (("diffusion_datasets", "laion", "0_real"), (0, "laion", "test")),
     (("test", "progan", "car", "0_real"), (0, "progan", "test")),
     (("test", "ProGAN", "1_fake"), (1, "ProGAN", "test")),
     (("progan_train", "train", "0_real"), (0, "train", "train")),  # ProGAN's class "train"
-    (("CNN_synth_testset", "progan", "train", "1_fake"), (1, "progan", None)),
+    (("CNN_synth_testset", "progan", "train", "1_fake"), (1, "progan", "test")),
+    (("datasets", "test", "biggan", "0_real"), (0, "biggan", "test")),  # UFD README tree
 ])
 def test_distributed_folder_names_give_source_and_split(dirs, expected):
     assert classify(dirs, "ufd") == expected

@@ -42,6 +42,7 @@ SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "va
 # Folders of the distributed archives that hold sources without being one (ufd, aigibench):
 # CNNDetection's test archive, UFD's diffusion archive, the usual download parents.
 CONTAINER_NAMES = {"cnn_synth_testset", "diffusion_datasets", "datasets", "dataset"}
+TEST_CONTAINERS = {"cnn_synth_testset", "diffusion_datasets"}  # test-only archives
 LAYOUTS = ("real_fake", "genimage", "ufd", "aigibench")
 DETECT_DEPTH = 6  # folder levels below the root inspected by ``detect_layout``
 
@@ -169,11 +170,14 @@ def genimage_name(folders: list[str]) -> str | None:
 def _ufd_split(before: tuple[str, ...]) -> tuple[str | None, list[str]]:
     """(split, source folders) of a ufd/aigibench path: a split folder counts only before the
     first source folder, so ProGAN's class ``train`` (``progan_train/train/0_real``,
-    ``progan/train/1_fake``) is a class, not a split; container folders are dropped."""
+    ``progan/train/1_fake``) is a class, not a split; container folders are dropped, and the
+    test-only archives (``CNN_synth_testset``, ``diffusion_datasets``) make their files test."""
     split, named = None, []
     for p in before:
         low = p.lower()
         if low in CONTAINER_NAMES:
+            if split is None and not named and low in TEST_CONTAINERS:
+                split = "test"
             continue
         if split is None and not named and low in SPLIT_NAMES:
             split = SPLIT_NAMES[low]
