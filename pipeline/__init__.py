@@ -9,7 +9,8 @@ Data flows one way, and the subpackages follow it::
     pipeline.heads       UFD / NS-Net / Advanced NS-Net heads, training loop, bundles
     pipeline.evaluation  metrics per source, degraded views, head comparison
     pipeline.reports     figures and records people read (explanations, t-SNE)
-    pipeline.inference   scoring and explaining new images with a trained bundle
+    pipeline.inference   scoring and explaining new images with a trained bundle (Detector)
+    pipeline.serving     the detector as an HTTP service and web page (nsnet serve)
 
 Shared foundations sit at the top: ``config`` (params.yaml), ``atomic`` (atomic writes),
 ``provenance``, ``cache_store`` (HDF5/Parquet files of ``cache/``) and ``metrics``.
@@ -21,6 +22,7 @@ stays cheap::
     params = pipeline.load_params("params.yaml")
     clip = pipeline.load_clip("ViT-L-14", "openai", device="cuda")
     head = pipeline.build_head("advanced", dim=clip.embed_dim)
+    det = pipeline.Detector.load("models/detector")   # det.predict([...]), det.explain(...)
 """
 
 from __future__ import annotations
@@ -46,9 +48,11 @@ _PUBLIC = {
     "load_chain": "pipeline.inference.predict",
     "predict_paths": "pipeline.inference.predict",
     "explain_image": "pipeline.inference.explain",
+    "Detector": "pipeline.inference.detector",
 }
 __all__ = [
     "HEADS",
+    "Detector",
     "ModelUnavailable",
     "Params",
     "ParamsError",
@@ -73,6 +77,7 @@ if TYPE_CHECKING:
     from pipeline.extraction.patch_selection import PatchSpec, select_patches
     from pipeline.heads.bundle import load_bundle, save_bundle
     from pipeline.heads.detectors import HEADS, build_head
+    from pipeline.inference.detector import Detector
     from pipeline.inference.explain import explain_image
     from pipeline.inference.predict import load_chain, predict_paths
 

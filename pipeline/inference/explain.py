@@ -17,7 +17,15 @@ import torch
 from pipeline.data.images import ImageError, open_image, read_bytes
 from pipeline.data.manifest import content_id
 from pipeline.extraction.patch_selection import PatchSpec
-from pipeline.inference.predict import FAKE, REAL, Chain, as_cached, compute_features, head_logits
+from pipeline.inference.predict import (
+    FAKE,
+    REAL,
+    Chain,
+    as_cached,
+    compute_features,
+    head_logits,
+    semantic_shares,
+)
 from pipeline.metrics import is_fake
 from pipeline.reports.explanation import Explanation, PatchReport
 
@@ -44,14 +52,9 @@ def score_composites(chain: Chain, composites: np.ndarray, text: torch.Tensor,
     return torch.cat(out).numpy()
 
 
-@torch.no_grad()
 def semantic_removed(chain: Chain, image: torch.Tensor, text: torch.Tensor) -> float:
     """``||x - Px|| / ||x||`` for the feature the head sees (0 for the UFD probe)."""
-    device = next(chain.head.parameters()).device
-    x, t = image.to(device).float(), text.to(device).float()
-    out = chain.head(x, t)
-    x = chain.head._prep(x)
-    return float((x - out.projected).norm() / x.norm().clamp_min(1e-12))
+    return float(semantic_shares(chain, image, text)[0])
 
 
 def _bands(entropy: np.ndarray, n_low: int) -> list[str]:
@@ -63,9 +66,14 @@ def explain_image(chain: Chain, path: str | Path, max_pixels: int = 178_956_970)
     """Probability, caption, semantic share and per-patch occlusion attribution of one image."""
     data = read_bytes(path)
     rgb, info = open_image(data, max_pixels)
-    if min(info.width, info.height) < chain.spec.size:
-        raise ImageError("too_small", f"{info.width}x{info.height} is smaller than one patch")
-    image_id = content_id(data)
+    return explain_array(chain, rgb, content_id(data), str(path))
+
+
+def explain_array(chain: Chain, rgb: np.ndarray, image_id: str, name: str) -> Explanation:
+    """``explain_image`` of a decoded (H, W, 3) uint8 image whose content id is ``image_id``."""
+    height, width = rgb.shape[:2]
+    if min(width, height) < chain.spec.size:
+        raise ImageError("too_small", f"{width}x{height} is smaller than one patch")
     feats = compute_features(chain, [rgb], [image_id])
     sel = feats.selections[0]
     base = float(head_logits(chain, feats.image, feats.text)[0])
@@ -78,7 +86,7 @@ def explain_image(chain: Chain, path: str | Path, max_pixels: int = 178_956_970)
                            int(sel.cells[k, 1]) * chain.spec.size, float(sel.entropy[k]),
                            bands[k], float(base - logits[k]), float(prob - probs[k]))
                for k in range(chain.spec.count)]
-    return Explanation(str(path), image_id, info.width, info.height, float(prob),
+    return Explanation(name, image_id, width, height, float(prob),
                        FAKE if is_fake(prob, chain.threshold) else REAL, chain.threshold, base,
                        feats.captions[0], chain.kind,
                        semantic_removed(chain, feats.image, feats.text), patches,

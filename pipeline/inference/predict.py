@@ -27,7 +27,8 @@ from pipeline.heads.bundle import load_bundle
 from pipeline.metrics import is_fake
 
 AMP = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
-RESULT_COLUMNS = ["path", "status", "prob", "label", "caption", "id", "width", "height", "error"]
+RESULT_COLUMNS = ["path", "status", "prob", "label", "caption", "id", "width", "height", "error",
+                  "semantic_share"]
 OUT_FORMATS = (".csv", ".jsonl", ".parquet")
 FAKE, REAL = "generated", "real"
 
@@ -98,6 +99,19 @@ def head_logits(chain: Chain, image: torch.Tensor, text: torch.Tensor) -> torch.
     return chain.head(image.to(device).float(), text.to(device).float()).logit.cpu()
 
 
+@torch.no_grad()
+def semantic_shares(chain: Chain, image: torch.Tensor, text: torch.Tensor) -> np.ndarray:
+    """``||x - Px|| / ||x||`` per row: the share of the image feature removed as semantic.
+
+    ``x`` is the feature the head sees (normalised for nsnet/advanced); 0 for the UFD probe.
+    """
+    device = next(chain.head.parameters()).device
+    x, t = image.to(device).float(), text.to(device).float()
+    out = chain.head(x, t)
+    x = chain.head._prep(x)
+    return ((x - out.projected).norm(dim=1) / x.norm(dim=1).clamp_min(1e-12)).cpu().numpy()
+
+
 @dataclass
 class Features:
     selections: list[Selection]
@@ -137,27 +151,67 @@ def expand_inputs(items: Iterable[str | Path]) -> list[Path]:
     return list(dict.fromkeys(out))  # drop repeats, keep order
 
 
-def _decode(path: Path, max_pixels: int, min_side: int) -> tuple[dict[str, Any], np.ndarray | None]:
-    row: dict[str, Any] = {"path": str(path), "status": "ok", "prob": np.nan, "label": "",
-                           "caption": "", "id": "", "width": -1, "height": -1, "error": ""}
+Decoded = tuple[dict[str, Any], np.ndarray | None]
+
+
+def new_row(name: str) -> dict[str, Any]:
+    """An unscored result row (every ``RESULT_COLUMNS`` key) for the input called ``name``."""
+    return {"path": name, "status": "ok", "prob": np.nan, "label": "", "caption": "", "id": "",
+            "width": -1, "height": -1, "error": "", "semantic_share": np.nan}
+
+
+def decode_bytes(data: bytes, name: str, max_pixels: int, min_side: int) -> Decoded:
+    """A result row and the RGB array of encoded image bytes (``None`` + a status if unusable).
+
+    The row's id is the content hash of the bytes, as in the manifest, so uploaded bytes score
+    exactly as the same file does.
+    """
+    row = new_row(name)
     try:
-        data = read_bytes(path)
         row["id"] = content_id(data)
         rgb, info = open_image(data, max_pixels)
-        row.update(width=info.width, height=info.height)
-        if min(info.width, info.height) < min_side:
-            raise ImageError("too_small", f"{info.width}x{info.height} is smaller than one "
-                                          f"{min_side}x{min_side} patch")
-        return row, rgb
+        return check_size(row, rgb, info.width, info.height, min_side)
     except ImageError as exc:
         row.update(status=exc.reason, error=exc.detail)
         return row, None
+
+
+def check_size(row: dict[str, Any], rgb: np.ndarray, width: int, height: int,
+               min_side: int) -> Decoded:
+    """Record the size; an image smaller than one patch gets status ``too_small``."""
+    row.update(width=width, height=height)
+    if min(width, height) < min_side:
+        row.update(status="too_small", error=f"{width}x{height} is smaller than one "
+                                             f"{min_side}x{min_side} patch")
+        return row, None
+    return row, rgb
+
+
+def _decode(path: Path, max_pixels: int, min_side: int) -> Decoded:
+    try:
+        data = read_bytes(path)
+    except ImageError as exc:
+        row = new_row(str(path))
+        row.update(status=exc.reason, error=exc.detail)
+        return row, None
+    return decode_bytes(data, str(path), max_pixels, min_side)
 
 
 def predict_paths(chain: Chain, paths: Sequence[str | Path], batch_size: int = 16,
                   max_pixels: int = 178_956_970,
                   progress: Callable[[int], Any] | None = None) -> pd.DataFrame:
     """Score every path; unreadable files get a status instead of a probability."""
+    return score_decoded(chain, (_decode(Path(p), max_pixels, chain.spec.size) for p in paths),
+                         batch_size, progress)
+
+
+def score_decoded(chain: Chain, decoded: Iterable[Decoded], batch_size: int = 16,
+                  progress: Callable[[int], Any] | None = None) -> pd.DataFrame:
+    """Score decoded inputs ``(row, rgb or None)`` in batches; the rows of ``predict``.
+
+    Every way in (``nsnet predict``, ``Detector.predict``, ``nsnet serve``) ends here, so the
+    probability, label and caption of an image never depend on how it arrived.
+    """
     rows: list[dict[str, Any]] = []
     pending: list[tuple[dict[str, Any], np.ndarray]] = []
 
@@ -166,15 +220,16 @@ def predict_paths(chain: Chain, paths: Sequence[str | Path], batch_size: int = 1
             return
         feats = compute_features(chain, [p[1] for p in pending], [p[0]["id"] for p in pending])
         probs = torch.sigmoid(head_logits(chain, feats.image, feats.text)).numpy()
-        for (row, _), prob, cap in zip(pending, probs, feats.captions, strict=True):
-            row.update(prob=float(prob), caption=cap,
+        shares = semantic_shares(chain, feats.image, feats.text)
+        for (row, _), prob, cap, share in zip(pending, probs, feats.captions, shares,
+                                              strict=True):
+            row.update(prob=float(prob), caption=cap, semantic_share=float(share),
                        label=FAKE if is_fake(prob, chain.threshold) else REAL)
         if progress:
             progress(len(pending))
         pending.clear()
 
-    for path in paths:
-        row, rgb = _decode(Path(path), max_pixels, chain.spec.size)
+    for row, rgb in decoded:
         rows.append(row)
         if rgb is None:
             if progress:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,6 +40,20 @@ def _norm(values: np.ndarray) -> TwoSlopeNorm:
 
 def render_explanation(ex: Explanation, out: str | Path, k: int = 5, dpi: int = 110) -> Path:
     """Image with its patches outlined by contribution, the composite, verdict and top patches."""
+    return _save(explanation_figure(ex, k), out, dpi)
+
+
+def explanation_png(ex: Explanation, k: int = 5, dpi: int = 80) -> bytes:
+    """The ``render_explanation`` picture as PNG bytes, in memory (nothing touches the disk)."""
+    fig = explanation_figure(ex, k)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def explanation_figure(ex: Explanation, k: int = 5) -> plt.Figure:
+    """The explanation report as a matplotlib figure (the caller saves and closes it)."""
     s, g = ex.spec.size, ex.spec.grid
     contrib = np.array([p.contribution for p in ex.patches])
     norm, cmap = _norm(contrib), plt.get_cmap(CMAP)
@@ -127,7 +142,7 @@ def render_explanation(ex: Explanation, out: str | Path, k: int = 5, dpi: int = 
             ax.set_title(f"{tag}{p.contribution:+.2g}\n{p.band} H={p.entropy:.2f}", fontsize=8)
             if j == 0:
                 ax.set_ylabel(name, color=colour, fontsize=9)
-    return _save(fig, out, dpi)
+    return fig
 
 
 def render_tsne(points: dict[str, np.ndarray], frame: pd.DataFrame, out: str | Path,
