@@ -8,7 +8,7 @@ DEMO ?= demo-run
 export DVC_NO_ANALYTICS := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: install demo test lint clean-demo check-open-clip lock
+.PHONY: install browser demo test lint clean-demo check-open-clip lock
 
 $(BIN)/nsnet: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,7 @@ demo: install
 	@echo "Demo done: the tables above are in $(DEMO)/metrics/*.json;" \
 	  "try: cd $(DEMO) && dvc metrics show / dvc plots show / dvc exp run -S train.lr=0.0005"
 
-test: install
+test: install browser
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
 
@@ -51,6 +51,22 @@ lock:
 	  $(BIN)/python -m pip freeze --exclude-editable | grep -v -i '^nsnet=='; } > $(CONSTRAINTS).tmp
 	mv $(CONSTRAINTS).tmp $(CONSTRAINTS)
 	@echo "wrote $(CONSTRAINTS): $$(grep -c '==' $(CONSTRAINTS)) pinned packages"
+
+# The web page's test drives Debian's chromium through chromedriver. Installed here when missing
+# and we are root with apt-get (as on CI); otherwise that test fails loudly, unless
+# NSNET_SKIP_BROWSER_TESTS=1 opts out.
+browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then \
+	  :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing chromium + chromium-driver for the browser test (apt-get)"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  { apt-get update -q && apt-get install -y -q chromium chromium-driver; } || \
+	    echo "WARNING: could not install chromium; the browser test will fail"; \
+	else \
+	  echo "WARNING: chromium/chromedriver missing and not root: the browser test will fail" \
+	    "(install them, or set NSNET_SKIP_BROWSER_TESTS=1)"; \
+	fi
 
 lint: install
 	$(BIN)/ruff check .

@@ -10,6 +10,7 @@ from stages.explain import explain
 from stages.extract import extract
 from stages.index import index
 from stages.predict import predict
+from stages.serve import serve
 from stages.train import train
 from stages.tsne import tsne
 
@@ -27,7 +28,7 @@ def main() -> None:
 for command in (index, extract, train, evaluate, compare, demo_data, degrade,
                 evaluate_views):
     main.add_command(command)
-for command in (predict, explain, tsne):
+for command in (predict, explain, serve, tsne):
     main.add_command(command)
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ LAYERS = [
     ("evaluation", {"pipeline.evaluation"}),
     ("reports", {"pipeline.reports"}),
     ("inference", {"pipeline.inference"}),
+    ("serving", {"pipeline.serving"}),
 ]
 FACADE = "pipeline"  # pipeline/__init__.py: the public names, resolved lazily
 

@@ -1,0 +1,312 @@
+"""The HTTP service around one loaded ``Detector`` (FastAPI), and ``run_server`` (uvicorn).
+
+Endpoints: ``GET /healthz`` (alive), ``GET /readyz`` (model loaded and warmed up),
+``POST /v1/detect`` (multipart images -> JSON per image, ``?explain=true`` adds the per-patch
+contributions and the explanation PNG), ``GET /v1/model`` (the bundle and the server limits),
+``GET /`` (the web page), ``/docs`` and ``/openapi.json``. Every error is JSON
+``{"error": code, "detail": message}`` with a 4xx/5xx status.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import logging
+import math
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from pipeline.inference.detector import Detector
+from pipeline.inference.predict import Decoded
+from pipeline.serving.batcher import MicroBatcher, Overloaded, TimedOut
+from pipeline.serving.uploads import ApiError, Upload, parse_multipart, read_body
+
+STATIC = Path(__file__).parent / "static"
+log = logging.getLogger("nsnet.serve")
+
+# HTTP status when no image of a request could be used, by the first image's reason.
+REASON_STATUS = {"empty_file": 400, "not_an_image": 415, "corrupt": 422, "too_large": 413,
+                 "too_small": 422}
+PAGE_CSP = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self'; "
+            "script-src 'self'; connect-src 'self'")
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Options of ``nsnet serve`` (see ``nsnet serve --help``)."""
+
+    model_dir: str = "models/detector"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    device: str = "auto"
+    precision: str = "fp32"
+    threshold: float | None = None
+    max_batch: int = 16
+    max_wait_ms: float = 10.0
+    max_queue: int = 256
+    max_files: int = 16
+    max_upload_mb: float = 32.0
+    max_pixels: int = 40_000_000
+    timeout_s: float = 60.0
+    token: str | None = field(default=None, repr=False)
+    explain_top: int = 5
+
+    def limits(self) -> dict[str, Any]:
+        out = {k: v for k, v in asdict(self).items() if k not in ("token", "model_dir")}
+        return {**out, "auth": bool(self.token)}
+
+
+Loader = Callable[[ServeSettings], Detector]
+
+
+def load_detector(settings: ServeSettings) -> Detector:
+    """The default loader: the bundle and its backbones, as ``nsnet predict`` loads them."""
+    return Detector.load(settings.model_dir, settings.device, settings.precision,
+                         settings.threshold, settings.max_pixels, settings.max_batch)
+
+
+@dataclass
+class Job:
+    decoded: Decoded
+    explain: bool
+
+
+class Service:
+    """The state behind the endpoints: the detector once loaded, and the batcher."""
+
+    def __init__(self, settings: ServeSettings, loader: Loader) -> None:
+        self.settings, self.loader = settings, loader
+        self.detector: Detector | None = None
+        self.error: str | None = None
+        self.on_load_error: Callable[[], None] | None = None
+        self.started = time.time()
+        self.batcher = MicroBatcher(self.run_batch, settings.max_batch,
+                                    settings.max_wait_ms / 1000, settings.max_queue)
+
+    def load(self) -> None:
+        """Load and warm up the detector (in a thread, so ``/healthz`` answers meanwhile)."""
+        try:
+            det = self.loader(self.settings)
+            rng = np.random.default_rng(0)
+            det.predict(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))  # warm-up
+            self.detector = det
+            log.info("nsnet serve: model %s (%s head) ready", self.settings.model_dir,
+                     det.chain.kind)
+        except Exception as exc:  # noqa: BLE001 - reported by /readyz and at exit
+            self.error = f"{type(exc).__name__}: {exc}"
+            log.error("nsnet serve: could not load the model: %s", self.error)
+            if self.on_load_error:
+                self.on_load_error()
+
+    def ready(self) -> Detector:
+        if self.detector is None:
+            detail = (f"the model failed to load: {self.error}" if self.error
+                      else "the model is still loading; retry when /readyz answers 200")
+            raise ApiError(503, "not_ready", detail, headers={"Retry-After": "1"})
+        return self.detector
+
+    def run_batch(self, jobs: list[Job]) -> list[dict[str, Any]]:
+        """Score every job's image in one model call (worker thread), then explain if asked."""
+        from pipeline.inference.explain import explain_array
+        from pipeline.reports.figures import explanation_png
+
+        det = self.ready()
+        df = det.predict_decoded([j.decoded for j in jobs])
+        out = []
+        for job, row in zip(jobs, df.to_dict("records"), strict=True):
+            res = result_json(row)
+            if job.explain and row["status"] == "ok":
+                ex = explain_array(det.chain, job.decoded[1], row["id"], row["path"])
+                info = ex.to_json(self.settings.explain_top)
+                png = explanation_png(ex, self.settings.explain_top)
+                res["explanation"] = {
+                    k: info[k] for k in ("logit", "semantic_removed", "attribution", "patch_size",
+                                         "top_generated", "top_real", "patches")}
+                res["explanation"]["png_base64"] = base64.b64encode(png).decode()
+            out.append(res)
+        return out
+
+
+def _decode_all(det: Detector, uploads: list[Upload]) -> list[Decoded]:
+    return [det.decode(u.data, u.name) for u in uploads]
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, np.generic):
+        return _clean(value.item())
+    return value if value != "" else None
+
+
+def result_json(row: dict[str, Any]) -> dict[str, Any]:
+    """One image's answer: the ``nsnet predict`` row, with ``label`` named ``verdict``."""
+    return {"name": row["path"], "status": row["status"], "prob": _clean(row["prob"]),
+            "verdict": _clean(row["label"]), "caption": _clean(row["caption"]),
+            "semantic_share": _clean(row["semantic_share"]), "id": _clean(row["id"]),
+            "width": int(row["width"]), "height": int(row["height"]),
+            "error": _clean(row["error"])}
+
+
+DETECT_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {
+    "schema": {"type": "object", "properties": {"file": {
+        "type": "array", "items": {"type": "string", "format": "binary"},
+        "description": "one or more images (any field name)"}}}}}}}
+
+
+def create_app(settings: ServeSettings, loader: Loader = load_detector) -> FastAPI:
+    """The FastAPI application; the model loads in a thread when the app starts."""
+    service = Service(settings, loader)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        service.batcher.start()
+        threading.Thread(target=service.load, name="nsnet-load", daemon=True).start()
+        yield
+        await service.batcher.stop()
+
+    app = FastAPI(title="nsnet detector", version=_version(), lifespan=lifespan,
+                  description="Detects AI-generated images (NS-Net / Advanced NS-Net heads "
+                              "over frozen CLIP features). Send images to POST /v1/detect.")
+    app.state.service = service
+
+    def authorize(request: Request) -> None:
+        if not settings.token:
+            return
+        auth = request.headers.get("authorization", "")
+        scheme, _, given = auth.partition(" ")
+        if scheme.lower() != "bearer" or not given:
+            raise ApiError(401, "unauthorized", "this server needs a bearer token: send "
+                           "'Authorization: Bearer <token>'",
+                           headers={"WWW-Authenticate": "Bearer"})
+        if not hmac.compare_digest(given.strip().encode(), settings.token.encode()):
+            raise ApiError(401, "unauthorized", "wrong bearer token",
+                           headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+        body = {"error": exc.code, "detail": exc.detail, **exc.extra}
+        return JSONResponse(body, exc.status, headers=exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"error": f"http_{exc.status_code}", "detail": str(exc.detail)},
+                            exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        return JSONResponse({"error": "bad_request", "detail": detail}, 422)
+
+    @app.exception_handler(Exception)
+    async def internal(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("nsnet serve: unexpected error")
+        return JSONResponse({"error": "internal", "detail": f"{type(exc).__name__}: {exc}"}, 500)
+
+    @app.get("/healthz", tags=["service"], summary="Liveness: the process answers")
+    async def healthz() -> dict[str, Any]:
+        return {"status": "alive", "uptime_s": round(time.time() - service.started, 3)}
+
+    @app.get("/readyz", tags=["service"], summary="Readiness: the model is loaded and warm",
+             responses={503: {"description": "loading, or the model failed to load"}})
+    async def readyz() -> JSONResponse:
+        if service.detector is not None:
+            return JSONResponse({"status": "ready"})
+        status = "failed" if service.error else "loading"
+        return JSONResponse({"status": status, "detail": service.error}, 503,
+                            headers={"Retry-After": "1"})
+
+    @app.get("/v1/model", tags=["detector"], summary="The loaded bundle and the server limits")
+    async def model(request: Request) -> dict[str, Any]:
+        authorize(request)
+        det = service.ready()
+        return {**det.describe(), "server": settings.limits(),
+                "batching": service.batcher.stats.as_dict()}
+
+    @app.post("/v1/detect", tags=["detector"], openapi_extra=DETECT_BODY,
+              summary="Probability that each uploaded image is generated",
+              responses={400: {"description": "empty body / no file"},
+                         401: {"description": "missing or wrong bearer token"},
+                         413: {"description": "upload, file count or pixel limit exceeded"},
+                         415: {"description": "not multipart, or not an image"},
+                         422: {"description": "no uploaded image could be used"},
+                         503: {"description": "not ready, queue full or timed out"}})
+    async def detect(request: Request, explain: bool = False) -> dict[str, Any]:
+        """One JSON result per uploaded file, in order: ``prob`` (of generated), ``verdict``,
+        ``caption``, ``semantic_share``, ``id``, or ``status``/``error`` when a file cannot be
+        used. ``?explain=true`` adds ``explanation`` (per-patch contributions, PNG base64)."""
+        authorize(request)
+        det = service.ready()
+        body = await read_body(request.stream(), request.headers.get("content-length"),
+                               int(settings.max_upload_mb * 2**20))
+        uploads = parse_multipart(body, request.headers.get("content-type"), settings.max_files)
+        del body
+        if service.batcher.waiting + len(uploads) > settings.max_queue:
+            raise ApiError(503, "overloaded", f"{service.batcher.waiting} images are waiting "
+                           f"(queue limit {settings.max_queue}); retry later",
+                           headers={"Retry-After": "1"})
+        decoded = await run_in_threadpool(_decode_all, det, uploads)
+        del uploads
+        jobs = [Job(d, explain) for d in decoded if d[1] is not None]
+        if not jobs:
+            row = decoded[0][0]
+            raise ApiError(REASON_STATUS.get(row["status"], 422), row["status"],
+                           f"{row['path']}: {row['error']}" if len(decoded) == 1 else
+                           f"none of the {len(decoded)} files is a usable image "
+                           f"(first: {row['path']}: {row['error']})",
+                           results=[result_json(r) for r, _ in decoded])
+        try:
+            scored = iter(await service.batcher.submit(jobs, settings.timeout_s))
+        except Overloaded as exc:
+            raise ApiError(503, "overloaded", str(exc), headers={"Retry-After": "1"}) from None
+        except TimedOut as exc:
+            raise ApiError(503, "timeout", f"the images were {exc}; the server is busy, retry "
+                           "later", headers={"Retry-After": "1"}) from None
+        results = [next(scored) if rgb is not None else result_json(row) for row, rgb in decoded]
+        return {"threshold": det.threshold, "head": det.chain.kind, "results": results}
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html", headers={"Content-Security-Policy": PAGE_CSP})
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("nsnet")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def run_server(settings: ServeSettings, loader: Loader = load_detector) -> None:
+    """Serve until Ctrl-C; raises ``RuntimeError`` if the model cannot be loaded."""
+    import uvicorn
+
+    app = create_app(settings, loader)
+    server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port,
+                                          log_level="info", timeout_graceful_shutdown=5))
+    service: Service = app.state.service
+    service.on_load_error = lambda: setattr(server, "should_exit", True)
+    try:
+        server.run()
+    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after a clean shutdown
+        pass
+    if service.error:
+        raise RuntimeError(f"could not load the model {settings.model_dir}: {service.error}")
