@@ -1,0 +1,225 @@
+"""Load test of `nsnet serve` on loopback; prints a Markdown table.
+
+In one run: trains a tiny demo bundle with the real `nsnet` commands (or uses ``--model``),
+scores the same images with `nsnet predict`'s code one at a time and in batches, then starts the
+real `nsnet serve` command and lets N concurrent clients post one image per request for a
+bounded time. It reports throughput, client-side p50/p99 latency, the server's mean micro-batch,
+that every request got exactly its own answer (the right image, the probability `predict` gives
+it, no request lost or answered twice), and the server's RSS over the run.
+
+    python bench/bench_serve.py                      # tiny demo bundle, 8 clients, 30 s
+    python bench/bench_serve.py --model models/detector --images data/some_images \
+        --clients 32 --seconds 60 --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import httpx  # noqa: E402
+import psutil  # noqa: E402
+import torch  # noqa: E402
+
+from pipeline.inference.predict import expand_inputs, load_chain, predict_paths  # noqa: E402
+
+NSNET = [sys.executable, "-m", "stages.cli"]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default=None, help="bundle [default: train a tiny demo bundle]")
+    ap.add_argument("--images", default=None, help="folder of images [default: the demo's]")
+    ap.add_argument("--n-images", type=int, default=64, help="distinct images to send")
+    ap.add_argument("--clients", type=int, default=8, help="concurrent clients")
+    ap.add_argument("--seconds", type=float, default=30.0, help="length of the load phase")
+    ap.add_argument("--max-batch", type=int, default=16)
+    ap.add_argument("--max-wait-ms", type=float, default=10.0)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads, here and in serve")
+    return ap.parse_args(argv)
+
+
+def run(cmd: list[str], cwd: Path) -> None:
+    subprocess.run(cmd, cwd=cwd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                   env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def demo_bundle(work: Path) -> tuple[Path, Path]:
+    """A tiny demo workspace trained with the real commands: (bundle, images)."""
+    ws = work / "ws"
+    run(NSNET + ["demo-data", str(ws), "--workspace", "--project", str(ROOT), "--n-real", "48",
+                 "--n-fake-each", "24"], ROOT)
+    for stage in ("index", "patches", "caption", "embed", "train"):
+        run(NSNET + [stage, "--set", "compute.device=cpu", "--set", "train.epochs=10"], ws)
+    return ws / "models" / "detector", ws / "data" / "demo"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_mb(proc: psutil.Process) -> float:
+    return sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)]) / 2**20
+
+
+def load_phase(url: str, files: list[Path], clients: int, seconds: float
+               ) -> tuple[list[float], dict[str, Any], int, int]:
+    """Clients post one image per request until time is up.
+
+    Returns latencies, answers by request name, error answers and requests never answered.
+    """
+    blobs = [f.read_bytes() for f in files]
+    latencies: list[float] = []
+    answers: dict[str, Any] = {}
+    errors = [0]
+    sent: set[str] = set()
+    lock = threading.Lock()
+    stop = time.monotonic() + seconds
+
+    def client(k: int) -> None:
+        n = 0
+        with httpx.Client(base_url=url, timeout=120) as c:
+            while time.monotonic() < stop:
+                i = (k * 7919 + n) % len(files)
+                name = f"c{k}-r{n}-i{i}.png"  # unique per request: a mixed-up answer shows
+                with lock:
+                    sent.add(name)
+                t0 = time.perf_counter()
+                try:
+                    res = c.post("/v1/detect", files=[("file", (name, blobs[i], "image/png"))])
+                except httpx.HTTPError:
+                    continue  # no answer at all: counted as lost
+                finally:
+                    n += 1
+                dt = time.perf_counter() - t0
+                with lock:
+                    if res.status_code != 200:
+                        errors[0] += 1
+                        answers.setdefault(name, [])
+                    else:
+                        latencies.append(dt)
+                        for r in res.json()["results"]:
+                            answers.setdefault(r["name"], []).append((i, r))
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return latencies, answers, errors[0], len(sent - set(answers))
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.model:
+            bundle, images = Path(args.model), Path(args.images or ".")
+        else:
+            print("building a tiny demo bundle with the nsnet commands ...", file=sys.stderr)
+            bundle, images = demo_bundle(Path(tmp))
+        files = expand_inputs([images])[: args.n_images]
+        chain = load_chain(bundle, args.device)
+        predict_paths(chain, files[:2], 2)  # warm-up
+        t0 = time.perf_counter()
+        one = predict_paths(chain, files, batch_size=1)
+        t_one = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        batched = predict_paths(chain, files, batch_size=args.max_batch)
+        t_batched = time.perf_counter() - t0
+        expected = dict(zip(range(len(files)), batched["prob"], strict=True))
+
+        port = free_port()
+        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": str(ROOT)}
+        server = subprocess.Popen(
+            NSNET + ["serve", "--model", str(bundle), "--port", str(port), "--max-batch",
+                     str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms),
+                     "--max-queue", str(max(256, 4 * args.clients)), "--params",
+                     str(Path(tmp) / "none.yaml"), "--set", f"compute.device={args.device}"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 300
+            while True:
+                if server.poll() is not None:
+                    raise SystemExit(f"nsnet serve exited: {server.stderr.read()}")
+                try:
+                    if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise SystemExit("nsnet serve did not become ready in 300 s")
+                time.sleep(0.2)
+            proc = psutil.Process(server.pid)
+            load_phase(url, files, args.clients, min(3.0, args.seconds / 5))  # warm-up
+            rss_samples = [rss_mb(proc)]
+            sampling = threading.Event()
+
+            def sample() -> None:
+                while not sampling.wait(0.5):
+                    rss_samples.append(rss_mb(proc))
+
+            sampler = threading.Thread(target=sample, daemon=True)
+            sampler.start()
+            t0 = time.perf_counter()
+            latencies, answers, errors, lost = load_phase(url, files, args.clients, args.seconds)
+            t_load = time.perf_counter() - t0
+            sampling.set()
+            sampler.join()
+            rss_samples.append(rss_mb(proc))
+            stats = httpx.get(url + "/v1/model", timeout=10).json()["batching"]
+        finally:
+            server.terminate()
+            server.wait(30)
+
+    sent = len(latencies) + errors + lost
+    twice = sum(len(v) > 1 for v in answers.values())
+    wrong = sum(1 for name, got in answers.items() for i, r in got
+                if not name.endswith(f"-i{i}.png") or abs(r["prob"] - expected[i]) > 1e-4)
+    lat = sorted(latencies)
+    p50 = statistics.median(lat) * 1000
+    p99 = lat[min(len(lat) - 1, int(0.99 * len(lat)))] * 1000
+    third = max(1, len(rss_samples) // 3)
+    early, late = statistics.mean(rss_samples[:third]), statistics.mean(rss_samples[-third:])
+
+    print(f"\n{len(files)} images, {args.clients} clients x {args.seconds:g} s, "
+          f"max batch {args.max_batch}, max wait {args.max_wait_ms:g} ms, device {args.device}, "
+          f"{args.threads} torch thread(s), load average {os.getloadavg()[0]:.1f} "
+          f"on {os.cpu_count()} CPUs\n")
+    print("| way in | images | seconds | images/s | p50 ms | p99 ms |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    print(f"| `predict`, one image at a time | {len(one)} | {t_one:.1f} | "
+          f"{len(one) / t_one:.2f} | | |")
+    print(f"| `predict`, batches of {args.max_batch} | {len(batched)} | {t_batched:.1f} | "
+          f"{len(batched) / t_batched:.2f} | | |")
+    print(f"| `nsnet serve`, {args.clients} concurrent clients, 1 image/request | "
+          f"{len(latencies)} | {t_load:.1f} | {len(latencies) / t_load:.2f} | {p50:.0f} | "
+          f"{p99:.0f} |")
+    print(f"\nrequests sent {sent}, answered 200: {len(latencies)}, errors: {errors}, "
+          f"answered twice: {twice}, wrong image or probability: {wrong}, "
+          f"lost (no answer): {lost}")
+    print(f"server micro-batches: {stats['batches']} (mean {stats['mean_batch']:.1f} images, "
+          f"largest {stats['largest']})")
+    print(f"server RSS: first third of the run {early:.0f} MB, last third {late:.0f} MB "
+          f"(change {late - early:+.0f} MB, {len(rss_samples)} samples)")
+
+
+if __name__ == "__main__":
+    main()
