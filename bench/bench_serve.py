@@ -146,19 +146,21 @@ def main(argv: list[str] | None = None) -> None:
         expected = dict(zip(range(len(files)), batched["prob"], strict=True))
 
         port = free_port()
+        log = open(Path(tmp) / "serve.log", "w+")  # read back if the server fails
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": str(ROOT)}
         server = subprocess.Popen(
             NSNET + ["serve", "--model", str(bundle), "--port", str(port), "--max-batch",
                      str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms),
                      "--max-queue", str(max(256, 4 * args.clients)), "--params",
                      str(Path(tmp) / "none.yaml"), "--set", f"compute.device={args.device}"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            env=env, stdout=subprocess.DEVNULL, stderr=log, text=True)
         url = f"http://127.0.0.1:{port}"
         try:
             deadline = time.monotonic() + 300
             while True:
                 if server.poll() is not None:
-                    raise SystemExit(f"nsnet serve exited: {server.stderr.read()}")
+                    log.seek(0)
+                    raise SystemExit(f"nsnet serve exited: {log.read()}")
                 try:
                     if httpx.get(url + "/readyz", timeout=2).status_code == 200:
                         break
@@ -188,6 +190,7 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             server.terminate()
             server.wait(30)
+            log.close()
 
     sent = len(latencies) + errors + lost
     twice = sum(len(v) > 1 for v in answers.values())
@@ -197,7 +200,9 @@ def main(argv: list[str] | None = None) -> None:
     p50 = statistics.median(lat) * 1000
     p99 = lat[min(len(lat) - 1, int(0.99 * len(lat)))] * 1000
     third = max(1, len(rss_samples) // 3)
-    early, late = statistics.mean(rss_samples[:third]), statistics.mean(rss_samples[-third:])
+    thirds = [statistics.mean(rss_samples[:third]),
+              statistics.mean(rss_samples[third:-third] or rss_samples),
+              statistics.mean(rss_samples[-third:])]
 
     print(f"\n{len(files)} images, {args.clients} clients x {args.seconds:g} s, "
           f"max batch {args.max_batch}, max wait {args.max_wait_ms:g} ms, device {args.device}, "
@@ -217,8 +222,9 @@ def main(argv: list[str] | None = None) -> None:
           f"lost (no answer): {lost}")
     print(f"server micro-batches: {stats['batches']} (mean {stats['mean_batch']:.1f} images, "
           f"largest {stats['largest']})")
-    print(f"server RSS: first third of the run {early:.0f} MB, last third {late:.0f} MB "
-          f"(change {late - early:+.0f} MB, {len(rss_samples)} samples)")
+    print(f"server RSS (MB), mean of each third of the run: {thirds[0]:.0f} / {thirds[1]:.0f} / "
+          f"{thirds[2]:.0f}; min {min(rss_samples):.0f}, max {max(rss_samples):.0f} "
+          f"({len(rss_samples)} samples)")
 
 
 if __name__ == "__main__":
