@@ -193,6 +193,8 @@ def test_unusable_files_get_their_reason_next_to_scored_ones(server, paths):
     assert res.status_code == 200
     status = {r["name"]: (r["status"], r["prob"]) for r in res.json()["results"]}
     assert status["notes.png"] == ("not_an_image", None)
+    notes = next(r for r in res.json()["results"] if r["name"] == "notes.png")
+    assert notes["error"] and notes["width"] is None and notes["verdict"] is None
     assert status["empty.jpg"] == ("empty_file", None)
     assert status["tiny.png"] == ("too_small", None)
     assert status[Path(paths[0]).name][0] == "ok"

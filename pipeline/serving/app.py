@@ -157,7 +157,8 @@ def result_json(row: dict[str, Any]) -> dict[str, Any]:
     return {"name": row["path"], "status": row["status"], "prob": _clean(row["prob"]),
             "verdict": _clean(row["label"]), "caption": _clean(row["caption"]),
             "semantic_share": _clean(row["semantic_share"]), "id": _clean(row["id"]),
-            "width": int(row["width"]), "height": int(row["height"]),
+            "width": int(row["width"]) if row["width"] >= 0 else None,
+            "height": int(row["height"]) if row["height"] >= 0 else None,
             "error": _clean(row["error"])}
 
 

@@ -40,9 +40,13 @@ async function describeModel() {
 
 function card(result, file) {
   const box = el("article", { class: "card", "data-name": result.name });
-  const thumb = el("img", { class: "thumb", alt: result.name });
-  thumb.src = URL.createObjectURL(file);
-  box.appendChild(thumb);
+  if (result.status === "ok" && file) {
+    const thumb = el("img", { class: "thumb", alt: result.name });
+    thumb.src = URL.createObjectURL(file);
+    box.appendChild(thumb);
+  } else {
+    box.appendChild(el("div", { class: "thumb" }));
+  }
   const info = el("div");
   info.appendChild(el("div", { class: "name muted" }, result.name));
   if (result.status !== "ok") {
