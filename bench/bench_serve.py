@@ -63,7 +63,7 @@ def demo_bundle(work: Path) -> tuple[Path, Path]:
     ws = work / "ws"
     run(NSNET + ["demo-data", str(ws), "--workspace", "--project", str(ROOT), "--n-real", "48",
                  "--n-fake-each", "24"], ROOT)
-    for stage in ("index", "patches", "caption", "embed", "train"):
+    for stage in ("index", "extract", "train"):
         run(NSNET + [stage, "--set", "compute.device=cpu", "--set", "train.epochs=10"], ws)
     return ws / "models" / "detector", ws / "data" / "demo"
 
