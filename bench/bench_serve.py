@@ -152,7 +152,8 @@ def main(argv: list[str] | None = None) -> None:
             NSNET + ["serve", "--model", str(bundle), "--port", str(port), "--max-batch",
                      str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms),
                      "--max-queue", str(max(256, 4 * args.clients)), "--params",
-                     str(Path(tmp) / "none.yaml"), "--set", f"compute.device={args.device}"],
+                     str(Path(tmp) / "none.yaml"), "--set", f"compute.device={args.device}",
+                     "--set", f"compute.torch_threads={args.threads}"],
             env=env, stdout=subprocess.DEVNULL, stderr=log, text=True)
         url = f"http://127.0.0.1:{port}"
         try:

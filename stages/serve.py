@@ -29,7 +29,8 @@ from stages.common import friendly_errors, load, params_options
 @click.option("--max-pixels", type=click.IntRange(1), default=40_000_000, show_default=True,
               help="Largest image in pixels, width x height (decompression-bomb guard; 413).")
 @click.option("--timeout", "timeout_s", type=click.FloatRange(0, min_open=True), default=60.0,
-              show_default=True, help="Seconds a request may wait for its results (503).")
+              show_default=True,
+              help="Seconds for the upload (408), and again for the results (503).")
 @click.option("--token", default=None, help="Require 'Authorization: Bearer TOKEN' on /v1/* "
                                            "[default: $NSNET_TOKEN, else no token].")
 @friendly_errors

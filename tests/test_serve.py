@@ -309,6 +309,18 @@ def test_slow_requests_time_out_with_503(chain, bundle, paths):
         assert srv.service.batcher.stats.timed_out == 1
 
 
+def test_slow_uploads_time_out_with_408(chain, bundle):
+    with serving(chain, bundle, timeout_s=0.5) as srv:
+        port = int(srv.url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            conn.sendall(b"POST /v1/detect HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n"
+                         b"Content-Type: multipart/form-data; boundary=b\r\n\r\n--b\r\n")
+            reply = conn.recv(4096).decode()  # the server answers without the rest of the body
+        assert reply.startswith("HTTP/1.1 408") and "upload_timeout" in reply
+        with srv.client() as c:
+            assert c.get("/healthz").status_code == 200
+
+
 def test_readyz_tells_loading_from_alive_and_reports_load_failure(chain, bundle, paths):
     gate = threading.Event()
 

@@ -9,6 +9,7 @@ contributions and the explanation PNG), ``GET /v1/model`` (the bundle and the se
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hmac
 import logging
@@ -242,6 +243,7 @@ def create_app(settings: ServeSettings, loader: Loader = load_detector) -> FastA
               responses={400: {"description": "empty body / no file"},
                          401: {"description": "missing or wrong bearer token"},
                          413: {"description": "upload, file count or pixel limit exceeded"},
+                         408: {"description": "the upload took longer than the timeout"},
                          415: {"description": "not multipart, or not an image"},
                          422: {"description": "no uploaded image could be used"},
                          503: {"description": "not ready, queue full or timed out"}})
@@ -251,8 +253,13 @@ def create_app(settings: ServeSettings, loader: Loader = load_detector) -> FastA
         used. ``?explain=true`` adds ``explanation`` (per-patch contributions, PNG base64)."""
         authorize(request)
         det = service.ready()
-        body = await read_body(request.stream(), request.headers.get("content-length"),
-                               int(settings.max_upload_mb * 2**20))
+        try:  # a client that sends its body too slowly does not hold memory for ever
+            body = await asyncio.wait_for(
+                read_body(request.stream(), request.headers.get("content-length"),
+                          int(settings.max_upload_mb * 2**20)), settings.timeout_s)
+        except asyncio.TimeoutError:
+            raise ApiError(408, "upload_timeout", f"the upload did not arrive within "
+                           f"{settings.timeout_s:g} s") from None
         uploads = parse_multipart(body, request.headers.get("content-type"), settings.max_files)
         del body
         if service.batcher.waiting + len(uploads) > settings.max_queue:
