@@ -280,7 +280,7 @@ def test_bearer_token(chain, bundle, paths):
 # --- batching, overload, timeout, readiness ---------------------------------------------
 
 def test_concurrent_requests_are_micro_batched(chain, bundle, paths, expected):
-    with serving(chain, bundle, max_batch=8, max_wait_ms=300) as srv:
+    with serving(chain, bundle, max_batch=8, max_wait_ms=1000) as srv:
         def one(i: int) -> tuple[int, dict[str, Any]]:
             with srv.client() as c:
                 return i, c.post("/v1/detect", files=files_of([paths[i]])).json()
@@ -302,8 +302,9 @@ def test_full_queue_answers_503(chain, bundle, paths):
 
 
 def test_slow_requests_time_out_with_503(chain, bundle, paths):
-    with serving(chain, bundle, timeout_s=0.05) as srv, srv.client() as c:
-        res = c.post("/v1/detect", params={"explain": "true"}, files=files_of(paths[:2]))
+    # 0.3 s: ample for the upload of three small PNGs, far too short to explain them
+    with serving(chain, bundle, timeout_s=0.3) as srv, srv.client() as c:
+        res = c.post("/v1/detect", params={"explain": "true"}, files=files_of(paths[:3]))
         assert res.status_code == 503 and res.json()["error"] == "timeout"
         assert c.get("/healthz").status_code == 200
         assert srv.service.batcher.stats.timed_out == 1
@@ -315,7 +316,10 @@ def test_slow_uploads_time_out_with_408(chain, bundle):
         with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
             conn.sendall(b"POST /v1/detect HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n"
                          b"Content-Type: multipart/form-data; boundary=b\r\n\r\n--b\r\n")
-            reply = conn.recv(4096).decode()  # the server answers without the rest of the body
+            reply = b""  # the server answers without the rest of the body
+            while b"}" not in reply and (chunk := conn.recv(4096)):
+                reply += chunk
+            reply = reply.decode()
         assert reply.startswith("HTTP/1.1 408") and "upload_timeout" in reply
         with srv.client() as c:
             assert c.get("/healthz").status_code == 200
