@@ -84,6 +84,7 @@ class ProtocolParams:
     train_sources: list[str] = field(default_factory=list)
     test_sources: list[str] = field(default_factory=list)
     degradations: list[str] = field(default_factory=list)
+    train_reencode: str = ""  # "" or jpeg<q>: re-encode every training image (format shortcut)
 
 
 @dataclass
@@ -138,9 +139,22 @@ class TrainParams:
     device: str = "auto"
 
 
+CALIBRATIONS = ("none", "temperature", "platt")
+
+
 @dataclass
 class EvaluateParams:
-    threshold: float = field(default=0.5, metadata=_check(0.0, 1.0))
+    """``threshold``: a number in [0, 1] or a rule chosen on the validation split
+    (``val_acc``, ``val_eer``, ``val_fpr:<x>``); ``calibration`` of the probability."""
+
+    threshold: float | str = 0.5
+    calibration: str = field(default="none", metadata=_check(choices=CALIBRATIONS))
+
+
+@dataclass
+class AuditParams:
+    warn_auc: float = field(default=0.8, metadata=_check(0.5, 1.0))
+    folds: int = field(default=5, metadata=_check(2, 20))
 
 
 @dataclass
@@ -160,6 +174,7 @@ class Params:
     compute: ComputeParams = field(default_factory=ComputeParams)
     train: TrainParams = field(default_factory=TrainParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+    audit: AuditParams = field(default_factory=AuditParams)
     figures: FigureParams = field(default_factory=FigureParams)
 
     def to_dict(self) -> dict[str, Any]:
@@ -269,6 +284,65 @@ def _cross_checks(p: Params) -> None:
                     "sources and test rows; leave train_sources and test_sources empty ([])"
                 )
     _check_degradations(p)
+    _check_threshold(p.evaluate.threshold)
+    _check_reencode(p.protocol.train_reencode)
+
+
+# ----------------------------------------------------------------------------- decision threshold
+THRESHOLD_RULES = ("val_acc", "val_eer", "val_fpr:<x>")
+
+
+@dataclass(frozen=True)
+class ThresholdRule:
+    """A parsed ``evaluate.threshold``: a fixed ``value``, or a ``kind`` chosen on validation."""
+
+    kind: str  # "fixed" | "val_acc" | "val_eer" | "val_fpr"
+    value: float  # the fixed threshold, or the FPR bound of val_fpr (else 0)
+
+    @property
+    def text(self) -> str:
+        if self.kind == "fixed":
+            return f"{self.value:g}"
+        return f"val_fpr:{self.value:g}" if self.kind == "val_fpr" else self.kind
+
+
+def parse_threshold(value: float | str) -> ThresholdRule:
+    """``0.5`` -> fixed 0.5; ``val_acc`` / ``val_eer`` / ``val_fpr:0.01`` -> a rule."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if not 0.0 <= float(value) <= 1.0:
+            raise ParamsError(f"evaluate.threshold: {value!r} is out of range (must be in [0, 1])")
+        return ThresholdRule("fixed", float(value))
+    text = str(value).strip()
+    if text in ("val_acc", "val_eer"):
+        return ThresholdRule(text, 0.0)
+    m = re.fullmatch(r"val_fpr:\s*([0-9.eE+-]+)", text)
+    if m:
+        try:
+            x = float(m.group(1))
+        except ValueError:
+            x = -1.0
+        if 0.0 <= x < 1.0:
+            return ThresholdRule("val_fpr", x)
+        raise ParamsError(f"evaluate.threshold: {text!r}: the false-positive rate must be in "
+                          "[0, 1), e.g. val_fpr:0.01")
+    raise ParamsError(f"evaluate.threshold: {value!r} is neither a number in [0, 1] nor one of "
+                      f"{', '.join(THRESHOLD_RULES)} (e.g. val_fpr:0.01)")
+
+
+def _check_threshold(value: float | str) -> None:
+    parse_threshold(value)
+
+
+def _check_reencode(name: str) -> None:
+    if not name:
+        return
+    try:
+        spec = parse_degradation(name)
+    except DegradationError as exc:
+        raise ParamsError(f"protocol.train_reencode: {exc}") from exc
+    if spec.kind != "jpeg":
+        raise ParamsError(f"protocol.train_reencode: {name!r}: only jpeg<quality> re-encodes "
+                          "(e.g. jpeg95); use \"\" for none")
 
 
 # ----------------------------------------------------------------------------- degradation names

@@ -102,14 +102,36 @@ def eval_groups(frame: pd.DataFrame) -> dict[str, np.ndarray]:
     return groups
 
 
-def per_source_table(frame: pd.DataFrame, prob_col: str = "prob", threshold: float = 0.5
-                     ) -> dict[str, Any]:
-    """Metrics per generator and their mean over generators, plus pooled 'overall'."""
+TABLE_KEYS = ("acc_05", "acc", "real_acc", "fake_acc", "acc_oracle", "ap", "auc")
+
+
+def with_decision_accuracies(m: dict[str, Any], y: np.ndarray, prob: np.ndarray,
+                             raw: np.ndarray) -> dict[str, Any]:
+    """Add ``acc_05`` (raw probability at 0.5) and the oracle best-threshold accuracy."""
+    m["acc_05"] = float(np.mean(is_fake(raw, 0.5) == (y == 1))) if len(y) else float("nan")
+    m["acc_oracle"], m["oracle_threshold"] = oracle_accuracy(y, prob)
+    return m
+
+
+def per_source_table(frame: pd.DataFrame, prob_col: str = "prob", threshold: float = 0.5,
+                     raw_col: str | None = None) -> dict[str, Any]:
+    """Metrics per generator and their mean over generators, plus pooled 'overall'.
+
+    ``acc``/``real_acc``/``fake_acc`` use ``prob_col`` at ``threshold`` (the bundle's
+    decision); ``acc_05`` is the accuracy of ``raw_col`` (the uncalibrated probability;
+    default ``prob_col``) at 0.5, and ``acc_oracle`` the best accuracy any threshold reaches on
+    that generator's own rows (an oracle that sees the test labels).
+    """
     y, p = frame["label"].to_numpy(), frame[prob_col].to_numpy()
-    per = {s: binary_metrics(y[idx], p[idx], threshold) for s, idx in eval_groups(frame).items()}
-    keys = ("acc", "real_acc", "fake_acc", "ap", "auc")
-    mean = {k: _nanmean([m[k] for m in per.values()]) for k in keys} if per else {}
-    return {"overall": binary_metrics(y, p, threshold), "per_source": per, "mean": mean}
+    raw = frame[raw_col or prob_col].to_numpy()
+
+    def metrics(idx: np.ndarray | slice) -> dict[str, Any]:
+        return with_decision_accuracies(binary_metrics(y[idx], p[idx], threshold), y[idx],
+                                        p[idx], raw[idx])
+
+    per = {s: metrics(idx) for s, idx in eval_groups(frame).items()}
+    mean = {k: _nanmean([m[k] for m in per.values()]) for k in TABLE_KEYS} if per else {}
+    return {"overall": metrics(slice(None)), "per_source": per, "mean": mean}
 
 
 def _nanmean(values: list[float]) -> float:
@@ -117,15 +139,20 @@ def _nanmean(values: list[float]) -> float:
     return float(np.mean(vals)) if vals else float("nan")
 
 
-def format_table(result: dict[str, Any], title: str = "") -> str:
-    """A paper-style table: acc / real acc / fake acc / AP per generator and the mean.
+TABLE_HEADER = ("acc@0.5", "acc", "real", "fake", "oracle", "AP", "AUC")
 
-    With a benchmark preset (``result["rows"]``) the rows are the preset's, in its order; a row
-    without data reads ``missing`` and the mean says over how many rows it was taken.
+
+def format_table(result: dict[str, Any], title: str = "", decision: str = "") -> str:
+    """A paper-style table per generator, the mean over generators and the pooled rows.
+
+    Columns: acc@0.5 (uncalibrated probability at 0.5), acc / real / fake at the decision
+    threshold (``decision`` describes it in the footnote), oracle (best threshold per row,
+    chosen on its own test labels), AP, AUC. With a benchmark preset (``result["rows"]``) the
+    rows are the preset's, in its order; a row without data reads ``missing`` and the mean says
+    over how many rows it was taken.
     """
     lines = [title] if title else []
-    lines.append(f"{'source':<22}{'n':>7}{'acc':>8}{'real':>8}{'fake':>8}{'AP':>8}{'AUC':>8}")
-    keys = ("acc", "real_acc", "fake_acc", "ap", "auc")
+    lines.append(f"{'source':<22}{'n':>7}" + "".join(f"{h:>9}" for h in TABLE_HEADER))
     order = result.get("rows") or list(result["per_source"])
     missing = result.get("missing", {})
     for name in order:
@@ -133,19 +160,72 @@ def format_table(result: dict[str, Any], title: str = "") -> str:
             lines.append(f"{name:<22}{'':>7}  missing: {missing[name]}")
             continue
         m = result["per_source"][name]
-        lines.append(f"{name:<22}{m.get('n', ''):>7}" + "".join(f"{pct(m.get(k)):>8}"
-                                                             for k in keys))
+        lines.append(f"{name:<22}{m.get('n', ''):>7}" + "".join(f"{pct(m.get(k)):>9}"
+                                                             for k in TABLE_KEYS))
     for name, m in ((result.get("mean_label", "mean"), {**result["mean"], "n": ""}),
                     ("overall (pooled)", result["overall"])):
-        lines.append(f"{name:<22}{m.get('n', ''):>7}" + "".join(f"{pct(m.get(k)):>8}"
-                                                             for k in keys))
+        lines.append(f"{name:<22}{m.get('n', ''):>7}" + "".join(f"{pct(m.get(k)):>9}"
+                                                             for k in TABLE_KEYS))
     if missing:
         lines.append(f"partial mean: {len(order) - len(missing)} of {len(order)} official rows "
                      f"(missing: {', '.join(missing)})")
     if result.get("not_in_preset"):
         lines.append(f"not rows of the preset (not scored): {', '.join(result['not_in_preset'])}")
+    lines.append(f"acc@0.5: uncalibrated probability at 0.5; acc/real/fake: at the decision "
+                 f"threshold{' ' + decision if decision else ''}; oracle: best threshold of each "
+                 "row chosen on its own test labels (not a usable detector)")
     return "\n".join(lines)
 
 
 def pct(v: float | None) -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"
+
+
+# ----------------------------------------------------------------------------- calibration
+ECE_BINS = 15  # Guo et al. 2017
+
+
+def reliability_bins(y: np.ndarray, prob: np.ndarray, n_bins: int = ECE_BINS) -> pd.DataFrame:
+    """Equal-width bins of P(generated): rows, mean probability and share of fakes per bin.
+
+    Binning as scikit-learn's ``calibration_curve(strategy="uniform")``: a probability on an
+    inner edge falls in the lower bin. Empty bins are kept with ``n = 0`` and NaN means.
+    """
+    y = np.asarray(y, dtype=np.float64)
+    prob = np.asarray(prob, dtype=np.float64)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    ids = np.searchsorted(edges[1:-1], prob)
+    n = np.bincount(ids, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_prob = np.bincount(ids, weights=prob, minlength=n_bins) / n
+        frac_fake = np.bincount(ids, weights=y, minlength=n_bins) / n
+    return pd.DataFrame({"bin_lo": edges[:-1], "bin_hi": edges[1:], "n": n,
+                         "mean_prob": mean_prob, "frac_fake": frac_fake})
+
+
+def expected_calibration_error(y: np.ndarray, prob: np.ndarray, n_bins: int = ECE_BINS) -> float:
+    """ECE = sum over bins of (rows in bin / rows) * |share of fakes - mean P(generated)|."""
+    if len(y) == 0:
+        return float("nan")
+    bins = reliability_bins(y, prob, n_bins)
+    full = bins[bins["n"] > 0]
+    return float(np.sum(full["n"] / len(y) * np.abs(full["frac_fake"] - full["mean_prob"])))
+
+
+def oracle_accuracy(y: np.ndarray, score: np.ndarray) -> tuple[float, float]:
+    """The best accuracy any threshold reaches on these very rows, and that threshold.
+
+    An *oracle*: it looks at the test labels, so it measures separability, not a usable
+    detector (several papers print it per generator).
+    """
+    y = np.asarray(y).astype(np.int64)
+    if len(y) == 0:
+        return float("nan"), float("nan")
+    tps, fps, thr = _curve_counts(y, np.asarray(score, dtype=np.float64))
+    n_pos = int(y.sum())
+    n_neg = len(y) - n_pos
+    correct = np.r_[n_neg, tps + (n_neg - fps)]  # first: a threshold at the top score
+    best = int(np.argmax(correct))
+    # is_fake is prob > threshold: flagging every score >= s means a threshold just below s
+    best_thr = float(thr[0]) if best == 0 else float(np.nextafter(thr[best - 1], -np.inf))
+    return float(correct[best] / len(y)), best_thr

@@ -2,6 +2,7 @@
 
 import click
 
+from stages.audit import audit
 from stages.compare import compare
 from stages.degrade import degrade, evaluate_views
 from stages.demo_data import demo_data
@@ -20,12 +21,12 @@ from stages.tsne import tsne
 def main() -> None:
     """NS-Net / Advanced NS-Net detector of AI-generated images.
 
-    Stages (usually driven by `dvc repro`): index -> extract -> train -> evaluate.
+    Stages (usually driven by `dvc repro`): index -> audit -> extract -> train -> evaluate.
     Every command reads params.yaml and accepts --set key=value overrides.
     """
 
 
-for command in (index, extract, train, evaluate, compare, demo_data, degrade,
+for command in (index, audit, extract, train, evaluate, compare, demo_data, degrade,
                 evaluate_views):
     main.add_command(command)
 for command in (predict, explain, serve, tsne):

@@ -2,8 +2,7 @@
 
 import click
 
-from pipeline.evaluation.evaluate_stage import run_evaluate
-from pipeline.metrics import format_table
+from pipeline.evaluation.evaluate_stage import format_evaluation, run_evaluate
 from stages.common import friendly_errors, load, params_options
 
 
@@ -17,13 +16,12 @@ from stages.common import friendly_errors, load, params_options
 @friendly_errors
 def evaluate(params_file: str, overrides: tuple[str, ...], manifest: str, embeddings: str,
              model_dir: str, out: str, plots_dir: str) -> None:
-    """Accuracy, real/fake accuracy, AP and ROC AUC on val and test, per source and mean."""
+    """Accuracy (at 0.5, at the bundle's threshold, oracle), real/fake accuracy, AP, AUC,
+    ECE and per-format accuracy on val and test, per source and mean."""
     params = load(params_file, overrides)
     res = run_evaluate(params, manifest, embeddings, model_dir, out, plots_dir)
     protocol = res["protocol"]
     if protocol["title"]:
         click.echo(f"protocol.preset {protocol['preset']}: {protocol['title']} "
                    f"[{protocol['reference']}]; fake = prob > {res['threshold']:g}")
-    for split in ("val", "test"):
-        if split in res:
-            click.echo(format_table(res[split], f"\n[{res['head']}] {split} (%)"))
+    click.echo(format_evaluation(res))

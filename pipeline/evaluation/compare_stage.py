@@ -9,6 +9,7 @@ from pipeline.atomic import write_json
 from pipeline.config import Params
 from pipeline.evaluation.evaluate_stage import evaluate_sets
 from pipeline.extraction.cached_features import load_features
+from pipeline.heads.decision import Decision
 from pipeline.heads.detectors import HEADS
 from pipeline.heads.train_stage import train_head
 from pipeline.metrics import pct
@@ -24,7 +25,7 @@ def run_compare(params: Params, manifest: str | Path, embeddings: str | Path,
     results: dict[str, Any] = {}
     for kind in heads:
         result, config = train_head(params, kind, fs)
-        metrics, _ = evaluate_sets(params, fs, result.model, params.evaluate.threshold)
+        metrics, _ = evaluate_sets(params, fs, result.model, Decision.from_bundle(config))
         results[kind] = {"test": metrics.get("test"), "val": metrics.get("val"),
                          "training": config["training"]}
     out = {"heads": results, "provenance": base_provenance()}

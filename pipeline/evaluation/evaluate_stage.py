@@ -19,33 +19,105 @@ from pipeline.evaluation.protocol_rows import (
 )
 from pipeline.extraction.cached_features import FeatureSet, load_features
 from pipeline.heads.bundle import load_bundle
-from pipeline.heads.training_loop import predict_proba
-from pipeline.metrics import is_fake, per_source_table, pr_curve, roc_curve
+from pipeline.heads.decision import Decision
+from pipeline.heads.training_loop import predict_logits
+from pipeline.metrics import (
+    binary_metrics,
+    expected_calibration_error,
+    format_table,
+    is_fake,
+    pct,
+    per_source_table,
+    pr_curve,
+    reliability_bins,
+    roc_curve,
+)
 from pipeline.provenance import base_provenance, fingerprint
 
 
-def score(model: Any, fs: FeatureSet) -> pd.DataFrame:
+def score(model: Any, fs: FeatureSet, decision: Decision | None = None) -> pd.DataFrame:
+    """The frame with ``prob_raw`` (sigmoid of the logit) and ``prob`` (calibrated)."""
+    decision = decision or Decision()
     frame = fs.frame.copy()
-    frame["prob"] = predict_proba(model, fs.image, fs.text)
+    logits = predict_logits(model, fs.image, fs.text)
+    frame["prob_raw"] = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+    frame["prob"] = decision.prob(logits)
     return frame
 
 
-def evaluate_sets(params: Params, fs: FeatureSet, model: Any, threshold: float
+def decision_table(frame: pd.DataFrame, decision: Decision, table: dict[str, Any] | None = None,
+                   per_format: bool = True) -> dict[str, Any]:
+    """Per-source metrics at the decision threshold (``table``, else one row per source), ECE
+    before/after calibration and (with ``per_format``) metrics per file format."""
+    if table is None:
+        table = per_source_table(frame, threshold=decision.threshold, raw_col="prob_raw")
+    y = frame["label"].to_numpy()
+    table["calibration"] = {
+        "method": decision.calibration,
+        "ece_raw": expected_calibration_error(y, frame["prob_raw"].to_numpy()),
+        "ece": expected_calibration_error(y, frame["prob"].to_numpy()),
+    }
+    if per_format and "format" in frame:
+        table["per_format"] = format_breakdown(frame, decision)
+    return table
+
+
+def format_breakdown(frame: pd.DataFrame, decision: Decision) -> dict[str, Any]:
+    """Metrics per file format of the scored rows (a shortcut check: JPEG vs PNG, ...)."""
+    out: dict[str, Any] = {}
+    for fmt, rows in frame.groupby(frame["format"].replace("", "unknown"), sort=True):
+        out[str(fmt)] = binary_metrics(rows["label"].to_numpy(), rows["prob"].to_numpy(),
+                                       decision.threshold)
+    return out
+
+
+def evaluate_sets(params: Params, fs: FeatureSet, model: Any, decision: Decision | float
                   ) -> tuple[dict[str, Any], pd.DataFrame]:
     """Metrics on val (training sources, per source) and test (the protocol's table: the
     preset's official rows, or one row per test source)."""
+    if not isinstance(decision, Decision):
+        decision = Decision(threshold=float(decision), rule=f"{float(decision):g}")
     results: dict[str, Any] = {}
     scored = []
     sets = {"val": protocol_val_set(params, fs), "test": protocol_test_set(params, fs)}
     for name, subset in sets.items():
         if not len(subset):
             continue
-        frame = score(model, subset)
+        frame = score(model, subset, decision)
         frame["eval_split"] = name
         scored.append(frame)
-        results[name] = (protocol_table(params, frame, threshold) if name == "test" else
-                         per_source_table(frame, threshold=threshold))
+        table = (protocol_table(params, frame, decision.threshold, raw_col="prob_raw")
+                 if name == "test" else None)
+        results[name] = decision_table(frame, decision, table)
     return results, pd.concat(scored, ignore_index=True) if scored else pd.DataFrame()
+
+
+def bundle_decision(params: Params, config: dict[str, Any], model_dir: str | Path) -> Decision:
+    """The bundle's decision, after checking it was made with the current evaluate.* params."""
+    from pipeline.config import parse_threshold
+
+    decision = Decision.from_bundle(config)
+    want = (parse_threshold(params.evaluate.threshold).text, params.evaluate.calibration)
+    if (decision.rule, decision.calibration) != want:
+        raise ValueError(
+            f"{model_dir} was trained with evaluate.threshold={decision.rule}, "
+            f"evaluate.calibration={decision.calibration}, but the params say "
+            f"evaluate.threshold={want[0]}, evaluate.calibration={want[1]}: the threshold and "
+            "calibration are fit at training time; retrain with `nsnet train` (or `dvc repro`)"
+        )
+    return decision
+
+
+def reliability_frame(y: np.ndarray, raw: np.ndarray, calibrated: np.ndarray) -> pd.DataFrame:
+    """The reliability diagram (a DVC plot): share of fakes per probability bin, before and
+    after calibration, with the diagonal of a perfectly calibrated detector."""
+    before, after = reliability_bins(y, raw), reliability_bins(y, calibrated)
+    return pd.DataFrame({
+        "bin_center": (before["bin_lo"] + before["bin_hi"]) / 2,
+        "perfect": (before["bin_lo"] + before["bin_hi"]) / 2,
+        "frac_fake_raw": before["frac_fake"], "n_raw": before["n"],
+        "frac_fake_calibrated": after["frac_fake"], "n_calibrated": after["n"],
+    })
 
 
 def _csv(path: Path, df: pd.DataFrame) -> None:
@@ -58,8 +130,9 @@ def run_evaluate(params: Params, manifest: str | Path, embeddings: str | Path,
                  ) -> dict[str, Any]:
     fs = with_duplicate_members(load_features(params, manifest, embeddings), manifest)
     model, config = load_bundle(model_dir)
-    threshold = params.evaluate.threshold
-    results, scored = evaluate_sets(params, fs, model, threshold)
+    decision = bundle_decision(params, config, model_dir)
+    threshold = decision.threshold
+    results, scored = evaluate_sets(params, fs, model, decision)
     plots_dir = Path(plots_dir)
     test = scored[scored["eval_split"] == "test"] if len(scored) else scored
     if len(test) and results.get("test", {}).get("preset"):  # curves over the preset's rows
@@ -73,6 +146,7 @@ def run_evaluate(params: Params, manifest: str | Path, embeddings: str | Path,
         pred = pd.DataFrame({"actual": np.where(y == 1, "fake", "real"),
                              "predicted": np.where(is_fake(p, threshold), "fake", "real")})
         _csv(plots_dir / "confusion.csv", pred)
+        _csv(plots_dir / "reliability.csv", reliability_frame(y, test["prob_raw"].to_numpy(), p))
     preset = get_preset(params.protocol.preset)
     protocol = {"preset": params.protocol.preset,
                 "title": preset.title if preset else "",
@@ -80,6 +154,7 @@ def run_evaluate(params: Params, manifest: str | Path, embeddings: str | Path,
                 "rows": preset.row_names if preset else [],
                 "threshold_rule": "fake if prob > threshold (exactly the threshold is real)"}
     out = {**results, "protocol": protocol, "threshold": threshold,
+           "decision": decision.to_json(),
            "head": config["head"]["kind"],
            "model": {"features": config["training"]["features"],
                      "best_epoch": config["training"]["best_epoch"]},
@@ -87,3 +162,28 @@ def run_evaluate(params: Params, manifest: str | Path, embeddings: str | Path,
            "provenance": base_provenance()}
     write_json(metrics_json, out)
     return out
+
+
+def format_evaluation(out: dict[str, Any]) -> str:
+    """What ``nsnet evaluate`` prints: per split, the per-generator table, the calibration
+    (ECE before -> after) and the accuracy per file format."""
+    d = out.get("decision") or {}
+    desc = (f"{out['threshold']:.3g} (evaluate.threshold={d.get('rule', out['threshold'])}, "
+            f"calibration {d.get('calibration', 'none')})")
+    blocks = []
+    for split in ("val", "test"):
+        if split not in out:
+            continue
+        res = out[split]
+        lines = [format_table(res, f"\n[{out['head']}] {split} (%)", desc)]
+        cal = res.get("calibration")
+        if cal:
+            lines.append(f"calibration ({cal['method']}): ECE {pct(cal['ece_raw'])}% raw -> "
+                         f"{pct(cal['ece'])}% calibrated (15 equal-width bins)")
+        fmts = res.get("per_format") or {}
+        if fmts:
+            lines.append("per format: " + "; ".join(
+                f"{fmt} n={m['n']} acc {pct(m['acc'])} (real {pct(m['real_acc'])}, "
+                f"fake {pct(m['fake_acc'])})" for fmt, m in fmts.items()))
+        blocks.append("\n".join(lines))
+    return "\n".join(blocks)

@@ -27,7 +27,12 @@ from pipeline.config import Params
 from pipeline.data.manifest import read_manifest
 from pipeline.data.presets import Preset, get_preset, match_sources
 from pipeline.extraction.cached_features import FeatureSet, _take, select
-from pipeline.metrics import binary_metrics, per_source_table
+from pipeline.metrics import (
+    TABLE_KEYS,
+    binary_metrics,
+    per_source_table,
+    with_decision_accuracies,
+)
 
 
 def with_duplicate_members(fs: FeatureSet, manifest: str | Path) -> FeatureSet:
@@ -60,7 +65,7 @@ def with_duplicate_members(fs: FeatureSet, manifest: str | Path) -> FeatureSet:
 
 
 def preset_table(frame: pd.DataFrame, preset: Preset, threshold: float,
-                 prob_col: str = "prob") -> dict[str, Any]:
+                 prob_col: str = "prob", raw_col: str | None = None) -> dict[str, Any]:
     """The preset's official rows (in its order) scored on ``frame`` (test rows), plus the mean.
 
     A row scores the fakes of its folders against their own reals or, when they hold none,
@@ -68,6 +73,12 @@ def preset_table(frame: pd.DataFrame, preset: Preset, threshold: float,
     out of the mean, whose label then says over how many of the official rows it was taken.
     """
     y, p = frame["label"].to_numpy(), frame[prob_col].to_numpy()
+    raw = frame[raw_col or prob_col].to_numpy()  # acc_05 / oracle columns (see metrics)
+
+    def metrics(idx: np.ndarray) -> dict[str, Any]:
+        return with_decision_accuracies(binary_metrics(y[idx], p[idx], threshold), y[idx],
+                                        p[idx], raw[idx])
+
     source = frame["source"].to_numpy()
     known = set(source)
     per: dict[str, Any] = {}
@@ -90,7 +101,7 @@ def preset_table(frame: pd.DataFrame, preset: Preset, threshold: float,
             continue
         idx = np.flatnonzero(fake | real)
         scored[idx] = True
-        per[row.name] = {**binary_metrics(y[idx], p[idx], threshold), "sources": folders,
+        per[row.name] = {**metrics(idx), "sources": folders,
                          "real_pool": pool[0] if pool else None}
     if not per:
         raise ValueError(
@@ -98,24 +109,25 @@ def preset_table(frame: pd.DataFrame, preset: Preset, threshold: float,
             f"({', '.join(preset.row_names)}) has both real and fake test images; test sources "
             f"found: {', '.join(sorted(known)) or 'none'}"
         )
-    keys = ("acc", "real_acc", "fake_acc", "ap", "auc")
-    mean = {k: float(np.nanmean([m[k] for m in per.values()])) for k in keys}
+    mean = {k: float(np.nanmean([m[k] for m in per.values()])) for k in TABLE_KEYS}
     n_rows = len(preset.rows)
     return {
         "preset": preset.name, "rows": preset.row_names, "per_source": per, "missing": missing,
         "mean": mean, "mean_rows": list(per), "mean_complete": not missing,
         "mean_label": "mean" if not missing else f"mean ({len(per)}/{n_rows} rows)",
-        "overall": binary_metrics(y[scored], p[scored], threshold),
+        "overall": metrics(np.flatnonzero(scored)),
         "not_in_preset": sorted(known - used),
     }
 
 
-def protocol_table(params: Params, frame: pd.DataFrame, threshold: float) -> dict[str, Any]:
-    """The test table of the protocol: the preset's official rows, else one row per source."""
+def protocol_table(params: Params, frame: pd.DataFrame, threshold: float,
+                   raw_col: str | None = None) -> dict[str, Any]:
+    """The test table of the protocol: the preset's official rows, else one row per source
+    (``raw_col``: the uncalibrated probability for the acc@0.5 column)."""
     preset = get_preset(params.protocol.preset)
     if preset is None:
-        return per_source_table(frame, threshold=threshold)
-    return preset_table(frame, preset, threshold)
+        return per_source_table(frame, threshold=threshold, raw_col=raw_col)
+    return preset_table(frame, preset, threshold, raw_col=raw_col)
 
 
 def protocol_test_set(params: Params, fs: FeatureSet) -> FeatureSet:

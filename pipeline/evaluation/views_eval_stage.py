@@ -14,7 +14,7 @@ from typing import Any
 
 from pipeline.atomic import write_json
 from pipeline.config import Params
-from pipeline.evaluation.evaluate_stage import score
+from pipeline.evaluation.evaluate_stage import bundle_decision, decision_table, score
 from pipeline.evaluation.protocol_rows import (
     protocol_table,
     protocol_test_set,
@@ -23,6 +23,7 @@ from pipeline.evaluation.protocol_rows import (
 from pipeline.extraction.cached_features import load_features
 from pipeline.extraction.views_stage import view_paths
 from pipeline.heads.bundle import load_bundle
+from pipeline.heads.decision import Decision
 from pipeline.metrics import pct
 from pipeline.provenance import base_provenance
 
@@ -30,7 +31,7 @@ SUMMARY_KEYS = ("acc", "real_acc", "fake_acc", "ap")
 
 
 def view_result(params: Params, model: Any, manifest: str | Path, embeddings: str | Path,
-                main_manifest: str | Path) -> dict[str, Any]:
+                main_manifest: str | Path, decision: Decision | None = None) -> dict[str, Any]:
     """Per-source table of the protocol's test rows of one feature file.
 
     Reals shared between generators come back from ``main_manifest``'s duplicate rows
@@ -40,7 +41,11 @@ def view_result(params: Params, model: Any, manifest: str | Path, embeddings: st
     test = protocol_test_set(params, fs)
     if not len(test):
         raise ValueError(f"no test rows of protocol.test_sources in {embeddings}")
-    return protocol_table(params, score(model, test), params.evaluate.threshold)
+    decision = decision or Decision()
+    frame = score(model, test, decision)
+    table = protocol_table(params, frame, decision.threshold, raw_col="prob_raw")
+    # per_format=False: a view's files were re-encoded, their manifest format is the original's
+    return decision_table(frame, decision, table, per_format=False)
 
 
 def run_evaluate_views(params: Params, manifest: str | Path, embeddings: str | Path,
@@ -48,20 +53,22 @@ def run_evaluate_views(params: Params, manifest: str | Path, embeddings: str | P
                        ) -> dict[str, Any]:
     """Score clean + every degraded view; write one JSON per view and the summary."""
     model, config = load_bundle(model_dir)
+    decision = bundle_decision(params, config, model_dir)
     metrics_dir = Path(metrics_dir)
     (metrics_dir / "views").mkdir(parents=True, exist_ok=True)  # a DVC output, even if empty
-    results = {"clean": view_result(params, model, manifest, embeddings, manifest)}
+    results = {"clean": view_result(params, model, manifest, embeddings, manifest, decision)}
     for name in params.protocol.degradations:
         paths = view_paths(views_dir, name)
         if not paths.embeddings.exists():
             raise FileNotFoundError(f"{paths.embeddings} not found: run `nsnet degrade` (or "
                                     "`dvc repro views`) after changing protocol.degradations")
-        results[name] = view_result(params, model, paths.manifest, paths.embeddings, manifest)
+        results[name] = view_result(params, model, paths.manifest, paths.embeddings, manifest,
+                                    decision)
         write_json(metrics_dir / "views" / f"{name}.json",
-                   {"view": name, **results[name], "threshold": params.evaluate.threshold,
+                   {"view": name, **results[name], "threshold": decision.threshold,
                     "head": config["head"]["kind"], "provenance": base_provenance()})
     summary = {
-        "head": config["head"]["kind"], "threshold": params.evaluate.threshold,
+        "head": config["head"]["kind"], "threshold": decision.threshold,
         "preset": params.protocol.preset,
         "views": {name: {"mean": res["mean"], "mean_rows": list(res["per_source"]),
                          "per_source": {s: {k: m[k] for k in SUMMARY_KEYS}

@@ -65,7 +65,7 @@ class FeatureSet:
     """Aligned rows: metadata frame plus image/text features (in-RAM float32 tensors, or
     float16 memory-mapped ``MappedRows`` when the cache is larger than memory)."""
 
-    frame: pd.DataFrame  # id, label, source, split, path
+    frame: pd.DataFrame  # id, label, source, split, path (, format)
     image: Rows
     text: Rows
     provenance: dict[str, Any]
@@ -140,7 +140,9 @@ def load_features(params: Params, manifest: str | Path, embeddings: str | Path) 
             )
         image = _read(f["image"], embeddings)
         text = _read(f["text"], embeddings)
-    frame = rows[["id", "label", "source", "split", "path"]].reset_index(drop=True)
+    columns = ["id", "label", "source", "split", "path"]
+    columns += [c for c in ("format",) if c in rows]  # per-format metrics (shortcut check)
+    frame = rows[columns].reset_index(drop=True)
     return FeatureSet(frame, image, text, prov)
 
 

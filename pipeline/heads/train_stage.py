@@ -13,7 +13,14 @@ from pipeline.config import Params
 from pipeline.data.presets import get_preset, preset_training, training_sources
 from pipeline.extraction.cached_features import FeatureSet, load_features, select
 from pipeline.heads.bundle import save_bundle
-from pipeline.heads.training_loop import HPARAM_KEYS, EpochCallback, TrainResult, fit
+from pipeline.heads.decision import Decision, fit_decision
+from pipeline.heads.training_loop import (
+    HPARAM_KEYS,
+    EpochCallback,
+    TrainResult,
+    fit,
+    predict_logits,
+)
 from pipeline.provenance import base_provenance, fingerprint
 
 
@@ -22,6 +29,13 @@ def training_sets(params: Params, fs: FeatureSet) -> tuple[FeatureSet, FeatureSe
 
     The sources are the preset's training sources (those present) or
     ``protocol.train_sources`` ([] = all)."""
+    made_with = fs.provenance.get("train_reencode", "") or ""
+    if params.protocol.train_reencode != made_with:
+        raise ValueError(
+            f"protocol.train_reencode={params.protocol.train_reencode!r} but the features were "
+            f"computed with train_reencode={made_with!r}; rerun `nsnet extract` (or "
+            "`dvc repro`) so that the training images are re-encoded as the params say"
+        )
     known = fs.frame.loc[fs.frame["split"].isin(["train", "val"]), "source"]
     sources = training_sources(params, known)
     return select(fs, "train", sources), select(fs, "val", sources)
@@ -37,12 +51,15 @@ def _preset_info(params: Params, train: FeatureSet) -> dict[str, Any]:
 
 
 def bundle_config(params: Params, kind: str, result: TrainResult, fs: FeatureSet,
-                  train: FeatureSet, dim: int) -> dict[str, Any]:
+                  train: FeatureSet, dim: int, decision: Decision | None = None,
+                  decision_report: dict[str, Any] | None = None) -> dict[str, Any]:
     prov = fs.provenance
+    decision = decision or Decision()
     return {
         "head": {"kind": kind, "dim": dim,
                  "hparams": {k: getattr(params.train, k) for k in HPARAM_KEYS}},
-        "threshold": params.evaluate.threshold,
+        "threshold": decision.threshold,
+        "decision": {**decision.to_json(), **(decision_report or {})},
         "backbones": {
             "clip": {k: prov.get(k) for k in ("clip_arch", "clip_pretrained", "weights",
                                                "weights_blake2b", "mean", "std", "image_size",
@@ -69,7 +86,11 @@ def train_head(params: Params, kind: str, fs: FeatureSet,
                on_epoch: EpochCallback | None = None) -> tuple[TrainResult, dict[str, Any]]:
     train, val = training_sets(params, fs)
     result = fit(kind, train, val, params.train, on_epoch=on_epoch)
-    return result, bundle_config(params, kind, result, fs, train, fs.image.shape[1])
+    decision, report = fit_decision(
+        params.evaluate.threshold, params.evaluate.calibration,
+        predict_logits(result.model, val.image, val.text), val.frame["label"].to_numpy())
+    return result, bundle_config(params, kind, result, fs, train, fs.image.shape[1],
+                                 decision, report)
 
 
 def run_train(params: Params, manifest: str | Path, embeddings: str | Path, out_dir: str | Path,

@@ -68,17 +68,24 @@ def head_loss(kind: str, out: Any, y: torch.Tensor, x: torch.Tensor, tp: TrainPa
 
 
 @torch.no_grad()
-def predict_proba(model: torch.nn.Module, image: Rows, text: Rows,
-                  batch_size: int = 8192) -> np.ndarray:
-    """Probability of 'generated' for every row, in batches."""
+def predict_logits(model: torch.nn.Module, image: Rows, text: Rows,
+                   batch_size: int = 8192) -> np.ndarray:
+    """The head's raw logit for every row, in batches."""
     model.eval()
     device = next(model.parameters()).device
     out = []
     for i in range(0, len(image), batch_size):
         x = image[i:i + batch_size].to(device).float()
         t = text[i:i + batch_size].to(device).float()
-        out.append(torch.sigmoid(model(x, t).logit).cpu())
-    return torch.cat(out).numpy() if out else np.zeros(0)
+        out.append(model(x, t).logit.float().cpu())
+    return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
+
+
+def predict_proba(model: torch.nn.Module, image: Rows, text: Rows,
+                  batch_size: int = 8192) -> np.ndarray:
+    """Probability of 'generated' for every row (uncalibrated sigmoid of the logit)."""
+    logits = torch.from_numpy(predict_logits(model, image, text, batch_size))
+    return torch.sigmoid(logits).numpy()
 
 
 EpochCallback = Callable[[dict[str, float]], None]

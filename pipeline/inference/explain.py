@@ -79,8 +79,8 @@ def explain_array(chain: Chain, rgb: np.ndarray, image_id: str, name: str) -> Ex
     base = float(head_logits(chain, feats.image, feats.text)[0])
     occluded = np.stack([occlude(sel.composite, [k], chain.spec) for k in range(chain.spec.count)])
     logits = score_composites(chain, occluded, feats.text)
-    prob = 1 / (1 + np.exp(-base))
-    probs = 1 / (1 + np.exp(-logits))
+    prob = float(chain.prob(np.array([base]))[0])  # calibrated, as predict and evaluate
+    probs = chain.prob(logits)
     bands = _bands(sel.entropy, chain.spec.n_low)
     patches = [PatchReport(k, int(sel.cells[k, 0]) * chain.spec.size,
                            int(sel.cells[k, 1]) * chain.spec.size, float(sel.entropy[k]),

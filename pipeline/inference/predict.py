@@ -24,6 +24,7 @@ from pipeline.data.images import IMAGE_EXTENSIONS, ImageError, open_image, read_
 from pipeline.data.manifest import content_id
 from pipeline.extraction.patch_selection import PatchSpec, Selection, select_batch
 from pipeline.heads.bundle import load_bundle
+from pipeline.heads.decision import Decision
 from pipeline.metrics import is_fake
 
 AMP = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -45,6 +46,11 @@ class Chain:
     max_new_tokens: int
     threshold: float
     amp: torch.dtype | None = None
+    decision: Decision = Decision()  # the bundle's calibration (and its threshold rule)
+
+    def prob(self, logits: torch.Tensor | np.ndarray) -> np.ndarray:
+        """Calibrated P(generated) of head logits (the probability ``nsnet evaluate`` uses)."""
+        return self.decision.prob(np.asarray(logits, dtype=np.float64))
 
     @property
     def kind(self) -> str:
@@ -81,10 +87,11 @@ def load_chain(model_dir: str | Path, device: str = "auto", precision: str = "fp
         raise ValueError(f"CLIP {clip_cfg['clip_arch']} gives {clip.embed_dim}-d features but "
                          f"the head expects {config['head']['dim']}-d")
     blip = load_blip(blip_cfg["model"], device)
+    decision = Decision.from_bundle(config)
     return Chain(head, config, PatchSpec(**spec), clip, blip,
                  int(blip_cfg.get("max_new_tokens") or 40),
-                 float(config.get("threshold", 0.5) if threshold is None else threshold),
-                 AMP[precision])
+                 float(decision.threshold if threshold is None else threshold),
+                 AMP[precision], decision)
 
 
 def as_cached(features: torch.Tensor) -> torch.Tensor:
@@ -219,7 +226,7 @@ def score_decoded(chain: Chain, decoded: Iterable[Decoded], batch_size: int = 16
         if not pending:
             return
         feats = compute_features(chain, [p[1] for p in pending], [p[0]["id"] for p in pending])
-        probs = torch.sigmoid(head_logits(chain, feats.image, feats.text)).numpy()
+        probs = chain.prob(head_logits(chain, feats.image, feats.text).numpy())  # calibrated
         shares = semantic_shares(chain, feats.image, feats.text)
         for (row, _), prob, cap, share in zip(pending, probs, feats.captions, shares,
                                               strict=True):

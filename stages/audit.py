@@ -1,0 +1,24 @@
+"""`nsnet audit`: do real and fake images differ by file metadata alone (a shortcut)?"""
+
+import click
+
+from pipeline.data.audit import run_audit
+from stages.common import friendly_errors, load, params_options
+
+
+@click.command("audit")
+@params_options
+@click.option("--manifest", default="cache/manifest.parquet", show_default=True)
+@click.option("--out", default="metrics/audit.json", show_default=True)
+@click.option("--strict", is_flag=True,
+              help="Exit 1 when the metadata classifier's AUC exceeds audit.warn_auc.")
+@friendly_errors
+def audit(params_file: str, overrides: tuple[str, ...], manifest: str, out: str,
+          strict: bool) -> None:
+    """Format, JPEG quality, size, mode, EXIF/ICC per label and source (file headers only),
+    and how well a classifier on that metadata alone separates real from fake."""
+    params = load(params_file, overrides)
+    res = run_audit(params, manifest, out)
+    click.echo(res["text"])
+    if strict and res["classifier"]["warning"]:
+        raise click.ClickException("audit: metadata shortcut found (see the warning above)")
