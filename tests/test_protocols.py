@@ -97,7 +97,9 @@ def test_genimage_table_printed_in_paper_shape(genimage_run):
     assert res.exit_code == 0, res.output
     assert "test (%)" in res.output and "Midjourney" in res.output and "mean" in res.output
     header = next(line for line in res.output.splitlines() if line.startswith("source"))
-    assert header.split() == ["source", "n", "acc", "real", "fake", "AP", "AUC"]
+    assert header.split() == ["source", "n", "acc@0.5", "acc", "real", "fake", "oracle", "AP",
+                              "AUC"]
+    assert "oracle: best threshold of each row chosen on its own test labels" in res.output
 
 
 def test_unknown_protocol_source_is_a_clear_error(genimage_run):

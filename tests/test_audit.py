@@ -1,0 +1,163 @@
+"""`nsnet audit`: header-only metadata per label/source and the metadata-shortcut classifier."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from pipeline.config import ParamsError
+from pipeline.data.audit import header_row, jpeg_quality, run_audit
+from pipeline.data.index_stage import build_index
+from stages.cli import main
+from tests.conftest import tiny_params, tiny_raw, write_params
+
+
+def _image(rng: np.random.Generator, size: int = 64) -> Image.Image:
+    base = rng.integers(0, 256, (size // 8, size // 8, 3), dtype=np.uint8)
+    img = Image.fromarray(base).resize((size, size), Image.Resampling.BILINEAR)
+    noise = rng.integers(-8, 9, (size, size, 3))
+    return Image.fromarray(np.clip(np.asarray(img, int) + noise, 0, 255).astype(np.uint8))
+
+
+def make_tree(root: Path, real_fmt: str, fake_fmt: str, n: int = 30, seed: int = 0) -> Path:
+    """``root/real/*`` and ``root/fake/gen/*``: same content statistics, chosen formats."""
+    rng = np.random.default_rng(seed)
+    for folder, fmt in ((root / "real", real_fmt), (root / "fake" / "gen", fake_fmt)):
+        folder.mkdir(parents=True)
+        for i in range(n):
+            img = _image(rng)
+            if fmt == "jpeg":
+                img.save(folder / f"{i:03d}.jpg", quality=90)
+            else:
+                img.save(folder / f"{i:03d}.png")
+    return root
+
+
+def _audit(tmp_path: Path, root: Path, **protocol):
+    params = tiny_params(root, protocol={"train_sources": [], "test_sources": [],
+                                         "degradations": [], **protocol})
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    build_index(params, cache / "manifest.parquet", cache / "index_report.json")
+    return run_audit(params, cache / "manifest.parquet", tmp_path / "audit.json")
+
+
+def test_jpeg_quality_is_read_back_from_the_quantisation_tables():
+    img = _image(np.random.default_rng(1))
+    for q in (5, 10, 30, 50, 65, 75, 90, 95, 99, 100):
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=q)
+        buf.seek(0)
+        with Image.open(buf) as opened:
+            assert jpeg_quality(opened.quantization) == (q, True), q
+        buf = io.BytesIO()
+        img.convert("L").save(buf, format="JPEG", quality=q)  # luminance table only
+        buf.seek(0)
+        with Image.open(buf) as opened:
+            assert jpeg_quality(opened.quantization)[0] == q
+
+
+def test_header_row_reads_headers_only(tmp_path):
+    """A file whose pixel data is cut off still gives its metadata: nothing was decoded."""
+    img = _image(np.random.default_rng(2), 256)
+    buf = io.BytesIO()
+    icc = b"\0" * 128
+    exif = Image.Exif()
+    exif[0x010F] = "TestCam"  # Make
+    img.save(buf, format="JPEG", quality=80, exif=exif.tobytes(), icc_profile=icc)
+    data = buf.getvalue()
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(data[: len(data) // 3])
+    row = header_row(str(cut))
+    assert row["audit_error"] == ""
+    assert (row["format"], row["width"], row["height"], row["mode"]) == ("JPEG", 256, 256, "RGB")
+    assert (row["jpeg_quality"], row["ijg_tables"], row["exif"], row["icc"]) == (80, True, True,
+                                                                               True)
+    with pytest.raises(OSError):  # decoding the same file does fail
+        Image.open(cut).load()
+    png = tmp_path / "plain.png"
+    img.save(png)
+    row = header_row(str(png))
+    assert (row["format"], row["jpeg_quality"], row["exif"], row["icc"]) == ("PNG", -1, False,
+                                                                             False)
+
+
+def test_format_shortcut_is_found_and_named(tmp_path):
+    root = make_tree(tmp_path / "images", "jpeg", "png")
+    res = _audit(tmp_path, root)
+    clf = res["classifier"]
+    assert clf["auc"] > 0.95 and clf["warning"]
+    assert clf["top_feature"] in ("format", "jpeg_quality")
+    assert clf["feature_auc"]["format"] == pytest.approx(1.0)
+    assert res["per_label"]["real"]["formats"] == {"JPEG": 30}
+    assert res["per_label"]["fake"]["formats"] == {"PNG": 30}
+    assert res["per_label"]["real"]["jpeg_quality_median"] == 90
+    assert res["per_source"]["gen"]["jpeg_quality_median"] is None
+    assert "WARNING: your real and fake training images differ by their file metadata" in \
+        res["text"]
+    assert "real: JPEG 100%; fake: PNG 100%" in res["text"]
+    saved = json.loads((tmp_path / "audit.json").read_text())
+    assert saved["classifier"]["warning"] is True and "text" not in saved
+
+
+def test_no_shortcut_when_formats_agree(tmp_path):
+    root = make_tree(tmp_path / "images", "png", "png")
+    res = _audit(tmp_path, root)
+    assert res["classifier"]["auc"] < 0.8 and not res["classifier"]["warning"]
+    assert "no metadata shortcut above audit.warn_auc=0.8" in res["text"]
+    assert "WARNING" not in res["text"]
+
+
+def test_train_reencode_is_reported_as_removing_the_format_shortcut(tmp_path):
+    root = make_tree(tmp_path / "images", "jpeg", "png")
+    res = _audit(tmp_path, root, train_reencode="jpeg95")
+    after = res["classifier"]["after_reencode"]
+    assert after["reencode"] == "jpeg95" and "format" not in after["features"]
+    assert after["auc"] < 0.8
+    assert "with protocol.train_reencode=jpeg95 every training image becomes a JPEG" in \
+        res["text"]
+
+
+@pytest.mark.parametrize(("value", "msg"), [("resize64", "only jpeg<quality>"),
+                                            ("jpeg101", "JPEG quality"), ("png", "unknown")])
+def test_train_reencode_values_are_validated(value, msg):
+    with pytest.raises(ParamsError, match=f"protocol.train_reencode.*{msg}"):
+        tiny_params("data", protocol={"train_reencode": value})
+
+
+def test_cli_audit_prints_table_and_strict_fails(tmp_path):
+    root = make_tree(tmp_path / "images", "jpeg", "png", n=12)
+    params_file = write_params(tmp_path / "params.yaml", tiny_raw(root))
+    manifest = tmp_path / "manifest.parquet"
+    runner = CliRunner()
+    res = runner.invoke(main, ["index", "--params", str(params_file), "--out", str(manifest),
+                               "--report", str(tmp_path / "report.json")])
+    assert res.exit_code == 0, res.output
+    args = ["audit", "--params", str(params_file), "--manifest", str(manifest),
+            "--out", str(tmp_path / "audit.json"), "--set", "audit.folds=3"]
+    res = runner.invoke(main, args)
+    assert res.exit_code == 0, res.output
+    assert "label real" in res.output and "source gen" in res.output
+    assert "JPEG 100%" in res.output and "WARNING" in res.output
+    res = runner.invoke(main, [*args, "--strict"])
+    assert res.exit_code == 1
+    assert "Error: audit: metadata shortcut found" in res.output
+    assert "Traceback" not in res.output
+    res = runner.invoke(main, [*args[:-1], "audit.warn_auc=3"])
+    assert res.exit_code == 1 and "audit.warn_auc" in res.output and "Traceback" not in res.output
+
+
+def test_train_refuses_reencode_that_the_features_do_not_have(built_cache, tmp_path):
+    from pipeline.heads.train_stage import run_train
+
+    params = tiny_params(built_cache.params.data.roots[0].path,
+                         protocol={"train_reencode": "jpeg95"})
+    with pytest.raises(ValueError, match="do not re-encode training images yet"):
+        run_train(params, built_cache.manifest, built_cache.embeddings, tmp_path / "m",
+                  tmp_path / "log.csv")
