@@ -110,9 +110,13 @@ def test_separable_validation_does_not_blow_up_the_temperature():
     z = np.r_[-np.linspace(1, 5, 50), np.linspace(1, 5, 50)]
     y = np.r_[np.zeros(50), np.ones(50)].astype(int)
     t = fit_temperature(z, y)
-    assert np.isfinite(t) and t >= np.exp(-5.0) - 1e-9
+    assert 0.1 < t < 1.0  # sharper than raw, but not the degenerate T -> 0 of hard labels
     a, b = fit_platt(z, y)
     assert np.isfinite(a) and np.isfinite(b)
+    for method in ("temperature", "platt"):
+        decision, _ = fit_decision(0.5, method, z, y)
+        p = decision.prob(z)
+        assert 1e-4 < p.min() and p.max() < 1 - 1e-4  # not the degenerate 0 / 1
 
 
 # ----------------------------------------------------------------------------- threshold rules

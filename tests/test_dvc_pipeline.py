@@ -29,7 +29,8 @@ TRAIN_SIDE = ("train", "evaluate", "compare")
 OUTS = ("cache/manifest.parquet", "cache/index_report.json", "cache/selections.h5",
         "cache/captions.parquet", "cache/embeddings.h5", "models/detector/config.json",
         "models/detector/model.safetensors", "plots/train_log.csv", "metrics/metrics.json",
-        "plots/roc.csv", "plots/pr.csv", "plots/confusion.csv", "metrics/compare.json")
+        "plots/roc.csv", "plots/pr.csv", "plots/confusion.csv", "metrics/compare.json",
+        "metrics/audit.json", "plots/reliability.csv")
 GIT_ID = {"GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@localhost",
           "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@localhost"}
 
@@ -175,6 +176,8 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
                         n_fake_each=12, size=128)
     params = yaml.safe_load((ws / "params.yaml").read_text())
     params["train"].update({"epochs": 2})
+    # 12 images per generator leave no tconv image in val; the decision rule needs both labels
+    params["protocol"]["train_sources"] = []
     assert params["train"]["lr"] != 0.0005  # the last test changes it to this value
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh(ws, "git", "init", "-q")
@@ -203,6 +206,11 @@ def test_repro_runs_every_stage_and_writes_every_out(workspace):
     for stage in FEATURE_STAGES:
         assert "train" not in lock["stages"][stage].get("params", {}).get("params.yaml", {})
     assert "train" in lock["stages"]["train"]["params"]["params.yaml"]
+    # The demo workspace prints the shortcut audit and the calibrated decision table.
+    assert "audit: 60 images, headers only" in out and "label real" in out
+    assert "no metadata shortcut above audit.warn_auc=0.8" in out
+    assert "(evaluate.threshold=val_acc, calibration platt)" in out
+    assert "calibration (platt): ECE" in out
 
 
 @pytest.mark.slow
@@ -228,8 +236,11 @@ def test_metrics_and_plots_show(workspace, tmp_path):
     out_dir = tmp_path / "plots_html"
     sh(ws, "dvc", "plots", "show", "-o", str(out_dir))
     html = (out_dir / "index.html").read_text()
-    for name in ("roc.csv", "pr.csv", "confusion.csv", "train_log.csv"):
+    for name in ("roc.csv", "pr.csv", "confusion.csv", "train_log.csv", "reliability"):
         assert name in html, name
+    assert data["metrics/audit.json"]["data"]["classifier"]["warning"] is False
+    decision = data["metrics/metrics.json"]["data"]["decision"]
+    assert (decision["rule"], decision["calibration"]) == ("val_acc", "platt")
 
 
 @pytest.mark.slow

@@ -37,6 +37,10 @@ DEMO_OVERRIDES = {
     "train": {"epochs": 40, "batch_size": 64, "lr": 1e-3, "nsnet_k": 8, "hidden_dim": 256},
 }
 
+# The demo workspace also shows a calibrated decision (kept out of DEMO_OVERRIDES, which the
+# tests reuse for their tiny sets, where a validation split may lack a class).
+DEMO_WORKSPACE_OVERRIDES = {"evaluate": {"threshold": "val_acc", "calibration": "platt"}}
+
 
 def _photos() -> list[np.ndarray]:
     from skimage import data
@@ -144,8 +148,9 @@ def make_workspace(workspace: str | Path, project: str | Path, code: str = "link
         else:
             raise ValueError(f"code must be 'link' or 'copy', not {code!r}")
     raw = yaml.safe_load((project / "params.yaml").read_text())
-    for section, values in DEMO_OVERRIDES.items():
-        raw.setdefault(section, {}).update(values)
+    for overrides in (DEMO_OVERRIDES, DEMO_WORKSPACE_OVERRIDES):
+        for section, values in overrides.items():
+            raw.setdefault(section, {}).update(values)
     (workspace / "params.yaml").write_text(
         "# Demo parameters: the project's params.yaml with tiny random backbones and demo data.\n"
         + yaml.safe_dump(raw, sort_keys=False)

@@ -5,8 +5,9 @@ Both are fit on the *validation* split at training time and stored in the bundle
 
 * calibration (``evaluate.calibration``): ``none``; ``temperature`` (Guo et al. 2017:
   ``sigmoid(logit / T)``, one parameter, ranking unchanged); ``platt`` (Platt 1999:
-  ``sigmoid(a * logit + b)`` with Platt's smoothed targets, as scikit-learn's sigmoid
-  calibration). Both minimise the validation log-loss.
+  ``sigmoid(a * logit + b)``, as scikit-learn's sigmoid calibration). Both minimise the
+  validation log-loss against Platt's smoothed targets, which keeps a perfectly separated
+  validation split from pushing every probability to 0 or 1.
 * threshold (``evaluate.threshold``): a number, or a rule on the calibrated validation
   probabilities: ``val_acc`` (best accuracy), ``val_eer`` (false-positive rate = false-negative
   rate), ``val_fpr:<x>`` (the lowest threshold that flags at most a share x of real images).
@@ -74,8 +75,12 @@ def _need_both_classes(y: np.ndarray, what: str) -> None:
 
 
 def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
-    """Temperature T minimising the validation log-loss of ``sigmoid(logit / T)``."""
-    z, t = np.asarray(logits, np.float64), np.asarray(y, np.float64)
+    """Temperature T minimising the validation log-loss of ``sigmoid(logit / T)``.
+
+    The targets are Platt's smoothed labels (as for ``platt``): on a validation split that the
+    head separates perfectly, hard labels would drive T to 0 (every probability 0 or 1).
+    """
+    z, t = np.asarray(logits, np.float64), platt_targets(y)
     res = minimize_scalar(lambda lt: _nll(z * math.exp(-lt), t), bounds=LOG_T_BOUNDS,
                           method="bounded", options={"xatol": 1e-8})
     return math.exp(float(res.x))
