@@ -98,6 +98,7 @@ def test_format_shortcut_is_found_and_named(tmp_path):
     assert res["per_label"]["real"]["formats"] == {"JPEG": 30}
     assert res["per_label"]["fake"]["formats"] == {"PNG": 30}
     assert res["per_label"]["real"]["jpeg_quality_median"] == 90
+    assert res["per_label"]["real"]["jpeg_ijg_tables_share"] == 1.0  # PIL writes IJG tables
     assert res["per_source"]["gen"]["jpeg_quality_median"] is None
     assert "WARNING: your real and fake training images differ by their file metadata" in \
         res["text"]
@@ -151,6 +152,21 @@ def test_cli_audit_prints_table_and_strict_fails(tmp_path):
     assert "Traceback" not in res.output
     res = runner.invoke(main, [*args[:-1], "audit.warn_auc=3"])
     assert res.exit_code == 1 and "audit.warn_auc" in res.output and "Traceback" not in res.output
+
+
+def test_audit_of_a_manifest_without_usable_images_is_one_clear_message(tmp_path):
+    root = tmp_path / "images" / "real"
+    root.mkdir(parents=True)
+    (root / "broken.png").write_bytes(b"not an image")
+    params_file = write_params(tmp_path / "params.yaml", tiny_raw(root.parent))
+    runner = CliRunner()
+    manifest = tmp_path / "manifest.parquet"
+    assert runner.invoke(main, ["index", "--params", str(params_file), "--out", str(manifest),
+                                "--report", str(tmp_path / "r.json")]).exit_code == 0
+    res = runner.invoke(main, ["audit", "--params", str(params_file), "--manifest",
+                               str(manifest), "--out", str(tmp_path / "a.json")])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert "has no usable images to audit" in res.output
 
 
 def test_train_refuses_reencode_that_the_features_do_not_have(built_cache, tmp_path):

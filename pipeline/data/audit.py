@@ -82,6 +82,10 @@ def jpeg_quality(tables: dict[int, Any]) -> tuple[int, bool]:
     return best + 1, bool(dist[best] == 0)
 
 
+HEADER_COLUMNS = ["format", "mode", "width", "height", "jpeg_quality", "ijg_tables", "exif", "icc",
+                  "audit_error"]
+
+
 def header_row(path: str) -> dict[str, Any]:
     """Metadata of one file from its header only (``Image.open`` without ``load``)."""
     row: dict[str, Any] = {"format": "", "mode": "", "width": -1, "height": -1,
@@ -107,7 +111,7 @@ def read_headers(paths: list[str], workers: int = 0) -> pd.DataFrame:
             rows = list(pool.map(header_row, paths, chunksize=256))
     else:
         rows = [header_row(p) for p in paths]
-    return pd.DataFrame(rows, index=range(len(paths)))
+    return pd.DataFrame(rows, index=range(len(paths)), columns=HEADER_COLUMNS)
 
 
 def audit_frame(manifest: pd.DataFrame, workers: int = 0) -> pd.DataFrame:
@@ -138,6 +142,9 @@ def group_summary(df: pd.DataFrame) -> dict[str, Any]:
         "modes": {str(k): int(v) for k, v in df["mode"].value_counts().items()},
         "jpeg_quality_median": float(jpeg.median()) if len(jpeg) else None,
         "jpeg_quality_range": [int(jpeg.min()), int(jpeg.max())] if len(jpeg) else None,
+        # cameras and editors often use their own tables; libraries (PIL, libjpeg) IJG's
+        "jpeg_ijg_tables_share": float(df.loc[df["jpeg_quality"] > 0, "ijg_tables"].mean())
+        if len(jpeg) else None,
         "size_most_common": sizes.mode().iloc[0] if len(df) else "",
         "size_most_common_share": float((sizes == sizes.mode().iloc[0]).mean()) if len(df)
         else 0.0,
@@ -276,6 +283,9 @@ def run_audit(params: Params, manifest: str | Path, out_json: str | Path) -> dic
     """Read every usable image's header, summarise, classify; write ``metrics/audit.json``."""
     t0 = time.perf_counter()
     df = audit_frame(read_manifest(manifest), params.data.num_workers)
+    if not len(df):
+        raise ValueError(f"{manifest} has no usable images to audit; check data.roots and the "
+                         "skipped files that `nsnet index` reported")
     seconds = time.perf_counter() - t0
     if params.protocol.train_reencode:
         parse_degradation(params.protocol.train_reencode)  # validated in config; jpeg<q> only
