@@ -193,3 +193,18 @@ def test_table_reports_acc_at_half_decision_and_oracle():
     assert t["acc_05"] == pytest.approx(3 / 6)  # raw >= 0.5: 0.55 (real), 0.9 (fake) flagged
     assert t["acc"] == pytest.approx(5 / 6)  # 0.7, 0.65 flagged; only the fake 0.3 missed
     assert t["acc_oracle"] == pytest.approx(5 / 6)
+
+
+def test_per_format_breakdown_scores_each_format_separately():
+    import pandas as pd
+
+    from pipeline.evaluation.evaluate_stage import format_breakdown
+
+    frame = pd.DataFrame({"label": [0, 0, 1, 1, 0, 1], "format": ["JPEG", "JPEG", "PNG", "PNG",
+                                                                  "PNG", ""],
+                          "prob": [0.1, 0.2, 0.9, 0.8, 0.7, 0.6]})
+    out = format_breakdown(frame, Decision(threshold=0.5))
+    assert set(out) == {"JPEG", "PNG", "unknown"}
+    assert (out["JPEG"]["n"], out["JPEG"]["acc"], out["JPEG"]["n_fake"]) == (2, 1.0, 0)
+    assert out["PNG"]["n"] == 3 and out["PNG"]["acc"] == pytest.approx(2 / 3)
+    assert out["PNG"]["real_acc"] == 0.0 and out["PNG"]["fake_acc"] == 1.0
