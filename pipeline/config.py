@@ -84,7 +84,7 @@ class ProtocolParams:
     train_sources: list[str] = field(default_factory=list)
     test_sources: list[str] = field(default_factory=list)
     degradations: list[str] = field(default_factory=list)
-    train_reencode: str = ""  # "" or jpeg<q>: re-encode every training image (format shortcut)
+    train_reencode: str = ""  # "" or jpeg<q>: extract re-encodes train/val images (shortcut)
 
 
 @dataclass

@@ -62,13 +62,20 @@ def clip_request(params: Params) -> dict[str, Any]:
     return {"clip_arch": params.clip.arch, "clip_pretrained": params.clip.pretrained}
 
 
-def requests(params: Params, ids: list[str], degradation: str = "") -> dict[str, dict[str, Any]]:
-    """What each part must have been made with to be reused (code included)."""
+def requests(params: Params, ids: list[str], degradation: str = "",
+             reencoded: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """What each part must have been made with to be reused (code included).
+
+    ``reencoded``: the ids that ``protocol.train_reencode`` re-encodes (train/val rows).
+    """
     from pipeline.backbones import blip, clip
     from pipeline.extraction import image_pass, patch_selection
 
     images = {"manifest": fingerprint(ids), "degradation": degradation,
               "max_image_pixels": params.data.max_image_pixels}
+    if params.protocol.train_reencode and reencoded is not None:
+        images["train_reencode"] = {"name": params.protocol.train_reencode,
+                                    "ids": fingerprint(reencoded)}
     sel = {"part": "selections", **images,
            "patch_spec": PatchSpec.of(params.patches).as_dict(),
            "luma": [0.299, 0.587, 0.114], "entropy": "shannon-log2-fft-power",
@@ -149,7 +156,7 @@ def compute_shard(shard: sharding.Shard, progress: Callable[[int], Any] | None =
         blip = load_blip(cfg["blip_model"], cfg["device"])
     out: dict[str, np.ndarray] = {}
     # inputs[i] = (path bytes, caption or None): captions come in when only text is computed
-    captions: list[str] = [] if "captions" in need else [c for _, c in shard.inputs]
+    captions: list[str] = [] if "captions" in need else [inp[1] for inp in shard.inputs]
     if need & {"selections", "captions", "image"}:
         out = _image_pass(shard, cfg, need, clip, blip, amp, device, captions, progress)
     if "text" in need:
@@ -186,7 +193,9 @@ def _image_pass(shard: sharding.Shard, cfg: dict[str, Any], need: set[str], clip
     if "selections" not in need and plan.composite:
         with h5py.File(cfg["selections_in"], "r") as f:
             cells_in = f["cells"][shard.start:shard.start + len(shard.ids)]
-    ds = ImagePass(shard.ids, [path for path, _ in shard.inputs], plan, cells_in)
+    # inputs[i] = (path, caption, degradation of this image: protocol.train_reencode or "")
+    ds = ImagePass(shard.ids, [inp[0] for inp in shard.inputs], plan, cells_in,
+                   [inp[2] for inp in shard.inputs])
     n = len(shard.ids)
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("cells", "entropy", "image",
                                                           "composites")}
@@ -324,7 +333,9 @@ def run_extract(params: Params, manifest: str | Path, out: Outputs, cache_dir: s
     """Bring ``out`` up to date with the manifest and params; compute only what changed."""
     rows = ok_rows(manifest)
     ids = rows["id"].tolist()
-    req = requests(params, ids, degradation)
+    reencode = train_reencode_of(params, rows, degradation)
+    reencoded = [i for i, r in zip(ids, reencode, strict=True) if r] or None
+    req = requests(params, ids, degradation, reencoded)
     keep = params.patches.keep_composites and out.composites is not None
     have = current_parts(out, req, ids)
     need = [p for p in PARTS if p not in have]
@@ -355,7 +366,7 @@ def run_extract(params: Params, manifest: str | Path, out: Outputs, cache_dir: s
     workdir = sharding.work_dir(cache_dir, "extract", key)
     known = (read_captions(out.captions) if "text" in need and "captions" not in need
              else [None] * len(ids))
-    inputs = list(zip(rows["path_raw"].tolist(), known, strict=True))
+    inputs = list(zip(rows["path_raw"].tolist(), known, reencode, strict=True))
     plan = sharding.plan("extract", ids, inputs, params.compute.shard_size, workdir, settings,
                          ".h5")
     summary = sharding.run(plan, compute_shard, scheduler, desc="extract")
@@ -364,6 +375,15 @@ def run_extract(params: Params, manifest: str | Path, out: Outputs, cache_dir: s
     _merge(out, [s.out for s in plan], ids, req, need, have, provenance, params)
     sharding.cleanup(workdir)
     return summary
+
+
+def train_reencode_of(params: Params, rows: pd.DataFrame, degradation: str) -> list[str]:
+    """Per row, the re-encoding ``protocol.train_reencode`` applies: train and val rows (the
+    training side) get it; test rows, and every row of a degraded view, keep their files."""
+    name = params.protocol.train_reencode
+    if not name or degradation:
+        return [""] * len(rows)
+    return [name if split in ("train", "val") else "" for split in rows["split"]]
 
 
 def _load_models(params: Params, need: list[str], device: torch.device) -> dict[str, Any]:
@@ -399,7 +419,8 @@ def _merge(out: Outputs, parts: list[str], ids: list[str], req: dict[str, dict[s
         reuse = {p: out.embeddings for p in ("image", "text") if p in have}
         prov = {**base, **clip_request(params), "precision": params.compute.precision,
                 "stage": "extract", "patch_spec": req["selections"]["patch_spec"],
-                "blip_model": params.caption.model, "manifest": fingerprint(ids)}
+                "blip_model": params.caption.model, "manifest": fingerprint(ids),
+                "train_reencode": req["selections"].get("train_reencode", {}).get("name", "")}
         tmp_reuse = {}
         if reuse:  # the existing file is replaced atomically; read it from a hard link/copy
             tmp_reuse = _stash(out.embeddings)

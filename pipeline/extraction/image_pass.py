@@ -80,8 +80,9 @@ class ImagePass(torch.utils.data.Dataset):
     """Item ``i``: ``{"cells", "entropy", "composite", "blip"}`` of image ``i`` (one decode)."""
 
     def __init__(self, ids: list[str], paths: list[bytes], plan: PassPlan,
-                 cells: np.ndarray | None = None) -> None:
+                 cells: np.ndarray | None = None, per_image: list[str] | None = None) -> None:
         self.ids, self.paths, self.plan, self.cells = ids, paths, plan, cells
+        self.per_image = per_image  # a degradation per image (protocol.train_reencode)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -96,6 +97,8 @@ class ImagePass(torch.utils.data.Dataset):
         DECODES["count"] += 1
         if plan.degradation:
             rgb = degradations.apply(plan.degradation, rgb)
+        if self.per_image and self.per_image[i]:
+            rgb = degradations.apply(self.per_image[i], rgb)
         item: dict[str, np.ndarray] = {}
         if plan.select:
             item["cells"], item["entropy"] = select_cells(rgb, self.ids[i], plan.spec)
