@@ -155,7 +155,8 @@ def compute_shard(shard: sharding.Shard, progress: Callable[[int], Any] | None =
 
         blip = load_blip(cfg["blip_model"], cfg["device"])
     out: dict[str, np.ndarray] = {}
-    # inputs[i] = (path bytes, caption or None): captions come in when only text is computed
+    # inputs[i] = (path bytes, caption or None, train_reencode or ""): captions come in when
+    # only text is computed
     captions: list[str] = [] if "captions" in need else [inp[1] for inp in shard.inputs]
     if need & {"selections", "captions", "image"}:
         out = _image_pass(shard, cfg, need, clip, blip, amp, device, captions, progress)
