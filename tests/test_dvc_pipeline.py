@@ -105,6 +105,8 @@ def test_feature_stages_do_not_depend_on_training():
     stages = stages_of(ROOT / "dvc.yaml")
     for name in FEATURE_STAGES:
         for key in stages[name].get("params", []):
+            if key == "protocol.train_reencode":  # the one protocol key that changes pixels
+                continue
             assert str(key).split(".")[0] not in ("train", "evaluate", "protocol"), (name, key)
     assert set(TRAIN_SIDE) <= train_side(stages)
     assert not set(FEATURE_STAGES) & train_side(stages)
@@ -283,7 +285,7 @@ def test_code_edits_rerun_exactly_the_stages_that_run_that_code(workspace):
     captions = (ws / "cache/captions.parquet").read_bytes()
     _edit(ws / "pipeline/extraction/patch_selection.py")
     out = sh(ws, "dvc", "repro")
-    assert ran(out) == set(stages) - {"index"}, out
+    assert ran(out) == set(stages) - {"index", "audit"}, out  # audit reads headers only
     assert "up to date: captions, text" in out, out  # BLIP did not run again
     assert (ws / "cache/captions.parquet").read_bytes() == captions
     sh(ws, "git", "add", "-A")

@@ -196,7 +196,7 @@ def _image_pass(shard: sharding.Shard, cfg: dict[str, Any], need: set[str], clip
             cells_in = f["cells"][shard.start:shard.start + len(shard.ids)]
     # inputs[i] = (path, caption, degradation of this image: protocol.train_reencode or "")
     ds = ImagePass(shard.ids, [inp[0] for inp in shard.inputs], plan, cells_in,
-                   [inp[2] for inp in shard.inputs])
+                   [inp[2] if len(inp) > 2 else "" for inp in shard.inputs])
     n = len(shard.ids)
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("cells", "entropy", "image",
                                                           "composites")}
