@@ -18,6 +18,7 @@ from pipeline.heads.decision import (
 )
 from pipeline.metrics import (
     expected_calibration_error,
+    is_fake,
     oracle_accuracy,
     per_source_table,
     reliability_bins,
@@ -70,10 +71,10 @@ def test_oracle_accuracy_is_the_best_of_all_thresholds():
     rng = np.random.default_rng(3)
     y = rng.integers(0, 2, 300)
     s = np.round(np.clip(0.5 + 0.2 * (2 * y - 1) + 0.3 * rng.normal(size=300), 0, 1), 2)
-    brute = max(np.mean((s >= t) == (y == 1)) for t in np.r_[np.unique(s), 2.0])
+    brute = max(np.mean((s > t) == (y == 1)) for t in np.r_[-1.0, np.unique(s)])
     acc, thr = oracle_accuracy(y, s)
     assert acc == pytest.approx(brute)
-    assert np.mean((s >= thr) == (y == 1)) == pytest.approx(acc)
+    assert np.mean(is_fake(s, thr) == (y == 1)) == pytest.approx(acc)
 
 
 # ----------------------------------------------------------------------------- calibration fits
@@ -135,8 +136,8 @@ def test_val_acc_picks_the_most_accurate_threshold():
     y = np.array([0, 0, 0, 0, 1, 0, 1, 1, 1, 1])
     p = np.array([.1, .2, .3, .35, .4, .45, .6, .7, .8, .9])
     t = choose_threshold(parse_threshold("val_acc"), y, p)
-    acc = np.mean((p >= t) == (y == 1))
-    brute = max(np.mean((p >= c) == (y == 1)) for c in np.r_[0.0, p, 1.1])
+    acc = np.mean(is_fake(p, t) == (y == 1))
+    brute = max(np.mean((p > c) == (y == 1)) for c in np.r_[-1.0, p])
     assert acc == brute == 0.9
     assert t == pytest.approx(0.525)  # of the two best (0.375, 0.525), the one nearest 0.5
     fixed = choose_threshold(parse_threshold(0.42), y, p)
@@ -149,11 +150,11 @@ def test_val_fpr_flags_at_most_that_share_of_reals_and_catches_most_fakes():
     p = np.clip(0.5 + 0.15 * (2 * y - 1) + 0.2 * rng.normal(size=1000), 0, 1)
     for x in (0.0, 0.01, 0.1, 0.3):
         t = choose_threshold(parse_threshold(f"val_fpr:{x}"), y, p)
-        fpr = np.mean(p[y == 0] >= t)
+        fpr = np.mean(is_fake(p[y == 0], t))
         assert fpr <= x
-        below = np.sort(np.unique(p[p < t]))  # any lower threshold flags too many reals
-        if len(below):
-            assert np.mean(p[y == 0] >= below[-1]) > x
+        below = np.sort(np.unique(p[p <= t]))  # any lower threshold flags too many reals
+        if len(below) > 1:
+            assert np.mean(p[y == 0] > below[-2]) > x
 
 
 def test_val_eer_balances_the_two_error_rates():
@@ -161,7 +162,7 @@ def test_val_eer_balances_the_two_error_rates():
     y = rng.integers(0, 2, 2000)
     p = 1 / (1 + np.exp(-(1.5 * (2 * y - 1) + rng.normal(size=2000))))
     t = choose_threshold(parse_threshold("val_eer"), y, p)
-    fpr, fnr = np.mean(p[y == 0] >= t), np.mean(p[y == 1] < t)
+    fpr, fnr = np.mean(p[y == 0] > t), np.mean(p[y == 1] <= t)
     assert abs(fpr - fnr) < 0.01
 
 
@@ -178,7 +179,7 @@ def test_threshold_is_chosen_after_calibration():
     y, z = _overconfident(3)
     decision, _ = fit_decision("val_fpr:0.05", "platt", z, y)
     prob = decision.prob(z)
-    assert np.mean(prob[y == 0] >= decision.threshold) <= 0.05
+    assert np.mean(is_fake(prob[y == 0], decision.threshold)) <= 0.05
     assert Decision.from_bundle({"decision": decision.to_json()}) == decision
     assert Decision.from_bundle({"threshold": 0.7}) == Decision(0.7, "0.7")  # older bundles
 
@@ -190,7 +191,7 @@ def test_table_reports_acc_at_half_decision_and_oracle():
                           + ["real", "g"], "prob": [0.1, 0.6, 0.7, 0.65, 0.2, 0.3],
                           "prob_raw": [0.4, 0.55, 0.45, 0.9, 0.3, 0.2]})
     t = per_source_table(frame, threshold=0.62, raw_col="prob_raw")["overall"]
-    assert t["acc_05"] == pytest.approx(3 / 6)  # raw >= 0.5: 0.55 (real), 0.9 (fake) flagged
+    assert t["acc_05"] == pytest.approx(3 / 6)  # raw > 0.5: 0.55 (real), 0.9 (fake) flagged
     assert t["acc"] == pytest.approx(5 / 6)  # 0.7, 0.65 flagged; only the fake 0.3 missed
     assert t["acc_oracle"] == pytest.approx(5 / 6)
 

@@ -98,7 +98,7 @@ def test_predict_and_explain_give_evaluates_calibrated_probability(built_cache, 
     expected = Decision.from_bundle(config).prob(predict_logits(head, sub.image, sub.text))
     df = predict_paths(chain, rows["path"].tolist())
     np.testing.assert_allclose(df["prob"].to_numpy(), expected, atol=1e-5)
-    assert df["label"].tolist() == np.where(expected >= chain.threshold, "generated",
+    assert df["label"].tolist() == np.where(expected > chain.threshold, "generated",
                                             "real").tolist()
     ex = explain_image(chain, rows["path"].iloc[0])
     assert ex.prob == pytest.approx(expected[0], abs=1e-5) and ex.threshold == chain.threshold

@@ -35,7 +35,8 @@ class DecisionError(ValueError):
 
 @dataclass(frozen=True)
 class Decision:
-    """``prob = sigmoid(scale * logit + shift)``; verdict generated when ``prob >= threshold``."""
+    """``prob = sigmoid(scale * logit + shift)``; generated when ``prob > threshold``
+    (``pipeline.metrics.is_fake``: exactly the threshold counts as real)."""
 
     threshold: float = 0.5
     rule: str = "0.5"
@@ -108,17 +109,18 @@ def fit_platt(logits: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 
 
 def _candidates(prob: np.ndarray) -> np.ndarray:
-    """Thresholds between consecutive distinct scores, plus below all and above all."""
+    """Thresholds between consecutive distinct scores, plus one below all (everything flagged)
+    and the top score (nothing flagged, as ``prob > threshold`` is the rule)."""
     s = np.unique(prob)
     mids = (s[:-1] + s[1:]) / 2
-    return np.r_[min(0.0, s[0]), mids, np.nextafter(s[-1], np.inf)]
+    return np.r_[np.nextafter(s[0], -np.inf), mids, s[-1]]
 
 
 def _rates(y: np.ndarray, prob: np.ndarray, thr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """False-positive and true-positive rates of ``prob >= t`` for every t in ``thr``."""
+    """False-positive and true-positive rates of ``prob > t`` (``is_fake``) for every t."""
     real, fake = np.sort(prob[y == 0]), np.sort(prob[y == 1])
-    fpr = (len(real) - np.searchsorted(real, thr, side="left")) / max(len(real), 1)
-    tpr = (len(fake) - np.searchsorted(fake, thr, side="left")) / max(len(fake), 1)
+    fpr = (len(real) - np.searchsorted(real, thr, side="right")) / max(len(real), 1)
+    tpr = (len(fake) - np.searchsorted(fake, thr, side="right")) / max(len(fake), 1)
     return fpr, tpr
 
 
