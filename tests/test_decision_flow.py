@@ -102,6 +102,11 @@ def test_predict_and_explain_give_evaluates_calibrated_probability(built_cache, 
                                             "real").tolist()
     ex = explain_image(chain, rows["path"].iloc[0])
     assert ex.prob == pytest.approx(expected[0], abs=1e-5) and ex.threshold == chain.threshold
+    from pipeline.inference.detector import Detector  # the Python API and `nsnet serve`
+
+    det = Detector.load(work / "model", device="cpu")
+    got = det.predict(rows["path"].tolist())["prob"].to_numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
 def test_cli_evaluate_prints_the_calibrated_table(built_cache, platt_run, tmp_path):
