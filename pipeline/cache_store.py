@@ -6,7 +6,8 @@ Files (all under ``cache/``):
                       the EXIF-oriented image (pixels = cell x patch size), ``entropy`` float32
                       (N, K): about 650 bytes per image, no pixels
 * ``captions.parquet`` columns id, caption, model
-* ``embeddings.h5``  ``ids`` (N,), ``image`` float16 (N, d), ``text`` float16 (N, d)
+* ``embeddings.h5``  ``ids`` (N,), ``image`` float16 (N, d), or (N, K, d) with
+                      ``patches.views: K`` > 1 (view 0 first), ``text`` float16 (N, d)
 * ``composites.h5``  only with ``patches.keep_composites``: ``composites`` uint8 (N, S, S, 3)
 
 Each carries its provenance as JSON (HDF5 attribute / Parquet schema metadata ``nsnet``) and,

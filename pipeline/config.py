@@ -8,6 +8,7 @@ stage. Validation happens up front: an unknown key, a wrong type or an out-of-ra
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -93,6 +94,7 @@ class PatchParams:
     n_low: int = field(default=24, metadata=_check(0, 1024))
     n_high: int = field(default=25, metadata=_check(0, 1024))
     keep_composites: bool = False  # also write cache/composites.h5 (150 KB/image) to look at
+    views: int = field(default=1, metadata=_check(1, 256))  # fixed grid orders per image
 
 
 @dataclass
@@ -140,6 +142,7 @@ class TrainParams:
 
 
 CALIBRATIONS = ("none", "temperature", "platt")
+VIEW_AVERAGES = ("mean_logit", "mean_prob", "first")  # how K patch-order views are combined
 
 
 @dataclass
@@ -149,6 +152,7 @@ class EvaluateParams:
 
     threshold: float | str = 0.5
     calibration: str = field(default="none", metadata=_check(choices=CALIBRATIONS))
+    view_average: str = field(default="mean_logit", metadata=_check(choices=VIEW_AVERAGES))
 
 
 @dataclass
@@ -270,6 +274,11 @@ def _cross_checks(p: Params) -> None:
         raise ParamsError(
             "patches.n_low + patches.n_high must be a square number (a grid), got "
             f"{p.patches.n_low + p.patches.n_high}"
+        )
+    if p.patches.views > math.factorial(min(p.patches.n_low + p.patches.n_high, 20)):
+        raise ParamsError(
+            f"patches.views: {p.patches.views} distinct orders of "
+            f"{p.patches.n_low + p.patches.n_high} patches do not exist"
         )
     if not p.data.roots:
         raise ParamsError("data.roots: at least one image folder is required")

@@ -14,14 +14,23 @@ from stages.common import friendly_errors, load, params_options
 @click.option("--heads", default=",".join(HEADS), show_default=True,
               help="Comma-separated heads to train and compare.")
 @click.option("--out", default="metrics/compare.json", show_default=True)
+@click.option("--views", "views", default="",
+              help="Comma-separated numbers of patch-order views to put side by side, e.g. "
+                   "1,4 (view 0 only vs all 4 views of a patches.views: 4 cache).")
 @friendly_errors
 def compare(params_file: str, overrides: tuple[str, ...], manifest: str, embeddings: str,
-            heads: str, out: str) -> None:
+            heads: str, out: str, views: str) -> None:
     """Train each head on the protocol's training rows; print test acc/real/fake/AP (%)."""
     params = load(params_file, overrides)
     chosen = tuple(h.strip() for h in heads.split(",") if h.strip())
     unknown = [h for h in chosen if h not in HEADS]
     if unknown:
         raise click.BadParameter(f"unknown head(s) {unknown}; choose from {list(HEADS)}")
-    res = run_compare(params, manifest, embeddings, chosen, out)
+    try:
+        ks = tuple(dict.fromkeys(int(v) for v in views.split(",") if v.strip()))
+    except ValueError:
+        ks = (0,)
+    if any(k < 1 for k in ks):
+        raise click.BadParameter(f"--views {views!r}: give whole numbers >= 1, e.g. 1,4")
+    res = run_compare(params, manifest, embeddings, chosen, out, ks)
     click.echo(format_comparison(res, "test"))

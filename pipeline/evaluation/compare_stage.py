@@ -1,4 +1,9 @@
-"""Train every head on the same cache and print one comparison table (per source + mean)."""
+"""Train every head on the same cache and print one comparison table (per source + mean).
+
+With ``views`` (``nsnet compare --views 1,4``) each head is also trained and scored on the first
+k patch-order views of the cache for each k: k = 1 is view 0 only (a one-view cache's
+features), k > 1 draws one of k views per image per epoch and averages k at test time, so the
+table shows what the reference's shuffling is worth on the same data."""
 
 from __future__ import annotations
 
@@ -19,16 +24,22 @@ METRICS = ("acc", "real_acc", "fake_acc", "ap")
 
 
 def run_compare(params: Params, manifest: str | Path, embeddings: str | Path,
-                heads: tuple[str, ...] = tuple(HEADS), out_json: str | Path | None = None
-                ) -> dict[str, Any]:
-    fs = load_features(params, manifest, embeddings)
+                heads: tuple[str, ...] = tuple(HEADS), out_json: str | Path | None = None,
+                views: tuple[int, ...] = ()) -> dict[str, Any]:
+    """Train and score each head; with ``views``, once per number of patch-order views
+    (columns ``<head> K=<k>``)."""
+    full = load_features(params, manifest, embeddings)
+    sets = {k: full.first_views(k) for k in views} or {0: full}  # checks k before training
     results: dict[str, Any] = {}
     for kind in heads:
-        result, config = train_head(params, kind, fs)
-        metrics, _ = evaluate_sets(params, fs, result.model, Decision.from_bundle(config))
-        results[kind] = {"test": metrics.get("test"), "val": metrics.get("val"),
-                         "training": config["training"]}
-    out = {"heads": results, "provenance": base_provenance()}
+        for k, fs in sets.items():
+            result, config = train_head(params, kind, fs)
+            metrics, _ = evaluate_sets(params, fs, result.model, Decision.from_bundle(config))
+            results[f"{kind} K={k}" if k else kind] = {
+                "test": metrics.get("test"), "val": metrics.get("val"),
+                "training": config["training"], "views": fs.n_views}
+    out = {"heads": results, "view_average": params.evaluate.view_average,
+           "provenance": base_provenance()}
     if out_json:
         write_json(out_json, out)
     return out
@@ -59,6 +70,11 @@ def format_comparison(out: dict[str, Any], split: str = "test") -> str:
     lines.append("")
     lines.append(f"{split} split, %; mean = over sources. Best epoch (val AP): " + ", ".join(
         f"{h} {out['heads'][h]['training']['best_epoch']}" for h in heads) + ".")
+    multi = sorted({out["heads"][h].get("views", 1) for h in heads} - {1})
+    if multi:
+        lines.append(f"K = patch-order views per image: K=1 trains and scores view 0 only; K>1 "
+                     f"trains on one random view per image per epoch and scores the "
+                     f"{out.get('view_average', 'mean_logit')} of the K views.")
     for h in heads:
         tr = out["heads"][h]["training"]
         if "explained_variance" in tr:

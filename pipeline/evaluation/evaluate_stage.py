@@ -35,14 +35,21 @@ from pipeline.metrics import (
 from pipeline.provenance import base_provenance, fingerprint
 
 
-def score(model: Any, fs: FeatureSet, decision: Decision | None = None) -> pd.DataFrame:
-    """The frame with ``prob_raw`` (sigmoid of the logit) and ``prob`` (calibrated)."""
+def score(model: Any, fs: FeatureSet, decision: Decision | None = None,
+          average: str = "mean_logit") -> pd.DataFrame:
+    """The frame with ``prob_raw`` (sigmoid of the logit) and ``prob`` (calibrated); K
+    patch-order views give one logit per image, combined by ``average``."""
     decision = decision or Decision()
     frame = fs.frame.copy()
-    logits = predict_logits(model, fs.image, fs.text)
+    logits = predict_logits(model, fs.image, fs.text, average=average)
     frame["prob_raw"] = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
     frame["prob"] = decision.prob(logits)
     return frame
+
+
+def views_note(views: int, average: str) -> str:
+    """What a table's probabilities are, e.g. ``4 patch-order views, mean_logit`` ("" for 1)."""
+    return f"{views} patch-order views, {average}" if views > 1 else ""
 
 
 def decision_table(frame: pd.DataFrame, decision: Decision, table: dict[str, Any] | None = None,
@@ -83,7 +90,7 @@ def evaluate_sets(params: Params, fs: FeatureSet, model: Any, decision: Decision
     for name, subset in sets.items():
         if not len(subset):
             continue
-        frame = score(model, subset, decision)
+        frame = score(model, subset, decision, params.evaluate.view_average)
         frame["eval_split"] = name
         scored.append(frame)
         table = (protocol_table(params, frame, decision.threshold, raw_col="prob_raw")
@@ -156,6 +163,7 @@ def run_evaluate(params: Params, manifest: str | Path, embeddings: str | Path,
     out = {**results, "protocol": protocol, "threshold": threshold,
            "decision": decision.to_json(),
            "head": config["head"]["kind"],
+           "views": fs.n_views, "view_average": params.evaluate.view_average,
            "model": {"features": config["training"]["features"],
                      "best_epoch": config["training"]["best_epoch"]},
            "scored_ids": fingerprint(scored["id"].tolist()) if len(scored) else "",
@@ -175,7 +183,9 @@ def format_evaluation(out: dict[str, Any]) -> str:
         if split not in out:
             continue
         res = out[split]
-        lines = [format_table(res, f"\n[{out['head']}] {split} (%)", desc)]
+        note = views_note(out.get("views", 1), out.get("view_average", "mean_logit"))
+        lines = [format_table(res, f"\n[{out['head']}] {split} (%"
+                              + (f"; {note})" if note else ")"), desc)]
         cal = res.get("calibration")
         if cal:
             lines.append(f"calibration ({cal['method']}): ECE {pct(cal['ece_raw'])}% raw -> "

@@ -42,7 +42,7 @@ def view_result(params: Params, model: Any, manifest: str | Path, embeddings: st
     if not len(test):
         raise ValueError(f"no test rows of protocol.test_sources in {embeddings}")
     decision = decision or Decision()
-    frame = score(model, test, decision)
+    frame = score(model, test, decision, params.evaluate.view_average)
     table = protocol_table(params, frame, decision.threshold, raw_col="prob_raw")
     # per_format=False: a view's files were re-encoded, their manifest format is the original's
     return decision_table(frame, decision, table, per_format=False)

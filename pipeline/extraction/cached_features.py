@@ -2,6 +2,10 @@
 
 No image is opened here: the heads see only ``cache/embeddings.h5``. Arrays are read into
 memory once; when they would not fit comfortably in RAM they are memory-mapped instead.
+
+With ``patches.views: K`` > 1 the image features are (n, K, d), one per patch order (view 0
+first); a cache with a 2-D ``image`` dataset has one view. ``FeatureSet.first_views(k)`` keeps
+the leading k views (k = 1 gives the (n, d) features of view 0).
 """
 
 from __future__ import annotations
@@ -33,24 +37,34 @@ class MappedRows:
     a subset composes indices, so selecting the training split never copies the cache.
     """
 
-    def __init__(self, base: torch.Tensor, index: torch.Tensor) -> None:
+    def __init__(self, base: torch.Tensor, index: torch.Tensor, views: int | None = None
+                 ) -> None:
         self.base, self.index = base, index
+        self.views = views  # (n, K, d) base: keep the leading ``views`` (1: view 0 as (n, d))
+
+    def _cut(self, out: torch.Tensor) -> torch.Tensor:
+        if self.views is None:
+            return out
+        return out[..., 0, :] if self.views == 1 else out[..., :self.views, :]
 
     def __getitem__(self, key: slice | torch.Tensor) -> torch.Tensor:
         rows = self.index[key]
         if rows.dim() == 0:
-            return self.base[rows]
+            return self._cut(self.base[rows])
         order = rows.argsort()  # read the mapped file in ascending order, then restore order
         out = torch.empty((len(rows), *self.base.shape[1:]), dtype=self.base.dtype)
         out[order] = self.base[rows[order]]
-        return out
+        return self._cut(out)
 
     def __len__(self) -> int:
         return len(self.index)
 
     @property
     def shape(self) -> torch.Size:
-        return torch.Size((len(self.index), *self.base.shape[1:]))
+        inner = tuple(self.base.shape[1:])
+        if self.views is not None:
+            inner = inner[1:] if self.views == 1 else (self.views, *inner[1:])
+        return torch.Size((len(self.index), *inner))
 
     @property
     def dtype(self) -> torch.dtype:
@@ -80,6 +94,29 @@ class FeatureSet:
         return torch.from_numpy(self.frame["label"].to_numpy().astype(np.int64))
 
     @property
+    def n_views(self) -> int:
+        """Patch-order views per image (``patches.views``); 1 for (n, d) features."""
+        return self.image.shape[1] if len(self.image.shape) == 3 else 1
+
+    @property
+    def dim(self) -> int:
+        return self.image.shape[-1]
+
+    def first_views(self, k: int) -> FeatureSet:
+        """The same rows with only views 0..k-1 (k = 1: view 0's (n, d) features)."""
+        if not 1 <= k <= self.n_views:
+            raise ValueError(f"the features hold {self.n_views} patch-order view(s), so the "
+                             f"first {k} cannot be taken; raise patches.views and rerun "
+                             "`nsnet extract`")
+        if k == self.n_views:
+            return self
+        if isinstance(self.image, MappedRows):
+            image: Rows = MappedRows(self.image.base, self.image.index, k)
+        else:
+            image = self.image[:, 0] if k == 1 else self.image[:, :k]
+        return FeatureSet(self.frame, image, self.text, {**self.provenance, "views": k})
+
+    @property
     def mapped(self) -> bool:
         return isinstance(self.image, MappedRows)
 
@@ -89,7 +126,7 @@ class FeatureSet:
 
 def _take(rows: Rows, idx: torch.Tensor) -> Rows:
     if isinstance(rows, MappedRows):
-        return MappedRows(rows.base, rows.index[idx])
+        return MappedRows(rows.base, rows.index[idx], rows.views)
     return rows[idx]
 
 
@@ -140,6 +177,13 @@ def load_features(params: Params, manifest: str | Path, embeddings: str | Path) 
             )
         image = _read(f["image"], embeddings)
         text = _read(f["text"], embeddings)
+    views = image.shape[1] if len(image.shape) == 3 else 1
+    if views != params.patches.views:
+        raise ProvenanceMismatch(
+            f"{embeddings} holds {views} patch-order view(s) per image but patches.views is "
+            f"{params.patches.views}. Rerun `nsnet extract` (or `dvc repro`); only the image "
+            "embeddings are recomputed."
+        )
     columns = ["id", "label", "source", "split", "path"]
     columns += [c for c in ("format",) if c in rows]  # per-format metrics (shortcut check)
     frame = rows[columns].reset_index(drop=True)

@@ -7,7 +7,9 @@ For the manifest's usable images, in manifest order, it writes
                        wherever they are needed, or kept with ``patches.keep_composites``),
 * ``captions.parquet`` BLIP captions,
 * ``embeddings.h5``    CLIP image embeddings of the composites and text embeddings of the
-                       captions (float16).
+                       captions (float16); with ``patches.views: K`` > 1 the image dataset is
+                       (n, K, d), one embedding per patch order (``patch_selection.view_cells``),
+                       while selection, caption and text embedding are shared by the views.
 
 Each of the four parts (selections, captions, image and text embeddings) records the request
 that made it (settings, the code that computes it, the manifest's images). A rerun computes only
@@ -86,7 +88,7 @@ def requests(params: Params, ids: list[str], degradation: str = "",
            "precision": params.compute.precision, "code": code_fingerprint(blip, image_pass)}
     emb = {**clip_request(params), "precision": params.compute.precision,
            "code": code_fingerprint(clip)}
-    img = {"part": "image", **emb, "selections": fingerprint(sel)}
+    img = {"part": "image", **emb, "selections": fingerprint(sel), "views": params.patches.views}
     txt = {"part": "text", **emb, "captions": fingerprint(cap)}
     return {"selections": sel, "captions": cap, "image": img, "text": txt}
 
@@ -189,7 +191,8 @@ def _image_pass(shard: sharding.Shard, cfg: dict[str, Any], need: set[str], clip
                    if blip is not None else None)
     plan = PassPlan(spec, cfg["max_pixels"], select="selections" in need,
                     composite="image" in need or keep, blip=blip_resize,
-                    degradation=cfg.get("degradation", ""))
+                    degradation=cfg.get("degradation", ""),
+                    views=cfg.get("views", 1) if "image" in need else 1)
     cells_in = None
     if "selections" not in need and plan.composite:
         with h5py.File(cfg["selections_in"], "r") as f:
@@ -209,10 +212,7 @@ def _image_pass(shard: sharding.Shard, cfg: dict[str, Any], need: set[str], clip
             pixels = blip_resize.normalise(batch["blip"], device)  # type: ignore[union-attr]
             captions.extend(generate_captions(blip, pixels, cfg["max_new_tokens"], amp))
         if "image" in need:
-            comps = batch["composite"].numpy()
-            for i in range(0, len(comps), cfg["clip_batch"]):
-                emb = clip.encode_images(comps[i:i + cfg["clip_batch"]], amp)
-                parts["image"].append(emb.cpu().numpy().astype(np.float16))
+            parts["image"].append(embed_views(clip, batch, plan.views, cfg["clip_batch"], amp))
         if keep:
             parts["composites"].append(batch["composite"].numpy())
         if progress:
@@ -222,11 +222,28 @@ def _image_pass(shard: sharding.Shard, cfg: dict[str, Any], need: set[str], clip
         out["cells"] = _cat(parts["cells"], (0, spec.count, 2), np.int32)
         out["entropy"] = _cat(parts["entropy"], (0, spec.count), np.float32)
     if "image" in need:
-        out["image"] = _cat(parts["image"], (0, clip.embed_dim), np.float16)
+        empty = (0, clip.embed_dim) if plan.views == 1 else (0, plan.views, clip.embed_dim)
+        out["image"] = _cat(parts["image"], empty, np.float16)
     if keep:
         out["composites"] = _cat(parts["composites"], (0, spec.side, spec.side, 3), np.uint8)
     assert all(len(v) == n for v in out.values())
     return out
+
+
+def embed_views(clip: Any, batch: dict[str, torch.Tensor], views: int, clip_batch: int,
+                amp: torch.dtype | None) -> np.ndarray:
+    """CLIP image embeddings of a batch's composites: (B, d) for one view, else (B, K, d).
+
+    Each view is embedded in its own ``clip_batch`` chunks, so view 0 gets exactly the
+    embeddings a one-view run computes."""
+    per_view = [batch["composite"].numpy()]
+    if views > 1:
+        extra = batch["views"].numpy()
+        per_view += [np.ascontiguousarray(extra[:, k]) for k in range(views - 1)]
+    embs = [np.concatenate([
+        clip.encode_images(comps[i:i + clip_batch], amp).cpu().numpy().astype(np.float16)
+        for i in range(0, len(comps), clip_batch)]) for comps in per_view]
+    return embs[0] if views == 1 else np.stack(embs, axis=1)
 
 
 def _cat(chunks: list[np.ndarray], empty: tuple[int, ...], dtype: Any) -> np.ndarray:
@@ -357,7 +374,7 @@ def run_extract(params: Params, manifest: str | Path, out: Outputs, cache_dir: s
         "blip_model": params.caption.model, "max_new_tokens": params.caption.max_new_tokens,
         "patch_spec": req["selections"]["patch_spec"],
         "max_pixels": params.data.max_image_pixels, "degradation": degradation,
-        "keep_composites": keep, "num_workers": n_workers,
+        "keep_composites": keep, "num_workers": n_workers, "views": params.patches.views,
         "caption_batch": runtime.caption_batch(params.caption.batch_size, device),
         "clip_batch": runtime.clip_batch(params.clip.batch_size, device),
     }
@@ -421,7 +438,8 @@ def _merge(out: Outputs, parts: list[str], ids: list[str], req: dict[str, dict[s
         prov = {**base, **clip_request(params), "precision": params.compute.precision,
                 "stage": "extract", "patch_spec": req["selections"]["patch_spec"],
                 "blip_model": params.caption.model, "manifest": fingerprint(ids),
-                "train_reencode": req["selections"].get("train_reencode", {}).get("name", "")}
+                "train_reencode": req["selections"].get("train_reencode", {}).get("name", ""),
+                "views": params.patches.views}
         tmp_reuse = {}
         if reuse:  # the existing file is replaced atomically; read it from a hard link/copy
             tmp_reuse = _stash(out.embeddings)

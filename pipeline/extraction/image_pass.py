@@ -24,7 +24,7 @@ import torch
 from pipeline.data import degradations
 from pipeline.data.images import open_image, read_bytes
 from pipeline.data.manifest import content_id
-from pipeline.extraction.patch_selection import PatchSpec, composite, select_cells
+from pipeline.extraction.patch_selection import PatchSpec, composite, select_cells, view_cells
 
 # Counts decodes in this process (the benchmark reads it with ``num_workers=0``).
 DECODES = {"count": 0}
@@ -74,10 +74,12 @@ class PassPlan:
     composite: bool = True  # build the CLIP composite
     blip: BlipResize | None = None  # BLIP input, when captions are computed
     degradation: str = ""  # a pipeline.data.degradations name applied after decoding
+    views: int = 1  # patch-order views: K - 1 more composites per image (``patches.views``)
 
 
 class ImagePass(torch.utils.data.Dataset):
-    """Item ``i``: ``{"cells", "entropy", "composite", "blip"}`` of image ``i`` (one decode)."""
+    """Item ``i``: ``{"cells", "entropy", "composite", "blip"}`` of image ``i`` (one decode),
+    plus ``"views"`` (K - 1, side, side, 3), the composites of views 1..K-1, when K > 1."""
 
     def __init__(self, ids: list[str], paths: list[bytes], plan: PassPlan,
                  cells: np.ndarray | None = None, per_image: list[str] | None = None) -> None:
@@ -105,6 +107,9 @@ class ImagePass(torch.utils.data.Dataset):
         if plan.composite:
             cells = item["cells"] if plan.select else self.cells[i]  # type: ignore[index]
             item["composite"] = composite(rgb, cells, plan.spec)
+            if plan.views > 1:
+                more = view_cells(cells, self.ids[i], plan.views)[1:]
+                item["views"] = np.stack([composite(rgb, c, plan.spec) for c in more])
         if plan.blip is not None:
             item["blip"] = plan.blip.resize(rgb)
         return item

@@ -9,10 +9,15 @@ Unlike the reference code, which reshuffles patches at every call, the grid orde
 permutation seeded by the image id, so a frozen CLIP gives a cacheable feature. Images with
 fewer patches than the grid needs repeat their own patches in entropy order (never black tiles
 that would leak the image size).
+
+``patches.views: K`` adds K - 1 further fixed orders of the same patches (``view_cells``): view 0
+is the order above, view k > 0 a permutation of it seeded by (image id, k), so a frozen CLIP can
+cache the reference's reshuffling as K features per image.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,6 +124,44 @@ def choose(entropy: torch.Tensor, spec: PatchSpec, image_id: str) -> tuple[np.nd
     picked = picked[torch.randperm(spec.count, generator=gen)]
     cells = torch.stack([picked // gw, picked % gw], dim=1).numpy().astype(np.int32)
     return cells, flat[picked].numpy().astype(np.float32)
+
+
+def view_seed(image_id: str, view: int) -> int:
+    """A 63-bit seed of (image id, view index) for views k > 0."""
+    import hashlib
+
+    digest = hashlib.blake2b(f"{image_id}:{view}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
+
+
+def view_orders(image_id: str, views: int, count: int) -> np.ndarray:
+    """(views, count) grid orders: row 0 the identity (today's order), row k > 0 a permutation
+    seeded by (image id, k), redrawn while it repeats an earlier row (so views are distinct
+    whenever ``count!`` allows it)."""
+    orders = [np.arange(count)]
+    for k in range(1, views):
+        gen = torch.Generator().manual_seed(view_seed(image_id, k))
+        seen = {o.tobytes() for o in orders}
+        for _ in range(64):
+            order = torch.randperm(count, generator=gen).numpy()
+            if order.tobytes() not in seen:
+                break
+        else:  # only tiny grids get here: the first unused order (one exists if views <= count!)
+            order = next(o for o in map(np.array, itertools.permutations(range(count)))
+                         if o.tobytes() not in seen)
+        orders.append(order)
+    return np.stack(orders)
+
+
+def view_cells(cells: np.ndarray, image_id: str, views: int) -> np.ndarray:
+    """(count, 2) view-0 cells -> (views, count, 2): the same patches in each view's order."""
+    return cells[view_orders(image_id, views, len(cells))]
+
+
+def view_composites(rgb: np.ndarray, cells: np.ndarray, image_id: str, views: int,
+                    spec: PatchSpec) -> np.ndarray:
+    """(views, side, side, 3) composites of one decoded image, view 0 first."""
+    return np.stack([composite(rgb, c, spec) for c in view_cells(cells, image_id, views)])
 
 
 def composite(rgb: np.ndarray, cells: np.ndarray, spec: PatchSpec) -> np.ndarray:

@@ -60,6 +60,8 @@ def bundle_config(params: Params, kind: str, result: TrainResult, fs: FeatureSet
                  "hparams": {k: getattr(params.train, k) for k in HPARAM_KEYS}},
         "threshold": decision.threshold,
         "decision": {**decision.to_json(), **(decision_report or {})},
+        # patch-order views the head was trained on, and how scoring combines them
+        "views": {"count": fs.n_views, "average": params.evaluate.view_average},
         "backbones": {
             "clip": {k: prov.get(k) for k in ("clip_arch", "clip_pretrained", "weights",
                                                "weights_blake2b", "mean", "std", "image_size",
@@ -85,11 +87,13 @@ def bundle_config(params: Params, kind: str, result: TrainResult, fs: FeatureSet
 def train_head(params: Params, kind: str, fs: FeatureSet,
                on_epoch: EpochCallback | None = None) -> tuple[TrainResult, dict[str, Any]]:
     train, val = training_sets(params, fs)
-    result = fit(kind, train, val, params.train, on_epoch=on_epoch)
+    result = fit(kind, train, val, params.train, on_epoch=on_epoch,
+                 view_average=params.evaluate.view_average)
     decision, report = fit_decision(
         params.evaluate.threshold, params.evaluate.calibration,
-        predict_logits(result.model, val.image, val.text), val.frame["label"].to_numpy())
-    return result, bundle_config(params, kind, result, fs, train, fs.image.shape[1],
+        predict_logits(result.model, val.image, val.text,
+                       average=params.evaluate.view_average), val.frame["label"].to_numpy())
+    return result, bundle_config(params, kind, result, fs, train, fs.dim,
                                  decision, report)
 
 

@@ -5,6 +5,10 @@ each step gathers a batch by index, so the loop does no Python work per sample. 
 GPU, is deterministic for a given seed, keeps the best epoch by validation AP and logs every
 epoch. A non-finite loss or feature stops training with ``TrainingDiverged`` instead of
 producing a broken model.
+
+With K patch-order views per image (``patches.views``, features (n, K, d)) each epoch draws one
+view per image (seeded by ``train.seed``, so still deterministic), like the reference code's
+reshuffling at every call; scoring averages the K views (``evaluate.view_average``).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import numpy as np
 import torch
 
 from pipeline.backbones.clip import resolve_device
-from pipeline.config import TrainParams
+from pipeline.config import VIEW_AVERAGES, TrainParams
 from pipeline.extraction.cached_features import FeatureSet, Rows, iter_blocks
 from pipeline.heads.detectors import build_head
 from pipeline.heads.losses import bce_loss, supcon_loss
@@ -46,7 +50,7 @@ class TrainResult:
 
 def _check_finite(name: str, rows: Rows) -> None:
     """Raise ``TrainingDiverged`` if any feature is NaN/inf (checked block by block)."""
-    bad = sum(int((~torch.isfinite(b)).any(dim=-1).sum()) for b in iter_blocks(rows))
+    bad = sum(int((~torch.isfinite(b)).flatten(1).any(dim=1).sum()) for b in iter_blocks(rows))
     if bad:
         raise TrainingDiverged(
             f"{name} contain NaN/inf values ({bad} rows): the feature cache is broken; "
@@ -68,24 +72,63 @@ def head_loss(kind: str, out: Any, y: torch.Tensor, x: torch.Tensor, tp: TrainPa
 
 
 @torch.no_grad()
-def predict_logits(model: torch.nn.Module, image: Rows, text: Rows,
-                   batch_size: int = 8192) -> np.ndarray:
-    """The head's raw logit for every row, in batches."""
+def view_logits(model: torch.nn.Module, image: Rows, text: Rows,
+                batch_size: int = 8192) -> torch.Tensor:
+    """(n, K) head logits of every row and view ((n, d) image features: K = 1), on CPU."""
     model.eval()
     device = next(model.parameters()).device
+    views = image.shape[1] if len(image.shape) == 3 else 1
+    step = max(1, batch_size // views)
     out = []
-    for i in range(0, len(image), batch_size):
-        x = image[i:i + batch_size].to(device).float()
-        t = text[i:i + batch_size].to(device).float()
-        out.append(model(x, t).logit.float().cpu())
-    return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
+    for i in range(0, len(image), step):
+        x = image[i:i + step].to(device).float()
+        t = text[i:i + step].to(device).float()
+        if x.dim() == 3:
+            b, k, d = x.shape
+            logit = model(x.reshape(b * k, d), t.repeat_interleave(k, dim=0)).logit
+            out.append(logit.float().reshape(b, k).cpu())
+        else:
+            out.append(model(x, t).logit.float()[:, None].cpu())
+    return torch.cat(out) if out else torch.zeros((0, views))
 
 
-def predict_proba(model: torch.nn.Module, image: Rows, text: Rows,
-                  batch_size: int = 8192) -> np.ndarray:
+def combine_views(logits: torch.Tensor, how: str = "mean_logit") -> torch.Tensor:
+    """(n, K) view logits -> (n,) one logit per image: ``mean_logit`` their mean,
+    ``mean_prob`` the logit of the views' mean probability, ``first`` view 0's."""
+    if how not in VIEW_AVERAGES:
+        raise ValueError(f"unknown view average {how!r}; choose one of {', '.join(VIEW_AVERAGES)}")
+    if how == "first" or logits.shape[1] == 1:
+        return logits[:, 0]
+    if how == "mean_prob":
+        return torch.logit(torch.sigmoid(logits.double()).mean(dim=1)).float()
+    return logits.mean(dim=1)
+
+
+def average_views(logits: torch.Tensor, how: str = "mean_logit") -> np.ndarray:
+    """(n, K) view logits -> (n,) uncalibrated probabilities (``combine_views``)."""
+    return torch.sigmoid(combine_views(logits, how)).numpy()
+
+
+def predict_logits(model: torch.nn.Module, image: Rows, text: Rows, batch_size: int = 8192,
+                   average: str = "mean_logit") -> np.ndarray:
+    """The head's raw logit for every row, in batches (K views combined by ``average``)."""
+    return combine_views(view_logits(model, image, text, batch_size), average).numpy()
+
+
+def predict_proba(model: torch.nn.Module, image: Rows, text: Rows, batch_size: int = 8192,
+                  average: str = "mean_logit") -> np.ndarray:
     """Probability of 'generated' for every row (uncalibrated sigmoid of the logit)."""
-    logits = torch.from_numpy(predict_logits(model, image, text, batch_size))
+    logits = torch.from_numpy(predict_logits(model, image, text, batch_size, average))
     return torch.sigmoid(logits).numpy()
+
+
+def _gather(rows: Rows, idx: torch.Tensor, view: torch.Tensor | None) -> torch.Tensor:
+    """Rows ``idx``; with views, row ``idx[j]``'s view ``view[j]`` only."""
+    if view is None:
+        return rows[idx]
+    if isinstance(rows, torch.Tensor):
+        return rows[idx, view]
+    return rows[idx][torch.arange(len(idx)), view.cpu()]
 
 
 EpochCallback = Callable[[dict[str, float]], None]
@@ -94,7 +137,7 @@ EpochCallback = Callable[[dict[str, float]], None]
 def _prepare(kind: str, train: FeatureSet, tp: TrainParams, device: torch.device
              ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Build the head (seeded) and, for NS-Net, fit its semantic basis on the training captions."""
-    model = build_head(kind, train.image.shape[1], **{k: getattr(tp, k) for k in HPARAM_KEYS})
+    model = build_head(kind, train.dim, **{k: getattr(tp, k) for k in HPARAM_KEYS})
     info: dict[str, Any] = {}
     if kind == "nsnet":
         basis, explained = semantic_basis(train.text, tp.nsnet_k, normalize=tp.normalize)
@@ -112,12 +155,14 @@ def _on_device(rows: Rows, device: torch.device) -> Rows:
 
 def fit(kind: str, train: FeatureSet, val: FeatureSet | None, tp: TrainParams,
         log: list[dict[str, float]] | None = None,
-        on_epoch: EpochCallback | None = None) -> TrainResult:
+        on_epoch: EpochCallback | None = None, view_average: str = "mean_logit"
+        ) -> TrainResult:
     """Train head ``kind`` on ``train``; keep the epoch with the best validation AP.
 
     Every epoch appends a row (train_loss, val_loss, val_ap, val_acc, val_auc, seconds) to
     ``log`` and passes it to ``on_epoch``. Deterministic for ``tp.seed`` on a given device (the
-    global torch RNG is left as it was).
+    global torch RNG is left as it was). With (n, K, d) features each epoch trains on one
+    seeded random view per image; validation combines the views by ``view_average``.
     """
     if len(train) < 2 or train.frame["label"].nunique() < 2:
         raise ValueError(
@@ -133,12 +178,13 @@ def fit(kind: str, train: FeatureSet, val: FeatureSet | None, tp: TrainParams,
     cuda = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(tp.seed)
-        return _fit(kind, train, val, tp, device, log if log is not None else [], on_epoch)
+        return _fit(kind, train, val, tp, device, log if log is not None else [], on_epoch,
+                    view_average)
 
 
 def _fit(kind: str, train: FeatureSet, val: FeatureSet | None, tp: TrainParams,
          device: torch.device, history: list[dict[str, float]],
-         on_epoch: EpochCallback | None) -> TrainResult:
+         on_epoch: EpochCallback | None, view_average: str) -> TrainResult:
     model, info = _prepare(kind, train, tp, device)
     opt = torch.optim.Adam(model.parameters(), lr=tp.lr, weight_decay=tp.weight_decay)
     gen = torch.Generator().manual_seed(tp.seed)
@@ -148,6 +194,7 @@ def _fit(kind: str, train: FeatureSet, val: FeatureSet | None, tp: TrainParams,
     n_fake = int(train.labels.sum())
     pos_weight = torch.tensor((n - n_fake) / n_fake, device=device) if tp.balance else None
     info["class_counts"] = {"real": n - n_fake, "fake": n_fake}
+    info["views"] = train.n_views
     bs = min(tp.batch_size, n)
     rows_device = x_all.device if isinstance(x_all, torch.Tensor) else torch.device("cpu")
     y_val = val.frame["label"].to_numpy() if val is not None and len(val) else None
@@ -156,11 +203,15 @@ def _fit(kind: str, train: FeatureSet, val: FeatureSet | None, tp: TrainParams,
         model.train()
         t0 = time.perf_counter()
         perm = torch.randperm(n, generator=gen).to(rows_device)
+        # one view per image per epoch (no draw with one view: the K = 1 stream is unchanged)
+        pick = torch.randint(train.n_views, (n,), generator=gen).to(rows_device) \
+            if train.n_views > 1 else None
         total = torch.zeros((), device=device)
         steps = 0
         for i in range(0, n - bs + 1, bs):  # drop the ragged last batch (SupCon needs pairs)
             idx = perm[i:i + bs]
-            x = x_all[idx].to(device, non_blocking=True).float()
+            view = None if pick is None else pick[idx]
+            x = _gather(x_all, idx, view).to(device, non_blocking=True).float()
             t = t_all[idx].to(device, non_blocking=True).float()
             y = y_all[idx.to(device)]
             loss = head_loss(kind, model(x, t), y, x, tp, pos_weight)
@@ -178,7 +229,7 @@ def _fit(kind: str, train: FeatureSet, val: FeatureSet | None, tp: TrainParams,
         row = {"epoch": epoch, "train_loss": train_loss}
         score = (float(epoch), 0.0)  # no validation rows: keep the last epoch
         if y_val is not None:
-            prob = predict_proba(model, val.image, val.text)
+            prob = predict_proba(model, val.image, val.text, average=view_average)
             m = binary_metrics(y_val, prob)
             p = np.clip(prob, 1e-7, 1 - 1e-7)
             row.update(val_loss=float(-np.mean(y_val * np.log(p) + (1 - y_val) * np.log1p(-p))),

@@ -5,6 +5,8 @@ head are re-run, and the tile's contribution is ``logit(original) - logit(occlud
 tiles pushed the decision toward "generated", negative ones toward "real". The caption (of the
 whole image) is left as it is, so only the pixel evidence is attributed. The report also says
 how much of the image feature the head removed as semantic content, ``||x - Px|| / ||x||``.
+With K patch-order views a patch is occluded in every view's composite (wherever that view
+placed it) and the logits are combined as in ``nsnet predict``.
 """
 
 from __future__ import annotations
@@ -16,13 +18,16 @@ import torch
 
 from pipeline.data.images import ImageError, open_image, read_bytes
 from pipeline.data.manifest import content_id
-from pipeline.extraction.patch_selection import PatchSpec
+from pipeline.extraction.patch_selection import PatchSpec, composite, view_cells, view_orders
+from pipeline.heads.training_loop import combine_views
 from pipeline.inference.predict import (
     FAKE,
     REAL,
     Chain,
+    Features,
     as_cached,
     compute_features,
+    first_view,
     head_logits,
     semantic_shares,
 )
@@ -76,9 +81,13 @@ def explain_array(chain: Chain, rgb: np.ndarray, image_id: str, name: str) -> Ex
         raise ImageError("too_small", f"{width}x{height} is smaller than one patch")
     feats = compute_features(chain, [rgb], [image_id])
     sel = feats.selections[0]
-    base = float(head_logits(chain, feats.image, feats.text)[0])
-    occluded = np.stack([occlude(sel.composite, [k], chain.spec) for k in range(chain.spec.count)])
-    logits = score_composites(chain, occluded, feats.text)
+    if chain.views == 1:
+        base = float(head_logits(chain, feats.image, feats.text)[0])
+        occluded = np.stack([occlude(sel.composite, [k], chain.spec)
+                             for k in range(chain.spec.count)])
+        logits = score_composites(chain, occluded, feats.text)
+    else:
+        base, logits = _view_attribution(chain, rgb, image_id, sel.cells, feats)
     prob = float(chain.prob(np.array([base]))[0])  # calibrated, as predict and evaluate
     probs = chain.prob(logits)
     bands = _bands(sel.entropy, chain.spec.n_low)
@@ -89,8 +98,22 @@ def explain_array(chain: Chain, rgb: np.ndarray, image_id: str, name: str) -> Ex
     return Explanation(name, image_id, width, height, float(prob),
                        FAKE if is_fake(prob, chain.threshold) else REAL, chain.threshold, base,
                        feats.captions[0], chain.kind,
-                       semantic_removed(chain, feats.image, feats.text), patches,
+                       semantic_removed(chain, first_view(feats.image), feats.text), patches,
                        sel.composite, rgb, chain.spec)
+
+
+def _view_attribution(chain: Chain, rgb: np.ndarray, image_id: str, cells: np.ndarray,
+                      feats: Features) -> tuple[float, np.ndarray]:
+    """Combined logit of the K views and, per patch, with that patch occluded in every view."""
+    count, views = chain.spec.count, chain.views
+    comps = [composite(rgb, c, chain.spec) for c in view_cells(cells, image_id, views)]
+    where = np.argsort(view_orders(image_id, views, count), axis=1)  # [view, patch] -> tile
+    occluded = np.stack([occlude(comps[v], [where[v, k]], chain.spec)
+                         for k in range(count) for v in range(views)])
+    logits = torch.from_numpy(score_composites(chain, occluded, feats.text)).reshape(count, views)
+    base = head_logits(chain, feats.image[0], feats.text.expand(views, -1))[None]
+    return (float(combine_views(base, chain.view_average)[0]),
+            combine_views(logits, chain.view_average).numpy())
 
 
 def write_report(ex: Explanation, out: str | Path, k: int = 5) -> tuple[Path, Path]:

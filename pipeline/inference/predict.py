@@ -4,7 +4,9 @@
 made the training features: patch selection with the bundle's patch spec (grid order seeded by
 the content hash, as in ``nsnet patches``), a BLIP caption of the whole image, CLIP embeddings
 of composite and caption, and the head. Embeddings are rounded through float16 like the
-feature cache, so an image scores the same here as in ``nsnet evaluate``.
+feature cache, so an image scores the same here as in ``nsnet evaluate``. A head trained on K
+patch-order views (``patches.views``) gets the same K composites of each image, and their
+logits are combined as the bundle says (``views.average``), as ``nsnet evaluate`` does.
 """
 
 from __future__ import annotations
@@ -22,9 +24,16 @@ import torch
 from pipeline.atomic import atomic_path
 from pipeline.data.images import IMAGE_EXTENSIONS, ImageError, open_image, read_bytes
 from pipeline.data.manifest import content_id
-from pipeline.extraction.patch_selection import PatchSpec, Selection, select_batch
+from pipeline.extraction.patch_selection import (
+    PatchSpec,
+    Selection,
+    composite,
+    select_batch,
+    view_cells,
+)
 from pipeline.heads.bundle import load_bundle
 from pipeline.heads.decision import Decision
+from pipeline.heads.training_loop import combine_views, view_logits
 from pipeline.metrics import is_fake
 
 AMP = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -47,6 +56,8 @@ class Chain:
     threshold: float
     amp: torch.dtype | None = None
     decision: Decision = Decision()  # the bundle's calibration (and its threshold rule)
+    views: int = 1  # patch-order views the head was trained on (bundle ``views.count``)
+    view_average: str = "mean_logit"  # how their logits are combined (``views.average``)
 
     def prob(self, logits: torch.Tensor | np.ndarray) -> np.ndarray:
         """Calibrated P(generated) of head logits (the probability ``nsnet evaluate`` uses)."""
@@ -88,10 +99,12 @@ def load_chain(model_dir: str | Path, device: str = "auto", precision: str = "fp
                          f"the head expects {config['head']['dim']}-d")
     blip = load_blip(blip_cfg["model"], device)
     decision = Decision.from_bundle(config)
+    views = config.get("views") or {}  # bundles from before patch-order views: one view
     return Chain(head, config, PatchSpec(**spec), clip, blip,
                  int(blip_cfg.get("max_new_tokens") or 40),
                  float(decision.threshold if threshold is None else threshold),
-                 AMP[precision], decision)
+                 AMP[precision], decision, int(views.get("count", 1)),
+                 str(views.get("average", "mean_logit")))
 
 
 def as_cached(features: torch.Tensor) -> torch.Tensor:
@@ -123,7 +136,7 @@ def semantic_shares(chain: Chain, image: torch.Tensor, text: torch.Tensor) -> np
 class Features:
     selections: list[Selection]
     captions: list[str]
-    image: torch.Tensor  # (B, d) float32, cache-rounded
+    image: torch.Tensor  # (B, d) float32, cache-rounded; (B, K, d) with K patch-order views
     text: torch.Tensor  # (B, d)
 
 
@@ -133,8 +146,30 @@ def compute_features(chain: Chain, images: Sequence[np.ndarray], ids: Sequence[s
     captions = chain.blip.caption(list(images), chain.max_new_tokens, chain.amp)
     comps = np.stack([s.composite for s in selections])
     image = as_cached(chain.clip.encode_images(comps, chain.amp))
+    if chain.views > 1:
+        cells = [view_cells(s.cells, i, chain.views) for s, i in zip(selections, ids, strict=True)]
+        more = [as_cached(chain.clip.encode_images(np.stack(
+            [composite(rgb, c[k], chain.spec) for rgb, c in zip(images, cells, strict=True)]),
+            chain.amp)) for k in range(1, chain.views)]
+        image = torch.stack([image, *more], dim=1)
     text = as_cached(chain.clip.encode_texts(captions, chain.amp))
     return Features(selections, captions, image, text)
+
+
+def first_view(image: torch.Tensor) -> torch.Tensor:
+    """View 0's (B, d) features of (B, d) or (B, K, d) image features."""
+    return image if image.dim() == 2 else image[:, 0]
+
+
+def combined_logits(chain: Chain, image: torch.Tensor, text: torch.Tensor) -> np.ndarray:
+    """One head logit per image of (B, d) or (B, K, d) features (views combined as in
+    ``nsnet evaluate``)."""
+    return combine_views(view_logits(chain.head, image, text), chain.view_average).numpy()
+
+
+def probabilities(chain: Chain, image: torch.Tensor, text: torch.Tensor) -> np.ndarray:
+    """Calibrated P(generated) of (B, d) or (B, K, d) features, as ``nsnet evaluate`` gives."""
+    return chain.prob(combined_logits(chain, image, text))
 
 
 def expand_inputs(items: Iterable[str | Path]) -> list[Path]:
@@ -226,8 +261,8 @@ def score_decoded(chain: Chain, decoded: Iterable[Decoded], batch_size: int = 16
         if not pending:
             return
         feats = compute_features(chain, [p[1] for p in pending], [p[0]["id"] for p in pending])
-        probs = chain.prob(head_logits(chain, feats.image, feats.text).numpy())  # calibrated
-        shares = semantic_shares(chain, feats.image, feats.text)
+        probs = probabilities(chain, feats.image, feats.text)
+        shares = semantic_shares(chain, first_view(feats.image), feats.text)
         for (row, _), prob, cap, share in zip(pending, probs, feats.captions, shares,
                                               strict=True):
             row.update(prob=float(prob), caption=cap, semantic_share=float(share),

@@ -73,7 +73,7 @@ def run_tsne(params: Params, manifest: str | Path, embeddings: str | Path,
     model, config = load_bundle(model_dir)
     keep = np.zeros(len(fs), bool)
     keep[subsample(len(fs), params.figures.tsne_points, params.seed)] = True
-    fs = fs.subset(keep)
+    fs = fs.subset(keep).first_views(1)  # one point per image: patch-order view 0
     x, px = before_after(model, fs)
     labels = fs.frame["label"].to_numpy()
     kind = config["head"]["kind"]

@@ -1,0 +1,302 @@
+"""Patch-order views (``patches.views: K``): the reference's reshuffling, cached as K fixed orders.
+
+Real images, real tiny backbones, real cache files: K = 1 is today's cache bit for bit, K > 1
+views are distinct orders of the same patches, changing K re-embeds only the images, training
+draws one view per image per epoch (deterministically), and evaluate, predict and explain
+combine the views the same way.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+import pipeline.extraction.cached_features as features
+from pipeline.config import ParamsError, params_from_dict
+from pipeline.data.images import open_image
+from pipeline.evaluation.compare_stage import format_comparison, run_compare
+from pipeline.evaluation.evaluate_stage import run_evaluate
+from pipeline.extraction.cached_features import MappedRows, load_features, select
+from pipeline.extraction.extract_stage import run_extract
+from pipeline.extraction.patch_selection import (
+    PatchSpec,
+    choose,
+    patch_entropies,
+    select_patches,
+    to_gray,
+    view_cells,
+    view_composites,
+    view_orders,
+)
+from pipeline.heads.train_stage import run_train
+from pipeline.heads.training_loop import average_views, fit, predict_proba
+from pipeline.inference.explain import explain_image
+from pipeline.inference.predict import load_chain, predict_paths
+from stages.cli import main
+from tests.conftest import BuiltCache, build_cache, tiny_raw, write_params
+
+K = 3
+
+
+def _same(a: object, b: object) -> bool:
+    """Equal metric trees (NaN equals NaN)."""
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+def _params(built: BuiltCache, views: int = K, **train):
+    p = copy.deepcopy(built.params)
+    p.patches.views = views
+    p.train = dataclasses.replace(p.train, device="cpu", **train)
+    return p
+
+
+@pytest.fixture(scope="module")
+def views_cache(built_cache, tmp_path_factory) -> BuiltCache:
+    """The session cache with patches.views: 3 (captions, text and selections reused)."""
+    ws = built_cache.copy_to(tmp_path_factory.mktemp("views") / "ws")
+    params = _params(built_cache)
+    summary = run_extract(params, ws.manifest, ws.outputs, ws.workdir / "cache")
+    assert summary.reused_parts == ["captions", "selections", "text"], summary.line()
+    return dataclasses.replace(ws, params=params)
+
+
+# ----------------------------------------------------------------------------- the orders
+
+
+def test_views_are_distinct_orders_of_the_same_patches():
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (300, 260, 3), np.uint8)
+    spec, image_id = PatchSpec(), "0123456789abcdef" * 2
+    sel = select_patches(rgb, image_id, spec)
+    cells = view_cells(sel.cells, image_id, 5)
+    assert cells.shape == (5, spec.count, 2)
+    np.testing.assert_array_equal(cells[0], sel.cells)  # view 0 = today's seeded order
+    as_set = {tuple(c) for c in sel.cells}
+    for k in range(5):
+        assert sorted(map(tuple, cells[k])) == sorted(map(tuple, sel.cells))
+        assert {tuple(c) for c in cells[k]} == as_set
+    assert len({cells[k].tobytes() for k in range(5)}) == 5
+    np.testing.assert_array_equal(view_cells(sel.cells, image_id, 5), cells)  # deterministic
+    other = view_cells(sel.cells, "fedcba9876543210" * 2, 5)
+    assert not np.array_equal(other[1], cells[1])  # seeded by the image id too
+    comps = view_composites(rgb, sel.cells, image_id, 5, spec)
+    np.testing.assert_array_equal(comps[0], sel.composite)
+    assert not np.array_equal(comps[1], comps[0])
+    # A 2 x 2 grid has 4! = 24 orders: 24 views are all of them, each exactly once.
+    small = PatchSpec(size=32, n_low=2, n_high=2)
+    ent = patch_entropies(to_gray(torch.from_numpy(rgb)), small.size)
+    c4, _ = choose(ent, small, image_id)
+    orders = view_orders(image_id, 24, 4)
+    assert len({o.tobytes() for o in orders}) == 24
+    assert view_cells(c4, image_id, 24).shape == (24, 4, 2)
+
+
+def test_views_and_view_average_are_validated(tmp_path):
+    raw = tiny_raw(tmp_path)
+    for key, value, msg in (("views", 0, "patches.views: 0 is out of range"),
+                            ("views", 2.5, "patches.views: expected an integer")):
+        bad = copy.deepcopy(raw)
+        bad["patches"][key] = value
+        with pytest.raises(ParamsError, match=msg):
+            params_from_dict(bad)
+    bad = copy.deepcopy(raw)
+    bad["patches"].update(n_low=2, n_high=2, views=25)
+    with pytest.raises(ParamsError, match="25 distinct orders of 4 patches do not exist"):
+        params_from_dict(bad)
+    bad = copy.deepcopy(raw)
+    bad["evaluate"]["view_average"] = "median"
+    with pytest.raises(ParamsError, match="evaluate.view_average: 'median' is not one of"):
+        params_from_dict(bad)
+    res = CliRunner().invoke(main, ["extract", "--params", str(write_params(
+        tmp_path / "p.yaml", raw)), "--set", "patches.views=-1"])
+    assert res.exit_code == 1 and "patches.views: -1 is out of range" in res.output
+    assert "Traceback" not in res.output
+
+
+# ----------------------------------------------------------------------------- the cache
+
+
+def test_one_view_is_todays_cache_and_metrics_bit_for_bit(built_cache, tmp_path, demo_images):
+    """A params file without the new keys builds exactly the cache and metrics of views: 1."""
+    raw = tiny_raw(demo_images)
+    raw["patches"].pop("views")
+    raw["evaluate"].pop("view_average")
+    old = build_cache(tmp_path / "old", params_from_dict(raw))
+    for a, b in ((old.embeddings, built_cache.embeddings),
+                 (old.selections, built_cache.selections)):
+        with h5py.File(a) as fa, h5py.File(b) as fb:
+            assert set(fa) == set(fb)
+            for name in fa:
+                np.testing.assert_array_equal(fa[name][:], fb[name][:], err_msg=name)
+    # The explicit key changes no request: nothing is recomputed.
+    summary = run_extract(built_cache.params, old.manifest, old.outputs, old.workdir / "cache")
+    assert summary.reused_parts == ["captions", "image", "selections", "text"]
+    metrics = []
+    for cache, params in ((old, old.params), (built_cache, built_cache.params)):
+        model = tmp_path / f"m{len(metrics)}"
+        p = dataclasses.replace(params, train=dataclasses.replace(params.train, device="cpu"))
+        run_train(p, cache.manifest, cache.embeddings, model, model / "log.csv")
+        res = run_evaluate(p, cache.manifest, cache.embeddings, model, model / "m.json",
+                           model / "plots")
+        metrics.append({k: res[k] for k in ("val", "test")})
+    assert _same(metrics[0], metrics[1])
+
+
+def test_changing_views_reembeds_only_the_images(built_cache, views_cache):
+    with h5py.File(built_cache.embeddings) as f:
+        one_image, one_text = f["image"][:], f["text"][:]
+    with h5py.File(views_cache.embeddings) as f:
+        image, text = f["image"][:], f["text"][:]
+        prov = f.attrs["provenance"]
+    n, d = one_image.shape
+    assert image.shape == (n, K, d) and '"views": 3' in prov
+    np.testing.assert_array_equal(image[:, 0], one_image)  # view 0 bit for bit
+    np.testing.assert_array_equal(text, one_text)  # the caption's embedding is shared
+    for k in range(1, K):
+        assert not np.array_equal(image[:, k], image[:, 0])
+    # Up to date at K = 3; back to K = 1 re-embeds only the images again, as 2-D.
+    params = views_cache.params
+    cache = views_cache.workdir / "cache"
+    assert run_extract(params, views_cache.manifest, views_cache.outputs,
+                       cache).reused_parts == ["captions", "image", "selections", "text"]
+    one = _params(built_cache, views=1)
+    tmp = Path(str(views_cache.embeddings) + ".k1.h5")
+    shutil.copy(views_cache.embeddings, tmp)
+    out = dataclasses.replace(views_cache.outputs, embeddings=tmp)
+    summary = run_extract(one, views_cache.manifest, out, cache)
+    assert summary.reused_parts == ["captions", "selections", "text"]
+    with h5py.File(tmp) as f:
+        np.testing.assert_array_equal(f["image"][:], one_image)
+    tmp.unlink()
+
+
+def test_features_expose_views_and_refuse_a_different_count(built_cache, views_cache,
+                                                            monkeypatch):
+    fs = load_features(views_cache.params, views_cache.manifest, views_cache.embeddings)
+    one = load_features(built_cache.params, built_cache.manifest, built_cache.embeddings)
+    assert fs.n_views == K and one.n_views == 1 and fs.dim == one.dim
+    assert torch.equal(fs.first_views(1).image, one.image)
+    assert fs.first_views(2).image.shape == (len(fs), 2, fs.dim)
+    with pytest.raises(ValueError, match="hold 3 patch-order view"):
+        fs.first_views(4)
+    with pytest.raises(features.ProvenanceMismatch, match="holds 3 patch-order view.*is 1"):
+        load_features(built_cache.params, views_cache.manifest, views_cache.embeddings)
+    monkeypatch.setattr(features, "_available_ram", lambda: 1)  # memory-mapped: same rows
+    mapped = load_features(views_cache.params, views_cache.manifest, views_cache.embeddings)
+    assert isinstance(mapped.image, MappedRows) and mapped.n_views == K
+    idx = torch.tensor([5, 0, 3])
+    assert torch.equal(mapped.image[idx].float(), fs.image[idx])
+    assert torch.equal(mapped.first_views(1).image[idx].float(), one.image[idx])
+    assert mapped.first_views(2).image.shape == (len(fs), 2, fs.dim)
+
+
+# ----------------------------------------------------------------------------- the heads
+
+
+def test_training_draws_a_view_per_image_deterministically(views_cache):
+    fs = load_features(views_cache.params, views_cache.manifest, views_cache.embeddings)
+    train, val = select(fs, "train"), select(fs, "val")
+    tp = dataclasses.replace(views_cache.params.train, epochs=2, device="cpu")
+
+    def weights(tr, va, **kw):
+        return {k: v.clone() for k, v in fit("advanced", tr, va, tp, **kw).model.state_dict()
+                .items()}
+
+    a = weights(train, val)
+    torch.manual_seed(999)
+    b = weights(train, val)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    first = weights(train.first_views(1), val.first_views(1))
+    assert any(not torch.equal(a[k], first[k]) for k in a)  # views 1, 2 were trained on
+    # Scoring combines the views: the three averages differ and `first` is view 0 alone.
+    model = fit("advanced", train, val, tp).model
+    probs = {how: predict_proba(model, val.image, val.text, average=how)
+             for how in ("mean_logit", "mean_prob", "first")}
+    np.testing.assert_array_equal(
+        probs["first"], predict_proba(model, val.first_views(1).image, val.text))
+    assert not np.allclose(probs["mean_logit"], probs["first"])
+    logits = torch.tensor([[0.0, 4.0], [-2.0, 2.0]])
+    np.testing.assert_allclose(average_views(logits, "mean_logit"), [1 / (1 + math.exp(-2)), 0.5])
+    np.testing.assert_allclose(average_views(logits, "mean_prob"),
+                               [(0.5 + 1 / (1 + math.exp(-4))) / 2, 0.5])
+
+
+@pytest.fixture(scope="module")
+def views_bundle(views_cache, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("views_bundle") / "model"
+    params = _params(views_cache, epochs=15, lr=3e-3)
+    run_train(params, views_cache.manifest, views_cache.embeddings, out, out.parent / "log.csv")
+    return out
+
+
+def test_evaluate_and_predict_agree_on_views(views_cache, views_bundle, tmp_path):
+    params = _params(views_cache)
+    res = run_evaluate(params, views_cache.manifest, views_cache.embeddings, views_bundle,
+                       tmp_path / "m.json", tmp_path / "plots")
+    assert (res["views"], res["view_average"]) == (K, "mean_logit")
+    fs = load_features(params, views_cache.manifest, views_cache.embeddings)
+    keep = np.zeros(len(fs), bool)
+    keep[::4] = True
+    fs = fs.subset(keep)
+    chain = load_chain(views_bundle, device="cpu")
+    assert (chain.views, chain.view_average) == (K, "mean_logit")
+    cached = predict_proba(chain.head, fs.image, fs.text)
+    df = predict_paths(chain, fs.frame["path"].tolist(), batch_size=8)
+    assert df["id"].tolist() == fs.frame["id"].tolist()
+    np.testing.assert_allclose(df["prob"].to_numpy(), cached, atol=1e-5)
+    assert np.ptp(cached) > 1e-3
+    # explain: the same combined probability; occlusion covers every view's copy of a patch
+    path = fs.frame["path"].iloc[0]
+    ex = explain_image(chain, path)
+    assert ex.prob == pytest.approx(float(cached[0]), abs=1e-5)
+    assert len(ex.patches) == PatchSpec().count
+    assert any(abs(p.contribution) > 0 for p in ex.patches)
+    rgb, _ = open_image(path)
+    assert ex.composite.shape == select_patches(rgb, fs.frame["id"].iloc[0],
+                                                PatchSpec()).composite.shape
+
+
+def test_evaluate_table_says_how_views_were_combined(views_cache, views_bundle, tmp_path):
+    raw = tiny_raw(views_cache.workdir)
+    raw["patches"]["views"] = K
+    raw["evaluate"]["view_average"] = "mean_prob"
+    params = write_params(tmp_path / "params.yaml", raw)
+    res = CliRunner().invoke(main, [
+        "evaluate", "--params", str(params), "--manifest", str(views_cache.manifest),
+        "--embeddings", str(views_cache.embeddings), "--model", str(views_bundle),
+        "--out", str(tmp_path / "m.json"), "--plots", str(tmp_path / "plots")])
+    assert res.exit_code == 0, res.output
+    assert "test (%; 3 patch-order views, mean_prob)" in res.output
+
+
+def test_compare_puts_one_view_and_k_views_side_by_side(built_cache, views_cache, tmp_path):
+    params = _params(views_cache, epochs=3)
+    out = run_compare(params, views_cache.manifest, views_cache.embeddings, ("advanced",),
+                      tmp_path / "c.json", views=(1, K))
+    assert list(out["heads"]) == ["advanced K=1", f"advanced K={K}"]
+    assert out["heads"][f"advanced K={K}"]["training"]["views"] == K
+    table = format_comparison(out)
+    assert "advanced K=1" in table.splitlines()[0] and "K=1 trains and scores view 0" in table
+    # The K=1 column is exactly what a one-view cache gives.
+    one = run_compare(_params(built_cache, views=1, epochs=3), built_cache.manifest,
+                      built_cache.embeddings, ("advanced",))
+    assert _same(one["heads"]["advanced"]["test"], out["heads"]["advanced K=1"]["test"])
+    with pytest.raises(ValueError, match="cannot be taken"):
+        run_compare(params, views_cache.manifest, views_cache.embeddings, ("ufd",), views=(4,))
+    raw = tiny_raw(views_cache.workdir)
+    raw["patches"]["views"] = K
+    res = CliRunner().invoke(main, [
+        "compare", "--params", str(write_params(tmp_path / "p.yaml", raw)), "--heads", "ufd",
+        "--manifest", str(views_cache.manifest), "--embeddings", str(views_cache.embeddings),
+        "--out", str(tmp_path / "c2.json"), "--views", "1,x"])
+    assert res.exit_code != 0 and "--views" in res.output and "Traceback" not in res.output
