@@ -15,7 +15,13 @@ and one GPU running BLIP and CLIP at the stated rates (``--caption-rate``, ``--i
 ``--text-rate``: measured on a GPU with ``--device cuda`` where one is available, otherwise
 assumptions that the table labels as such).
 
+With ``--views K`` it also extracts N images with ``patches.views: 1`` and ``K`` and prints the
+CPU ms per image of each part of the extraction (decode, patch selection, composites, BLIP
+resize, BLIP, CLIP image tower, CLIP text tower): only the image tower (and the cheap composites)
+should grow with K (``--views-only`` skips the N / 4N tables).
+
     python bench/bench_scale.py --n 64            # about 2 minutes on a 2-core CPU
+    python bench/bench_scale.py --n 64 --views 4 --views-only
 """
 
 from __future__ import annotations
@@ -116,6 +122,87 @@ def child(stage: str, ws: Path) -> None:
                       "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
+PARTS = ("decode", "selection", "composites", "blip_resize", "blip", "clip_image", "clip_text")
+
+
+def _timed(owner: object, name: str, key: str, acc: dict[str, float]) -> None:
+    """Wrap ``owner.name`` so its CPU time accumulates in ``acc[key]``."""
+    real = getattr(owner, name)
+
+    def wrapper(*a, **k):
+        c = time.process_time()
+        try:
+            return real(*a, **k)
+        finally:
+            acc[key] += time.process_time() - c
+
+    setattr(owner, name, wrapper)
+
+
+def child_parts(ws: Path) -> None:
+    """``extract`` in this process with each part of the pass timed (CPU s), printed as JSON."""
+    os.chdir(ws)
+    import torch
+
+    torch.set_num_threads(1)
+    from pipeline.backbones.clip import ClipBackbone
+    from pipeline.config import load_params
+    from pipeline.extraction import extract_stage, image_pass
+
+    acc = dict.fromkeys(PARTS, 0.0)
+    for owner, name, key in ((image_pass, "open_image", "decode"),
+                             (image_pass, "select_cells", "selection"),
+                             (image_pass, "composite", "composites"),
+                             (image_pass, "view_cells", "composites"),
+                             (image_pass.BlipResize, "resize", "blip_resize"),
+                             (extract_stage, "generate_captions", "blip"),
+                             (ClipBackbone, "encode_images", "clip_image"),
+                             (ClipBackbone, "encode_texts", "clip_text")):
+        _timed(owner, name, key, acc)
+    params = load_params("params.yaml")
+    c0 = time.process_time()
+    extract_stage.run_extract(params, "cache/manifest.parquet", extract_stage.Outputs.at(
+        "cache/selections.h5", "cache/captions.parquet", "cache/embeddings.h5"), "cache")
+    print(json.dumps({"parts": acc, "cpu": time.process_time() - c0}))
+
+
+def views_table(base: Path, args: argparse.Namespace) -> list[tuple[int, dict]]:
+    """Extract the same N images with 1 and ``args.views`` patch-order views (fresh caches)."""
+    import shutil
+
+    import yaml
+
+    ws = workspace(base, args.n, args.size, args)
+    run_stage("index", ws)
+    rows = []
+    for k in dict.fromkeys((1, args.views)):
+        raw = yaml.safe_load((ws / "params.yaml").read_text())
+        raw["patches"]["views"] = k
+        (ws / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+        for name in ("selections.h5", "captions.parquet", "embeddings.h5"):
+            (ws / "cache" / name).unlink(missing_ok=True)
+        shutil.rmtree(ws / "cache" / ".work", ignore_errors=True)
+        rows.append((k, run_stage("parts", ws)))
+    return rows
+
+
+def print_views(rows: list[tuple[int, dict]], n: int, args: argparse.Namespace) -> None:
+    print(f"\n## Patch-order views: extraction CPU ms per image by part ({n} images of "
+          f"{args.size} px; {args.arch}/{args.caption} on {args.device}; 1 core)\n")
+    print("| patches.views | " + " | ".join(PARTS) + " | whole extract (incl. model loading) |")
+    print("| ---: |" + " ---: |" * (len(PARTS) + 1))
+    for k, r in rows:
+        print(f"| {k} | " + " | ".join(f"{1e3 * r['parts'][p] / n:.2f}" for p in PARTS)
+              + f" | {1e3 * r['cpu'] / n:.2f} |")
+    if len(rows) == 2:
+        (_, a), (k, b) = rows
+        print(f"\n| growth 1 -> {k} views | " + " | ".join(PARTS) + " |")
+        print("| --- |" + " ---: |" * len(PARTS))
+        print("| ratio | " + " | ".join(
+            f"{b['parts'][p] / a['parts'][p]:.2f}" if a["parts"][p] else "-" for p in PARTS)
+            + " |")
+
+
 def run_stage(stage: str, ws: Path) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     out = subprocess.run([sys.executable, __file__, "--child", stage, "--ws", str(ws)],
@@ -204,12 +291,23 @@ def main() -> None:
                     help="CLIP ViT-L/14 image tower images/s on the target GPU (stated)")
     ap.add_argument("--text-rate", type=float, default=10000.0,
                     help="CLIP text tower captions/s on the target GPU (stated)")
+    ap.add_argument("--views", type=int, default=1,
+                    help="also compare extraction by part at patches.views 1 and this K")
+    ap.add_argument("--views-only", action="store_true", help="only the --views table")
     ap.add_argument("--child", default="")
     ap.add_argument("--ws", default="")
     args = ap.parse_args()
+    if args.child == "parts":
+        child_parts(Path(args.ws))
+        return
     if args.child:
         child(args.child, Path(args.ws))
         return
+    if args.views > 1:
+        with tempfile.TemporaryDirectory() as tmp:
+            print_views(views_table(Path(tmp), args), args.n, args)
+        if args.views_only:
+            return
     load = os.getloadavg()[0]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -2,6 +2,7 @@
 
 import click
 
+from pipeline.evaluation.evaluate_stage import views_note
 from pipeline.evaluation.views_eval_stage import format_views_table, run_evaluate_views
 from pipeline.extraction.views_stage import run_views
 from pipeline.metrics import format_table
@@ -45,7 +46,9 @@ def evaluate_views(params_file: str, overrides: tuple[str, ...], manifest: str, 
     params = load(params_file, overrides)
     results = run_evaluate_views(params, manifest, embeddings, model_dir, views_dir,
                                  metrics_dir)
+    note = views_note(params.patches.views, params.evaluate.view_average)
+    note = f"; {note}" if note else ""
     if per_source:
         for name, res in results.items():
-            click.echo(format_table(res, f"\n[{name}] test (%)"))
-    click.echo(format_views_table(results, "\nmean over generators per view (%)"))
+            click.echo(format_table(res, f"\n[{name}] test (%{note})"))
+    click.echo(format_views_table(results, f"\nmean over generators per view (%{note})"))

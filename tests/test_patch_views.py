@@ -300,3 +300,23 @@ def test_compare_puts_one_view_and_k_views_side_by_side(built_cache, views_cache
         "--manifest", str(views_cache.manifest), "--embeddings", str(views_cache.embeddings),
         "--out", str(tmp_path / "c2.json"), "--views", "1,x"])
     assert res.exit_code != 0 and "--views" in res.output and "Traceback" not in res.output
+
+
+def test_degraded_test_views_hold_the_same_patch_orders(views_cache, views_bundle, tmp_path):
+    """`nsnet degrade` embeds K orders of each degraded test image; evaluate-views combines
+    them like evaluate and says so."""
+    from pipeline.evaluation.views_eval_stage import run_evaluate_views
+    from pipeline.extraction.views_stage import run_views, view_paths
+
+    params = _params(views_cache)
+    params.protocol.degradations = ["jpeg30"]
+    (res,) = run_views(params, views_cache.manifest, tmp_path / "views")
+    assert not res["reused"]
+    paths = view_paths(tmp_path / "views", "jpeg30")
+    with h5py.File(paths.embeddings) as f:
+        assert f["image"].ndim == 3 and f["image"].shape[1] == K
+    out = run_evaluate_views(params, views_cache.manifest, views_cache.embeddings, views_bundle,
+                             tmp_path / "views", tmp_path / "metrics")
+    assert set(out) == {"clean", "jpeg30"}
+    summary = json.loads((tmp_path / "metrics" / "degradations.json").read_text())
+    assert (summary["patch_views"], summary["view_average"]) == (K, "mean_logit")

@@ -70,6 +70,7 @@ def run_evaluate_views(params: Params, manifest: str | Path, embeddings: str | P
     summary = {
         "head": config["head"]["kind"], "threshold": decision.threshold,
         "preset": params.protocol.preset,
+        "patch_views": params.patches.views, "view_average": params.evaluate.view_average,
         "views": {name: {"mean": res["mean"], "mean_rows": list(res["per_source"]),
                          "per_source": {s: {k: m[k] for k in SUMMARY_KEYS}
                                         for s, m in res["per_source"].items()}}
