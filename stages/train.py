@@ -21,7 +21,9 @@ def train(params_file: str, overrides: tuple[str, ...], manifest: str, embedding
     extra = (f", semantic rank k={info['nsnet_k']} explains "
              f"{100 * info['explained_variance']:.1f}% of caption energy"
              if "nsnet_k" in info else "")
-    echo_summary(f"train: {params.train.head} on {info['n_train']} images, best epoch "
+    views = (f" x {info['views']} patch-order views (one drawn per epoch)"
+             if info.get("views", 1) > 1 else "")
+    echo_summary(f"train: {params.train.head} on {info['n_train']} images{views}, best epoch "
                  f"{info['best_epoch']} (val AP {info['best_val_ap']:.4f}){extra} -> {out}")
     if info.get("preset_train_missing"):
         click.secho(f"note: protocol.preset {info['preset']} trains on "

@@ -31,6 +31,7 @@ from pipeline.extraction.extract_stage import run_extract
 from pipeline.extraction.patch_selection import (
     PatchSpec,
     choose,
+    composite,
     patch_entropies,
     select_patches,
     to_gray,
@@ -40,7 +41,7 @@ from pipeline.extraction.patch_selection import (
 )
 from pipeline.heads.train_stage import run_train
 from pipeline.heads.training_loop import average_views, fit, predict_proba
-from pipeline.inference.explain import explain_image
+from pipeline.inference.explain import explain_image, occlude, score_composites
 from pipeline.inference.predict import load_chain, predict_paths
 from stages.cli import main
 from tests.conftest import BuiltCache, build_cache, tiny_raw, write_params
@@ -261,9 +262,20 @@ def test_evaluate_and_predict_agree_on_views(views_cache, views_bundle, tmp_path
     assert ex.prob == pytest.approx(float(cached[0]), abs=1e-5)
     assert len(ex.patches) == PatchSpec().count
     assert any(abs(p.contribution) > 0 for p in ex.patches)
+    # Patch 5's contribution: that cell occluded in each view, wherever the view placed it.
     rgb, _ = open_image(path)
-    assert ex.composite.shape == select_patches(rgb, fs.frame["id"].iloc[0],
-                                                PatchSpec()).composite.shape
+    image_id, spec = fs.frame["id"].iloc[0], PatchSpec()
+    sel = select_patches(rgb, image_id, spec)
+    np.testing.assert_array_equal(ex.composite, sel.composite)  # the report shows view 0
+    cells, orders = view_cells(sel.cells, image_id, K), view_orders(image_id, K, spec.count)
+    comps = []
+    for v in range(K):
+        tile = int(np.flatnonzero(orders[v] == 5)[0])  # view v's tile holding view 0's tile 5
+        np.testing.assert_array_equal(cells[v][tile], sel.cells[5])
+        comps.append(occlude(composite(rgb, cells[v], spec), [tile], spec))
+    text = chain.clip.encode_texts([ex.caption]).half().float()
+    logits = torch.from_numpy(score_composites(chain, np.stack(comps), text))
+    assert ex.patches[5].contribution == pytest.approx(ex.logit - float(logits.mean()), abs=1e-4)
 
 
 def test_evaluate_table_says_how_views_were_combined(views_cache, views_bundle, tmp_path):
