@@ -289,6 +289,14 @@ def test_evaluate_table_says_how_views_were_combined(views_cache, views_bundle, 
         "--out", str(tmp_path / "m.json"), "--plots", str(tmp_path / "plots")])
     assert res.exit_code == 0, res.output
     assert "test (%; 3 patch-order views, mean_prob)" in res.output
+    res = CliRunner().invoke(main, [
+        "train", "--params", str(params), "--manifest", str(views_cache.manifest),
+        "--embeddings", str(views_cache.embeddings), "--out", str(tmp_path / "model"),
+        "--log", str(tmp_path / "log.csv"), "--set", "train.epochs=1", "--set", "train.device=cpu"])
+    assert res.exit_code == 0, res.output
+    assert "x 3 patch-order views (one drawn per epoch)" in res.output
+    bundle = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert bundle["views"] == {"count": K, "average": "mean_prob"}
 
 
 def test_compare_puts_one_view_and_k_views_side_by_side(built_cache, views_cache, tmp_path):
