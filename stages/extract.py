@@ -23,7 +23,9 @@ def extract(params_file: str, overrides: tuple[str, ...], manifest: str, selecti
             captions: str, embeddings: str, composites: str, scheduler: str) -> None:
     """Decode each image once; select 24 low + 25 high spectral-entropy patches, caption it
     with BLIP and embed composite and caption with the frozen CLIP. Parts whose settings did
-    not change are reused, so e.g. a new clip.* setting never re-runs BLIP."""
+    not change are reused, so e.g. a new clip.* setting never re-runs BLIP. With
+    patches.views: K, CLIP embeds K patch orders of each image (a new K re-embeds only the
+    images)."""
     from pipeline.extraction.extract_stage import Outputs, run_extract
 
     params = load(params_file, overrides)

@@ -297,6 +297,12 @@ def test_evaluate_table_says_how_views_were_combined(views_cache, views_bundle, 
     assert "x 3 patch-order views (one drawn per epoch)" in res.output
     bundle = json.loads((tmp_path / "model" / "config.json").read_text())
     assert bundle["views"] == {"count": K, "average": "mean_prob"}
+    res = CliRunner().invoke(main, [  # a cache of another K: one clear message
+        "evaluate", "--params", str(params), "--manifest", str(views_cache.manifest),
+        "--embeddings", str(views_cache.embeddings), "--model", str(views_bundle),
+        "--out", str(tmp_path / "m.json"), "--set", "patches.views=2"])
+    assert res.exit_code == 1 and "holds 3 patch-order view(s) per image but patches.views " \
+        "is 2. Rerun `nsnet extract`" in res.output and "Traceback" not in res.output
 
 
 def test_compare_puts_one_view_and_k_views_side_by_side(built_cache, views_cache, tmp_path):
