@@ -201,6 +201,14 @@ def print_views(rows: list[tuple[int, dict]], n: int, args: argparse.Namespace) 
         print("| ratio | " + " | ".join(
             f"{b['parts'][p] / a['parts'][p]:.2f}" if a["parts"][p] else "-" for p in PARTS)
             + " |")
+    print(f"\n| GenImage GPU side (BLIP {args.caption_rate:.0f}/s, CLIP image "
+          f"{args.image_rate:.0f}/s per view, text {args.text_rate:.0f}/s: stated rates) | "
+          "hours |")
+    print("| --- | ---: |")
+    for k, _ in rows:
+        hours = GENIMAGE * (1 / args.caption_rate + k / args.image_rate
+                            + 1 / args.text_rate) / 3600
+        print(f"| patches.views: {k} | {hours:.2f} |")
 
 
 def run_stage(stage: str, ws: Path) -> dict:
