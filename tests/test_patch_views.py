@@ -346,3 +346,16 @@ def test_degraded_test_views_hold_the_same_patch_orders(views_cache, views_bundl
     assert set(out) == {"clean", "jpeg30"}
     summary = json.loads((tmp_path / "metrics" / "degradations.json").read_text())
     assert (summary["patch_views"], summary["view_average"]) == (K, "mean_logit")
+
+
+def test_k_view_images_are_reused_when_only_captions_change(views_cache, tmp_path):
+    ws = views_cache.copy_to(tmp_path / "ws")
+    with h5py.File(ws.embeddings) as f:
+        before = f["image"][:]
+    params = copy.deepcopy(views_cache.params)
+    params.caption.max_new_tokens = 3
+    summary = run_extract(params, ws.manifest, ws.outputs, ws.workdir / "cache")
+    assert summary.reused_parts == ["image", "selections"], summary.line()
+    with h5py.File(ws.embeddings) as f:
+        np.testing.assert_array_equal(f["image"][:], before)  # (n, K, d) copied as it was
+    assert load_features(params, ws.manifest, ws.embeddings).n_views == K
