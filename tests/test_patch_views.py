@@ -19,6 +19,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+import yaml
 from click.testing import CliRunner
 
 import pipeline.extraction.cached_features as features
@@ -359,3 +360,26 @@ def test_k_view_images_are_reused_when_only_captions_change(views_cache, tmp_pat
     with h5py.File(ws.embeddings) as f:
         np.testing.assert_array_equal(f["image"][:], before)  # (n, K, d) copied as it was
     assert load_features(params, ws.manifest, ws.embeddings).n_views == K
+
+
+@pytest.mark.slow
+def test_dvc_reruns_only_the_image_embeddings_when_patches_views_changes(tmp_path):
+    """Real dvc on the real dvc.yaml: a new patches.views re-runs extract (images only: the
+    captions, selections and text are reused), never index."""
+    from pipeline.data.demo_data import make_workspace
+    from tests.test_dvc_pipeline import ROOT, ran, sh, skipped
+
+    ws = make_workspace(tmp_path / "ws", ROOT, code="link", n_real=8, n_fake_each=4, size=96)
+    sh(ws, "git", "init", "-q")
+    sh(ws, "dvc", "init", "-q")
+    sh(ws, "dvc", "repro", "extract")
+    captions = (ws / "cache/captions.parquet").read_bytes()
+    raw = yaml.safe_load((ws / "params.yaml").read_text())
+    raw["patches"]["views"] = 2
+    (ws / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    out = sh(ws, "dvc", "repro", "extract")
+    assert ran(out) == {"extract"} and skipped(out) == {"index"}, out
+    assert "up to date: captions, selections, text" in out, out
+    assert (ws / "cache/captions.parquet").read_bytes() == captions
+    with h5py.File(ws / "cache/embeddings.h5") as f:
+        assert f["image"].shape[1] == 2
