@@ -30,6 +30,9 @@ def explain(params_file: str, overrides: tuple[str, ...], image: str, model_dir:
     png, js = write_report(ex, out or f"{Path(image).stem}.explain.png", k)
     click.echo(f"{Path(image).name}: P(generated) = {ex.prob:.3f} -> {ex.label} "
                f"(threshold {ex.threshold:g}, head {ex.head})")
+    if chain.views > 1:
+        click.echo(f"patch-order views: {chain.views}, combined by {chain.view_average}; a "
+                   "patch's contribution occludes it in every view")
     click.echo(f"caption: {ex.caption}")
     click.echo(f"semantic part removed: {100 * ex.semantic_removed:.1f}% of the image feature")
     click.echo("patches pushing toward generated (contribution in logits, pixel y,x):")

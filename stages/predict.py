@@ -47,6 +47,8 @@ def predict(params_file: str, overrides: tuple[str, ...], paths: tuple[str, ...]
         write_results(df, out)
     ok = df["status"] == "ok"
     n_fake = int((df.loc[ok, "label"] == "generated").sum())
+    views = (f"; {chain.views} patch-order views, {chain.view_average}"
+             if chain.views > 1 else "")
     echo_summary(f"predict: {int(ok.sum())} scored ({n_fake} generated at threshold "
-                 f"{chain.threshold:g}), {int((~ok).sum())} skipped"
+                 f"{chain.threshold:g}{views}), {int((~ok).sum())} skipped"
                  + (f" -> {out}" if out else ""))

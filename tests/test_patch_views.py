@@ -383,3 +383,17 @@ def test_dvc_reruns_only_the_image_embeddings_when_patches_views_changes(tmp_pat
     assert (ws / "cache/captions.parquet").read_bytes() == captions
     with h5py.File(ws / "cache/embeddings.h5") as f:
         assert f["image"].shape[1] == 2
+
+
+def test_predict_and_explain_cli_say_the_views(views_cache, views_bundle, tmp_path):
+    path = load_features(views_cache.params, views_cache.manifest,
+                         views_cache.embeddings).frame["path"].iloc[0]
+    none = ["--params", str(tmp_path / "none.yaml"), "--set", "compute.device=cpu"]
+    res = CliRunner().invoke(main, ["predict", path, "--model", str(views_bundle), *none])
+    assert res.exit_code == 0, res.output
+    assert "1 scored" in res.output and "3 patch-order views, mean_logit" in res.output
+    res = CliRunner().invoke(main, ["explain", path, "--model", str(views_bundle),
+                                    "--out", str(tmp_path / "r.png"), *none])
+    assert res.exit_code == 0, res.output
+    assert "patch-order views: 3, combined by mean_logit" in res.output
+    assert (tmp_path / "r.png").stat().st_size > 0 and (tmp_path / "r.json").exists()
