@@ -397,3 +397,21 @@ def test_predict_and_explain_cli_say_the_views(views_cache, views_bundle, tmp_pa
     assert res.exit_code == 0, res.output
     assert "patch-order views: 3, combined by mean_logit" in res.output
     assert (tmp_path / "r.png").stat().st_size > 0 and (tmp_path / "r.json").exists()
+
+
+def test_python_detector_used_by_serve_combines_the_views(views_cache, views_bundle):
+    """`pipeline.Detector` (what `nsnet serve` runs) scores K-view bundles as evaluate does."""
+    from pipeline.inference.detector import Detector
+
+    params = _params(views_cache)
+    fs = load_features(params, views_cache.manifest, views_cache.embeddings)
+    keep = np.zeros(len(fs), bool)
+    keep[1::9] = True
+    fs = fs.subset(keep)
+    det = Detector.load(views_bundle, device="cpu")
+    assert det.describe()["config"]["views"] == {"count": K, "average": "mean_logit"}
+    paths = fs.frame["path"].tolist()
+    rows = det.predict([Path(p).read_bytes() for p in paths])
+    cached = predict_proba(det.chain.head, fs.image, fs.text)
+    np.testing.assert_allclose(rows["prob"].to_numpy(), cached, atol=1e-5)
+    assert np.isfinite(rows["semantic_share"].to_numpy()).all()
