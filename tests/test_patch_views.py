@@ -415,3 +415,29 @@ def test_python_detector_used_by_serve_combines_the_views(views_cache, views_bun
     cached = predict_proba(det.chain.head, fs.image, fs.text)
     np.testing.assert_allclose(rows["prob"].to_numpy(), cached, atol=1e-5)
     assert np.isfinite(rows["semantic_share"].to_numpy()).all()
+
+
+def test_calibrated_k_view_bundle_scores_the_same_in_evaluate_and_predict(views_cache, tmp_path):
+    """Views are combined into one logit, then the bundle's calibration applies, everywhere."""
+    from pipeline.evaluation.evaluate_stage import score
+    from pipeline.heads.bundle import load_bundle
+    from pipeline.heads.decision import Decision
+
+    params = _params(views_cache, epochs=8, lr=3e-3)
+    params.evaluate.calibration = "platt"
+    params.evaluate.view_average = "mean_prob"
+    run_train(params, views_cache.manifest, views_cache.embeddings, tmp_path / "m",
+              tmp_path / "log.csv")
+    model, config = load_bundle(tmp_path / "m")
+    decision = Decision.from_bundle(config)
+    assert decision.calibration == "platt"
+    fs = load_features(params, views_cache.manifest, views_cache.embeddings)
+    keep = np.zeros(len(fs), bool)
+    keep[2::9] = True
+    fs = fs.subset(keep)
+    frame = score(model, fs, decision, "mean_prob")
+    assert not np.allclose(frame["prob"], frame["prob_raw"])  # calibration did something
+    chain = load_chain(tmp_path / "m", device="cpu")
+    assert chain.view_average == "mean_prob"
+    df = predict_paths(chain, fs.frame["path"].tolist(), batch_size=8)
+    np.testing.assert_allclose(df["prob"].to_numpy(), frame["prob"].to_numpy(), atol=1e-5)
