@@ -28,7 +28,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.atomic import atomic_path, reserve_space
+from pipeline.atomic import atomic_path
 
 ID_DTYPE = "S64"
 H5_SLACK = 1 << 20  # room checked beyond the raw arrays (HDF5 metadata)
@@ -41,53 +41,6 @@ def encode_ids(ids: Sequence[str]) -> np.ndarray:
 def decode_ids(arr: np.ndarray) -> list[str]:
     """Fixed-width id bytes -> str, vectorised (one numpy pass, no per-id Python decode)."""
     return np.char.decode(np.asarray(arr, dtype=ID_DTYPE), "ascii").tolist()
-
-
-def write_h5(path: str | Path, arrays: dict[str, np.ndarray], ids: Sequence[str],
-             provenance: dict[str, Any], chunk_rows: int = 64) -> None:
-    """Atomically write aligned arrays (first axis = ids) with provenance."""
-    reserve_space(path, sum(a.nbytes for a in arrays.values()) + 64 * len(ids) + H5_SLACK)
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
-        f.create_dataset("ids", data=encode_ids(ids))
-        for name, arr in arrays.items():
-            chunks = (max(1, min(chunk_rows, len(arr))), *arr.shape[1:]) if len(arr) else None
-            f.create_dataset(name, data=arr, chunks=chunks)
-        f.attrs["provenance"] = json.dumps(provenance, sort_keys=True)
-
-
-def concat_h5(path: str | Path, parts: Sequence[str | Path], names: Sequence[str],
-              provenance: dict[str, Any], chunk_rows: int = 64) -> int:
-    """Stream shard files (same datasets) into one aligned file, atomically. Returns rows.
-
-    ``chunk_rows=0`` writes contiguous datasets, which readers can memory-map.
-    """
-    total = 0
-    shapes: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
-    for part in parts:
-        with h5py.File(part, "r") as f:
-            total += len(f["ids"])
-            for n in names:
-                shapes[n] = (f[n].shape[1:], f[n].dtype)
-    row_bytes = 64 + sum(int(np.prod(shape)) * dtype.itemsize for shape, dtype in shapes.values())
-    reserve_space(path, total * row_bytes + H5_SLACK)
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as out:
-        ids = out.create_dataset("ids", shape=(total,), dtype=ID_DTYPE)
-        dsets = {
-            n: out.create_dataset(n, shape=(total, *shape), dtype=dtype,
-                                  chunks=(max(1, min(chunk_rows, total)), *shape)
-                                  if total and chunk_rows else None)
-            for n, (shape, dtype) in shapes.items()
-        }
-        row = 0
-        for part in parts:
-            with h5py.File(part, "r") as f:
-                n = len(f["ids"])
-                ids[row:row + n] = f["ids"][:]
-                for name, d in dsets.items():
-                    d[row:row + n] = f[name][:]
-                row += n
-        out.attrs["provenance"] = json.dumps(provenance, sort_keys=True)
-    return total
 
 
 def h5_provenance(path: str | Path) -> dict[str, Any]:
