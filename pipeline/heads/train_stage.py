@@ -62,6 +62,7 @@ def bundle_config(params: Params, kind: str, result: TrainResult, fs: FeatureSet
         "decision": {**decision.to_json(), **(decision_report or {})},
         # patch-order views the head was trained on, and how scoring combines them
         "views": {"count": fs.n_views, "average": params.evaluate.view_average},
+        "uncertain_band": params.evaluate.uncertain_band,
         "backbones": {
             "clip": {k: prov.get(k) for k in ("clip_arch", "clip_pretrained", "weights",
                                                "weights_blake2b", "mean", "std", "image_size",

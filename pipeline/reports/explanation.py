@@ -42,6 +42,7 @@ class Explanation:
     composite: np.ndarray = field(repr=False)
     image: np.ndarray = field(repr=False)
     spec: PatchSpec = field(repr=False, default_factory=PatchSpec)
+    uncertain_band: float = 0.0  # |prob - threshold| < band is "uncertain"
 
     def top(self, k: int = 5, sign: int = 1) -> list[PatchReport]:
         """The ``k`` patches that pushed most toward generated (sign=1) or real (sign=-1)."""
@@ -54,6 +55,7 @@ class Explanation:
 
         return {"path": self.path, "id": self.id, "width": self.width, "height": self.height,
                 "prob_generated": self.prob, "label": self.label, "threshold": self.threshold,
+                "uncertain_band": self.uncertain_band,
                 "logit": self.logit, "caption": self.caption, "head": self.head,
                 "semantic_removed": self.semantic_removed,
                 "attribution": "occlusion: each grid tile replaced by the composite's mean "

@@ -1,0 +1,34 @@
+"""The one verdict rule: ``generated``, ``real`` or ``uncertain`` from a probability.
+
+A probability within ``band`` of the threshold is too close to call: ``predict``'s label
+column, ``explain``'s picture and JSON (and any other reader of a bundle) say ``uncertain``
+instead of flipping between REAL and GENERATED on noise. ``band`` is the bundle's
+``uncertain_band`` (``evaluate.uncertain_band`` at training time; 0.0 in older bundles).
+"""
+
+from __future__ import annotations
+
+import math
+
+FAKE, REAL, UNCERTAIN = "generated", "real", "uncertain"
+VERDICTS = (FAKE, REAL, UNCERTAIN)
+
+
+def verdict(prob: float, threshold: float, band: float = 0.0) -> str:
+    """``"generated"`` if ``prob >= threshold + band``, ``"real"`` if ``prob <= threshold - band``,
+    else ``"uncertain"``.
+
+    With ``band = 0`` this is the plain ``prob >= threshold`` rule. A NaN probability is
+    ``"uncertain"``.
+
+    Example::
+
+        verdict(0.499, 0.5, 0.05)  # 'uncertain'
+        verdict(0.9, 0.5, 0.05)    # 'generated'
+    """
+    prob, threshold, band = float(prob), float(threshold), float(band)
+    if math.isnan(prob):
+        return UNCERTAIN
+    if band > 0 and abs(prob - threshold) < band:
+        return UNCERTAIN
+    return FAKE if prob >= threshold else REAL
