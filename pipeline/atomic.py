@@ -20,6 +20,22 @@ class OutputWriteError(OSError):
     """Writing an output failed; the previous version of the file is untouched."""
 
 
+def _current_umask() -> int:
+    """The process umask (read by setting and restoring it; there is no getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def default_mode() -> int:
+    """The mode a plain ``open(path, "w")`` would create: 0o666 less the umask (0644 under 022).
+
+    ``tempfile.mkstemp`` creates 0600 files whatever the umask; outputs renamed from it would
+    stay private, so colleagues could not read a shared model or results.
+    """
+    return 0o666 & ~_current_umask()
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to ``target``; on success it replaces ``target``."""
@@ -32,6 +48,7 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp, default_mode())  # the writer may have replaced tmp: chmod what is there
         os.replace(tmp, target)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
