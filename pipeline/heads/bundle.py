@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,17 @@ import torch
 from safetensors.torch import load_file, save
 
 from pipeline.atomic import atomic_path, write_json
-from pipeline.heads.detectors import build_head
+from pipeline.config import (
+    CaptionParams,
+    ClipParams,
+    EvaluateParams,
+    ParamsError,
+    PatchParams,
+    TrainParams,
+    build_section,
+    check_value,
+)
+from pipeline.heads.detectors import HEADS, HPARAM_KEYS, build_head
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -39,6 +51,83 @@ def _digest(blob: bytes) -> str:
     return hashlib.blake2b(blob, digest_size=16).hexdigest()
 
 
+class BundleError(ValueError):
+    """A bundle's ``config.json`` is not one ``nsnet train`` could have written."""
+
+
+def validate_config(config: Any, where: str | Path = CONFIG) -> dict[str, Any]:
+    """Check every field a bundle is loaded and used from; raise ``BundleError`` naming the key.
+
+    A bundle is untrusted input: a list instead of a mapping, a missing ``head``, a string
+    where a number belongs, a zero patch size, a NaN threshold, unknown hparams or a missing
+    weights hash are refused here with one message instead of a traceback later.
+    """
+
+    def fail(key: str, problem: str) -> BundleError:
+        return BundleError(f"{where}: {key}: {problem}")
+
+    if not isinstance(config, dict):
+        raise fail("top level", f"expected a mapping, got {type(config).__name__}")
+    if config.get("format_version") != FORMAT_VERSION:
+        raise fail("format_version", f"unsupported bundle format {config.get('format_version')!r}"
+                   f" (this nsnet reads {FORMAT_VERSION})")
+    digest = config.get("weights_blake2b")
+    if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{32}", digest):
+        raise fail("weights_blake2b", "missing or not a 32-digit hex hash, so the weights "
+                   "cannot be checked; refusing to load them (retrain with `nsnet train`)")
+    head = config.get("head")
+    if not isinstance(head, dict):
+        raise fail("head", "missing or not a mapping (needs kind, dim, hparams)")
+    if head.get("kind") not in HEADS:
+        raise fail("head.kind", f"{head.get('kind')!r} is not one of {', '.join(HEADS)}")
+    dim = head.get("dim")
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        raise fail("head.dim", f"expected a positive integer, got {dim!r}")
+    hparams = head.get("hparams", {})
+    if isinstance(hparams, dict):
+        unknown = sorted(set(hparams) - set(HPARAM_KEYS))
+        if unknown:
+            raise fail(f"head.hparams.{unknown[0]}", "unknown hyper-parameter (known: "
+                       f"{', '.join(HPARAM_KEYS)})")
+    try:
+        build_section(TrainParams, hparams, "head.hparams.")
+        for key, cls, name in (("threshold", EvaluateParams, "threshold"),
+                               ("uncertain_band", EvaluateParams, "uncertain_band")):
+            if key in config:
+                check_value(key, config[key], cls, name)
+        if "backbones" in config:
+            _validate_backbones(config["backbones"])
+    except ParamsError as exc:
+        raise BundleError(f"{where}: {exc}") from exc
+    return config
+
+
+def _validate_backbones(bb: Any) -> None:
+    if not isinstance(bb, dict):
+        raise ParamsError(f"backbones: expected a mapping, got {type(bb).__name__}")
+    clip, blip, patches = bb.get("clip"), bb.get("blip"), bb.get("patches")
+    for key, value in (("backbones.clip", clip), ("backbones.blip", blip),
+                       ("backbones.patches", patches)):
+        if not isinstance(value, dict):
+            raise ParamsError(f"{key}: missing or not a mapping")
+    check_value("backbones.clip.clip_arch", clip.get("clip_arch"), ClipParams, "arch")
+    if clip.get("clip_pretrained") is not None:
+        check_value("backbones.clip.clip_pretrained", clip["clip_pretrained"], ClipParams,
+                    "pretrained")
+    check_value("backbones.blip.model", blip.get("model"), CaptionParams, "model")
+    if "max_new_tokens" in blip:
+        check_value("backbones.blip.max_new_tokens", blip["max_new_tokens"], CaptionParams,
+                    "max_new_tokens")
+    for name in ("size", "n_low", "n_high"):
+        check_value(f"backbones.patches.{name}", patches.get(name), PatchParams, name)
+    extra = sorted(set(patches) - {"size", "n_low", "n_high"})
+    if extra:
+        raise ParamsError(f"backbones.patches.{extra[0]}: unknown key")
+    count = patches["n_low"] + patches["n_high"]
+    if count < 1 or round(math.sqrt(count)) ** 2 != count:
+        raise ParamsError(f"backbones.patches: n_low + n_high = {count} is not a square grid")
+
+
 def load_bundle(directory: str | Path, device: str | torch.device = "cpu"
                 ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Rebuild a head from a bundle directory (safetensors only; no code is executed).
@@ -52,8 +141,9 @@ def load_bundle(directory: str | Path, device: str | torch.device = "cpu"
     hparams, backbones, threshold, provenance).
 
     Raises:
-        FileNotFoundError: not a bundle. ValueError: unknown format, or weights that do not
-            match the config's hash.
+        FileNotFoundError: not a bundle. BundleError (a ValueError): a config.json that is
+            not valid (the message names the file and key), or weights that do not match the
+            config's hash.
 
     Example::
 
@@ -67,19 +157,25 @@ def load_bundle(directory: str | Path, device: str | torch.device = "cpu"
             f"{directory} is not a model bundle (needs {CONFIG} and {WEIGHTS}); train one with "
             "`nsnet train` or `dvc repro`"
         )
-    config = json.loads(cfg_path.read_text())
-    if config.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{directory}: unsupported bundle format {config.get('format_version')}")
-    expected = config.get("weights_blake2b")
-    if expected and _digest(weights.read_bytes()) != expected:
-        raise ValueError(
+    try:
+        config = json.loads(cfg_path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{cfg_path}: not valid JSON ({exc})") from exc
+    validate_config(config, cfg_path)
+    if _digest(weights.read_bytes()) != config["weights_blake2b"]:
+        raise BundleError(
             f"{directory}: {WEIGHTS} does not match {CONFIG} (an interrupted or mixed save); "
             "retrain with `nsnet train` or restore the bundle"
         )
     head = config["head"]
-    model = build_head(head["kind"], head["dim"], **head["hparams"])
-    state = load_file(str(weights))
-    if "basis" in state:  # NS-Net: the basis width is data-dependent (k may be clipped)
-        model.basis = torch.zeros_like(state["basis"])
-    model.load_state_dict(state, strict=True)
+    model = build_head(head["kind"], head["dim"], **head.get("hparams", {}))
+    try:
+        state = load_file(str(weights))
+        if "basis" in state:  # NS-Net: the basis width is data-dependent (k may be clipped)
+            model.basis = torch.zeros_like(state["basis"])
+        model.load_state_dict(state, strict=True)
+    except (RuntimeError, ValueError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BundleError(f"{weights}: the weights do not fit the head that {CONFIG} "
+                          f"describes ({head['kind']}, dim {head['dim']}): {first}") from exc
     return model.to(device).eval(), config

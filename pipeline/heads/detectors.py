@@ -125,6 +125,8 @@ class AdvancedNSNet(_Base):
         return HeadOutput(logit, emb, xp, f)
 
 
+# train.* keys a head is built from (stored in a bundle's head.hparams)
+HPARAM_KEYS = ("hidden_dim", "proj_dim", "dropout", "nsnet_k", "normalize")
 HEADS: dict[str, type[_Base]] = {"ufd": UFDProbe, "nsnet": NSNet, "advanced": AdvancedNSNet}
 
 

@@ -26,7 +26,7 @@ import torch
 from pipeline.backbones.clip import resolve_device
 from pipeline.config import VIEW_AVERAGES, TrainParams
 from pipeline.extraction.cached_features import FeatureSet, Rows, iter_blocks
-from pipeline.heads.detectors import build_head
+from pipeline.heads.detectors import HPARAM_KEYS, build_head
 from pipeline.heads.losses import bce_loss, supcon_loss
 from pipeline.heads.projection import semantic_basis
 from pipeline.metrics import binary_metrics
@@ -36,7 +36,6 @@ class TrainingDiverged(RuntimeError):
     """The loss or the input features became NaN/inf."""
 
 
-HPARAM_KEYS = ("hidden_dim", "proj_dim", "dropout", "nsnet_k", "normalize")
 
 
 @dataclass
