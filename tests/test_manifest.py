@@ -39,7 +39,7 @@ def small_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copy(conflict, root / "fake" / "ganA" / "both.png")  # same bytes as real and fake
     (root / "fake" / "diffB" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     _png(root / "real" / "tiny.png", rng, size=8)  # smaller than one 32 px patch
-    (root / "real" / "notes.txt").write_text("not an image name: ignored")
+    (root / "real" / "notes.txt").write_text("not an image name: listed as unsupported_format")
     return root
 
 
@@ -53,7 +53,9 @@ def _index(root: Path, out_dir: Path, **data) -> tuple[pd.DataFrame, dict, Path,
 def test_columns_labels_sources_and_ids(small_root, tmp_path):
     df, res, _, _ = _index(small_root, tmp_path)
     assert list(df.columns) == MANIFEST_COLUMNS
-    assert len(df) == 6 + 8 + 1 + 2 + 1 + 1  # the .txt file is not listed
+    assert len(df) == 6 + 8 + 1 + 2 + 1 + 1 + 1  # the .txt file is listed, not decoded
+    assert df.loc[df["path"].str.endswith("notes.txt"), "status"].tolist() == [
+        "unsupported_format"]
     by_name = df.set_index(df["path"].map(lambda p: Path(p).name + ":" + Path(p).parent.name))
     assert by_name.loc["r1.png:real", "label"] == 0
     assert by_name.loc["r1.png:real", "source"] == "real"

@@ -10,13 +10,23 @@ that the manifest records:
 * ``corrupt``       the decoder failed part-way (truncated download, broken data)
 * ``too_large``     width x height exceeds ``data.max_image_pixels`` (decompression bomb guard)
 * ``unreadable``    the operating system refused to read it (permissions, I/O error, link loop)
-* ``missing``       the file disappeared between the folder scan and the read
+* ``missing``       the file disappeared between the folder scan and the read (or a dangling
+                    symlink)
+* ``unsupported_format``  the name's extension is not one we decode (``.heic``, ``.txt``, ...)
+
+A PNG's chunk checksums (CRC-32) are verified as well, so damage that Pillow tolerates is
+reported as ``corrupt`` rather than scored. Decoder warnings (Pillow, numpy) are re-issued on
+stderr as one line naming the file (``decode_file``).
 """
 
 from __future__ import annotations
 
 import io
+import os
+import struct
+import sys
 import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +36,25 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".jfif", ".ppm", ".pgm"}
 )
+
+
+UNSUPPORTED = "unsupported_format"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def display_path(path: str | os.PathLike[str]) -> str:
+    """A printable path: bytes of a non-UTF-8 name are backslash-escaped (``\\xff``)."""
+    return os.fsencode(path).decode("utf-8", errors="backslashreplace")
+
+
+def unsupported_reason(path: str | os.PathLike[str]) -> str | None:
+    """Why a file is not decoded because of its name, or None for an image extension."""
+    suffix = Path(path).suffix.lower()
+    if suffix in IMAGE_EXTENSIONS:
+        return None
+    what = f"extension {display_path(suffix)!s}" if suffix else "no extension"
+    return (f"{what}: not an image format nsnet decodes (supported: "
+            f"{' '.join(sorted(IMAGE_EXTENSIONS))})")
 
 
 class ImageError(ValueError):
@@ -65,16 +94,36 @@ def _to_rgb_array(img: Image.Image) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8).copy()
 
 
+def check_png_crc(data: bytes) -> None:
+    """Raise ``ImageError('corrupt')`` if a PNG chunk fails its CRC-32 or runs past the end."""
+    pos = len(PNG_SIGNATURE)
+    while pos + 8 <= len(data):
+        length, ctype = struct.unpack(">I4s", data[pos:pos + 8])
+        end = pos + 8 + length + 4
+        if end > len(data):
+            raise ImageError("corrupt", f"PNG chunk {ctype.decode('latin-1')!r} is truncated")
+        (crc,) = struct.unpack(">I", data[end - 4:end])
+        if zlib.crc32(data[pos + 4:end - 4]) != crc:
+            raise ImageError("corrupt", f"PNG chunk {ctype.decode('latin-1')!r} fails its CRC "
+                                        "check (the file is damaged)")
+        if ctype == b"IEND":
+            return
+        pos = end
+
+
 def read_bytes(path: str | Path) -> bytes:
     """Read a file's bytes, mapping OS failures to ``ImageError`` reasons."""
     try:
         return Path(path).read_bytes()
     except PermissionError as exc:
-        raise ImageError("unreadable", f"permission denied: {exc.filename}") from exc
+        raise ImageError("unreadable", f"permission denied: {display_path(path)}") from exc
     except FileNotFoundError as exc:
-        raise ImageError("missing", f"file not found: {exc.filename}") from exc
+        if os.path.islink(path):
+            raise ImageError("missing", "dangling symlink (its target does not exist): "
+                                        f"{display_path(os.readlink(path))}") from exc
+        raise ImageError("missing", f"file not found: {display_path(path)}") from exc
     except IsADirectoryError as exc:
-        raise ImageError("not_an_image", "is a directory") from exc
+        raise ImageError("not_an_image", "is a directory, not a file") from exc
     except OSError as exc:
         raise ImageError("unreadable", f"{type(exc).__name__}: {exc}") from exc
 
@@ -107,6 +156,8 @@ def open_image(
                     arr = _to_rgb_array(oriented)
             finally:
                 Image.MAX_IMAGE_PIXELS = previous
+        if fmt == "PNG" or data.startswith(PNG_SIGNATURE):
+            check_png_crc(data)
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -119,3 +170,31 @@ def open_image(
         raise ImageError("corrupt", f"{type(exc).__name__}: {exc}") from exc
     h, w = arr.shape[:2]
     return arr, ImageInfo(width=w, height=h, mode=src_mode, format=fmt)
+
+
+def decode_file(path: str | Path, max_pixels: int = 178_956_970
+                ) -> tuple[bytes, np.ndarray, ImageInfo]:
+    """Read and decode one file; its decoder warnings go to stderr as one line naming it.
+
+    Raises ``ImageError`` (with ``unsupported_format`` for a name we do not decode) and never
+    lets a decoder warning reach the terminal without the file that caused it.
+    """
+    reason = unsupported_reason(path)
+    if reason and not Path(path).is_dir():
+        raise ImageError(UNSUPPORTED, reason)
+    data = read_bytes(path)
+    rgb, info = decode_data(data, path, max_pixels)
+    return data, rgb, info
+
+
+def decode_data(data: bytes, path: str | os.PathLike[str], max_pixels: int = 178_956_970
+                ) -> tuple[np.ndarray, ImageInfo]:
+    """``open_image`` on bytes read from ``path``; warnings are printed with the path."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            return open_image(data, max_pixels)
+        finally:
+            for w in caught:
+                print(f"warning: {display_path(path)}: {w.category.__name__}: {w.message}",
+                      file=sys.stderr)

@@ -22,7 +22,14 @@ from pipeline import runtime
 from pipeline.atomic import write_json
 from pipeline.cache_store import write_table
 from pipeline.config import Params
-from pipeline.data.images import ImageError, open_image, read_bytes
+from pipeline.data.images import (
+    UNSUPPORTED,
+    ImageError,
+    decode_data,
+    display_path,
+    read_bytes,
+    unsupported_reason,
+)
 from pipeline.data.layouts import Entry, LayoutError, WalkError, iter_entries
 from pipeline.data.manifest import MANIFEST_COLUMNS, OK, content_id, split_for
 from pipeline.data.skip_lists import SKIP_STATUS, SkipLists, read_skip_lists
@@ -45,10 +52,13 @@ def _probe(job: _Probe) -> dict[str, Any]:
     row: dict[str, Any] = {"id": None, "width": -1, "height": -1, "mode": "", "format": "",
                            "bytes": -1, "status": OK, "error": ""}
     try:
+        reason = unsupported_reason(job.path)
+        if reason:
+            raise ImageError(UNSUPPORTED, reason)
         data = read_bytes(job.path)
         row["bytes"] = len(data)
         row["id"] = content_id(data)
-        _, info = open_image(data, job.max_pixels)
+        _, info = decode_data(data, job.path, job.max_pixels)
         row.update(width=info.width, height=info.height, mode=info.mode, format=info.format)
         if min(info.width, info.height) < job.min_side:
             row.update(status="too_small",
@@ -61,9 +71,7 @@ def _probe(job: _Probe) -> dict[str, Any]:
     return row
 
 
-def _display(path: str) -> str:
-    """A printable version of a path whose name may not be valid UTF-8."""
-    return os.fsencode(path).decode("utf-8", errors="backslashreplace")
+_display = display_path
 
 
 def _carve_val(image_id: str, params: Params) -> str:
@@ -226,7 +234,7 @@ def build_index(params: Params, out: str | Path, report: str | Path,
         {"path": r.path, "status": r.status, "error": r.error} for r in skipped.itertuples()
     ]
     write_json(report, {"summary": summary, **dup_report, "skipped": skipped_list[:10000],
-                        "unlabelled": unlabelled[:10000],
+                        "unlabelled": [display_path(u) for u in unlabelled[:10000]],
                         "skip_list_unmatched": skip.unmatched[:10000],
                         "unlisted_folders": [w.__dict__ for w in walk_errors[:10000]],
                         "provenance": provenance})
@@ -234,6 +242,7 @@ def build_index(params: Params, out: str | Path, report: str | Path,
                 for reason, group in skipped.groupby("status", sort=True)}
     return {"summary": summary, **{k: len(v) for k, v in dup_report.items()},
             "skipped_examples": examples,
+            "unlabelled_examples": [display_path(u) for u in unlabelled[:3]],
             "unlisted_folders": [(w.path, w.error) for w in walk_errors]}
 
 
@@ -247,4 +256,9 @@ def skipped_lines(result: dict[str, Any], per_reason: int = 3) -> list[str]:
             lines.append(f"    {path}: {error}")
     for path, error in result.get("unlisted_folders", [])[:per_reason * 3]:
         lines.append(f"  unlisted_folder: {path}: {error}")
+    n_loose = result["summary"].get("unlabelled_files", 0)
+    if n_loose:
+        lines.append(f"  outside any real/fake label folder (not in the manifest): {n_loose} "
+                     "file(s)")
+        lines.extend(f"    {path}" for path in result.get("unlabelled_examples", [])[:per_reason])
     return lines

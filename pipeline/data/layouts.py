@@ -213,11 +213,13 @@ def classify(rel_dirs: tuple[str, ...], layout: str) -> tuple[int, str, str | No
 def iter_entries(root: str | os.PathLike[str], layout: str = "auto",
                  unlabelled: list[str] | None = None,
                  errors: list[WalkError] | None = None) -> Iterator[Entry]:
-    """Every image-named file below ``root`` with its label, source and official split.
+    """Every file below ``root`` in a label folder, with its label, source and official split.
 
-    Image files outside any label folder are not entries; their paths are appended to
-    ``unlabelled`` when a list is given, so the caller can report them. Folders that could
-    not be listed are appended to ``errors`` (see ``walk_files``).
+    Files of every name are entries (the index gives those we do not decode the status
+    ``unsupported_format``), so none disappears without a trace. Files outside any label
+    folder are not entries; their paths are appended to ``unlabelled`` when a list is given,
+    so the caller can report them. Folders that could not be listed are appended to
+    ``errors`` (see ``walk_files``).
     """
     root = Path(root)
     if not root.is_dir():
@@ -227,8 +229,6 @@ def iter_entries(root: str | os.PathLike[str], layout: str = "auto",
     if layout not in LAYOUTS:
         raise LayoutError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
     for path in walk_files(root, errors):
-        if not is_image_name(path):
-            continue
         rel_dirs = path.relative_to(root).parts[:-1]
         got = classify(rel_dirs, layout)
         if got is None:
