@@ -39,6 +39,7 @@ def _check(lo: float | None = None, hi: float | None = None, choices: tuple = ()
     return {"lo": lo, "hi": hi, "choices": choices, **kw}
 
 
+HEAD_CHOICES = ("ufd", "nsnet", "advanced")  # = pipeline.heads.detectors.HEADS (tested)
 LAYOUT_CHOICES = ("auto", "real_fake", "genimage", "ufd", "aigibench")
 # Benchmark presets (defined in ``pipeline.data.presets``): official training sources and rows.
 PRESET_CHOICES = ("none", "genimage", "ufd", "aigibench-1", "aigibench-2")
@@ -123,7 +124,7 @@ class ComputeParams:
 
 @dataclass
 class TrainParams:
-    head: str = field(default="advanced", metadata=_check(choices=("ufd", "nsnet", "advanced")))
+    head: str = field(default="advanced", metadata=_check(choices=HEAD_CHOICES))
     epochs: int = field(default=20, metadata=_check(1, 100_000))
     batch_size: int = field(default=256, metadata=_check(2, 1_000_000))
     lr: float = field(default=2e-4, metadata=_check(0.0, 10.0, exclusive_lo=True))
@@ -153,6 +154,7 @@ class EvaluateParams:
     threshold: float | str = 0.5
     calibration: str = field(default="none", metadata=_check(choices=CALIBRATIONS))
     view_average: str = field(default="mean_logit", metadata=_check(choices=VIEW_AVERAGES))
+    uncertain_band: float = field(default=0.05, metadata=_check(0.0, 0.5))
 
 
 @dataclass
@@ -253,6 +255,22 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
         for name, value in data.items()
     }
     return cls(**kwargs)
+
+
+def build_section(cls: type, data: Any, prefix: str) -> Any:
+    """Validate one mapping against a params dataclass; errors name ``prefix`` + the key.
+
+    Used for parameter copies stored elsewhere, e.g. a model bundle's ``head.hparams``.
+    """
+    if not isinstance(data, dict):
+        raise ParamsError(f"{prefix.rstrip('.')}: expected a mapping, got {type(data).__name__}")
+    return _build(cls, data, prefix)
+
+
+def check_value(key: str, value: Any, cls: type, name: str) -> Any:
+    """Check ``value`` against field ``name`` of params dataclass ``cls`` (type and range)."""
+    f = {f.name: f for f in dataclasses.fields(cls)}[name]
+    return _coerce(key, value, typing.get_type_hints(cls)[name], f.metadata)
 
 
 DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
@@ -435,7 +453,14 @@ def parse_override(item: str) -> tuple[str, Any]:
     if "=" not in item:
         raise ParamsError(f"override {item!r} must look like key.sub=value")
     key, raw = item.split("=", 1)
-    return key.strip(), yaml.load(raw, Loader=_Loader) if raw.strip() else ""
+    if not key.strip():
+        raise ParamsError(f"override {item!r} must look like key.sub=value")
+    try:
+        return key.strip(), yaml.load(raw, Loader=_Loader) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ParamsError(f"--set {item}: the value is not valid YAML ({problem}); quote "
+                          "strings that contain ':', '[', '{' or '#'") from exc
 
 
 def apply_overrides(raw: dict[str, Any], overrides: typing.Iterable[str]) -> dict[str, Any]:
@@ -455,13 +480,26 @@ def apply_overrides(raw: dict[str, Any], overrides: typing.Iterable[str]) -> dic
     return out
 
 
-def load_params(path: str | Path = "params.yaml", overrides: typing.Iterable[str] = ()) -> Params:
-    """Read, override and validate a params file. A missing file means all defaults."""
+def load_params(path: str | Path = "params.yaml", overrides: typing.Iterable[str] = (),
+                required: bool = False) -> Params:
+    """Read, override and validate a params file.
+
+    A missing file means all defaults, unless ``required`` (the user named the file with
+    ``--params``), in which case it is an error.
+    """
     path = Path(path)
     raw: dict[str, Any] = {}
+    if required and not path.is_file():
+        raise ParamsError(f"--params {path}: no such file" if not path.exists() else
+                          f"--params {path}: not a file")
     if path.exists():
         try:
-            raw = yaml.load(path.read_text(), Loader=_Loader) or {}
+            raw = yaml.load(path.read_bytes().decode("utf-8"), Loader=_Loader) or {}
+        except UnicodeDecodeError as exc:
+            raise ParamsError(f"{path}: not a text (UTF-8 YAML) file: byte {exc.start} cannot "
+                              "be decoded") from exc
+        except OSError as exc:
+            raise ParamsError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
         except yaml.YAMLError as exc:
             raise ParamsError(f"{path}: not valid YAML: {exc}") from exc
         if not isinstance(raw, dict):

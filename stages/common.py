@@ -19,18 +19,32 @@ def params_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """Add ``--params FILE`` and repeatable ``--set key.sub=value`` overrides."""
     func = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
                         help="Override a parameter, e.g. --set train.lr=1e-3 (repeatable).")(func)
-    return click.option("--params", "params_file", default="params.yaml", show_default=True,
+    return click.option("--params", "params_file", default=None, metavar="FILE",
                         type=click.Path(dir_okay=False),
-                        help="Parameter file (missing keys take their defaults).")(func)
+                        help="Parameter file [default: params.yaml if present, else built-in "
+                             "defaults]; a named file must exist. Missing keys take their "
+                             "defaults.")(func)
 
 
-def load(params_file: str, overrides: tuple[str, ...]) -> Params:
-    """Validated params; torch's thread count is then set for this machine (compute.*)."""
+def load(params_file: str | None, overrides: tuple[str, ...]) -> Params:
+    """``--params FILE`` (must exist) or ``params.yaml`` (optional), with ``--set`` overrides;
+    torch's thread count is then set for this machine (compute.*)."""
     from pipeline import runtime
 
-    params = load_params(params_file, overrides)
+    if params_file is None:
+        params = load_params("params.yaml", overrides)
+    else:
+        params = load_params(params_file, overrides, required=True)
     runtime.configure_threads(params.compute.torch_threads, 0)
     return params
+
+
+def printable(text: str) -> str:
+    """``text`` with undecodable file-name bytes shown as ``\\xNN`` (never a print error)."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def friendly_errors(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -43,7 +57,7 @@ def friendly_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         except click.ClickException:
             raise
         except EXPECTED_ERRORS as exc:
-            raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+            raise click.ClickException(printable(f"{type(exc).__name__}: {exc}")) from exc
 
     return wrapper
 

@@ -2,8 +2,7 @@
 
 import click
 
-from pipeline.evaluation.compare_stage import format_comparison, run_compare
-from pipeline.heads.detectors import HEADS
+from pipeline.config import HEAD_CHOICES as HEADS
 from stages.common import friendly_errors, load, params_options
 
 
@@ -18,9 +17,11 @@ from stages.common import friendly_errors, load, params_options
               help="Comma-separated numbers of patch-order views to put side by side, e.g. "
                    "1,4 (view 0 only vs all 4 views of a patches.views: 4 cache).")
 @friendly_errors
-def compare(params_file: str, overrides: tuple[str, ...], manifest: str, embeddings: str,
+def compare(params_file: str | None, overrides: tuple[str, ...], manifest: str, embeddings: str,
             heads: str, out: str, views: str) -> None:
     """Train each head on the protocol's training rows; print test acc/real/fake/AP (%)."""
+    from pipeline.evaluation.compare_stage import format_comparison, run_compare
+
     params = load(params_file, overrides)
     chosen = tuple(h.strip() for h in heads.split(",") if h.strip())
     unknown = [h for h in chosen if h not in HEADS]

@@ -2,10 +2,6 @@
 
 import click
 
-from pipeline.evaluation.evaluate_stage import views_note
-from pipeline.evaluation.views_eval_stage import format_views_table, run_evaluate_views
-from pipeline.extraction.views_stage import run_views
-from pipeline.metrics import format_table
 from stages.common import echo_summary, friendly_errors, load, params_options
 
 
@@ -16,10 +12,12 @@ from stages.common import echo_summary, friendly_errors, load, params_options
 @click.option("--scheduler", default="", help="dask scheduler address (tcp://host:port).")
 @click.option("--force", is_flag=True, help="Recompute views even when they are current.")
 @friendly_errors
-def degrade(params_file: str, overrides: tuple[str, ...], manifest: str, views_dir: str,
+def degrade(params_file: str | None, overrides: tuple[str, ...], manifest: str, views_dir: str,
             scheduler: str, force: bool) -> None:
     """Patches, captions and embeddings of the test split under each protocol.degradations
     entry (jpeg65 jpeg30 resize112 resize64 blur3 blur5), cached in cache/views/<name>/."""
+    from pipeline.extraction.views_stage import run_views
+
     params = load(params_file, overrides)
     if not params.protocol.degradations:
         echo_summary("degrade: protocol.degradations is empty; nothing to do")
@@ -40,9 +38,14 @@ def degrade(params_file: str, overrides: tuple[str, ...], manifest: str, views_d
 @click.option("--per-source/--no-per-source", default=True, show_default=True,
               help="Also print each view's per-generator table.")
 @friendly_errors
-def evaluate_views(params_file: str, overrides: tuple[str, ...], manifest: str, embeddings: str,
-                   model_dir: str, views_dir: str, metrics_dir: str, per_source: bool) -> None:
+def evaluate_views(params_file: str | None, overrides: tuple[str, ...], manifest: str,
+                   embeddings: str, model_dir: str, views_dir: str, metrics_dir: str,
+                   per_source: bool) -> None:
     """Metrics on the clean test set and on every degraded view (metrics/degradations.json)."""
+    from pipeline.evaluation.evaluate_stage import views_note
+    from pipeline.evaluation.views_eval_stage import format_views_table, run_evaluate_views
+    from pipeline.metrics import format_table
+
     params = load(params_file, overrides)
     results = run_evaluate_views(params, manifest, embeddings, model_dir, views_dir,
                                  metrics_dir)

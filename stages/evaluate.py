@@ -2,7 +2,6 @@
 
 import click
 
-from pipeline.evaluation.evaluate_stage import format_evaluation, run_evaluate
 from stages.common import friendly_errors, load, params_options
 
 
@@ -14,10 +13,12 @@ from stages.common import friendly_errors, load, params_options
 @click.option("--out", default="metrics/metrics.json", show_default=True)
 @click.option("--plots", "plots_dir", default="plots", show_default=True)
 @friendly_errors
-def evaluate(params_file: str, overrides: tuple[str, ...], manifest: str, embeddings: str,
+def evaluate(params_file: str | None, overrides: tuple[str, ...], manifest: str, embeddings: str,
              model_dir: str, out: str, plots_dir: str) -> None:
     """Accuracy (at 0.5, at the bundle's threshold, oracle), real/fake accuracy, AP, AUC,
     ECE and per-format accuracy on val and test, per source and mean."""
+    from pipeline.evaluation.evaluate_stage import format_evaluation, run_evaluate
+
     params = load(params_file, overrides)
     res = run_evaluate(params, manifest, embeddings, model_dir, out, plots_dir)
     protocol = res["protocol"]

@@ -1,11 +1,7 @@
 """`nsnet explain`: a picture and a JSON of why one image was judged generated or real."""
 
-from pathlib import Path
-
 import click
 
-from pipeline.inference.explain import explain_image, write_report
-from pipeline.inference.predict import load_chain
 from stages.common import echo_summary, friendly_errors, load, params_options
 
 
@@ -21,15 +17,25 @@ from stages.common import echo_summary, friendly_errors, load, params_options
 @click.option("--threshold", type=click.FloatRange(0, 1), default=None,
               help="Decision threshold [default: the bundle's].")
 @friendly_errors
-def explain(params_file: str, overrides: tuple[str, ...], image: str, model_dir: str,
+def explain(params_file: str | None, overrides: tuple[str, ...], image: str, model_dir: str,
             out: str | None, k: int, threshold: float | None) -> None:
-    """Occlusion attribution of the selected patches, caption and semantic share of IMAGE."""
+    """Occlusion attribution of the selected patches, caption and semantic share of IMAGE.
+
+    The verdict is "uncertain" when P is within the bundle's uncertain_band of the threshold.
+    """
+    from pathlib import Path
+
+    from pipeline.data.images import display_path
+    from pipeline.inference.explain import explain_image, read_image, write_report
+    from pipeline.inference.predict import load_chain
+
     params = load(params_file, overrides)
+    decoded = read_image(image, params.data.max_image_pixels)  # bad files fail before models load
     chain = load_chain(model_dir, params.compute.device, params.compute.precision, threshold)
-    ex = explain_image(chain, image, params.data.max_image_pixels)
+    ex = explain_image(chain, image, params.data.max_image_pixels, decoded)
     png, js = write_report(ex, out or f"{Path(image).stem}.explain.png", k)
-    click.echo(f"{Path(image).name}: P(generated) = {ex.prob:.3f} -> {ex.label} "
-               f"(threshold {ex.threshold:g}, head {ex.head})")
+    click.echo(f"{display_path(Path(image).name)}: P(generated) = {ex.prob:.3f} -> {ex.label} "
+               f"(threshold {ex.threshold:g} ± {ex.uncertain_band:g}, head {ex.head})")
     if chain.views > 1:
         click.echo(f"patch-order views: {chain.views}, combined by {chain.view_average}; a "
                    "patch's contribution occludes it in every view")
@@ -39,4 +45,4 @@ def explain(params_file: str, overrides: tuple[str, ...], image: str, model_dir:
     for p in ex.top(k, 1):
         click.echo(f"  {p.contribution:+.4f}  at ({p.row},{p.col})  {p.band} entropy "
                    f"{p.entropy:.2f}")
-    echo_summary(f"explain: report {png}, data {js}")
+    echo_summary(f"explain: report {display_path(png)}, data {display_path(js)}")

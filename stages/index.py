@@ -2,7 +2,6 @@
 
 import click
 
-from pipeline.data.index_stage import build_index, skipped_lines
 from stages.common import echo_summary, friendly_errors, load, params_options
 
 
@@ -12,9 +11,11 @@ from stages.common import echo_summary, friendly_errors, load, params_options
 @click.option("--report", default="cache/index_report.json", show_default=True)
 @click.option("--strict/--no-strict", default=None, help="Fail if any file would be skipped.")
 @friendly_errors
-def index(params_file: str, overrides: tuple[str, ...], out: str, report: str,
+def index(params_file: str | None, overrides: tuple[str, ...], out: str, report: str,
           strict: bool | None) -> None:
     """Scan data.roots into a manifest: id, label, source, split, size, status."""
+    from pipeline.data.index_stage import build_index, skipped_lines
+
     params = load(params_file, overrides)
     res = build_index(params, out, report, strict)
     s = res["summary"]

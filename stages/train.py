@@ -2,7 +2,6 @@
 
 import click
 
-from pipeline.heads.train_stage import run_train
 from stages.common import echo_summary, friendly_errors, load, params_options
 
 
@@ -13,9 +12,11 @@ from stages.common import echo_summary, friendly_errors, load, params_options
 @click.option("--out", default="models/detector", show_default=True, help="Bundle directory.")
 @click.option("--log", "log_csv", default="plots/train_log.csv", show_default=True)
 @friendly_errors
-def train(params_file: str, overrides: tuple[str, ...], manifest: str, embeddings: str, out: str,
-          log_csv: str) -> None:
+def train(params_file: str | None, overrides: tuple[str, ...], manifest: str, embeddings: str,
+          out: str, log_csv: str) -> None:
     """Train train.head (ufd | nsnet | advanced); keep the best epoch by validation AP."""
+    from pipeline.heads.train_stage import run_train
+
     params = load(params_file, overrides)
     info = run_train(params, manifest, embeddings, out, log_csv)
     extra = (f", semantic rank k={info['nsnet_k']} explains "

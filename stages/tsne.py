@@ -2,7 +2,6 @@
 
 import click
 
-from pipeline.reports.tsne_stage import run_tsne
 from stages.common import echo_summary, friendly_errors, load, params_options
 
 
@@ -13,9 +12,11 @@ from stages.common import echo_summary, friendly_errors, load, params_options
 @click.option("--model", "model_dir", default="models/detector", show_default=True)
 @click.option("--out", default="plots/tsne.png", show_default=True)
 @friendly_errors
-def tsne(params_file: str, overrides: tuple[str, ...], manifest: str, embeddings: str,
+def tsne(params_file: str | None, overrides: tuple[str, ...], manifest: str, embeddings: str,
          model_dir: str, out: str) -> None:
     """t-SNE of figures.tsne_points cached image features, coloured by label and by source."""
+    from pipeline.reports.tsne_stage import run_tsne
+
     params = load(params_file, overrides)
     res = run_tsne(params, manifest, embeddings, model_dir, out)
     sil = res["silhouette"]

@@ -16,13 +16,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.data.images import ImageError, open_image, read_bytes
+from pipeline.data.images import ImageError, ImageInfo, decode_file, display_path
 from pipeline.data.manifest import content_id
 from pipeline.extraction.patch_selection import PatchSpec, composite, view_cells, view_orders
 from pipeline.heads.training_loop import combine_views
 from pipeline.inference.predict import (
-    FAKE,
-    REAL,
     Chain,
     Features,
     as_cached,
@@ -31,7 +29,7 @@ from pipeline.inference.predict import (
     head_logits,
     semantic_shares,
 )
-from pipeline.metrics import is_fake
+from pipeline.inference.verdict import verdict
 from pipeline.reports.explanation import Explanation, PatchReport
 
 
@@ -67,18 +65,32 @@ def _bands(entropy: np.ndarray, n_low: int) -> list[str]:
     return ["low" if r < n_low else "high" for r in rank]
 
 
-def explain_image(chain: Chain, path: str | Path, max_pixels: int = 178_956_970) -> Explanation:
+def read_image(path: str | Path, max_pixels: int = 178_956_970
+               ) -> tuple[str, np.ndarray, ImageInfo]:
+    """(content id, RGB pixels, info) of one file, or ``ImageError`` naming the file.
+
+    ``nsnet explain`` calls it before loading any model, so a bad file is reported at once.
+    """
+    try:
+        data, rgb, info = decode_file(path, max_pixels)
+    except ImageError as exc:
+        raise ImageError(exc.reason, f"{display_path(path)}: {exc.detail}") from exc
+    return content_id(data), rgb, info
+
+
+def explain_image(chain: Chain, path: str | Path, max_pixels: int = 178_956_970,
+                  image: tuple[str, np.ndarray, ImageInfo] | None = None) -> Explanation:
     """Probability, caption, semantic share and per-patch occlusion attribution of one image."""
-    data = read_bytes(path)
-    rgb, info = open_image(data, max_pixels)
-    return explain_array(chain, rgb, content_id(data), str(path))
+    image_id, rgb, _ = image or read_image(path, max_pixels)  # ``image``: read_image's result
+    return explain_array(chain, rgb, image_id, display_path(path))
 
 
 def explain_array(chain: Chain, rgb: np.ndarray, image_id: str, name: str) -> Explanation:
     """``explain_image`` of a decoded (H, W, 3) uint8 image whose content id is ``image_id``."""
     height, width = rgb.shape[:2]
     if min(width, height) < chain.spec.size:
-        raise ImageError("too_small", f"{width}x{height} is smaller than one patch")
+        raise ImageError("too_small", f"{name}: {width}x{height} is smaller than one "
+                                      f"{chain.spec.size}px patch")
     feats = compute_features(chain, [rgb], [image_id])
     sel = feats.selections[0]
     if chain.views == 1:
@@ -96,10 +108,10 @@ def explain_array(chain: Chain, rgb: np.ndarray, image_id: str, name: str) -> Ex
                            bands[k], float(base - logits[k]), float(prob - probs[k]))
                for k in range(chain.spec.count)]
     return Explanation(name, image_id, width, height, float(prob),
-                       FAKE if is_fake(prob, chain.threshold) else REAL, chain.threshold, base,
+                       verdict(prob, chain.threshold, chain.band), chain.threshold, base,
                        feats.captions[0], chain.kind,
                        semantic_removed(chain, first_view(feats.image), feats.text), patches,
-                       sel.composite, rgb, chain.spec)
+                       sel.composite, rgb, chain.spec, chain.band)
 
 
 def _view_attribution(chain: Chain, rgb: np.ndarray, image_id: str, cells: np.ndarray,

@@ -22,7 +22,15 @@ import pandas as pd
 import torch
 
 from pipeline.atomic import atomic_path
-from pipeline.data.images import IMAGE_EXTENSIONS, ImageError, open_image, read_bytes
+from pipeline.data.images import (
+    UNSUPPORTED,
+    ImageError,
+    decode_data,
+    display_path,
+    read_bytes,
+    unsupported_reason,
+)
+from pipeline.data.layouts import WalkError, walk_files
 from pipeline.data.manifest import content_id
 from pipeline.extraction.patch_selection import (
     PatchSpec,
@@ -34,13 +42,13 @@ from pipeline.extraction.patch_selection import (
 from pipeline.heads.bundle import load_bundle
 from pipeline.heads.decision import Decision
 from pipeline.heads.training_loop import combine_views, view_logits
-from pipeline.metrics import is_fake
+from pipeline.inference.verdict import FAKE, REAL, UNCERTAIN, verdict
 
 AMP = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 RESULT_COLUMNS = ["path", "status", "prob", "label", "caption", "id", "width", "height", "error",
                   "semantic_share"]
 OUT_FORMATS = (".csv", ".jsonl", ".parquet")
-FAKE, REAL = "generated", "real"
+__all__ = ["FAKE", "REAL", "UNCERTAIN", "Chain", "load_chain", "predict_paths", "score_decoded"]
 
 
 @dataclass
@@ -58,6 +66,7 @@ class Chain:
     decision: Decision = Decision()  # the bundle's calibration (and its threshold rule)
     views: int = 1  # patch-order views the head was trained on (bundle ``views.count``)
     view_average: str = "mean_logit"  # how their logits are combined (``views.average``)
+    band: float = 0.0  # the bundle's uncertain_band: within it of the threshold is "uncertain"
 
     def prob(self, logits: torch.Tensor | np.ndarray) -> np.ndarray:
         """Calibrated P(generated) of head logits (the probability ``nsnet evaluate`` uses)."""
@@ -104,7 +113,8 @@ def load_chain(model_dir: str | Path, device: str = "auto", precision: str = "fp
                  int(blip_cfg.get("max_new_tokens") or 40),
                  float(decision.threshold if threshold is None else threshold),
                  AMP[precision], decision, int(views.get("count", 1)),
-                 str(views.get("average", "mean_logit")))
+                 str(views.get("average", "mean_logit")),
+                 float(config.get("uncertain_band", 0.0)))
 
 
 def as_cached(features: torch.Tensor) -> torch.Tensor:
@@ -172,10 +182,14 @@ def probabilities(chain: Chain, image: torch.Tensor, text: torch.Tensor) -> np.n
     return chain.prob(combined_logits(chain, image, text))
 
 
-def expand_inputs(items: Iterable[str | Path]) -> list[Path]:
-    """Files as given, folders recursively (image extensions only), globs expanded.
+def expand_inputs(items: Iterable[str | Path], errors: list[WalkError] | None = None
+                  ) -> list[Path]:
+    """Files as given, folders recursively (every file, as ``nsnet index`` walks them: directory
+    symlinks followed once, dangling symlinks kept), globs expanded.
 
-    A name that matches nothing is kept, so it is reported as ``missing`` rather than dropped.
+    Nothing is dropped: a name that matches nothing is kept (reported as ``missing``), files we
+    do not decode come back as ``unsupported_format``, and folders that cannot be listed are
+    appended to ``errors``.
     """
     out: list[Path] = []
     for item in items:
@@ -186,11 +200,17 @@ def expand_inputs(items: Iterable[str | Path]) -> list[Path]:
         for m in matches:
             p = Path(m)
             if p.is_dir():
-                out.extend(sorted(f for f in p.rglob("*")
-                                  if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS))
+                out.extend(walk_files(p, errors))
             else:
                 out.append(p)
     return list(dict.fromkeys(out))  # drop repeats, keep order
+
+
+def check_out_path(out: str | Path | None) -> None:
+    """Refuse an ``--out`` name we cannot write before any image is scored."""
+    if out is not None and Path(out).suffix.lower() not in OUT_FORMATS:
+        raise ValueError(f"--out {display_path(out)}: use a name ending in "
+                         f"{', '.join(OUT_FORMATS)}")
 
 
 Decoded = tuple[dict[str, Any], np.ndarray | None]
@@ -211,7 +231,7 @@ def decode_bytes(data: bytes, name: str, max_pixels: int, min_side: int) -> Deco
     row = new_row(name)
     try:
         row["id"] = content_id(data)
-        rgb, info = open_image(data, max_pixels)
+        rgb, info = decode_data(data, name, max_pixels)  # warnings name the input
         return check_size(row, rgb, info.width, info.height, min_side)
     except ImageError as exc:
         row.update(status=exc.reason, error=exc.detail)
@@ -230,21 +250,34 @@ def check_size(row: dict[str, Any], rgb: np.ndarray, width: int, height: int,
 
 
 def _decode(path: Path, max_pixels: int, min_side: int) -> Decoded:
+    name = display_path(path)  # printable even when the name is not valid UTF-8
     try:
+        reason = unsupported_reason(path)
+        if reason and not path.is_dir():
+            raise ImageError(UNSUPPORTED, reason)
         data = read_bytes(path)
     except ImageError as exc:
-        row = new_row(str(path))
+        row = new_row(name)
         row.update(status=exc.reason, error=exc.detail)
         return row, None
-    return decode_bytes(data, str(path), max_pixels, min_side)
+    return decode_bytes(data, name, max_pixels, min_side)
 
 
 def predict_paths(chain: Chain, paths: Sequence[str | Path], batch_size: int = 16,
                   max_pixels: int = 178_956_970,
-                  progress: Callable[[int], Any] | None = None) -> pd.DataFrame:
-    """Score every path; unreadable files get a status instead of a probability."""
-    return score_decoded(chain, (_decode(Path(p), max_pixels, chain.spec.size) for p in paths),
-                         batch_size, progress)
+                  progress: Callable[[int], Any] | None = None,
+                  unlisted: Sequence[WalkError] = ()) -> pd.DataFrame:
+    """Score every path; unreadable files get a status instead of a probability.
+
+    ``unlisted`` folders (from ``expand_inputs``) get a row each, status ``unreadable``.
+    """
+    rows = []
+    for w in unlisted:
+        row = new_row(w.path)
+        row.update(status="unreadable", error=f"folder could not be listed: {w.error}")
+        rows.append((row, None))
+    decoded = (_decode(Path(p), max_pixels, chain.spec.size) for p in paths)
+    return score_decoded(chain, [*rows, *decoded] if rows else decoded, batch_size, progress)
 
 
 def score_decoded(chain: Chain, decoded: Iterable[Decoded], batch_size: int = 16,
@@ -266,7 +299,7 @@ def score_decoded(chain: Chain, decoded: Iterable[Decoded], batch_size: int = 16
         for (row, _), prob, cap, share in zip(pending, probs, feats.captions, shares,
                                               strict=True):
             row.update(prob=float(prob), caption=cap, semantic_share=float(share),
-                       label=FAKE if is_fake(prob, chain.threshold) else REAL)
+                       label=verdict(prob, chain.threshold, chain.band))
         if progress:
             progress(len(pending))
         pending.clear()
@@ -286,10 +319,9 @@ def score_decoded(chain: Chain, decoded: Iterable[Decoded], batch_size: int = 16
 
 def write_results(df: pd.DataFrame, out: str | Path) -> Path:
     """Write results as .csv, .jsonl or .parquet (by suffix), atomically."""
+    check_out_path(out)
     out = Path(out)
     suffix = out.suffix.lower()
-    if suffix not in OUT_FORMATS:
-        raise ValueError(f"--out {out}: use one of {', '.join(OUT_FORMATS)}")
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
         if suffix == ".csv":

@@ -23,6 +23,11 @@ if TYPE_CHECKING:
     from pipeline.reports.explanation import Explanation
 
 CMAP = "RdBu_r"  # red: pushed toward generated, blue: toward real
+VERDICT_COLOURS = {"generated": "#b2182b", "real": "#2166ac", "uncertain": "#555555"}
+# The colour scale of contributions never spans less than +-MIN_SCALE logits, so negligible
+# contributions stay near white instead of being stretched to full colour (0.25 logits moves
+# P = 0.5 by about 0.06).
+MIN_SCALE = 0.25
 
 
 def _save(fig: plt.Figure, out: str | Path, dpi: int) -> Path:
@@ -33,9 +38,24 @@ def _save(fig: plt.Figure, out: str | Path, dpi: int) -> Path:
     return out
 
 
-def _norm(values: np.ndarray) -> TwoSlopeNorm:
-    vmax = float(np.abs(values).max()) or 1e-6
+def _norm(values: np.ndarray, floor: float = MIN_SCALE) -> TwoSlopeNorm:
+    """Symmetric scale around 0 spanning the largest |value|, but at least ``floor``."""
+    vmax = max(float(np.abs(values).max(initial=0.0)), floor)
     return TwoSlopeNorm(vcenter=0.0, vmin=-vmax, vmax=vmax)
+
+
+def patch_locations(ex: Explanation) -> list[tuple[int, int, float, list[int]]]:
+    """(row, col, summed contribution, grid indices) per distinct image location.
+
+    An image with fewer patches than the grid repeats them; drawing each copy on top of the
+    other would paint one opaque square, so copies are merged into one outline.
+    """
+    where: dict[tuple[int, int], list[int]] = {}
+    for p in ex.patches:
+        where.setdefault((p.row, p.col), []).append(p.index)
+    by_index = {p.index: p for p in ex.patches}
+    return [(r, c, float(sum(by_index[i].contribution for i in idx)), idx)
+            for (r, c), idx in where.items()]
 
 
 def render_explanation(ex: Explanation, out: str | Path, k: int = 5, dpi: int = 110) -> Path:
@@ -63,13 +83,14 @@ def explanation_figure(ex: Explanation, k: int = 5) -> plt.Figure:
     ax = fig.add_subplot(grid[0, 0])
     ax.imshow(ex.image)
     top = {p.index: rank for rank, p in enumerate(ex.top(k, 1), 1)}
-    for p in sorted(ex.patches, key=lambda p: abs(p.contribution)):
-        colour = cmap(norm(p.contribution))
-        weight = abs(p.contribution) / max(float(np.abs(contrib).max()), 1e-12)
-        ax.add_patch(Rectangle((p.col, p.row), s, s, facecolor=(*colour[:3], 0.55 * weight),
-                               edgecolor=colour, linewidth=2.4 if p.index in top else 1.0))
-        if p.index in top:
-            ax.text(p.col + s / 2, p.row + s / 2, str(top[p.index]), color="white",
+    for row, col, value, idx in sorted(patch_locations(ex), key=lambda t: abs(t[2])):
+        colour = cmap(norm(value))
+        weight = min(abs(value) / norm.vmax, 1.0)
+        ranks = [top[i] for i in idx if i in top]
+        ax.add_patch(Rectangle((col, row), s, s, facecolor=(*colour[:3], 0.5 * weight),
+                               edgecolor=colour, linewidth=2.4 if ranks else 1.0))
+        if ranks:
+            ax.text(col + s / 2, row + s / 2, str(min(ranks)), color="white",
                     fontsize=9, fontweight="bold", ha="center", va="center",
                     bbox={"boxstyle": "circle,pad=0.15", "fc": "black", "alpha": 0.7, "lw": 0})
     ax.set_title(f"{Path(ex.path).name}  ({ex.width}x{ex.height})\nthe {len(ex.patches)} "
@@ -99,12 +120,14 @@ def explanation_figure(ex: Explanation, k: int = 5) -> plt.Figure:
 
     ax = fig.add_subplot(grid[0, 2])
     ax.axis("off")
-    verdict = "GENERATED" if ex.label == "generated" else "REAL"
+    verdict = ex.label.upper()
     ax.text(0, 1, verdict, fontsize=26, fontweight="bold", va="top",
-            color="#b2182b" if verdict == "GENERATED" else "#2166ac", transform=ax.transAxes)
+            color=VERDICT_COLOURS.get(ex.label, "#555555"), transform=ax.transAxes)
     n_low = sum(p.band == "low" for p in ex.top(k, 1))
     lines = [
-        f"P(generated) = {ex.prob:.3f}   (threshold {ex.threshold:g})",
+        f"P(generated) = {ex.prob:.3f}   (threshold {ex.threshold:g}"
+        + (f" ± {ex.uncertain_band:g})" if ex.uncertain_band else ")"),
+        *(["too close to the threshold to call"] if ex.label == "uncertain" else []),
         f"head: {ex.head}",
         "",
         "caption (BLIP):",
