@@ -83,9 +83,12 @@ def _to_rgb_array(img: Image.Image) -> np.ndarray:
         return np.repeat(arr8[:, :, None], 3, axis=2)
     if mode == "F":
         arr = np.asarray(img, dtype=np.float32)
-        lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+        finite = np.isfinite(arr)
+        if not finite.any():
+            raise ImageError("corrupt", "a float image without one finite pixel value")
+        lo, hi = float(arr[finite].min()), float(arr[finite].max())
         scale = 255.0 / (hi - lo) if hi > lo else 0.0
-        arr8 = ((np.nan_to_num(arr, nan=lo) - lo) * scale).round().astype(np.uint8)
+        arr8 = ((np.where(finite, arr, lo) - lo) * scale).round().astype(np.uint8)
         return np.repeat(arr8[:, :, None], 3, axis=2)
     if mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
