@@ -71,7 +71,7 @@ class RootParams:
 
 @dataclass
 class DataParams:
-    roots: list[RootParams] = field(default_factory=lambda: [RootParams("data/demo")])
+    roots: list[RootParams] = field(default_factory=lambda: [RootParams("data/images")])
     layout: str = field(default="auto", metadata=_check(choices=LAYOUT_CHOICES))
     split: SplitParams = field(default_factory=SplitParams)
     max_image_pixels: int = field(default=178_956_970, metadata=_check(1))

@@ -8,11 +8,14 @@ from stages.common import friendly_errors, load, params_options
 
 @click.command("compare")
 @params_options
-@click.option("--manifest", default="cache/manifest.parquet", show_default=True)
-@click.option("--embeddings", default="cache/embeddings.h5", show_default=True)
+@click.option("--manifest", default="cache/manifest.parquet", show_default=True,
+              help="Manifest written by `nsnet index`.")
+@click.option("--embeddings", default="cache/embeddings.h5", show_default=True,
+              help="Feature store written by `nsnet embed`.")
 @click.option("--heads", default=",".join(HEADS), show_default=True,
               help="Comma-separated heads to train and compare.")
-@click.option("--out", default="metrics/compare.json", show_default=True)
+@click.option("--out", default="metrics/compare.json", show_default=True,
+              help="Comparison JSON to write (every head, test split).")
 @click.option("--views", "views", default="",
               help="Comma-separated numbers of patch-order views to put side by side, e.g. "
                    "1,4 (view 0 only vs all 4 views of a patches.views: 4 cache).")

@@ -7,8 +7,10 @@ from stages.common import echo_summary, friendly_errors, load, params_options
 
 @click.command("degrade")
 @params_options
-@click.option("--manifest", default="cache/manifest.parquet", show_default=True)
-@click.option("--views", "views_dir", default="cache/views", show_default=True)
+@click.option("--manifest", default="cache/manifest.parquet", show_default=True,
+              help="Manifest written by `nsnet index`.")
+@click.option("--views", "views_dir", default="cache/views", show_default=True,
+              help="Folder of the cached degraded views (`nsnet degrade`).")
 @click.option("--scheduler", default="", help="dask scheduler address (tcp://host:port).")
 @click.option("--force", is_flag=True, help="Recompute views even when they are current.")
 @friendly_errors
@@ -30,11 +32,16 @@ def degrade(params_file: str | None, overrides: tuple[str, ...], manifest: str, 
 
 @click.command("evaluate-views")
 @params_options
-@click.option("--manifest", default="cache/manifest.parquet", show_default=True)
-@click.option("--embeddings", default="cache/embeddings.h5", show_default=True)
-@click.option("--model", "model_dir", default="models/detector", show_default=True)
-@click.option("--views", "views_dir", default="cache/views", show_default=True)
-@click.option("--metrics", "metrics_dir", default="metrics", show_default=True)
+@click.option("--manifest", default="cache/manifest.parquet", show_default=True,
+              help="Manifest written by `nsnet index`.")
+@click.option("--embeddings", default="cache/embeddings.h5", show_default=True,
+              help="Feature store written by `nsnet embed`.")
+@click.option("--model", "model_dir", default="models/detector", show_default=True,
+              help="Model bundle directory (written by `nsnet train`).")
+@click.option("--views", "views_dir", default="cache/views", show_default=True,
+              help="Folder of the cached degraded views (`nsnet degrade`).")
+@click.option("--metrics", "metrics_dir", default="metrics", show_default=True,
+              help="Folder for views/<name>.json and degradations.json.")
 @click.option("--per-source/--no-per-source", default=True, show_default=True,
               help="Also print each view's per-generator table.")
 @friendly_errors

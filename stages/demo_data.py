@@ -9,13 +9,17 @@ from stages.common import echo_summary, friendly_errors
 
 @click.command("demo-data")
 @click.argument("out", default="data/demo")
-@click.option("--n-real", default=240, show_default=True)
-@click.option("--n-fake-each", default=160, show_default=True)
-@click.option("--seed", default=0, show_default=True)
+@click.option("--n-real", default=240, show_default=True,
+              help="Real images to write.")
+@click.option("--n-fake-each", default=160, show_default=True,
+              help="Generated images per simulated generator.")
+@click.option("--seed", default=0, show_default=True,
+              help="Random seed of the simulated set.")
 @click.option("--workspace", is_flag=True,
               help="Make OUT a DVC workspace (dvc.yaml + demo params.yaml + data/demo) using "
                    "the project in --project.")
-@click.option("--project", default=".", show_default=True, type=click.Path(file_okay=False))
+@click.option("--project", default=".", show_default=True, type=click.Path(file_okay=False),
+              help="The nsnet project whose dvc.yaml the --workspace uses.")
 @friendly_errors
 def demo_data(out: str, n_real: int, n_fake_each: int, seed: int, workspace: bool,
               project: str) -> None:

@@ -7,11 +7,16 @@ from stages.common import friendly_errors, load, params_options
 
 @click.command("evaluate")
 @params_options
-@click.option("--manifest", default="cache/manifest.parquet", show_default=True)
-@click.option("--embeddings", default="cache/embeddings.h5", show_default=True)
-@click.option("--model", "model_dir", default="models/detector", show_default=True)
-@click.option("--out", default="metrics/metrics.json", show_default=True)
-@click.option("--plots", "plots_dir", default="plots", show_default=True)
+@click.option("--manifest", default="cache/manifest.parquet", show_default=True,
+              help="Manifest written by `nsnet index`.")
+@click.option("--embeddings", default="cache/embeddings.h5", show_default=True,
+              help="Feature store written by `nsnet embed`.")
+@click.option("--model", "model_dir", default="models/detector", show_default=True,
+              help="Model bundle directory (written by `nsnet train`).")
+@click.option("--out", default="metrics/metrics.json", show_default=True,
+              help="Metrics JSON to write (the numbers `dvc metrics show` lists).")
+@click.option("--plots", "plots_dir", default="plots", show_default=True,
+              help="Folder for roc.csv, pr.csv and confusion.csv.")
 @friendly_errors
 def evaluate(params_file: str | None, overrides: tuple[str, ...], manifest: str, embeddings: str,
              model_dir: str, out: str, plots_dir: str) -> None:

@@ -7,8 +7,10 @@ from stages.common import echo_summary, friendly_errors, load, params_options
 
 @click.command("index")
 @params_options
-@click.option("--out", default="cache/manifest.parquet", show_default=True)
-@click.option("--report", default="cache/index_report.json", show_default=True)
+@click.option("--out", default="cache/manifest.parquet", show_default=True,
+              help="Manifest to write (Parquet).")
+@click.option("--report", default="cache/index_report.json", show_default=True,
+              help="JSON report: skipped files by reason, duplicates, splits.")
 @click.option("--strict/--no-strict", default=None, help="Fail if any file would be skipped.")
 @friendly_errors
 def index(params_file: str | None, overrides: tuple[str, ...], out: str, report: str,

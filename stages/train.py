@@ -7,10 +7,13 @@ from stages.common import echo_summary, friendly_errors, load, params_options
 
 @click.command("train")
 @params_options
-@click.option("--manifest", default="cache/manifest.parquet", show_default=True)
-@click.option("--embeddings", default="cache/embeddings.h5", show_default=True)
+@click.option("--manifest", default="cache/manifest.parquet", show_default=True,
+              help="Manifest written by `nsnet index`.")
+@click.option("--embeddings", default="cache/embeddings.h5", show_default=True,
+              help="Feature store written by `nsnet embed`.")
 @click.option("--out", default="models/detector", show_default=True, help="Bundle directory.")
-@click.option("--log", "log_csv", default="plots/train_log.csv", show_default=True)
+@click.option("--log", "log_csv", default="plots/train_log.csv", show_default=True,
+              help="Per-epoch training log to write (CSV, a DVC plot).")
 @friendly_errors
 def train(params_file: str | None, overrides: tuple[str, ...], manifest: str, embeddings: str,
           out: str, log_csv: str) -> None:

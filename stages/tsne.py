@@ -7,10 +7,14 @@ from stages.common import echo_summary, friendly_errors, load, params_options
 
 @click.command("tsne")
 @params_options
-@click.option("--manifest", default="cache/manifest.parquet", show_default=True)
-@click.option("--embeddings", default="cache/embeddings.h5", show_default=True)
-@click.option("--model", "model_dir", default="models/detector", show_default=True)
-@click.option("--out", default="plots/tsne.png", show_default=True)
+@click.option("--manifest", default="cache/manifest.parquet", show_default=True,
+              help="Manifest written by `nsnet index`.")
+@click.option("--embeddings", default="cache/embeddings.h5", show_default=True,
+              help="Feature store written by `nsnet embed`.")
+@click.option("--model", "model_dir", default="models/detector", show_default=True,
+              help="Model bundle directory (written by `nsnet train`).")
+@click.option("--out", default="plots/tsne.png", show_default=True,
+              help="Figure to write (PNG).")
 @friendly_errors
 def tsne(params_file: str | None, overrides: tuple[str, ...], manifest: str, embeddings: str,
          model_dir: str, out: str) -> None:

@@ -27,6 +27,13 @@ from pipeline.inference.predict import compute_features, load_chain
 from stages.cli import main
 
 
+def empty_params(tmp_path: Path) -> Path:
+    """A params file with no keys: every parameter takes its built-in default."""
+    path = tmp_path / "defaults.yaml"
+    path.write_text("{}\n")
+    return path
+
+
 def train_bundle(built_cache, out: Path, head: str = "advanced", epochs: int = 15) -> Path:
     params = dataclasses.replace(built_cache.params, train=dataclasses.replace(
         built_cache.params.train, head=head, epochs=epochs, lr=3e-3, device="cpu"))
@@ -79,7 +86,7 @@ def test_report_png_and_json(explained, tmp_path):
         assert im.format == "PNG" and im.width > 800 and im.height > 400
     data = json.loads(js.read_text())
     assert data["prob_generated"] == pytest.approx(ex.prob)
-    assert data["caption"] == ex.caption and data["label"] in ("generated", "real")
+    assert data["caption"] == ex.caption and data["label"] in ("generated", "real", "uncertain")
     tops = [p["contribution"] for p in data["top_generated"]]
     assert len(tops) <= 4 and tops == sorted(tops, reverse=True) and all(t > 0 for t in tops)
     assert tops[0] == max(p["contribution"] for p in data["patches"])
@@ -108,7 +115,7 @@ def test_cli_writes_png_and_json(chain, fakes, tmp_path):
                                      if k != "format_version"})
     out = tmp_path / "why.png"
     res = CliRunner().invoke(main, ["explain", fakes[0], "--model", str(bundle), "--out",
-                                    str(out), "--params", str(tmp_path / "none.yaml")])
+                                    str(out), "--params", str(empty_params(tmp_path))])
     assert res.exit_code == 0, res.output
     assert out.exists() and (tmp_path / "why.json").exists()
     assert "P(generated)" in res.output and "toward generated" in res.output

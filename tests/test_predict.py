@@ -18,7 +18,15 @@ from pipeline.extraction.cached_features import load_features
 from pipeline.heads.train_stage import run_train
 from pipeline.heads.training_loop import predict_proba
 from pipeline.inference.predict import expand_inputs, load_chain, predict_paths, write_results
+from pipeline.inference.verdict import verdict
 from stages.cli import main
+
+
+def empty_params(tmp_path: Path) -> Path:
+    """A params file with no keys: every parameter takes its built-in default."""
+    path = tmp_path / "defaults.yaml"
+    path.write_text("{}\n")
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +56,8 @@ def test_predict_on_training_images_equals_evaluate_on_cache(built_cache, bundle
     assert df["caption"].tolist() == captions["caption"][keep].tolist()
     np.testing.assert_allclose(df["prob"].to_numpy(), cached, atol=1e-5)
     assert np.ptp(cached) > 1e-3  # the comparison is not between constants
-    expected = np.where(cached > chain.threshold, "generated", "real")
-    assert df["label"].tolist() == expected.tolist()
+    expected = [verdict(p, chain.threshold, chain.band) for p in cached]
+    assert df["label"].tolist() == expected
 
 
 def test_predict_calls_a_probability_equal_to_the_threshold_real(built_cache, bundle):
@@ -71,18 +79,18 @@ def test_unreadable_files_get_a_status_and_outputs_round_trip(built_cache, bundl
         shutil.copy(p, images / p.name)
     (images / "text.png").write_text("not an image")
     (images / "empty.jpg").write_bytes(b"")
-    (images / "notes.txt").write_text("ignored inside folders")
+    (images / "notes.txt").write_text("listed inside folders, as unsupported_format")
     from PIL import Image
 
     Image.new("RGB", (20, 20)).save(images / "tiny.png")
     paths = expand_inputs([tmp_path / "in", str(tmp_path / "nothing-*.png")])
-    assert not any(p.suffix == ".txt" for p in paths)
+    assert sum(p.suffix == ".txt" for p in paths) == 1
     chain = load_chain(bundle, device="cpu", threshold=0.0)
     df = predict_paths(chain, paths, batch_size=1)
     status = dict(zip(df["path"].map(lambda p: Path(p).name), df["status"], strict=True))
     assert status == {src[0].name: "ok", src[1].name: "ok", "text.png": "not_an_image",
                       "empty.jpg": "empty_file", "tiny.png": "too_small",
-                      "nothing-*.png": "missing"}
+                      "nothing-*.png": "missing", "notes.txt": "unsupported_format"}
     ok = df[df["status"] == "ok"]
     assert (ok["label"] == "generated").all()  # threshold 0 overrides the bundle's
     assert df.loc[df["status"] != "ok", "prob"].isna().all()
@@ -100,7 +108,7 @@ def test_cli_prints_a_table_and_writes_jsonl(built_cache, bundle, tmp_path):
     first = read_manifest(built_cache.manifest, only_ok=True)["path"].iloc[0]
     out = tmp_path / "r.jsonl"
     res = CliRunner().invoke(main, ["predict", first, "--model", str(bundle), "--out", str(out),
-                                    "--params", str(tmp_path / "none.yaml"),
+                                    "--params", str(empty_params(tmp_path)),
                                     "--set", "compute.device=cpu"])
     assert res.exit_code == 0, res.output
     row = json.loads(out.read_text().splitlines()[0])

@@ -1,0 +1,252 @@
+"""First contact: what a new user meets before any result (help, errors, file modes, verdicts).
+
+Real commands on real files: the uncertain band from params to bundle to predict/explain, output
+files readable by colleagues under the usual umask, a `--help` that does not import torch, and
+one clear message (no traceback) for every kind of bad option or params file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from pipeline.atomic import write_json, write_text
+from pipeline.config import HEAD_CHOICES, ParamsError, load_params, params_from_dict
+from pipeline.data.manifest import read_manifest
+from pipeline.heads.bundle import CONFIG, load_bundle, save_bundle
+from pipeline.heads.detectors import HEADS, build_head
+from pipeline.heads.train_stage import run_train
+from pipeline.inference.explain import explain_image, write_report
+from pipeline.inference.predict import load_chain, predict_paths, write_results
+from pipeline.inference.verdict import verdict
+from pipeline.reports.figures import MIN_SCALE, _norm, patch_locations
+from stages.cli import main
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bundle(built_cache, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("first_contact") / "model"
+    params = dataclasses.replace(
+        built_cache.params,
+        train=dataclasses.replace(built_cache.params.train, epochs=3, device="cpu"),
+        evaluate=dataclasses.replace(built_cache.params.evaluate, uncertain_band=0.5))
+    run_train(params, built_cache.manifest, built_cache.embeddings, out, out.parent / "log.csv")
+    return out
+
+
+@pytest.fixture(scope="module")
+def images(built_cache) -> list[str]:
+    return read_manifest(built_cache.manifest, only_ok=True)["path"].iloc[::9].tolist()
+
+
+# ----------------------------------------------------------------------------- uncertain band
+
+
+def test_verdict_rule():
+    assert verdict(0.499, 0.5, 0.05) == "uncertain"
+    assert verdict(0.54, 0.5, 0.05) == "uncertain"
+    assert verdict(0.55, 0.5, 0.05) == "generated"
+    assert verdict(0.45, 0.5, 0.05) == "real"
+    assert verdict(0.449, 0.5, 0.05) == "real"
+    assert verdict(0.5, 0.5, 0.0) == "generated"  # band 0: the plain prob >= threshold rule
+    assert verdict(0.4999, 0.5, 0.0) == "real"
+    assert verdict(float("nan"), 0.5, 0.0) == "uncertain"
+
+
+def test_uncertain_band_param_is_validated():
+    assert params_from_dict({}).evaluate.uncertain_band == 0.05
+    assert load_params(PROJECT / "params.yaml").evaluate.uncertain_band == 0.05
+    for bad in (-0.01, 0.6, "wide", float("nan")):
+        with pytest.raises(ParamsError, match="evaluate.uncertain_band"):
+            params_from_dict({"evaluate": {"uncertain_band": bad}})
+
+
+def test_bundle_band_drives_predict_labels_and_old_bundles_mean_zero(bundle, images, tmp_path):
+    config = json.loads((bundle / CONFIG).read_text())
+    assert config["uncertain_band"] == 0.5
+    chain = load_chain(bundle, "cpu")
+    assert chain.band == 0.5
+    df = predict_paths(chain, images)
+    assert (df["status"] == "ok").all() and set(df["label"]) == {"uncertain"}  # band 0.5: all
+    old = tmp_path / "old"
+    old.mkdir()
+    for f in bundle.iterdir():
+        (old / f.name).write_bytes(f.read_bytes())
+    del config["uncertain_band"]
+    (old / CONFIG).write_text(json.dumps(config))
+    chain = load_chain(old, "cpu")
+    assert chain.band == 0.0
+    df = predict_paths(chain, images)
+    expected = np.where(df["prob"] >= chain.threshold, "generated", "real")
+    assert df["label"].tolist() == expected.tolist()
+
+
+def test_explain_says_uncertain_in_picture_and_json(bundle, images, tmp_path):
+    chain = load_chain(bundle, "cpu")
+    ex = explain_image(chain, images[0])
+    assert ex.label == "uncertain" and ex.uncertain_band == 0.5
+    png, js = write_report(ex, tmp_path / "why.png")
+    data = json.loads(js.read_text())
+    assert data["label"] == "uncertain" and data["uncertain_band"] == 0.5
+    assert png.stat().st_size > 0
+
+
+def test_predict_cli_counts_uncertain(bundle, images, tmp_path):
+    res = CliRunner().invoke(main, ["predict", images[0], "--model", str(bundle),
+                                    "--set", "compute.device=cpu"])
+    assert res.exit_code == 0, res.output
+    assert "uncertain" in res.output and "1 uncertain at threshold 0.5 ± 0.5" in res.output
+
+
+# ----------------------------------------------------------------------------- explanation picture
+
+
+def test_colour_scale_keeps_negligible_contributions_pale():
+    assert _norm(np.array([0.004, -0.002])).vmax == MIN_SCALE  # noise stays near white
+    assert _norm(np.array([1.5, -0.2])).vmax == 1.5  # strong evidence spans the scale
+    assert _norm(np.array([1.5, -0.2])).vmin == -1.5
+
+
+def test_one_patch_image_is_drawn_once_not_as_a_solid_square(bundle, tmp_path):
+    path = tmp_path / "one_patch.png"
+    rng = np.random.default_rng(3)
+    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(path)
+    ex = explain_image(load_chain(bundle, "cpu"), path)
+    locations = patch_locations(ex)
+    assert len(locations) == 1 and sorted(locations[0][3]) == list(range(49))
+    total = sum(p.contribution for p in ex.patches)
+    assert locations[0][2] == pytest.approx(total)
+    png, _ = write_report(ex, tmp_path / "one.png")
+    assert png.exists()
+
+
+# ----------------------------------------------------------------------------- file modes
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])
+def test_outputs_follow_the_umask(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        write_json(tmp_path / "m.json", {"a": 1})
+        write_text(tmp_path / "t.txt", "x")
+        save_bundle(tmp_path / "b", build_head("ufd", 8), {"head": {"kind": "ufd", "dim": 8,
+                                                                    "hparams": {}}})
+        write_results(pd.DataFrame({"path": ["a"], "status": ["ok"]}), tmp_path / "r.csv")
+        files = [tmp_path / "m.json", tmp_path / "t.txt", tmp_path / "b" / "config.json",
+                 tmp_path / "b" / "model.safetensors", tmp_path / "r.csv"]
+        for f in files:
+            assert stat.S_IMODE(f.stat().st_mode) == mode, f
+    finally:
+        os.umask(old)
+
+
+# ----------------------------------------------------------------------------- --help
+
+
+def test_help_does_not_import_torch():
+    code = ("import sys\nfrom stages.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "heavy = [m for m in ('torch', 'numpy', 'pandas', 'PIL', 'open_clip', 'transformers',"
+            " 'h5py', 'matplotlib', 'pyarrow') if m in sys.modules]\n"
+            "print('HEAVY', heavy, file=sys.stderr)\n")
+    for args in ([], ["predict", "--help"]):
+        run = code.replace("['--help']", repr([*args] or ["--help"]))
+        proc = subprocess.run([sys.executable, "-c", run], cwd=PROJECT, capture_output=True,
+                              text=True, timeout=120)
+        assert "Usage:" in proc.stdout, proc.stderr
+        assert "HEAVY []" in proc.stderr, proc.stderr
+
+
+def test_head_choices_are_the_heads():
+    assert tuple(HEADS) == HEAD_CHOICES
+
+
+def test_every_option_has_help_text():
+    missing = [f"{name} {opt.opts[0]}" for name, cmd in main.commands.items()
+               for opt in cmd.params if opt.param_type_name == "option" and not opt.help]
+    assert not missing, missing
+
+
+# ----------------------------------------------------------------------------- bad options
+
+
+def _fails(args: list[str], *wants: str, cwd: Path | None = None) -> str:
+    runner = CliRunner()
+    if cwd:
+        old = os.getcwd()
+        os.chdir(cwd)
+    try:
+        res = runner.invoke(main, args)
+    finally:
+        if cwd:
+            os.chdir(old)
+    assert res.exit_code == 1, res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit), res.exception
+    assert "Traceback" not in res.output
+    for want in wants:
+        assert want in res.output, res.output
+    return res.output
+
+
+def test_named_params_file_must_exist(tmp_path):
+    _fails(["index", "--params", str(tmp_path / "nope.yaml")], "--params",
+           "nope.yaml: no such file")
+
+
+def test_missing_default_params_file_means_defaults(tmp_path):
+    out = _fails(["index"], "data root data/images does not exist", cwd=tmp_path)
+    assert "params" not in out
+
+
+def test_set_with_broken_yaml_is_one_message(tmp_path):
+    _fails(["index", "--set", "train.lr=[1, 2"], "--set train.lr=[1, 2",
+           "not valid YAML", cwd=tmp_path)
+
+
+def test_binary_params_file_names_the_file(tmp_path):
+    params = tmp_path / "params.bin"
+    params.write_bytes(bytes(range(256)))
+    _fails(["index", "--params", str(params)], "params.bin: not a text (UTF-8 YAML) file")
+
+
+def test_predict_refuses_a_bad_out_name_before_loading_anything(tmp_path):
+    image = tmp_path / "x.png"
+    image.write_bytes(b"")
+    out = _fails(["predict", str(image), "--model", str(tmp_path / "no-bundle"), "--out",
+                  str(tmp_path / "results.xlsx")], "results.xlsx", ".csv, .jsonl, .parquet")
+    assert "not a model bundle" not in out and not (tmp_path / "results.xlsx").exists()
+
+
+def test_explain_reports_a_bad_image_before_loading_models(tmp_path):
+    image = tmp_path / "empty.png"
+    image.write_bytes(b"")
+    out = _fails(["explain", str(image), "--model", str(tmp_path / "no-bundle")],
+                 "empty_file", "empty.png")
+    assert "not a model bundle" not in out
+
+
+def test_readme_documents_the_code_defaults():
+    readme = (PROJECT / "README.md").read_text()
+    defaults = params_from_dict({})
+    assert f"| `data.roots` | `[{defaults.data.roots[0].path}]` |" in readme
+    assert f"| `evaluate.uncertain_band` | {defaults.evaluate.uncertain_band:g} |" in readme
+    assert load_params(PROJECT / "params.yaml").data.roots == defaults.data.roots
+
+
+def test_minimal_bundle_still_loads(tmp_path):
+    save_bundle(tmp_path, build_head("ufd", 8), {"head": {"kind": "ufd", "dim": 8,
+                                                          "hparams": {}}})
+    load_bundle(tmp_path)
