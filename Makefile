@@ -24,9 +24,11 @@ demo: install
 	$(BIN)/nsnet demo-data $(DEMO) --workspace --project .
 	cd $(DEMO) && git init -q && PATH=$(CURDIR)/$(BIN):$$PATH dvc init -q && \
 	  git add -A && git -c user.name=demo -c user.email=demo@localhost commit -qm "demo" && \
-	  PATH=$(CURDIR)/$(BIN):$$PATH $(CURDIR)/$(BIN)/dvc repro
-	@echo "Demo done: the tables above are in $(DEMO)/metrics/*.json;" \
-	  "try: cd $(DEMO) && dvc metrics show / dvc plots show / dvc exp run -S train.lr=0.0005"
+	  PATH=$(CURDIR)/$(BIN):$$PATH $(CURDIR)/$(BIN)/dvc repro && \
+	  git add -A && git -c user.name=demo -c user.email=demo@localhost commit -qm "baseline run"
+	@echo "Demo done (baseline run committed in $(DEMO)): the tables above are in" \
+	  "$(DEMO)/metrics/details/*.json; try: cd $(DEMO) && dvc metrics show / dvc plots show /" \
+	  "dvc exp run -S train.lr=0.0005 && dvc exp show --only-changed"
 
 test: install browser
 	$(BIN)/ruff check .

@@ -13,6 +13,7 @@ NS-Net's primary metric), ``ap`` (average precision, sklearn's step-wise definit
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -229,3 +230,30 @@ def oracle_accuracy(y: np.ndarray, score: np.ndarray) -> tuple[float, float]:
     # is_fake is prob > threshold: flagging every score >= s means a threshold just below s
     best_thr = float(thr[0]) if best == 0 else float(np.nextafter(thr[best - 1], -np.inf))
     return float(correct[best] / len(y)), best_thr
+
+
+# ----------------------------------------------------------------------------- metrics files
+# DVC lists every number of a metrics file as a column of `dvc metrics show` / `dvc exp show`,
+# so the declared metrics files hold only the few numbers a person compares between runs; the
+# full tables, provenance and id lists go to ``details_path(...)`` (a plain output).
+
+SUMMARY_KEYS = ("acc", "real_acc", "fake_acc", "ap")
+
+
+def rounded(value: float | None, digits: int = 4) -> float | None:
+    """A metric for a metrics file: rounded, ``None`` for NaN (JSON has no NaN)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return round(float(value), digits)
+
+
+def compact(mean: dict[str, Any], keys: tuple[str, ...] = SUMMARY_KEYS,
+            prefix: str = "") -> dict[str, float | None]:
+    """``{prefix + key: rounded value}`` of a mean-over-generators row."""
+    return {f"{prefix}{k}": rounded(mean.get(k)) for k in keys}
+
+
+def details_path(metrics_file: str | Path) -> Path:
+    """Where the full results behind a metrics file go: ``<dir>/details/<name>``."""
+    metrics_file = Path(metrics_file)
+    return metrics_file.parent / "details" / metrics_file.name

@@ -15,13 +15,16 @@ from stages.common import friendly_errors, load, params_options
 @click.option("--heads", default=",".join(HEADS), show_default=True,
               help="Comma-separated heads to train and compare.")
 @click.option("--out", default="metrics/compare.json", show_default=True,
-              help="Comparison JSON to write (every head, test split).")
+              help="Metrics JSON to write: each head's test AP as <head>_ap.")
+@click.option("--details", default=None,
+              help="Full results to write: per-source tables of every head [default: "
+                   "details/<name> beside --out, i.e. metrics/details/compare.json].")
 @click.option("--views", "views", default="",
               help="Comma-separated numbers of patch-order views to put side by side, e.g. "
                    "1,4 (view 0 only vs all 4 views of a patches.views: 4 cache).")
 @friendly_errors
 def compare(params_file: str | None, overrides: tuple[str, ...], manifest: str, embeddings: str,
-            heads: str, out: str, views: str) -> None:
+            heads: str, out: str, details: str | None, views: str) -> None:
     """Train each head on the protocol's training rows; print test acc/real/fake/AP (%)."""
     from pipeline.evaluation.compare_stage import format_comparison, run_compare
 
@@ -36,5 +39,5 @@ def compare(params_file: str | None, overrides: tuple[str, ...], manifest: str, 
         ks = (0,)
     if any(k < 1 for k in ks):
         raise click.BadParameter(f"--views {views!r}: give whole numbers >= 1, e.g. 1,4")
-    res = run_compare(params, manifest, embeddings, chosen, out, ks)
+    res = run_compare(params, manifest, embeddings, chosen, out, ks, details)
     click.echo(format_comparison(res, "test"))

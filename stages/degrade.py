@@ -41,7 +41,8 @@ def degrade(params_file: str | None, overrides: tuple[str, ...], manifest: str, 
 @click.option("--views", "views_dir", default="cache/views", show_default=True,
               help="Folder of the cached degraded views (`nsnet degrade`).")
 @click.option("--metrics", "metrics_dir", default="metrics", show_default=True,
-              help="Folder for views/<name>.json and degradations.json.")
+              help="Folder for degradations.json (each view's AP), details/degradations.json "
+                   "and views/<name>.json.")
 @click.option("--per-source/--no-per-source", default=True, show_default=True,
               help="Also print each view's per-generator table.")
 @friendly_errors

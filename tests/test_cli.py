@@ -102,11 +102,16 @@ def test_chain_outputs_are_aligned_and_carry_provenance(chain):
     assert bundle["head"]["kind"] == "advanced"
     assert bundle["backbones"]["clip"]["clip_arch"] == "tiny"
     assert bundle["provenance"]["code_version"]
-    metrics = json.loads((chain / "metrics/metrics.json").read_text())
-    assert metrics["head"] == "advanced" and 0.0 <= metrics["test"]["mean"]["acc"] <= 1.0
-    assert metrics["provenance"]["code_version"]
-    compare = json.loads((chain / "metrics/compare.json").read_text())
+    details = json.loads((chain / "metrics/details/metrics.json").read_text())
+    assert details["head"] == "advanced" and 0.0 <= details["test"]["mean"]["acc"] <= 1.0
+    assert details["provenance"]["code_version"]
+    metrics = json.loads((chain / "metrics/metrics.json").read_text())  # the compared numbers
+    assert metrics == {k: round(details["test"]["mean"][k], 4)
+                       for k in ("acc", "real_acc", "fake_acc", "ap")}
+    compare = json.loads((chain / "metrics/details/compare.json").read_text())
     assert set(compare["heads"]) == {"ufd", "nsnet", "advanced"}
+    assert set(json.loads((chain / "metrics/compare.json").read_text())) == {
+        "ufd_ap", "nsnet_ap", "advanced_ap"}
     log = pd.read_csv(chain / "plots/train_log.csv")
     assert {"epoch", "val_ap"} <= set(log.columns) and len(log) == 2
 

@@ -157,8 +157,11 @@ def test_evaluate_views_reports_metrics_per_degradation(views_workspace, tmp_pat
     results = run_evaluate_views(params, work.manifest, work.embeddings,
                                  work.workdir / "models" / "detector", views, tmp_path)
     assert list(results) == ["clean", "jpeg30", "resize64"]
-    summary = json.loads((tmp_path / "degradations.json").read_text())
+    summary = json.loads((tmp_path / "details" / "degradations.json").read_text())
     assert set(summary["views"]) == {"clean", "jpeg30", "resize64"}
+    compact = json.loads((tmp_path / "degradations.json").read_text())
+    assert compact == {f"{v}_ap": round(summary["views"][v]["mean"]["ap"], 4)
+                       for v in ("clean", "jpeg30", "resize64")}
     per_view = json.loads((tmp_path / "views" / "jpeg30.json").read_text())
     assert per_view["view"] == "jpeg30"
     assert set(per_view["per_source"]) == set(results["clean"]["per_source"])

@@ -231,9 +231,14 @@ def test_metrics_and_plots_show(workspace, tmp_path):
     ws, _ = workspace
     metrics = json.loads(sh(ws, "dvc", "metrics", "show", "--json"))
     data = metrics[""]["data"]
-    test_mean = data["metrics/metrics.json"]["data"]["test"]["mean"]
+    test_mean = data["metrics/metrics.json"]["data"]
+    assert set(test_mean) == {"acc", "real_acc", "fake_acc", "ap"}
     assert 0.0 <= test_mean["acc"] <= 1.0
-    assert set(data["metrics/compare.json"]["data"]["heads"]) == {"ufd", "nsnet", "advanced"}
+    assert set(data["metrics/compare.json"]["data"]) == {"ufd_ap", "nsnet_ap", "advanced_ap"}
+    assert set(data) == {"metrics/metrics.json", "metrics/compare.json",
+                         "metrics/degradations.json"}  # details are not metrics
+    details = json.loads((ws / "metrics/details/metrics.json").read_text())
+    assert details["test"]["mean"]["acc"] == pytest.approx(test_mean["acc"], abs=1e-4)
     assert "metrics/metrics.json" in sh(ws, "dvc", "metrics", "show")
     out_dir = tmp_path / "plots_html"
     sh(ws, "dvc", "plots", "show", "-o", str(out_dir))
@@ -243,6 +248,24 @@ def test_metrics_and_plots_show(workspace, tmp_path):
     assert data["metrics/audit.json"]["data"]["classifier"]["warning"] is False
     decision = data["metrics/metrics.json"]["data"]["decision"]
     assert (decision["rule"], decision["calibration"]) == ("val_acc", "platt")
+
+
+@pytest.mark.slow
+def test_metrics_show_fits_in_200_columns(workspace):
+    ws, _ = workspace
+    out = sh(ws, "dvc", "metrics", "show")
+    widths = [len(line) for line in out.splitlines()]
+    assert widths and max(widths) <= 200, out
+    for name in ("acc", "real_acc", "fake_acc", "ap", "advanced_ap", "clean_ap"):
+        assert name in out.split(), out
+
+
+def test_make_demo_commits_the_baseline_run():
+    """`dvc exp show --only-changed` needs the baseline's dvc.lock and metrics in git."""
+    out = subprocess.run(["make", "-n", "demo", "BIN=/bin"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60).stdout
+    repro = out.index("dvc repro")
+    assert "commit" in out[repro:] and "git add -A" in out[repro:], out
 
 
 @pytest.mark.slow
@@ -269,7 +292,7 @@ def test_train_param_change_reruns_only_train_evaluate_compare(workspace):
     assert revs, exps
     metrics = revs[0]["data"]["metrics"]["metrics/metrics.json"]
     assert "error" not in metrics, metrics
-    assert metrics["data"]["test"]["mean"]["acc"] is not None
+    assert metrics["data"]["acc"] is not None
 
 
 def _edit(path: Path) -> None:

@@ -250,3 +250,45 @@ def test_minimal_bundle_still_loads(tmp_path):
     save_bundle(tmp_path, build_head("ufd", 8), {"head": {"kind": "ufd", "dim": 8,
                                                           "hparams": {}}})
     load_bundle(tmp_path)
+
+
+# ----------------------------------------------------------------------------- missing weights
+
+
+def _load_in_subprocess(code: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(PROJECT)}
+    return subprocess.run([sys.executable, "-c", code], cwd=PROJECT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_missing_hub_weights_one_message_with_a_command_that_exists(tmp_path):
+    proc = _load_in_subprocess(
+        "from pipeline.backbones.clip import load_clip\n"
+        "from pipeline.backbones.blip import load_blip\n"
+        "for f, a in ((load_clip, ('ViT-B-32', 'openai', 'cpu')),\n"
+        "             (load_blip, ('Salesforce/blip-image-captioning-base', 'cpu'))):\n"
+        "    try:\n        f(*a)\n    except Exception as e:\n"
+        "        print('MESSAGE', type(e).__name__, e)\n")
+    assert "ERROR:root" not in proc.stderr + proc.stdout, proc.stderr
+    assert proc.stdout.count("MESSAGE ModelUnavailable") == 2, proc.stdout + proc.stderr
+    assert "hub is not reachable" in proc.stdout
+    assert "hf download Salesforce/blip-image-captioning-base" in proc.stdout
+    assert "huggingface-cli" not in proc.stdout
+    assert (Path(sys.executable).parent / "hf").exists()  # the installed hub's command
+
+
+def test_broken_local_weights_do_not_blame_the_hub(tmp_path):
+    from pipeline.backbones.availability import ModelUnavailable
+    from pipeline.backbones.blip import load_blip
+    from pipeline.backbones.clip import load_clip
+
+    bad = tmp_path / "ckpt.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ModelUnavailable) as err:
+        load_clip("ViT-B-32", str(bad), "cpu")
+    assert "is a local file that could not be loaded" in str(err.value)
+    assert "hub" not in str(err.value) and "Cause:" in str(err.value)
+    with pytest.raises(ModelUnavailable) as err:
+        load_blip(str(tmp_path), "cpu")
+    assert "is a local folder but does not hold a loadable BLIP" in str(err.value)
+    assert "hub" not in str(err.value)

@@ -84,7 +84,7 @@ def test_genimage_train_on_sd14_test_on_all(genimage_run):
 
 def test_genimage_table_printed_in_paper_shape(genimage_run):
     work, raw, *_ = genimage_run
-    table = format_table(json.loads((work / "metrics.json").read_text())["test"])
+    table = format_table(json.loads((work / "details" / "metrics.json").read_text())["test"])
     rows = [line.split()[0] for line in table.splitlines()[1:]]
     assert rows[:3] == ["ADM", "Midjourney", "SDv1.4"] and rows[3] == "mean"
     params_file = write_params(work / "params.yaml", raw)

@@ -1,6 +1,7 @@
 """The fit loop over cached features: determinism, best-epoch choice, divergence, memory-map."""
 
 import dataclasses
+import json
 
 import numpy as np
 import pandas as pd
@@ -165,4 +166,6 @@ def test_compare_prints_one_table_for_all_heads(built_cache, tmp_path):
     assert f"{100 * mean_acc:.1f}" in lines[end - 1]
     k = out["heads"]["nsnet"]["training"]["nsnet_k"]
     assert f"nsnet: top-{k} caption directions removed" in table
-    assert (tmp_path / "compare.json").exists()
+    assert (tmp_path / "details" / "compare.json").exists()
+    assert json.loads((tmp_path / "compare.json").read_text())["nsnet_ap"] == round(
+        out["heads"]["nsnet"]["test"]["mean"]["ap"], 4)

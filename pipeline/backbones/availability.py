@@ -7,10 +7,13 @@ reachable we switch the HF libraries to offline mode so a missing file errors im
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
 import os
 import socket
 import threading
+from collections.abc import Iterator
 from urllib.parse import urlparse
 
 
@@ -57,6 +60,45 @@ def ensure_offline_if_unreachable() -> bool:
     return online
 
 
+@contextlib.contextmanager
+def quiet_root_logging() -> Iterator[None]:
+    """Silence module-level ``logging.error`` calls of model libraries for a while.
+
+    open_clip reports a failed download with ``logging.error``, which configures the root logger
+    on the fly and prints a stray ``ERROR:root:`` line before our own message (which already
+    contains the cause).
+    """
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    root.handlers = [logging.NullHandler()]
+    root.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        root.handlers = handlers
+        root.setLevel(level)
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message (library errors can run to pages)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+CLIP_FILE_HELP = """\
+clip.pretrained {path!r} is a local file that could not be loaded as {arch!r} weights.
+It must be an open_clip / OpenAI checkpoint of that architecture holding only tensors (it is
+loaded with torch.load(weights_only=True), so pickled objects are refused).
+Cause: {cause}
+"""
+
+BLIP_FOLDER_HELP = """\
+caption.model {path!r} is a local folder but does not hold a loadable BLIP captioning model.
+It needs the files `save_pretrained` writes: config.json, model.safetensors (or
+pytorch_model.bin) and the processor files (preprocessor_config.json, tokenizer files).
+Cause: {cause}
+"""
+
 CLIP_HELP = """\
 CLIP weights for {arch!r} / {pretrained!r} are not available on this machine{why}.
 To get them, on a machine with internet access run
@@ -69,7 +111,7 @@ For a quick offline run use the built-in random backbone: `clip.arch: tiny`, `cl
 BLIP_HELP = """\
 BLIP weights {model!r} are not available on this machine{why}.
 To get them, on a machine with internet access run
-    huggingface-cli download {model}
+    hf download {model}
 (or `python -c "from transformers import BlipForConditionalGeneration as B; \
 B.from_pretrained('{model}')"`), then copy the Hugging Face cache (~/.cache/huggingface, or
 $HF_HOME) to this machine, or set `caption.model` to a local folder holding the model files.

@@ -18,9 +18,11 @@ import numpy as np
 import torch
 
 from pipeline.backbones.availability import (
+    BLIP_FOLDER_HELP,
     BLIP_HELP,
     ModelUnavailable,
     ensure_offline_if_unreachable,
+    first_line,
 )
 from pipeline.backbones.clip import _autocast, resolve_device
 
@@ -104,14 +106,17 @@ def _tiny() -> tuple[Any, Any]:
 def _real(name: str) -> tuple[Any, Any, dict[str, Any]]:
     from transformers import BlipForConditionalGeneration, BlipProcessor
 
-    online = ensure_offline_if_unreachable()
     local = Path(name).is_dir()
+    online = True if local else ensure_offline_if_unreachable()
     try:
         model = BlipForConditionalGeneration.from_pretrained(
             name, local_files_only=local or not online, trust_remote_code=False
         )
         processor = BlipProcessor.from_pretrained(name, local_files_only=local or not online)
     except Exception as exc:  # noqa: BLE001 - re-raised with instructions
+        if local:
+            raise ModelUnavailable(BLIP_FOLDER_HELP.format(path=name, cause=first_line(exc))
+                                   ) from exc
         why = "" if online else " (the Hugging Face hub is not reachable from here)"
         raise ModelUnavailable(BLIP_HELP.format(model=name, why=why) + f"\nCause: {exc}") from exc
     revision = getattr(model.config, "_commit_hash", None) or ("local" if local else "unknown")

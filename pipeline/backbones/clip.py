@@ -21,9 +21,12 @@ import numpy as np
 import torch
 
 from pipeline.backbones.availability import (
+    CLIP_FILE_HELP,
     CLIP_HELP,
     ModelUnavailable,
     ensure_offline_if_unreachable,
+    first_line,
+    quiet_root_logging,
 )
 
 TINY_ARCH = "tiny"
@@ -167,12 +170,17 @@ def _build(arch: str, pretrained: str, device: torch.device) -> tuple[Any, dict[
             f"clip.pretrained is empty for {arch!r}: a random CLIP gives meaningless features. "
             "Set a pretrained tag (e.g. openai) or a checkpoint path, or use clip.arch: tiny."
         )
-    online = ensure_offline_if_unreachable()
+    local = os.path.isfile(pretrained)
+    online = True if local else ensure_offline_if_unreachable()
     try:
         # open_clip loads local checkpoint files with torch.load(weights_only=True).
-        model = open_clip.create_model(arch, pretrained=pretrained, device=device,
-                                       **safe_load_kwargs(open_clip.create_model))
+        with quiet_root_logging():
+            model = open_clip.create_model(arch, pretrained=pretrained, device=device,
+                                           **safe_load_kwargs(open_clip.create_model))
     except Exception as exc:  # noqa: BLE001 - re-raised with instructions
+        if local:
+            raise ModelUnavailable(CLIP_FILE_HELP.format(path=pretrained, arch=arch,
+                                                         cause=first_line(exc))) from exc
         why = "" if online else " (the Hugging Face hub is not reachable from here)"
         raise ModelUnavailable(
             CLIP_HELP.format(arch=arch, pretrained=pretrained, why=why) + f"\nCause: {exc}"

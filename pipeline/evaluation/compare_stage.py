@@ -17,7 +17,7 @@ from pipeline.extraction.cached_features import load_features
 from pipeline.heads.decision import Decision
 from pipeline.heads.detectors import HEADS
 from pipeline.heads.train_stage import train_head
-from pipeline.metrics import pct
+from pipeline.metrics import compact, details_path, pct
 from pipeline.provenance import base_provenance
 
 METRICS = ("acc", "real_acc", "fake_acc", "ap")
@@ -25,9 +25,15 @@ METRICS = ("acc", "real_acc", "fake_acc", "ap")
 
 def run_compare(params: Params, manifest: str | Path, embeddings: str | Path,
                 heads: tuple[str, ...] = tuple(HEADS), out_json: str | Path | None = None,
-                views: tuple[int, ...] = ()) -> dict[str, Any]:
+                views: tuple[int, ...] = (), details_json: str | Path | None = None
+                ) -> dict[str, Any]:
     """Train and score each head; with ``views``, once per number of patch-order views
-    (columns ``<head> K=<k>``)."""
+    (columns ``<head> K=<k>``).
+
+    ``out_json`` (a DVC metrics file) gets each column's test AP (mean over generators) as
+    ``<head>_ap`` (``<head>_k<k>_ap`` with views); ``details_json`` (default
+    ``<dir>/details/<name>``) the full tables. Returns the details.
+    """
     full = load_features(params, manifest, embeddings)
     sets = {k: full.first_views(k) for k in views} or {0: full}  # checks k before training
     results: dict[str, Any] = {}
@@ -41,7 +47,12 @@ def run_compare(params: Params, manifest: str | Path, embeddings: str | Path,
     out = {"heads": results, "view_average": params.evaluate.view_average,
            "provenance": base_provenance()}
     if out_json:
-        write_json(out_json, out)
+        write_json(details_json or details_path(out_json), out)
+        summary: dict[str, Any] = {}
+        for name, res in results.items():
+            prefix = name.replace(" K=", "_k") + "_"
+            summary.update(compact((res["test"] or {}).get("mean", {}), ("ap",), prefix))
+        write_json(out_json, summary)
     return out
 
 

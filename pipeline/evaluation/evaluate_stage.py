@@ -23,6 +23,8 @@ from pipeline.heads.decision import Decision
 from pipeline.heads.training_loop import predict_logits
 from pipeline.metrics import (
     binary_metrics,
+    compact,
+    details_path,
     expected_calibration_error,
     format_table,
     is_fake,
@@ -133,8 +135,14 @@ def _csv(path: Path, df: pd.DataFrame) -> None:
 
 
 def run_evaluate(params: Params, manifest: str | Path, embeddings: str | Path,
-                 model_dir: str | Path, metrics_json: str | Path, plots_dir: str | Path
-                 ) -> dict[str, Any]:
+                 model_dir: str | Path, metrics_json: str | Path, plots_dir: str | Path,
+                 details_json: str | Path | None = None) -> dict[str, Any]:
+    """Score val and test; write the compact metrics file and the full details beside it.
+
+    ``metrics_json`` (a DVC metrics file) gets the test mean over generators (acc, real_acc,
+    fake_acc, ap); ``details_json`` (default ``<dir>/details/<name>``) gets every table, the
+    model and provenance. Returns the details.
+    """
     fs = with_duplicate_members(load_features(params, manifest, embeddings), manifest)
     model, config = load_bundle(model_dir)
     decision = bundle_decision(params, config, model_dir)
@@ -168,7 +176,8 @@ def run_evaluate(params: Params, manifest: str | Path, embeddings: str | Path,
                      "best_epoch": config["training"]["best_epoch"]},
            "scored_ids": fingerprint(scored["id"].tolist()) if len(scored) else "",
            "provenance": base_provenance()}
-    write_json(metrics_json, out)
+    write_json(details_json or details_path(metrics_json), out)
+    write_json(metrics_json, compact(results["test"]["mean"]) if "test" in results else {})
     return out
 
 

@@ -3,8 +3,9 @@
 For each name in ``protocol.degradations`` the view's cached features
 (``pipeline.extraction.views_stage``) are
 scored with the same detector and threshold as the clean test set; the per-generator table and
-its mean go to ``metrics/views/<name>.json``, and a summary of all views (plus ``clean``, read
-from the clean features) to ``metrics/degradations.json``.
+its mean go to ``metrics/views/<name>.json``, a summary of all views (plus ``clean``, read
+from the clean features) to ``metrics/details/degradations.json``, and the mean AP of each view
+(``<view>_ap``, the numbers `dvc metrics show` lists) to ``metrics/degradations.json``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pipeline.extraction.cached_features import load_features
 from pipeline.extraction.views_stage import view_paths
 from pipeline.heads.bundle import load_bundle
 from pipeline.heads.decision import Decision
-from pipeline.metrics import pct
+from pipeline.metrics import compact, pct
 from pipeline.provenance import base_provenance
 
 SUMMARY_KEYS = ("acc", "real_acc", "fake_acc", "ap")
@@ -77,7 +78,11 @@ def run_evaluate_views(params: Params, manifest: str | Path, embeddings: str | P
                   for name, res in results.items()},
         "provenance": base_provenance(),
     }
-    write_json(metrics_dir / "degradations.json", summary)
+    write_json(metrics_dir / "details" / "degradations.json", summary)
+    compact_views: dict[str, Any] = {}
+    for name, res in results.items():
+        compact_views.update(compact(res["mean"], ("ap",), f"{name}_"))
+    write_json(metrics_dir / "degradations.json", compact_views)
     return results
 
 
