@@ -292,3 +292,29 @@ def test_broken_local_weights_do_not_blame_the_hub(tmp_path):
         load_blip(str(tmp_path), "cpu")
     assert "is a local folder but does not hold a loadable BLIP" in str(err.value)
     assert "hub" not in str(err.value)
+
+
+# ----------------------------------------------------------------------------- progress bars
+
+
+def test_index_train_and_compare_show_progress(built_cache, tmp_path):
+    common = ["--manifest", str(built_cache.manifest), "--embeddings",
+              str(built_cache.embeddings), "--set", "train.epochs=2", "--set",
+              "train.device=cpu"]
+    raw = json.loads(json.dumps(built_cache.params.to_dict()))
+    params = tmp_path / "params.yaml"
+    params.write_text(json.dumps(raw))  # JSON is YAML
+    runner = CliRunner()
+    res = runner.invoke(main, ["index", "--params", str(params), "--out",
+                               str(tmp_path / "m.parquet"), "--report", str(tmp_path / "r.json")])
+    assert res.exit_code == 0, res.output
+    n = len(read_manifest(tmp_path / "m.parquet"))
+    assert "index: 100%" in res.output and f"{n}/{n}" in res.output
+    res = runner.invoke(main, ["train", "--params", str(params), *common, "--out",
+                               str(tmp_path / "model"), "--log", str(tmp_path / "log.csv")])
+    assert res.exit_code == 0, res.output
+    assert "train: 100%" in res.output and "2/2" in res.output and "val AP" in res.output
+    res = runner.invoke(main, ["compare", "--params", str(params), *common, "--out",
+                               str(tmp_path / "compare.json")])
+    assert res.exit_code == 0, res.output
+    assert "compare: 100%" in res.output and "6/6" in res.output

@@ -8,6 +8,7 @@ excluded as label conflicts.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from collections import Counter
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from tqdm.auto import tqdm
 
 from pipeline import runtime
 from pipeline.atomic import write_json
@@ -139,11 +141,18 @@ def scan(params: Params, errors: list[WalkError] | None = None,
     jobs = [_Probe(e.path, params.data.max_image_pixels, params.patches.size)
             for e, _, _ in entries if e.path not in listed]
     workers = runtime.index_workers(params.data.num_workers)
-    if workers > 1 and len(jobs) > 64:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            probed = iter(list(pool.map(_probe, jobs, chunksize=32)))
-    else:
-        probed = iter([_probe(j) for j in jobs])
+    bar = tqdm(total=len(jobs), desc="index", unit="file", dynamic_ncols=True, mininterval=1.0)
+    done: list[dict[str, Any]] = []
+    with bar, contextlib.ExitStack() as stack:
+        if workers > 1 and len(jobs) > 64:
+            pool = stack.enter_context(ProcessPoolExecutor(max_workers=workers))
+            results = pool.map(_probe, jobs, chunksize=32)
+        else:
+            results = map(_probe, jobs)
+        for probe in results:
+            done.append(probe)
+            bar.update(1)
+    probed = iter(done)
     probes = [_listed_row(e.path, listed[e.path]) if e.path in listed else next(probed)
               for e, _, _ in entries]
     rows = []

@@ -16,7 +16,7 @@ from pipeline.evaluation.evaluate_stage import evaluate_sets
 from pipeline.extraction.cached_features import load_features
 from pipeline.heads.decision import Decision
 from pipeline.heads.detectors import HEADS
-from pipeline.heads.train_stage import train_head
+from pipeline.heads.train_stage import epoch_bar, train_head
 from pipeline.metrics import compact, details_path, pct
 from pipeline.provenance import base_provenance
 
@@ -37,13 +37,15 @@ def run_compare(params: Params, manifest: str | Path, embeddings: str | Path,
     full = load_features(params, manifest, embeddings)
     sets = {k: full.first_views(k) for k in views} or {0: full}  # checks k before training
     results: dict[str, Any] = {}
-    for kind in heads:
-        for k, fs in sets.items():
-            result, config = train_head(params, kind, fs)
-            metrics, _ = evaluate_sets(params, fs, result.model, Decision.from_bundle(config))
-            results[f"{kind} K={k}" if k else kind] = {
-                "test": metrics.get("test"), "val": metrics.get("val"),
-                "training": config["training"], "views": fs.n_views}
+    with epoch_bar(params.train.epochs * len(heads) * len(sets), "compare") as bar:
+        for kind in heads:
+            for k, fs in sets.items():
+                result, config = train_head(params, kind, fs, bar=bar)
+                metrics, _ = evaluate_sets(params, fs, result.model,
+                                           Decision.from_bundle(config))
+                results[f"{kind} K={k}" if k else kind] = {
+                    "test": metrics.get("test"), "val": metrics.get("val"),
+                    "training": config["training"], "views": fs.n_views}
     out = {"heads": results, "view_average": params.evaluate.view_average,
            "provenance": base_provenance()}
     if out_json:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from tqdm.auto import tqdm
 
 from pipeline.atomic import atomic_path
 from pipeline.config import Params
@@ -85,10 +86,26 @@ def bundle_config(params: Params, kind: str, result: TrainResult, fs: FeatureSet
     }
 
 
+def epoch_bar(total: int, desc: str) -> tqdm:
+    """A progress bar over training epochs (shows the last validation AP)."""
+    return tqdm(total=total, desc=desc, unit="epoch", dynamic_ncols=True, mininterval=0.5)
+
+
 def train_head(params: Params, kind: str, fs: FeatureSet,
-               on_epoch: EpochCallback | None = None) -> tuple[TrainResult, dict[str, Any]]:
+               on_epoch: EpochCallback | None = None, bar: tqdm | None = None
+               ) -> tuple[TrainResult, dict[str, Any]]:
+    """Fit one head on the protocol's rows; ``bar`` (if given) advances once per epoch."""
     train, val = training_sets(params, fs)
-    result = fit(kind, train, val, params.train, on_epoch=on_epoch,
+
+    def epoch_done(row: dict[str, float]) -> None:
+        if bar is not None:
+            bar.update(1)
+            if "val_ap" in row:
+                bar.set_postfix_str(f"{kind} val AP {row['val_ap']:.3f}", refresh=False)
+        if on_epoch is not None:
+            on_epoch(row)
+
+    result = fit(kind, train, val, params.train, on_epoch=epoch_done,
                  view_average=params.evaluate.view_average)
     decision, report = fit_decision(
         params.evaluate.threshold, params.evaluate.calibration,
@@ -109,6 +126,7 @@ def run_train(params: Params, manifest: str | Path, embeddings: str | Path, out_
         with atomic_path(log_csv) as tmp:
             pd.DataFrame(rows).to_csv(tmp, index=False)
 
-    result, config = train_head(params, params.train.head, fs, log_epoch)
+    with epoch_bar(params.train.epochs, "train") as bar:
+        result, config = train_head(params, params.train.head, fs, log_epoch, bar)
     save_bundle(out_dir, result.model, config)
     return config["training"]
