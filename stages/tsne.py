@@ -25,4 +25,5 @@ def tsne(params_file: str | None, overrides: tuple[str, ...], manifest: str, emb
     res = run_tsne(params, manifest, embeddings, model_dir, out)
     sil = res["silhouette"]
     echo_summary(f"tsne: {res['n']} images, {res['head']} head; real-vs-generated silhouette "
-                 f"{sil['before']:.3f} before -> {sil['after']:.3f} after projection -> {out}")
+                 f"{sil['before']:.3f} before -> {sil['after']:.3f} after projection "
+                 f"(higher = real and generated further apart) -> {out}")

@@ -318,3 +318,45 @@ def test_index_train_and_compare_show_progress(built_cache, tmp_path):
                                str(tmp_path / "compare.json")])
     assert res.exit_code == 0, res.output
     assert "compare: 100%" in res.output and "6/6" in res.output
+
+
+# ----------------------------------------------------------------------------- t-SNE figure
+
+
+def _hsv(colour: str) -> tuple[float, float, float]:
+    import colorsys
+
+    from matplotlib.colors import to_rgb
+
+    return colorsys.rgb_to_hsv(*to_rgb(colour))
+
+
+def test_tsne_source_colours_never_reuse_the_label_colours():
+    from pipeline.reports.figures import LABEL_COLOURS, source_styles
+
+    styles = source_styles([f"gen{i}" for i in range(20)])
+    assert len(set(styles.values())) == 20  # every source is distinguishable
+    for colour, _ in styles.values():
+        if _hsv(colour)[1] < 0.2:
+            continue  # a grey has no hue to confuse
+        for label_colour in LABEL_COLOURS.values():
+            gap = abs(_hsv(colour)[0] - _hsv(label_colour)[0])
+            assert min(gap, 1 - gap) > 0.05, (colour, label_colour)
+
+
+def test_tsne_says_which_direction_of_the_silhouette_is_better(built_cache, tmp_path):
+    bundle_dir = tmp_path / "m"
+    params = dataclasses.replace(built_cache.params, train=dataclasses.replace(
+        built_cache.params.train, epochs=1, device="cpu"))
+    run_train(params, built_cache.manifest, built_cache.embeddings, bundle_dir,
+              tmp_path / "log.csv")
+    raw = json.loads(json.dumps(params.to_dict()))
+    raw["figures"]["tsne_points"] = 20
+    raw["figures"]["tsne_perplexity"] = 5.0
+    (tmp_path / "p.yaml").write_text(json.dumps(raw))
+    res = CliRunner().invoke(main, ["tsne", "--params", str(tmp_path / "p.yaml"), "--manifest",
+                                    str(built_cache.manifest), "--embeddings",
+                                    str(built_cache.embeddings), "--model", str(bundle_dir),
+                                    "--out", str(tmp_path / "tsne.png")])
+    assert res.exit_code == 0, res.output
+    assert "higher = real and generated further apart" in res.output

@@ -168,28 +168,44 @@ def explanation_figure(ex: Explanation, k: int = 5) -> plt.Figure:
     return fig
 
 
+LABEL_COLOURS = {"real": "#2166ac", "generated": "#b2182b"}  # the explanation's blue and red
+# Sources never use the label colours' reds and blues, so a colour means one thing per figure;
+# beyond eight sources the markers differ too.
+SOURCE_PALETTE = ("#1b9e77", "#d95f02", "#7570b3", "#e6ab02", "#66a61e", "#a6761d", "#666666",
+                  "#e7298a")
+SOURCE_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
+def source_styles(sources: list[str]) -> dict[str, tuple[str, str]]:
+    """(colour, marker) per source: colours outside the label colours' hues."""
+    return {src: (SOURCE_PALETTE[i % len(SOURCE_PALETTE)],
+                  SOURCE_MARKERS[(i // len(SOURCE_PALETTE)) % len(SOURCE_MARKERS)])
+            for i, src in enumerate(sorted(set(sources)))}
+
+
 def render_tsne(points: dict[str, np.ndarray], frame: pd.DataFrame, out: str | Path,
                 title: str, dpi: int = 110) -> Path:
     """2 x 2 panels: features before/after the projection, coloured by label and by source."""
     fig, axes = plt.subplots(2, 2, figsize=(12, 10.5))
     labels = np.where(frame["label"].to_numpy() == 1, "generated", "real")
     sources = frame["source"].astype(str).to_numpy()
-    label_colours = {"real": "#2166ac", "generated": "#b2182b"}
-    palette = plt.get_cmap("tab10" if len(set(sources)) <= 10 else "tab20")
-    source_colours = {src: palette(i % palette.N) for i, src in enumerate(sorted(set(sources)))}
+    label_styles = {k: (c, "o") for k, c in LABEL_COLOURS.items()}
+    styles_by = {"label": (labels, label_styles),
+                 "source": (sources, source_styles(list(sources)))}
     for row, (stage, xy) in enumerate(points.items()):
-        for col, (values, colours, what) in enumerate(
-                [(labels, label_colours, "label"), (sources, source_colours, "source")]):
+        for col, what in enumerate(("label", "source")):
+            values, styles = styles_by[what]
             ax = axes[row, col]
-            for value, colour in colours.items():
+            for value, (colour, marker) in styles.items():
                 m = values == value
                 if m.any():
-                    ax.scatter(xy[m, 0], xy[m, 1], s=9, alpha=0.75, color=colour,
+                    ax.scatter(xy[m, 0], xy[m, 1], s=9, alpha=0.75, color=colour, marker=marker,
                                label=f"{value} ({int(m.sum())})", linewidths=0)
             ax.set_title(f"{stage}: coloured by {what}", fontsize=11)
             ax.set_xticks([])
             ax.set_yticks([])
-            ax.legend(fontsize=8, markerscale=2, loc="best", framealpha=0.8)
+            ax.legend(fontsize=8, markerscale=2, loc="best", framealpha=0.8, title=what,
+                      title_fontsize=8)
     fig.suptitle(title, fontsize=12)
     fig.tight_layout()
     return _save(fig, out, dpi)

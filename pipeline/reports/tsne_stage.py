@@ -85,6 +85,7 @@ def run_tsne(params: Params, manifest: str | Path, embeddings: str | Path,
               f"after ({kind} projection Px), silhouette {sep['after']:.3f}":
               embed_2d(px, params.figures.tsne_perplexity, params.seed)}
     title = (f"t-SNE of {len(fs)} cached image features before and after the {what}\n"
-             "silhouette = cosine silhouette of real vs generated in the full feature space")
+             "silhouette = cosine silhouette of real vs generated in the full feature space, "
+             "from -1 to 1: higher = real and generated further apart (better for detection)")
     render_tsne(points, fs.frame, out_png, title)
     return {"n": len(fs), "head": kind, "silhouette": sep, "out": str(out_png)}
