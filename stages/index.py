@@ -16,7 +16,7 @@ from stages.common import echo_summary, friendly_errors, load, params_options
 def index(params_file: str | None, overrides: tuple[str, ...], out: str, report: str,
           strict: bool | None) -> None:
     """Scan data.roots into a manifest: id, label, source, split, size, status."""
-    from pipeline.data.index_stage import build_index, skipped_lines
+    from pipeline.data.index_stage import build_index, skipped_lines, unlabelled_line
 
     params = load(params_file, overrides)
     res = build_index(params, out, report, strict)
@@ -31,3 +31,5 @@ def index(params_file: str | None, overrides: tuple[str, ...], out: str, report:
         click.secho("skipped (kept in the manifest with a reason, left out downstream):",
                     fg="yellow", err=True)
         click.secho("\n".join(lines), fg="yellow", err=True)
+    if unlabelled_line(res):
+        click.echo(unlabelled_line(res), err=True)

@@ -265,9 +265,14 @@ def skipped_lines(result: dict[str, Any], per_reason: int = 3) -> list[str]:
             lines.append(f"    {path}: {error}")
     for path, error in result.get("unlisted_folders", [])[:per_reason * 3]:
         lines.append(f"  unlisted_folder: {path}: {error}")
-    n_loose = result["summary"].get("unlabelled_files", 0)
-    if n_loose:
-        lines.append(f"  outside any real/fake label folder (not in the manifest): {n_loose} "
-                     "file(s)")
-        lines.extend(f"    {path}" for path in result.get("unlabelled_examples", [])[:per_reason])
     return lines
+
+
+def unlabelled_line(result: dict[str, Any]) -> str:
+    """One line on files outside any label folder (reported, not indexed), or ``""``."""
+    n = result["summary"].get("unlabelled_files", 0)
+    if not n:
+        return ""
+    examples = ", ".join(result.get("unlabelled_examples", []))
+    return (f"not indexed (outside any real/fake label folder): {n} file(s), e.g. {examples} "
+            "(listed under `unlabelled` in the report)")
