@@ -152,6 +152,11 @@ def build_zoo(root: Path) -> dict[str, str]:
     locked.write_bytes(encode(Image.fromarray(noise()), "PNG"))
     locked.chmod(0)
     expected["fake/gen/locked.png"] = "unreadable"
+    private = root / "real/private"
+    private.mkdir()
+    (private / "inside.png").write_bytes(encode(Image.fromarray(noise()), "PNG"))
+    private.chmod(0)
+    expected["real/private"] = "unreadable"  # a folder that cannot be listed
     (root / "loose.png").write_bytes(encode(Image.fromarray(noise()), "PNG"))  # no label folder
     expected["loose.png"] = "ok"  # predict scores it; index reports it as unlabelled
     return expected
@@ -165,6 +170,7 @@ def zoo(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     write_params(workdir / "params.yaml", tiny_raw(root))
     yield workdir, expected
     (root / "fake/gen/locked.png").chmod(0o644)
+    (root / "real/private").chmod(0o755)
 
 
 @pytest.fixture(scope="module")
@@ -199,13 +205,16 @@ def test_index_accounts_for_every_file(zoo):
            for p, s in zip(df["path_raw"], df["status"], strict=True)}
     want = expected_display(expected)
     want["real/plain.png"] = "duplicate"  # same bytes as the symlink ok_link.png (sorts first)
-    assert got == {k: v for k, v in want.items() if k != "loose.png"}
+    assert got == {k: v for k, v in want.items() if k not in ("loose.png", "real/private")}
     skipped = df[df["status"] != "ok"]
     assert skipped["error"].str.len().gt(0).all()
     report = json.loads((workdir / "cache/index_report.json").read_text())
     assert [Path(p).name for p in report["unlabelled"]] == ["loose.png"]
     assert "not indexed (outside any real/fake label folder): 1 file(s), e.g. " in proc.stderr
     assert "loose.png" in proc.stderr
+    assert "unlisted_folder: " in proc.stderr and "real/private" in proc.stderr
+    assert json.loads((workdir / "cache/index_report.json").read_text())["summary"][
+        "unlisted_folders"] == 1
     for reason in ("unsupported_format", "corrupt", "missing", "unreadable", "too_large"):
         assert f"{reason}: " in proc.stderr
     # the decoder warning says which file caused it
