@@ -49,6 +49,7 @@ _PUBLIC = {
     "predict_paths": "pipeline.inference.predict",
     "explain_image": "pipeline.inference.explain",
     "Detector": "pipeline.inference.detector",
+    "verdict": "pipeline.inference.verdict",
 }
 __all__ = [
     "HEADS",
@@ -67,6 +68,7 @@ __all__ = [
     "predict_paths",
     "save_bundle",
     "select_patches",
+    "verdict",
 ]
 
 if TYPE_CHECKING:
@@ -80,6 +82,7 @@ if TYPE_CHECKING:
     from pipeline.inference.detector import Detector
     from pipeline.inference.explain import explain_image
     from pipeline.inference.predict import load_chain, predict_paths
+    from pipeline.inference.verdict import verdict
 
 
 def __getattr__(name: str) -> Any:

@@ -74,6 +74,13 @@ def test_uncertain_band_param_is_validated():
             params_from_dict({"evaluate": {"uncertain_band": bad}})
 
 
+def test_train_stage_depends_on_the_band_it_stores():
+    import yaml
+
+    stages = yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"]
+    assert any(p in ("evaluate", "evaluate.uncertain_band") for p in stages["train"]["params"])
+
+
 def test_bundle_band_drives_predict_labels_and_old_bundles_mean_zero(bundle, images, tmp_path):
     config = json.loads((bundle / CONFIG).read_text())
     assert config["uncertain_band"] == 0.5
