@@ -30,7 +30,7 @@ from pipeline.heads.train_stage import run_train
 from pipeline.inference.explain import explain_image, write_report
 from pipeline.inference.predict import load_chain, predict_paths, write_results
 from pipeline.inference.verdict import verdict
-from pipeline.reports.figures import MIN_SCALE, _norm, patch_locations
+from pipeline.reports.figures import MIN_SCALE, _norm, distinct_top, patch_locations
 from stages.cli import main
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -134,6 +134,7 @@ def test_one_patch_image_is_drawn_once_not_as_a_solid_square(bundle, tmp_path):
     ex = explain_image(load_chain(bundle, "cpu"), path)
     locations = patch_locations(ex)
     assert len(locations) == 1 and sorted(locations[0][3]) == list(range(49))
+    assert len(distinct_top(ex, 5, 1)) + len(distinct_top(ex, 5, -1)) <= 2  # one place, once
     total = sum(p.contribution for p in ex.patches)
     assert locations[0][2] == pytest.approx(total)
     png, _ = write_report(ex, tmp_path / "one.png")

@@ -20,7 +20,7 @@ from pipeline.atomic import atomic_path  # noqa: E402
 if TYPE_CHECKING:
     import pandas as pd
 
-    from pipeline.reports.explanation import Explanation
+    from pipeline.reports.explanation import Explanation, PatchReport
 
 CMAP = "RdBu_r"  # red: pushed toward generated, blue: toward real
 VERDICT_COLOURS = {"generated": "#b2182b", "real": "#2166ac", "uncertain": "#555555"}
@@ -56,6 +56,18 @@ def patch_locations(ex: Explanation) -> list[tuple[int, int, float, list[int]]]:
     by_index = {p.index: p for p in ex.patches}
     return [(r, c, float(sum(by_index[i].contribution for i in idx)), idx)
             for (r, c), idx in where.items()]
+
+
+def distinct_top(ex: Explanation, k: int, sign: int) -> list[PatchReport]:
+    """``ex.top(k, sign)`` without repeats of one image location (small images repeat patches
+    to fill the grid; the strip shows each place once)."""
+    out: list[PatchReport] = []
+    seen: set[tuple[int, int]] = set()
+    for p in ex.top(len(ex.patches), sign):
+        if (p.row, p.col) not in seen:
+            seen.add((p.row, p.col))
+            out.append(p)
+    return out[:k]
 
 
 def render_explanation(ex: Explanation, out: str | Path, k: int = 5, dpi: int = 110) -> Path:
@@ -146,8 +158,8 @@ def explanation_figure(ex: Explanation, k: int = 5) -> plt.Figure:
             transform=ax.transAxes, linespacing=1.35)
 
     strip = grid[1, :].subgridspec(1, 2 * k + 1, wspace=0.15)
-    groups = [(ex.top(k, 1), "toward generated", "#b2182b", 0),
-              (ex.top(k, -1), "toward real", "#2166ac", k + 1)]
+    groups = [(distinct_top(ex, k, 1), "toward generated", "#b2182b", 0),
+              (distinct_top(ex, k, -1), "toward real", "#2166ac", k + 1)]
     for patches, name, colour, start in groups:
         for j in range(k):
             ax = fig.add_subplot(strip[0, start + j])
