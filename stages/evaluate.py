@@ -16,14 +16,15 @@ from stages.common import friendly_errors, load, params_options
 @click.option("--out", default="metrics/metrics.json", show_default=True,
               help="Metrics JSON to write: test mean acc, real_acc, fake_acc, ap (the numbers "
                    "`dvc metrics show` lists).")
-@click.option("--details", default="metrics/details/metrics.json", show_default=True,
+@click.option("--details", default=None,
               help="Full results to write: per-source tables of val and test, model, "
-                   "provenance.")
+                   "provenance [default: details/<name> beside --out, i.e. "
+                   "metrics/details/metrics.json].")
 @click.option("--plots", "plots_dir", default="plots", show_default=True,
               help="Folder for roc.csv, pr.csv and confusion.csv.")
 @friendly_errors
 def evaluate(params_file: str | None, overrides: tuple[str, ...], manifest: str, embeddings: str,
-             model_dir: str, out: str, details: str, plots_dir: str) -> None:
+             model_dir: str, out: str, details: str | None, plots_dir: str) -> None:
     """Accuracy (at 0.5, at the bundle's threshold, oracle), real/fake accuracy, AP, AUC,
     ECE and per-format accuracy on val and test, per source and mean."""
     from pipeline.evaluation.evaluate_stage import format_evaluation, run_evaluate

@@ -326,6 +326,7 @@ def test_index_train_and_compare_show_progress(built_cache, tmp_path):
                                str(tmp_path / "compare.json")])
     assert res.exit_code == 0, res.output
     assert "compare: 100%" in res.output and "6/6" in res.output
+    assert (tmp_path / "details" / "compare.json").exists()  # beside --out, not in the cwd
 
 
 # ----------------------------------------------------------------------------- t-SNE figure

@@ -96,6 +96,7 @@ def test_genimage_table_printed_in_paper_shape(genimage_run):
                                     "--plots", str(work / "plots2")])
     assert res.exit_code == 0, res.output
     assert "test (%)" in res.output and "Midjourney" in res.output and "mean" in res.output
+    assert (work / "details" / "m2.json").exists()  # the full results go beside --out
     header = next(line for line in res.output.splitlines() if line.startswith("source"))
     assert header.split() == ["source", "n", "acc@0.5", "acc", "real", "fake", "oracle", "AP",
                               "AUC"]
