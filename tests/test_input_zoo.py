@@ -220,6 +220,9 @@ def test_index_accounts_for_every_file(zoo):
     # the decoder warning says which file caused it
     assert "warning: " in proc.stderr and "bad_exif.jpg: UserWarning" in proc.stderr
     assert "caf\\xe9-\\xff.png" in df["path"].str.cat(sep=" ")
+    extract = run_cli(["extract"], workdir)  # decodes the usable files again
+    assert extract.returncode == 0, extract.stderr
+    assert "bad_exif.jpg: UserWarning: Corrupt EXIF" in extract.stderr
 
 
 @pytest.mark.parametrize("fmt", [".csv", ".jsonl", ".parquet"])

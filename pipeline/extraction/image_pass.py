@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from pipeline.data import degradations
-from pipeline.data.images import open_image, read_bytes
+from pipeline.data.images import decode_data, read_bytes
 from pipeline.data.manifest import content_id
 from pipeline.extraction.patch_selection import PatchSpec, composite, select_cells, view_cells
 
@@ -95,7 +95,7 @@ class ImagePass(torch.utils.data.Dataset):
         data = read_bytes(path)
         if content_id(data) != self.ids[i]:
             raise StaleManifest(f"{path} changed since it was indexed; rerun `nsnet index`")
-        rgb, _ = open_image(data, plan.max_pixels)
+        rgb, _ = decode_data(data, path, plan.max_pixels)  # warnings name the file
         DECODES["count"] += 1
         if plan.degradation:
             rgb = degradations.apply(plan.degradation, rgb)
