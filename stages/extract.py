@@ -19,7 +19,7 @@ from stages.common import echo_summary, friendly_errors, load, params_options
               help="Composites out, written only with patches.keep_composites: true.")
 @click.option("--scheduler", default="", help="dask scheduler address (tcp://host:port).")
 @friendly_errors
-def extract(params_file: str, overrides: tuple[str, ...], manifest: str, selections: str,
+def extract(params_file: str | None, overrides: tuple[str, ...], manifest: str, selections: str,
             captions: str, embeddings: str, composites: str, scheduler: str) -> None:
     """Decode each image once; select 24 low + 25 high spectral-entropy patches, caption it
     with BLIP and embed composite and caption with the frozen CLIP. Parts whose settings did
