@@ -4,7 +4,6 @@ import os
 
 import click
 
-from pipeline.serving.app import ServeSettings, run_server
 from stages.common import friendly_errors, load, params_options
 
 
@@ -13,7 +12,8 @@ from stages.common import friendly_errors, load, params_options
 @click.option("--model", "model_dir", default="models/detector", show_default=True,
               help="Model bundle directory (written by `nsnet train`).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
+              help="Port to listen on.")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=None,
               help="Decision threshold [default: the bundle's].")
 @click.option("--max-batch", type=click.IntRange(1), default=16, show_default=True,
@@ -34,7 +34,7 @@ from stages.common import friendly_errors, load, params_options
 @click.option("--token", default=None, help="Require 'Authorization: Bearer TOKEN' on /v1/* "
                                            "[default: $NSNET_TOKEN, else no token].")
 @friendly_errors
-def serve(params_file: str, overrides: tuple[str, ...], model_dir: str, host: str, port: int,
+def serve(params_file: str | None, overrides: tuple[str, ...], model_dir: str, host: str, port: int,
           threshold: float | None, max_batch: int, max_wait_ms: float, max_queue: int,
           max_files: int, max_upload_mb: float, max_pixels: int, timeout_s: float,
           token: str | None) -> None:
@@ -43,6 +43,8 @@ def serve(params_file: str, overrides: tuple[str, ...], model_dir: str, host: st
     The bundle loads once in the background (/healthz answers at once, /readyz once the
     model is warm). params.yaml (if present) only sets compute.device and compute.precision.
     """
+    from pipeline.serving.app import ServeSettings, run_server  # fastapi, torch: not for --help
+
     params = load(params_file, overrides)
     settings = ServeSettings(model_dir, host, port, params.compute.device,
                              params.compute.precision, threshold, max_batch, max_wait_ms,

@@ -58,11 +58,12 @@ def images(built_cache) -> list[str]:
 def test_verdict_rule():
     assert verdict(0.499, 0.5, 0.05) == "uncertain"
     assert verdict(0.54, 0.5, 0.05) == "uncertain"
-    assert verdict(0.55, 0.5, 0.05) == "generated"
-    assert verdict(0.45, 0.5, 0.05) == "real"
-    assert verdict(0.449, 0.5, 0.05) == "real"
-    assert verdict(0.5, 0.5, 0.0) == "generated"  # band 0: the plain prob >= threshold rule
-    assert verdict(0.4999, 0.5, 0.0) == "real"
+    assert verdict(0.56, 0.5, 0.05) == "generated"
+    assert verdict(0.44, 0.5, 0.05) == "real"
+    assert verdict(0.46, 0.5, 0.05) == "uncertain"
+    # band 0: exactly evaluate's rule, fake iff prob > threshold (the threshold itself is real)
+    assert verdict(0.5, 0.5, 0.0) == "real"
+    assert verdict(0.5001, 0.5, 0.0) == "generated"
     assert verdict(float("nan"), 0.5, 0.0) == "uncertain"
 
 
@@ -97,7 +98,7 @@ def test_bundle_band_drives_predict_labels_and_old_bundles_mean_zero(bundle, ima
     chain = load_chain(old, "cpu")
     assert chain.band == 0.0
     df = predict_paths(chain, images)
-    expected = np.where(df["prob"] >= chain.threshold, "generated", "real")
+    expected = np.where(df["prob"] > chain.threshold, "generated", "real")
     assert df["label"].tolist() == expected.tolist()
 
 
