@@ -65,6 +65,7 @@ def test_predict_calls_a_probability_equal_to_the_threshold_real(built_cache, bu
     chain = load_chain(bundle, device="cpu")
     path = read_manifest(built_cache.manifest, only_ok=True)["path"].iloc[0]
     prob = float(predict_paths(chain, [path])["prob"].iloc[0])
+    chain = dataclasses.replace(chain, band=0.0)  # the plain rule, without an uncertain band
     at = dataclasses.replace(chain, threshold=prob)
     assert predict_paths(at, [path])["label"].tolist() == ["real"]
     below = dataclasses.replace(chain, threshold=np.nextafter(prob, -1.0))

@@ -48,7 +48,10 @@ def _pair(folder: Path, n_real: int, n_fake: int) -> None:
 
 
 def _run(work: Path, raw: dict, preset: str | None = None) -> tuple[dict, str, str]:
-    """``nsnet train`` + ``nsnet evaluate`` on the cache in ``work``: (metrics, outputs)."""
+    """``nsnet train`` + ``nsnet evaluate`` on the cache in ``work``: (metrics, outputs).
+
+    The metrics are the full results (``details/`` beside ``--out``; the ``--out`` file itself
+    holds only the compared numbers)."""
     if preset:
         raw = {**raw, "protocol": {**raw["protocol"], "preset": preset}}
     params_file = write_params(work / f"params-{preset}.yaml", raw)
@@ -63,7 +66,8 @@ def _run(work: Path, raw: dict, preset: str | None = None) -> tuple[dict, str, s
                               "--out", str(work / f"metrics-{preset}.json"),
                               "--plots", str(work / f"plots-{preset}")])
     assert ev.exit_code == 0, ev.output
-    return json.loads((work / f"metrics-{preset}.json").read_text()), tr.output, ev.output
+    return (json.loads((work / "details" / f"metrics-{preset}.json").read_text()), tr.output,
+            ev.output)
 
 
 def _printed_rows(output: str, split: str = "test") -> list[str]:
@@ -303,7 +307,7 @@ def test_compare_and_evaluate_views_print_the_preset_rows(aigibench_cache, tmp_p
     res = CliRunner().invoke(main, ["compare", *common, "--heads", "ufd",
                                     "--out", str(tmp_path / "compare.json")])
     assert res.exit_code == 0, res.output
-    names = [line[:18].strip() for line in res.output.splitlines()[2:]]
+    names = [line[:18].strip() for line in res.stdout.splitlines()[2:]]  # not the progress bar
     present = [n for n in AIGIBENCH_SUBSETS if n != "SocialRF"]
     assert names[:25] == [*present, "mean (24/25 rows)"]
     res = CliRunner().invoke(main, ["evaluate-views", *common,
@@ -312,7 +316,7 @@ def test_compare_and_evaluate_views_print_the_preset_rows(aigibench_cache, tmp_p
                                     "--metrics", str(tmp_path / "metrics")])
     assert res.exit_code == 0, res.output
     assert _printed_rows(res.output) == list(AIGIBENCH_SUBSETS)
-    summary = json.loads((tmp_path / "metrics" / "degradations.json").read_text())
+    summary = json.loads((tmp_path / "metrics" / "details" / "degradations.json").read_text())
     assert summary["preset"] == "aigibench-1"
     assert sorted(summary["views"]["clean"]["mean_rows"]) == sorted(present)
 

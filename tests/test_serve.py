@@ -361,11 +361,18 @@ def test_readyz_tells_loading_from_alive_and_reports_load_failure(chain, bundle,
 
 # --- the real command ---------------------------------------------------------------------
 
+def defaults_file(tmp_path: Path) -> Path:
+    """A params file with no keys (a named --params file must exist)."""
+    path = tmp_path / "defaults.yaml"
+    path.write_text("{}\n")
+    return path
+
+
 def test_nsnet_serve_command_with_token_from_env(bundle, tmp_path):
     port = free_socket().getsockname()[1]
     exe = ROOT / ".venv" / "bin" / "nsnet"
     cmd = [str(exe) if exe.exists() else "nsnet", "serve", "--model", str(bundle),
-           "--port", str(port), "--params", str(tmp_path / "none.yaml"),
+           "--port", str(port), "--params", str(defaults_file(tmp_path)),
            "--set", "compute.device=cpu"]
     env = {**os.environ, "NSNET_TOKEN": "from-env", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
