@@ -2,21 +2,24 @@
 
 import click
 
-from pipeline.data.audit import run_audit
 from stages.common import friendly_errors, load, params_options
 
 
 @click.command("audit")
 @params_options
-@click.option("--manifest", default="cache/manifest.parquet", show_default=True)
-@click.option("--out", default="metrics/audit.json", show_default=True)
+@click.option("--manifest", default="cache/manifest.parquet", show_default=True,
+              help="Manifest written by `nsnet index`.")
+@click.option("--out", default="metrics/audit.json", show_default=True,
+              help="Audit report to write (JSON).")
 @click.option("--strict", is_flag=True,
               help="Exit 1 when the metadata classifier's AUC exceeds audit.warn_auc.")
 @friendly_errors
-def audit(params_file: str, overrides: tuple[str, ...], manifest: str, out: str,
+def audit(params_file: str | None, overrides: tuple[str, ...], manifest: str, out: str,
           strict: bool) -> None:
     """Format, JPEG quality, size, mode, EXIF/ICC per label and source (file headers only),
     and how well a classifier on that metadata alone separates real from fake."""
+    from pipeline.data.audit import run_audit
+
     params = load(params_file, overrides)
     res = run_audit(params, manifest, out)
     click.echo(res["text"])

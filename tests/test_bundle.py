@@ -40,6 +40,8 @@ def test_weights_from_another_save_are_refused(tmp_path):
 
 FULL = {"head": {"kind": "advanced", "dim": 12, "hparams": HP}, "threshold": 0.5,
         "uncertain_band": 0.05,
+        "decision": {"threshold": 0.5, "rule": "0.5", "calibration": "none", "scale": 1.0,
+                     "shift": 0.0},
         "backbones": {"clip": {"clip_arch": "tiny", "clip_pretrained": ""},
                       "blip": {"model": "tiny", "max_new_tokens": 8},
                       "patches": {"size": 32, "n_low": 24, "n_high": 25}}}
@@ -70,7 +72,11 @@ BROKEN = [
     ("unknown hparam", "head.hparams.depth", 3, "head.hparams.depth: unknown"),
     ("nan threshold", "threshold", float("nan"), "threshold"),
     ("threshold > 1", "threshold", 1.5, "threshold: 1.5 is out of range"),
+    ("decision threshold > 1", "decision.threshold", 2.0, "decision.threshold"),
     ("negative band", "uncertain_band", -0.1, "uncertain_band"),
+    ("string threshold", "threshold", "val_acc", "threshold: expected a finite number"),
+    ("nan calibration scale", "decision.scale", float("nan"), "decision.scale"),
+    ("unknown calibration", "decision.calibration", "isotonic", "decision.calibration"),
     ("zero patch size", "backbones.patches.size", 0, "backbones.patches.size"),
     ("string patch count", "backbones.patches.n_low", "24", "backbones.patches.n_low"),
     ("not a grid", "backbones.patches.n_low", 20, "not a square grid"),

@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save
 
 from pipeline.atomic import atomic_path, write_json
 from pipeline.config import (
+    CALIBRATIONS,
     CaptionParams,
     ClipParams,
     EvaluateParams,
@@ -91,15 +92,46 @@ def validate_config(config: Any, where: str | Path = CONFIG) -> dict[str, Any]:
                        f"{', '.join(HPARAM_KEYS)})")
     try:
         build_section(TrainParams, hparams, "head.hparams.")
-        for key, cls, name in (("threshold", EvaluateParams, "threshold"),
-                               ("uncertain_band", EvaluateParams, "uncertain_band")):
-            if key in config:
-                check_value(key, config[key], cls, name)
+        if "threshold" in config:
+            _probability("threshold", config["threshold"])
+        if "uncertain_band" in config:
+            check_value("uncertain_band", config["uncertain_band"], EvaluateParams,
+                        "uncertain_band")
+        if config.get("decision"):
+            _validate_decision(config["decision"])
         if "backbones" in config:
             _validate_backbones(config["backbones"])
     except ParamsError as exc:
         raise BundleError(f"{where}: {exc}") from exc
     return config
+
+
+def _number(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ParamsError(f"{key}: expected a finite number, got {value!r}")
+    return float(value)
+
+
+def _probability(key: str, value: Any) -> None:
+    if not 0.0 <= _number(key, value) <= 1.0:
+        raise ParamsError(f"{key}: {value!r} is out of range (must be in [0, 1])")
+
+
+def _validate_decision(d: Any) -> None:
+    """The calibrated decision (``pipeline.heads.decision.Decision``) stored at train time."""
+    if not isinstance(d, dict):
+        raise ParamsError(f"decision: expected a mapping, got {type(d).__name__}")
+    for key in ("threshold", "rule", "calibration", "scale", "shift"):
+        if key not in d:
+            raise ParamsError(f"decision.{key}: missing")
+    _probability("decision.threshold", d["threshold"])
+    if d["calibration"] not in CALIBRATIONS:
+        raise ParamsError(f"decision.calibration: {d['calibration']!r} is not one of "
+                          f"{', '.join(CALIBRATIONS)}")
+    if not isinstance(d["rule"], str):
+        raise ParamsError(f"decision.rule: expected a string, got {d['rule']!r}")
+    _number("decision.scale", d["scale"])
+    _number("decision.shift", d["shift"])
 
 
 def _validate_backbones(bb: Any) -> None:
