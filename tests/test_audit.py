@@ -103,8 +103,10 @@ def test_format_shortcut_is_found_and_named(tmp_path):
     assert "WARNING: your real and fake training images differ by their file metadata" in \
         res["text"]
     assert "real: JPEG 100%; fake: PNG 100%" in res["text"]
-    saved = json.loads((tmp_path / "audit.json").read_text())
+    saved = json.loads((tmp_path / "details" / "audit.json").read_text())
     assert saved["classifier"]["warning"] is True and "text" not in saved
+    compared = json.loads((tmp_path / "audit.json").read_text())  # the DVC metrics file
+    assert compared == {"metadata_auc": round(saved["classifier"]["auc"], 4)}
 
 
 def test_no_shortcut_when_formats_agree(tmp_path):

@@ -245,9 +245,12 @@ def test_metrics_and_plots_show(workspace, tmp_path):
     html = (out_dir / "index.html").read_text()
     for name in ("roc.csv", "pr.csv", "confusion.csv", "train_log.csv", "reliability"):
         assert name in html, name
-    assert data["metrics/audit.json"]["data"]["classifier"]["warning"] is False
-    decision = data["metrics/metrics.json"]["data"]["decision"]
+    assert data["metrics/audit.json"]["data"]["metadata_auc"] <= 0.8
+    audit = json.loads((ws / "metrics/details/audit.json").read_text())
+    assert audit["classifier"]["warning"] is False
+    decision = details["decision"]
     assert (decision["rule"], decision["calibration"]) == ("val_acc", "platt")
+    assert data["metrics/metrics.json"]["data"]["threshold"] == round(decision["threshold"], 4)
 
 
 @pytest.mark.slow

@@ -279,8 +279,14 @@ def warning_text(res: dict[str, Any], train: pd.DataFrame) -> str:
 
 
 # ----------------------------------------------------------------------------- the stage
-def run_audit(params: Params, manifest: str | Path, out_json: str | Path) -> dict[str, Any]:
-    """Read every usable image's header, summarise, classify; write ``metrics/audit.json``."""
+def run_audit(params: Params, manifest: str | Path, out_json: str | Path,
+              details_json: str | Path | None = None) -> dict[str, Any]:
+    """Read every usable image's header, summarise, classify; write the report.
+
+    ``out_json`` (a DVC metrics file, ``metrics/audit.json``) gets the one number compared
+    between runs, the metadata classifier's cross-validated AUC (``metadata_auc``);
+    ``details_json`` (default ``<dir>/details/<name>``) the full report.
+    """
     t0 = time.perf_counter()
     df = audit_frame(read_manifest(manifest), params.data.num_workers)
     if not len(df):
@@ -300,7 +306,10 @@ def run_audit(params: Params, manifest: str | Path, out_json: str | Path) -> dic
     res["classifier"] = classify(df, params)
     public = _public(res)
     public["provenance"] = base_provenance()
-    write_json(out_json, public)
+    out_json = Path(out_json)
+    write_json(details_json or out_json.parent / "details" / out_json.name, public)
+    auc = res["classifier"].get("auc")
+    write_json(out_json, {"metadata_auc": None if auc is None else round(float(auc), 4)})
     res["text"] = format_audit(res, training_rows(df, params))
     return res
 

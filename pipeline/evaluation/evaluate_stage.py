@@ -33,6 +33,7 @@ from pipeline.metrics import (
     pr_curve,
     reliability_bins,
     roc_curve,
+    rounded,
 )
 from pipeline.provenance import base_provenance, fingerprint
 
@@ -177,7 +178,9 @@ def run_evaluate(params: Params, manifest: str | Path, embeddings: str | Path,
            "scored_ids": fingerprint(scored["id"].tolist()) if len(scored) else "",
            "provenance": base_provenance()}
     write_json(details_json or details_path(metrics_json), out)
-    write_json(metrics_json, compact(results["test"]["mean"]) if "test" in results else {})
+    summary = compact(results["test"]["mean"]) if "test" in results else {}
+    summary["threshold"] = rounded(decision.threshold)  # chosen on val when it is a rule
+    write_json(metrics_json, summary)
     return out
 
 
