@@ -232,11 +232,11 @@ def test_metrics_and_plots_show(workspace, tmp_path):
     metrics = json.loads(sh(ws, "dvc", "metrics", "show", "--json"))
     data = metrics[""]["data"]
     test_mean = data["metrics/metrics.json"]["data"]
-    assert set(test_mean) == {"acc", "real_acc", "fake_acc", "ap"}
+    assert set(test_mean) == {"acc", "real_acc", "fake_acc", "ap", "threshold"}
     assert 0.0 <= test_mean["acc"] <= 1.0
     assert set(data["metrics/compare.json"]["data"]) == {"ufd_ap", "nsnet_ap", "advanced_ap"}
     assert set(data) == {"metrics/metrics.json", "metrics/compare.json",
-                         "metrics/degradations.json"}  # details are not metrics
+                         "metrics/degradations.json", "metrics/audit.json"}  # not details
     details = json.loads((ws / "metrics/details/metrics.json").read_text())
     assert details["test"]["mean"]["acc"] == pytest.approx(test_mean["acc"], abs=1e-4)
     assert "metrics/metrics.json" in sh(ws, "dvc", "metrics", "show")
