@@ -20,6 +20,7 @@ from pipeline.heads.train_stage import run_train
 from pipeline.heads.training_loop import predict_logits
 from pipeline.inference.explain import explain_image
 from pipeline.inference.predict import load_chain, predict_paths
+from pipeline.inference.verdict import verdict
 from pipeline.metrics import expected_calibration_error
 from stages.cli import main
 from tests.conftest import tiny_raw, write_params
@@ -73,7 +74,7 @@ def test_evaluate_uses_the_bundle_decision_and_reports_calibration(platt_run):
     assert list(rel.columns) == ["bin_center", "perfect", "frac_fake_raw", "n_raw",
                                  "frac_fake_calibrated", "n_calibrated"]
     assert rel["n_raw"].sum() == rel["n_calibrated"].sum() == test["overall"]["n"]
-    saved = json.loads((work / "metrics.json").read_text())
+    saved = json.loads((work / "details" / "metrics.json").read_text())  # the full results
     assert saved["decision"]["calibration"] == "platt"
 
 
@@ -98,8 +99,7 @@ def test_predict_and_explain_give_evaluates_calibrated_probability(built_cache, 
     expected = Decision.from_bundle(config).prob(predict_logits(head, sub.image, sub.text))
     df = predict_paths(chain, rows["path"].tolist())
     np.testing.assert_allclose(df["prob"].to_numpy(), expected, atol=1e-5)
-    assert df["label"].tolist() == np.where(expected > chain.threshold, "generated",
-                                            "real").tolist()
+    assert df["label"].tolist() == [verdict(p, chain.threshold, chain.band) for p in expected]
     ex = explain_image(chain, rows["path"].iloc[0])
     assert ex.prob == pytest.approx(expected[0], abs=1e-5) and ex.threshold == chain.threshold
     from pipeline.inference.detector import Detector  # the Python API and `nsnet serve`
