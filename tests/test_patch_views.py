@@ -345,7 +345,7 @@ def test_degraded_test_views_hold_the_same_patch_orders(views_cache, views_bundl
     out = run_evaluate_views(params, views_cache.manifest, views_cache.embeddings, views_bundle,
                              tmp_path / "views", tmp_path / "metrics")
     assert set(out) == {"clean", "jpeg30"}
-    summary = json.loads((tmp_path / "metrics" / "degradations.json").read_text())
+    summary = json.loads((tmp_path / "metrics" / "details" / "degradations.json").read_text())
     assert (summary["patch_views"], summary["view_average"]) == (K, "mean_logit")
 
 
@@ -388,7 +388,8 @@ def test_dvc_reruns_only_the_image_embeddings_when_patches_views_changes(tmp_pat
 def test_predict_and_explain_cli_say_the_views(views_cache, views_bundle, tmp_path):
     path = load_features(views_cache.params, views_cache.manifest,
                          views_cache.embeddings).frame["path"].iloc[0]
-    none = ["--params", str(tmp_path / "none.yaml"), "--set", "compute.device=cpu"]
+    (tmp_path / "defaults.yaml").write_text("{}\n")  # a named --params file must exist
+    none = ["--params", str(tmp_path / "defaults.yaml"), "--set", "compute.device=cpu"]
     res = CliRunner().invoke(main, ["predict", path, "--model", str(views_bundle), *none])
     assert res.exit_code == 0, res.output
     assert "1 scored" in res.output and "3 patch-order views, mean_logit" in res.output
