@@ -440,34 +440,14 @@ def _merge(out: Outputs, parts: list[str], ids: list[str], req: dict[str, dict[s
                 "blip_model": params.caption.model, "manifest": fingerprint(ids),
                 "train_reencode": req["selections"].get("train_reencode", {}).get("name", ""),
                 "views": params.patches.views}
-        tmp_reuse = {}
-        if reuse:  # the existing file is replaced atomically; read it from a hard link/copy
-            tmp_reuse = _stash(out.embeddings)
-            reuse = {p: tmp_reuse["path"] for p in reuse}
-        try:
-            _merge_h5(out.embeddings, parts, fresh, n,
-                      {"layout": LAYOUT, "provenance": prov,
-                       "requests": {p: req[p] for p in ("image", "text")}}, reuse)
-        finally:
-            if tmp_reuse:
-                Path(tmp_reuse["path"]).unlink(missing_ok=True)
+        # atomic_path writes a temporary sibling and renames it last, so the reused parts
+        # are read from the existing file while the new one is written.
+        _merge_h5(out.embeddings, parts, fresh, n,
+                  {"layout": LAYOUT, "provenance": prov,
+                   "requests": {p: req[p] for p in ("image", "text")}}, reuse)
     if out.composites is not None and params.patches.keep_composites:
         _merge_h5(out.composites, parts, {"composites": "composites"}, n,
                   {"layout": LAYOUT, "provenance": {**base, **req["selections"]}})
-
-
-def _stash(path: Path) -> dict[str, Path]:
-    """A second name for ``path`` (hard link, else copy) that survives its replacement."""
-    import os
-    import shutil
-
-    stash = path.with_name(f".{path.name}.reuse")
-    stash.unlink(missing_ok=True)
-    try:
-        os.link(path, stash)
-    except OSError:
-        shutil.copy2(path, stash)
-    return {"path": stash}
 
 
 def check_layout(path: str | Path, what: str) -> None:
