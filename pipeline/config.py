@@ -39,7 +39,16 @@ def _check(lo: float | None = None, hi: float | None = None, choices: tuple = ()
     return {"lo": lo, "hi": hi, "choices": choices, **kw}
 
 
-HEAD_CHOICES = ("ufd", "nsnet", "advanced")  # = pipeline.heads.detectors.HEADS (tested)
+# = pipeline.heads.detectors HEADS + BASELINE_HEADS (tested)
+HEAD_CHOICES = ("composite_probe", "nsnet", "advanced", "univfd", "rine", "cozzolino")
+# Old head names: naming one raises ParamsError with this explanation.
+RENAMED_HEAD_HELP = {
+    "ufd": "'ufd' was renamed 'composite_probe': it is a linear probe on our patch composites, "
+           "not UniversalFakeDetect. UniversalFakeDetect's own probe (CLIP embedding of the "
+           "center-cropped image) is the head 'univfd'",
+}
+# Heads whose feature recipe the feature store does not compute yet (head -> recipe).
+PENDING_HEADS = {"univfd": "clip_crop", "rine": "clip_layers", "cozzolino": "cozzolino"}
 LAYOUT_CHOICES = ("auto", "real_fake", "genimage", "ufd", "aigibench")
 # Benchmark presets (defined in ``pipeline.data.presets``): official training sources and rows.
 PRESET_CHOICES = ("none", "genimage", "ufd", "aigibench-1", "aigibench-2")
@@ -124,7 +133,8 @@ class ComputeParams:
 
 @dataclass
 class TrainParams:
-    head: str = field(default="advanced", metadata=_check(choices=HEAD_CHOICES))
+    head: str = field(default="advanced",
+                      metadata=_check(choices=HEAD_CHOICES, renamed=RENAMED_HEAD_HELP))
     epochs: int = field(default=20, metadata=_check(1, 100_000))
     batch_size: int = field(default=256, metadata=_check(2, 1_000_000))
     lr: float = field(default=2e-4, metadata=_check(0.0, 10.0, exclusive_lo=True))
@@ -235,6 +245,9 @@ def _coerce(key: str, value: Any, tp: Any, meta: typing.Mapping[str, Any]) -> An
                           f"{key}: {value!r} is out of range (must be >= {lo})")
     if hi is not None and value > hi:
         raise ParamsError(f"{key}: {value!r} is out of range (must be <= {hi})")
+    renamed = meta.get("renamed") or {}
+    if isinstance(value, str) and value in renamed:
+        raise ParamsError(f"{key}: {renamed[value]}")
     choices = meta.get("choices") or ()
     if choices and value not in choices:
         raise ParamsError(f"{key}: {value!r} is not one of {', '.join(map(str, choices))}")
@@ -273,6 +286,13 @@ def check_value(key: str, value: Any, cls: type, name: str) -> Any:
     return _coerce(key, value, typing.get_type_hints(cls)[name], f.metadata)
 
 
+def pending_head_message(key: str, head: str) -> str:
+    """Why ``head`` cannot be trained yet: its recipe is not in the feature store."""
+    ready = ", ".join(h for h in HEAD_CHOICES if h not in PENDING_HEADS)
+    return (f"{key}: {head!r} reads the {PENDING_HEADS[head]} recipe, which the feature store "
+            f"does not compute yet (docs/baselines.md); heads trainable now: {ready}")
+
+
 DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
@@ -298,6 +318,8 @@ def _cross_checks(p: Params) -> None:
             f"patches.views: {p.patches.views} distinct orders of "
             f"{p.patches.n_low + p.patches.n_high} patches do not exist"
         )
+    if p.train.head in PENDING_HEADS:
+        raise ParamsError(pending_head_message("train.head", p.train.head))
     if not p.data.roots:
         raise ParamsError("data.roots: at least one image folder is required")
     for i, root in enumerate(p.data.roots):

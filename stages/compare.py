@@ -2,8 +2,10 @@
 
 import click
 
-from pipeline.config import HEAD_CHOICES as HEADS
+from pipeline.config import HEAD_CHOICES, PENDING_HEADS, RENAMED_HEAD_HELP, pending_head_message
 from stages.common import friendly_errors, load, params_options
+
+HEADS = tuple(h for h in HEAD_CHOICES if h not in PENDING_HEADS)  # trainable on today's store
 
 
 @click.command("compare")
@@ -30,6 +32,11 @@ def compare(params_file: str | None, overrides: tuple[str, ...], manifest: str, 
 
     params = load(params_file, overrides)
     chosen = tuple(h.strip() for h in heads.split(",") if h.strip())
+    for h in chosen:
+        if h in RENAMED_HEAD_HELP:
+            raise click.BadParameter(RENAMED_HEAD_HELP[h])
+        if h in PENDING_HEADS:
+            raise click.BadParameter(pending_head_message("--heads", h))
     unknown = [h for h in chosen if h not in HEADS]
     if unknown:
         raise click.BadParameter(f"unknown head(s) {unknown}; choose from {list(HEADS)}")

@@ -17,7 +17,7 @@ from stages.common import echo_summary, friendly_errors, load, params_options
 @friendly_errors
 def train(params_file: str | None, overrides: tuple[str, ...], manifest: str, embeddings: str,
           out: str, log_csv: str) -> None:
-    """Train train.head (ufd | nsnet | advanced); keep the best epoch by validation AP."""
+    """Train train.head (composite_probe | nsnet | advanced); keep the best epoch by val AP."""
     from pipeline.heads.train_stage import run_train
 
     params = load(params_file, overrides)

@@ -110,21 +110,21 @@ def test_chain_outputs_are_aligned_and_carry_provenance(chain):
                           for k in ("acc", "real_acc", "fake_acc", "ap")},
                        "threshold": round(details["threshold"], 4)}
     compare = json.loads((chain / "metrics/details/compare.json").read_text())
-    assert set(compare["heads"]) == {"ufd", "nsnet", "advanced"}
+    assert set(compare["heads"]) == {"composite_probe", "nsnet", "advanced"}
     assert set(json.loads((chain / "metrics/compare.json").read_text())) == {
-        "ufd_ap", "nsnet_ap", "advanced_ap"}
+        "composite_probe_ap", "nsnet_ap", "advanced_ap"}
     log = pd.read_csv(chain / "plots/train_log.csv")
     assert {"epoch", "val_ap"} <= set(log.columns) and len(log) == 2
 
 
 def test_set_overrides_the_params_file(chain, monkeypatch):
     monkeypatch.chdir(chain)
-    ok("train", "--set", "train.head=ufd", "--set", "train.epochs=1", "--set", "train.lr=1e-3",
-       "--out", "models/ufd", "--log", "plots/ufd_log.csv")
-    bundle = json.loads((chain / "models/ufd/config.json").read_text())
-    assert bundle["head"]["kind"] == "ufd"
+    ok("train", "--set", "train.head=composite_probe", "--set", "train.epochs=1",
+       "--set", "train.lr=1e-3", "--out", "models/probe", "--log", "plots/probe_log.csv")
+    bundle = json.loads((chain / "models/probe/config.json").read_text())
+    assert bundle["head"]["kind"] == "composite_probe"
     assert bundle["training"]["params"]["lr"] == 1e-3
-    assert len(pd.read_csv(chain / "plots/ufd_log.csv")) == 1
+    assert len(pd.read_csv(chain / "plots/probe_log.csv")) == 1
 
 
 def test_params_option_reads_another_file(chain, monkeypatch, tmp_path):

@@ -64,11 +64,11 @@ def test_parse_override_without_equals_is_an_error():
 
 def test_apply_overrides_copies_and_overrides():
     raw = repo_raw()
-    out = apply_overrides(raw, ["train.lr=0.01", "train.head=ufd", "data.split.val=0.2",
+    out = apply_overrides(raw, ["train.lr=0.01", "train.head=composite_probe", "data.split.val=0.2",
                                 "data.split.test=0.1"])
     assert raw["train"]["lr"] == 0.0002  # the input is untouched
     p = params_from_dict(out)
-    assert (p.train.lr, p.train.head, p.data.split.val) == (0.01, "ufd", 0.2)
+    assert (p.train.lr, p.train.head, p.data.split.val) == (0.01, "composite_probe", 0.2)
     assert p.train.epochs == raw["train"]["epochs"]  # siblings keep their values
 
 

@@ -145,8 +145,9 @@ def test_val_rule_without_fakes_in_validation_is_one_clear_message(built_cache):
     no_val_fakes = FeatureSet(frame, fs.image, fs.text, fs.provenance)
     with pytest.raises(DecisionError, match="evaluate.threshold=val_eer needs validation rows "
                                             "of both real and fake images"):
-        train_head(params, "ufd", no_val_fakes)
+        train_head(params, "composite_probe", no_val_fakes)
     fixed = dataclasses.replace(params, evaluate=dataclasses.replace(params.evaluate,
                                                                      threshold=0.5))
-    _, config = train_head(fixed, "ufd", no_val_fakes)  # a number needs no validation labels
+    # a number needs no validation labels
+    _, config = train_head(fixed, "composite_probe", no_val_fakes)
     assert config["threshold"] == 0.5

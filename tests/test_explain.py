@@ -103,7 +103,7 @@ def test_semantic_share_matches_the_nsnet_basis(built_cache, fakes, tmp_path):
     x = torch.nn.functional.normalize(feats.image, dim=-1)
     assert 0 < share < 1
     assert share == pytest.approx(float((x @ nchain.head.basis).norm()), rel=1e-4)
-    uchain = load_chain(train_bundle(built_cache, tmp_path / "ufd", "ufd", 2), "cpu")
+    uchain = load_chain(train_bundle(built_cache, tmp_path / "probe", "composite_probe", 2), "cpu")
     assert semantic_removed(uchain, feats.image, feats.text) == 0.0
 
 

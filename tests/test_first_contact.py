@@ -25,7 +25,7 @@ from pipeline.atomic import write_json, write_text
 from pipeline.config import HEAD_CHOICES, ParamsError, load_params, params_from_dict
 from pipeline.data.manifest import read_manifest
 from pipeline.heads.bundle import CONFIG, load_bundle, save_bundle
-from pipeline.heads.detectors import HEADS, build_head
+from pipeline.heads.detectors import BASELINE_HEADS, HEADS, build_head
 from pipeline.heads.train_stage import run_train
 from pipeline.inference.explain import explain_image, write_report
 from pipeline.inference.predict import load_chain, predict_paths, write_results
@@ -151,8 +151,8 @@ def test_outputs_follow_the_umask(tmp_path, umask, mode):
     try:
         write_json(tmp_path / "m.json", {"a": 1})
         write_text(tmp_path / "t.txt", "x")
-        save_bundle(tmp_path / "b", build_head("ufd", 8), {"head": {"kind": "ufd", "dim": 8,
-                                                                    "hparams": {}}})
+        save_bundle(tmp_path / "b", build_head("composite_probe", 8),
+                    {"head": {"kind": "composite_probe", "dim": 8, "hparams": {}}})
         write_results(pd.DataFrame({"path": ["a"], "status": ["ok"]}), tmp_path / "r.csv")
         files = [tmp_path / "m.json", tmp_path / "t.txt", tmp_path / "b" / "config.json",
                  tmp_path / "b" / "model.safetensors", tmp_path / "r.csv"]
@@ -180,7 +180,7 @@ def test_help_does_not_import_torch():
 
 
 def test_head_choices_are_the_heads():
-    assert tuple(HEADS) == HEAD_CHOICES
+    assert (*HEADS, *BASELINE_HEADS) == HEAD_CHOICES
 
 
 def test_every_option_has_help_text():
@@ -256,9 +256,20 @@ def test_readme_documents_the_code_defaults():
 
 
 def test_minimal_bundle_still_loads(tmp_path):
-    save_bundle(tmp_path, build_head("ufd", 8), {"head": {"kind": "ufd", "dim": 8,
-                                                          "hparams": {}}})
+    save_bundle(tmp_path, build_head("composite_probe", 8),
+                {"head": {"kind": "composite_probe", "dim": 8, "hparams": {}}})
     load_bundle(tmp_path)
+
+
+def test_a_bundle_of_the_head_once_called_ufd_loads_as_composite_probe(tmp_path):
+    head = build_head("composite_probe", 8)
+    save_bundle(tmp_path, head, {"head": {"kind": "ufd", "dim": 8, "hparams": {}}})
+    model, config = load_bundle(tmp_path)
+    assert model.kind == config["head"]["kind"] == "composite_probe"
+    import torch
+
+    x = torch.from_numpy(np.random.default_rng(0).normal(size=(3, 8)).astype(np.float32))
+    torch.testing.assert_close(model(x).logit, head(x).logit)
 
 
 # ----------------------------------------------------------------------------- missing weights

@@ -156,13 +156,15 @@ def test_supcon_without_positives_is_zero_and_differentiable():
     assert float(loss.detach()) == 0.0 and z.grad is not None
 
 
-def test_ufd_probe_is_linear_in_the_raw_feature():
-    head = build_head("ufd", 16, normalize=True)
+def test_composite_probe_is_linear_in_the_raw_feature():
+    head = build_head("composite_probe", 16, normalize=True)
     x = _randn(6, 16, seed=11).float() * 5
     torch.testing.assert_close(head(x).logit, x @ head.linear.weight[0] + head.linear.bias[0])
 
 
 def test_build_head_rejects_unknown_kinds():
-    assert build_head("ufd", 8).kind == "ufd"
+    assert build_head("composite_probe", 8).kind == "composite_probe"
     with pytest.raises(ValueError, match="unknown head"):
         build_head("resnet", 8)
+    with pytest.raises(ValueError, match="unknown head"):  # renamed: only old bundles map it
+        build_head("ufd", 8)

@@ -319,11 +319,13 @@ def test_compare_puts_one_view_and_k_views_side_by_side(built_cache, views_cache
                       built_cache.embeddings, ("advanced",))
     assert _same(one["heads"]["advanced"]["test"], out["heads"]["advanced K=1"]["test"])
     with pytest.raises(ValueError, match="cannot be taken"):
-        run_compare(params, views_cache.manifest, views_cache.embeddings, ("ufd",), views=(4,))
+        run_compare(params, views_cache.manifest, views_cache.embeddings, ("composite_probe",),
+                    views=(4,))
     raw = tiny_raw(views_cache.workdir)
     raw["patches"]["views"] = K
     res = CliRunner().invoke(main, [
-        "compare", "--params", str(write_params(tmp_path / "p.yaml", raw)), "--heads", "ufd",
+        "compare", "--params", str(write_params(tmp_path / "p.yaml", raw)),
+        "--heads", "composite_probe",
         "--manifest", str(views_cache.manifest), "--embeddings", str(views_cache.embeddings),
         "--out", str(tmp_path / "c2.json"), "--views", "1,x"])
     assert res.exit_code != 0 and "--views" in res.output and "Traceback" not in res.output

@@ -304,7 +304,7 @@ def test_compare_and_evaluate_views_print_the_preset_rows(aigibench_cache, tmp_p
     params_file = work / "params-aigibench-1.yaml"
     common = ["--params", str(params_file), "--manifest", str(work / "cache/manifest.parquet"),
               "--embeddings", str(work / "cache/embeddings.h5")]
-    res = CliRunner().invoke(main, ["compare", *common, "--heads", "ufd",
+    res = CliRunner().invoke(main, ["compare", *common, "--heads", "composite_probe",
                                     "--out", str(tmp_path / "compare.json")])
     assert res.exit_code == 0, res.output
     names = [line[:18].strip() for line in res.stdout.splitlines()[2:]]  # not the progress bar

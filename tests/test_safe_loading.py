@@ -146,4 +146,4 @@ def test_training_diverged_is_raised_by_fit(tmp_path, built_cache):
     train = select(fs, "train")
     train.image[0, 0] = float("nan")
     with pytest.raises(TrainingDiverged, match="NaN/inf"):
-        fit("ufd", train, None, built_cache.params.train)
+        fit("composite_probe", train, None, built_cache.params.train)

@@ -35,7 +35,7 @@ def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
-@pytest.mark.parametrize("kind", ["ufd", "nsnet", "advanced"])
+@pytest.mark.parametrize("kind", ["composite_probe", "nsnet", "advanced"])
 def test_fit_is_deterministic_for_a_seed(kind):
     train, val = synthetic(96), synthetic(40, seed=1, split="val")
     tp = dataclasses.replace(TP, epochs=2)
@@ -96,7 +96,7 @@ def test_diverging_loss_stops_training():
 def test_training_needs_both_classes():
     train = synthetic(40)
     with pytest.raises(ValueError, match="real and fake"):
-        fit("ufd", train.subset(train.frame["label"].to_numpy() == 1), None, TP)
+        fit("composite_probe", train.subset(train.frame["label"].to_numpy() == 1), None, TP)
 
 
 def test_alignment_term_is_weighted_and_zero_disables_it():
@@ -155,11 +155,11 @@ def test_train_stage_logs_every_epoch_and_reports_nsnet_rank(built_cache, tmp_pa
 def test_compare_prints_one_table_for_all_heads(built_cache, tmp_path):
     out = run_compare(built_cache.params, built_cache.manifest, built_cache.embeddings,
                       out_json=tmp_path / "compare.json")
-    assert set(out["heads"]) == {"ufd", "nsnet", "advanced"}
+    assert set(out["heads"]) == {"composite_probe", "nsnet", "advanced"}
     table = format_comparison(out)
     lines = table.splitlines()
-    assert all(h in lines[0] for h in ("ufd", "nsnet", "advanced"))
-    sources = sorted(out["heads"]["ufd"]["test"]["per_source"])
+    assert all(h in lines[0] for h in ("composite_probe", "nsnet", "advanced"))
+    sources = sorted(out["heads"]["composite_probe"]["test"]["per_source"])
     end = lines.index("")
     assert [ln.split()[0] for ln in lines[2:end]] == [*sources, "mean"]
     mean_acc = out["heads"]["advanced"]["test"]["mean"]["acc"]

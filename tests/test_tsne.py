@@ -33,11 +33,11 @@ def _bundle(built_cache, params, out: Path) -> Path:
 
 def test_projection_removes_the_semantic_subspace(built_cache, tmp_path):
     fs = load_features(built_cache.params, built_cache.manifest, built_cache.embeddings)
-    for head in ("nsnet", "ufd"):
+    for head in ("nsnet", "composite_probe"):
         model, _ = load_bundle(_bundle(built_cache, _params(built_cache, head), tmp_path / head))
         x, px = before_after(model, fs)
         assert x.shape == px.shape == (len(fs), fs.image.shape[1])
-        if head == "ufd":  # the probe sees raw features and projects nothing
+        if head == "composite_probe":  # the probe sees raw features and projects nothing
             np.testing.assert_array_equal(x, fs.image.numpy())
             np.testing.assert_array_equal(x, px)
         else:

@@ -29,7 +29,7 @@ from pipeline.config import (
     build_section,
     check_value,
 )
-from pipeline.heads.detectors import HEADS, HPARAM_KEYS, build_head
+from pipeline.heads.detectors import BASELINE_HEADS, HEADS, HPARAM_KEYS, RENAMED_HEADS, build_head
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -79,8 +79,9 @@ def validate_config(config: Any, where: str | Path = CONFIG) -> dict[str, Any]:
     head = config.get("head")
     if not isinstance(head, dict):
         raise fail("head", "missing or not a mapping (needs kind, dim, hparams)")
-    if head.get("kind") not in HEADS:
-        raise fail("head.kind", f"{head.get('kind')!r} is not one of {', '.join(HEADS)}")
+    known, kind = [*HEADS, *BASELINE_HEADS], head.get("kind")
+    if not isinstance(kind, str) or (kind not in known and kind not in RENAMED_HEADS):
+        raise fail("head.kind", f"{head.get('kind')!r} is not one of {', '.join(known)}")
     dim = head.get("dim")
     if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
         raise fail("head.dim", f"expected a positive integer, got {dim!r}")
@@ -200,6 +201,7 @@ def load_bundle(directory: str | Path, device: str | torch.device = "cpu"
             "retrain with `nsnet train` or restore the bundle"
         )
     head = config["head"]
+    head["kind"] = RENAMED_HEADS.get(head["kind"], head["kind"])  # a `ufd` bundle: composite_probe
     model = build_head(head["kind"], head["dim"], **head.get("hparams", {}))
     try:
         state = load_file(str(weights))

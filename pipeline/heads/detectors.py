@@ -1,32 +1,26 @@
-"""The three detectors, all functions of cached (image, caption) CLIP embeddings.
+"""The detectors of the patch-composite cache, functions of cached (image, caption) embeddings.
 
-* ``UFDProbe``       linear probe on raw (unnormalised) image features (Ojha et al. 2023)
+* ``CompositeProbe`` linear probe on the raw (unnormalised) embedding of OUR patch composite
+                     (not UniversalFakeDetect, which probes the center crop: ``univfd``)
 * ``NSNet``          fixed null-space projection ``P = I - V_k V_k^T`` from the training
                      captions, then an MLP head (Yan et al. 2025)
 * ``AdvancedNSNet``  learned semantic mapper ``f = LayerNorm(t + MLP(t))`` and per-sample
                      projection ``x - (x.f)/(f.f) f``, then the same MLP head (the seed)
 
 Each ``forward(x, t)`` returns a ``HeadOutput`` with the logit (fake = positive), the
-contrastive embedding and, for the advanced head, the mapped semantic direction.
+contrastive embedding and, for the advanced head, the mapped semantic direction. The baseline
+heads of other papers (``univfd``, ``rine``, ``cozzolino``) live in ``baselines.py``.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.heads.baselines import RINE, Cozzolino, UnivFD
+from pipeline.heads.output import HeadOutput
 from pipeline.heads.projection import project_out_direction, project_out_subspace
-
-
-@dataclass
-class HeadOutput:
-    logit: torch.Tensor  # (B,)
-    embedding: torch.Tensor | None  # (B, proj_dim) for the contrastive loss
-    projected: torch.Tensor  # (B, d) the feature the classifier saw
-    semantic: torch.Tensor | None = None  # (B, d) mapped caption direction (advanced)
 
 
 class ArtifactHead(nn.Module):
@@ -57,11 +51,13 @@ class _Base(nn.Module):
         return F.normalize(v, dim=-1) if self.normalize else v
 
 
-class UFDProbe(_Base):
-    """Linear probe on the raw CLIP image feature, as in Ojha et al. (``normalize`` is ignored:
-    on unit-norm features, whose directions differ little, a linear probe barely moves)."""
+class CompositeProbe(_Base):
+    """Linear probe (BCE) on the raw CLIP embedding of our patch composite: UniversalFakeDetect's
+    classifier on another input, so not UniversalFakeDetect (``univfd`` is). ``normalize`` is
+    ignored: on unit-norm features, whose directions differ little, a linear probe barely moves.
+    Called ``ufd`` before; bundles saved under that name load as this head."""
 
-    kind = "ufd"
+    kind = "composite_probe"
 
     def __init__(self, dim: int, **_: object) -> None:
         super().__init__(dim, normalize=False)
@@ -127,15 +123,23 @@ class AdvancedNSNet(_Base):
 
 # train.* keys a head is built from (stored in a bundle's head.hparams)
 HPARAM_KEYS = ("hidden_dim", "proj_dim", "dropout", "nsnet_k", "normalize")
-HEADS: dict[str, type[_Base]] = {"ufd": UFDProbe, "nsnet": NSNet, "advanced": AdvancedNSNet}
+HEADS: dict[str, type[_Base]] = {"composite_probe": CompositeProbe, "nsnet": NSNet,
+                                 "advanced": AdvancedNSNet}
+# Other papers' heads on their own recipes (clip_crop, clip_layers, cozzolino): build_head makes
+# them; they join HEADS once the feature store computes their recipes.
+BASELINE_HEADS: dict[str, type[torch.nn.Module]] = {"univfd": UnivFD, "rine": RINE,
+                                                    "cozzolino": Cozzolino}
+RENAMED_HEADS = {"ufd": "composite_probe"}  # old name -> current (old bundles still load)
 
 
-def build_head(kind: str, dim: int, **hparams: object) -> _Base:
+def build_head(kind: str, dim: int, **hparams: object) -> torch.nn.Module:
     """A fresh detection head over ``dim``-d CLIP features.
 
     Args:
-        kind: ``ufd`` (linear probe, Ojha et al.), ``nsnet`` (fixed top-k caption null space)
-            or ``advanced`` (per-sample projection orthogonal to a learned semantic mapping).
+        kind: ``composite_probe`` (linear probe on the patch composite; ``ufd`` before),
+            ``nsnet`` (fixed top-k caption null space), ``advanced`` (per-sample projection
+            orthogonal to a learned semantic mapping), or a baseline of ``BASELINE_HEADS``
+            (``univfd``, ``rine``, ``cozzolino``, which ignore the generic hparams).
         dim: feature width (768 for ViT-L-14).
         **hparams: the head's hyper-parameters (``hidden_dim``, ``proj_dim``, ``dropout``,
             ``normalize``, ``k`` for nsnet); ``train.*`` in params.yaml names them.
@@ -148,6 +152,7 @@ def build_head(kind: str, dim: int, **hparams: object) -> _Base:
         head = build_head("advanced", 768, hidden_dim=512, proj_dim=128)
         out = head(image_features, text_features)  # out.logit (fake > 0)
     """
-    if kind not in HEADS:
-        raise ValueError(f"unknown head {kind!r}; choose one of {', '.join(HEADS)}")
-    return HEADS[kind](dim, **hparams)
+    known = {**HEADS, **BASELINE_HEADS}
+    if kind not in known:
+        raise ValueError(f"unknown head {kind!r}; choose one of {', '.join(known)}")
+    return known[kind](dim, **hparams)

@@ -60,7 +60,7 @@ def _check_finite(name: str, rows: Rows) -> None:
 def head_loss(kind: str, out: Any, y: torch.Tensor, x: torch.Tensor, tp: TrainParams,
               pos_weight: torch.Tensor | None = None) -> torch.Tensor:
     """UFD: BCE. NS-Net/advanced: (1-lambda) SupCon + lambda BCE (+ alignment for advanced)."""
-    if kind == "ufd":
+    if kind == "composite_probe":
         return bce_loss(out.logit, y, pos_weight)
     loss = (1 - tp.bce_weight) * supcon_loss(out.embedding, y, tp.temperature) \
         + tp.bce_weight * bce_loss(out.logit, y, pos_weight)

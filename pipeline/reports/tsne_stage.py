@@ -78,7 +78,8 @@ def run_tsne(params: Params, manifest: str | Path, embeddings: str | Path,
     labels = fs.frame["label"].to_numpy()
     kind = config["head"]["kind"]
     sep = {"before": label_separation(x, labels), "after": label_separation(px, labels)}
-    what = {"ufd": "UFD probe (no projection)", "nsnet": "NS-Net null-space projection",
+    what = {"composite_probe": "composite probe (no projection)",
+            "nsnet": "NS-Net null-space projection",
             "advanced": "Advanced NS-Net per-caption projection"}[kind]
     points = {f"before (CLIP image feature), silhouette {sep['before']:.3f}":
               embed_2d(x, params.figures.tsne_perplexity, params.seed),
