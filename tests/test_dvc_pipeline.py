@@ -234,7 +234,8 @@ def test_metrics_and_plots_show(workspace, tmp_path):
     test_mean = data["metrics/metrics.json"]["data"]
     assert set(test_mean) == {"acc", "real_acc", "fake_acc", "ap", "threshold"}
     assert 0.0 <= test_mean["acc"] <= 1.0
-    assert set(data["metrics/compare.json"]["data"]) == {"composite_probe_ap", "nsnet_ap", "advanced_ap"}
+    assert set(data["metrics/compare.json"]["data"]) == {"composite_probe_ap", "nsnet_ap",
+                                                          "advanced_ap"}
     assert set(data) == {"metrics/metrics.json", "metrics/compare.json",
                          "metrics/degradations.json", "metrics/audit.json"}  # not details
     details = json.loads((ws / "metrics/details/metrics.json").read_text())
