@@ -55,7 +55,7 @@ def test_univfd_is_one_linear_layer_on_the_raw_embedding_with_mean_bce():
     x, y = _data(10, 768)
     x = x * 7  # raw, unnormalised: the head must not normalise
     out = head(x, torch.randn(10, 5))  # the caption embedding is ignored
-    w, b = head.fc.weight.detach().double()[0], float(head.fc.bias)
+    w, b = head.fc.weight.detach().double()[0], float(head.fc.bias.detach())
     expected = x.double() @ w + b
     torch.testing.assert_close(out.logit.double(), expected, rtol=1e-5, atol=1e-5)
     assert out.embedding is None
@@ -105,7 +105,7 @@ def test_rine_forward_is_its_papers_equations():
 def _supcon_by_hand(f: torch.Tensor, y: torch.Tensor, tau: float = 0.07) -> torch.Tensor:
     """Khosla et al. L_out per anchor i: -1/|P(i)| sum_p log(exp(f_i.f_p/tau) /
     sum_{a != i} exp(f_i.f_a/tau)); RINE's code adds 0 for an anchor without positives."""
-    f = f.double()
+    f = f.detach().double()
     total = 0.0
     for i in range(len(f)):
         others = [a for a in range(len(f)) if a != i]
@@ -146,7 +146,7 @@ def test_cozzolino_is_a_linear_svm_on_the_unit_feature():
     x, y = _data(12, 1024, seed=6)
     out = head(x)
     unit = x.double() / x.double().norm(dim=1, keepdim=True)
-    w, b = head.fc.weight.detach().double()[0], float(head.fc.bias)
+    w, b = head.fc.weight.detach().double()[0], float(head.fc.bias.detach())
     torch.testing.assert_close(out.logit.double(), unit @ w + b, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(head(unit.float()).logit, out.logit)  # the recipe is unit already
     s = 2 * y.double() - 1

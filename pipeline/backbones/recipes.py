@@ -203,7 +203,8 @@ def crop_views(rgb: np.ndarray, image_id: str, views: int = 1,
 
 def cozzolino_pixels(rgb: np.ndarray) -> np.ndarray:
     """(224, 224, 3) uint8: Cozzolino et al.'s 'Clip224' input (``main.py``): torchvision
-    ``Resize(224, BICUBIC)`` (shorter side) then ``CenterCrop((224, 224))``."""
+    ``Resize(224, BICUBIC)`` (shorter side) then ``CenterCrop((224, 224))``. 150,528 bytes as
+    pixels; as a feature see ``cozzolino_features``."""
     _check_rgb(rgb)
     return center_crop(resize_shorter(rgb, CROP, "bicubic"), CROP)
 
@@ -280,7 +281,8 @@ def image_tower(clip: ClipBackbone, pixels: np.ndarray, layers: Sequence[int] | 
     The embedding is CLIP's final projected image embedding (``encode_image``, not normalised;
     UniversalFakeDetect's input). ``layers`` holds, for each chosen block (0-based, increasing;
     None = all), the class token of that block's ``ln_2`` output, as RINE's ``src/models.py``
-    reads it. float32 on the backbone's device.
+    reads it. float32 on the backbone's device. ViT-L/14: 768 + L x 1024 values per view, i.e.
+    1,536 + 2,048 L bytes in fp16 (50,688 with all 24 blocks).
     """
     chosen = _check_layers(clip, layers)
     x = _normalised(clip, pixels)

@@ -49,7 +49,7 @@ class PaperSettings:
     early_stopping: str  # the rule, in words ("none": train all epochs, keep the last)
     threshold: float  # on sigmoid(logit): fake when >= threshold
     train_views: int  # training-augmentation views to cache per image (view 0 is the test crop)
-    sources: Mapping[str, str] = field(default_factory=dict)
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sources", types.MappingProxyType(dict(self.sources)))
