@@ -150,7 +150,7 @@ def test_cozzolino_is_a_linear_svm_on_the_unit_feature():
     torch.testing.assert_close(out.logit.double(), unit @ w + b, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(head(unit.float()).logit, out.logit)  # the recipe is unit already
     s = 2 * y.double() - 1
-    hinge = torch.tensor([max(0.0, 1 - float(si * fi)) for si, fi in zip(s, out.logit,
+    hinge = torch.tensor([max(0.0, 1 - float(si * fi)) for si, fi in zip(s, out.logit.detach(),
                                                                           strict=True)])
     torch.testing.assert_close(head.loss(out, y).double(), hinge.double().mean())
 
