@@ -49,6 +49,9 @@ RENAMED_HEAD_HELP = {
 }
 # Heads whose feature recipe the feature store does not compute yet (head -> recipe).
 PENDING_HEADS = {"univfd": "clip_crop", "rine": "clip_layers", "cozzolino": "cozzolino"}
+# How the advanced head makes its semantic direction (= pipeline.heads.detectors.MAPPERS, tested)
+MAPPER_CHOICES = ("end_to_end", "identity", "detached", "regression", "regression_real",
+                  "regression_within")
 LAYOUT_CHOICES = ("auto", "real_fake", "genimage", "ufd", "aigibench")
 # Benchmark presets (defined in ``pipeline.data.presets``): official training sources and rows.
 PRESET_CHOICES = ("none", "genimage", "ufd", "aigibench-1", "aigibench-2")
@@ -146,6 +149,7 @@ class TrainParams:
     proj_dim: int = field(default=128, metadata=_check(1, 65536))
     dropout: float = field(default=0.1, metadata=_check(0.0, 0.99))
     nsnet_k: int = field(default=32, metadata=_check(0, 65536))
+    mapper: str = field(default="end_to_end", metadata=_check(choices=MAPPER_CHOICES))
     normalize: bool = True
     balance: bool = True
     seed: int = field(default=0, metadata=_check(0))

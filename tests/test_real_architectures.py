@@ -79,7 +79,7 @@ def test_vit_l14_and_blip_base_through_load_chain_and_predict(tmp_path):
     _blip_base_folder(blip_dir)
     spec = PatchSpec()
     head_kwargs = {"hidden_dim": 512, "proj_dim": 128, "dropout": 0.1, "nsnet_k": 32,
-                   "normalize": True}
+                   "normalize": True, "mapper": "end_to_end"}
     assert set(head_kwargs) == set(HPARAM_KEYS)
     torch.manual_seed(0)
     head = build_head("advanced", 768, **head_kwargs)

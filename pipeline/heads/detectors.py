@@ -5,7 +5,8 @@
 * ``NSNet``          fixed null-space projection ``P = I - V_k V_k^T`` from the training
                      captions, then an MLP head (Yan et al. 2025)
 * ``AdvancedNSNet``  learned semantic mapper ``f = LayerNorm(t + MLP(t))`` and per-sample
-                     projection ``x - (x.f)/(f.f) f``, then the same MLP head (the seed)
+                     projection ``x - (x.f)/(f.f) f``, then the same MLP head (the seed);
+                     ``mapper`` picks how ``f`` is made (``MAPPERS``, docs/shortcut.md)
 
 Each ``forward(x, t)`` returns a ``HeadOutput`` with the logit (fake = positive), the
 contrastive embedding and, for the advanced head, the mapped semantic direction. The baseline
@@ -21,6 +22,7 @@ from torch import nn
 from pipeline.heads.baselines import RINE, Cozzolino, UnivFD
 from pipeline.heads.output import HeadOutput
 from pipeline.heads.projection import project_out_direction, project_out_subspace
+from pipeline.heads.semantic_map import LinearSemanticMap
 
 
 class ArtifactHead(nn.Module):
@@ -102,27 +104,56 @@ class SemanticMapper(nn.Module):
         return self.norm(t + self.mlp(t))
 
 
+# How the advanced head makes its semantic direction f (= pipeline.config.MAPPER_CHOICES):
+# end_to_end  the seed: the mapper is trained by the detection loss and the alignment term
+# identity    f = t, the caption embedding itself (no mapper)
+# detached    the mapper learns only from the alignment term; the projection uses a stop-gradient f
+# regression  a frozen ridge map caption -> image semantics, fit once on the training rows; the
+#             projection removes the image's deviation from the mean training image along f
+# regression_real    the same, fit on the real (label 0) training rows only
+# regression_within  the same, fit within each class (real, fake) on all training rows
+MAPPERS = ("end_to_end", "identity", "detached", "regression", "regression_real",
+           "regression_within")
+TRAINED_MAPPERS = ("end_to_end", "detached")  # those the alignment term trains
+FITTED_MAPPERS = ("regression", "regression_real", "regression_within")  # fit before training
+
+
 class AdvancedNSNet(_Base):
+    """Per-sample projection ``x - (x.f)/(f.f) f`` of the image feature, with ``f`` made from the
+    caption embedding as ``mapper`` says (``MAPPERS``), then the artifact head."""
+
     kind = "advanced"
 
     def __init__(self, dim: int, hidden_dim: int = 512, proj_dim: int = 128, dropout: float = 0.1,
-                 normalize: bool = True, **_: object) -> None:
+                 normalize: bool = True, mapper: str = "end_to_end", **_: object) -> None:
         super().__init__(dim, normalize)
-        self.mapper = SemanticMapper(dim, hidden_dim)
+        if mapper not in MAPPERS:
+            raise ValueError(f"unknown mapper {mapper!r}; choose one of {', '.join(MAPPERS)}")
+        self.mapper_kind = mapper
+        if mapper in TRAINED_MAPPERS:
+            self.mapper: nn.Module | None = SemanticMapper(dim, hidden_dim)
+        elif mapper in FITTED_MAPPERS:
+            self.mapper = LinearSemanticMap(dim)
+        else:
+            self.mapper = None
         self.head = ArtifactHead(dim, hidden_dim, proj_dim, dropout)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | None = None) -> HeadOutput:
         if t is None:
             raise ValueError("the advanced head needs the caption embedding t")
         x = self._prep(x)
-        f = self.mapper(self._prep(t))
-        xp = project_out_direction(x, f)
+        f = self._prep(t) if self.mapper is None else self.mapper(self._prep(t))
+        if isinstance(self.mapper, LinearSemanticMap):  # the deviation from the mean image
+            mean = self.mapper.image_mean  # along f is removed: f predicts that deviation
+            xp = project_out_direction(x - mean, f) + mean
+        else:
+            xp = project_out_direction(x, f.detach() if self.mapper_kind == "detached" else f)
         logit, emb = self.head(xp)
         return HeadOutput(logit, emb, xp, f)
 
 
 # train.* keys a head is built from (stored in a bundle's head.hparams)
-HPARAM_KEYS = ("hidden_dim", "proj_dim", "dropout", "nsnet_k", "normalize")
+HPARAM_KEYS = ("hidden_dim", "proj_dim", "dropout", "nsnet_k", "normalize", "mapper")
 HEADS: dict[str, type[_Base]] = {"composite_probe": CompositeProbe, "nsnet": NSNet,
                                  "advanced": AdvancedNSNet}
 # Other papers' heads on their own recipes (clip_crop, clip_layers, cozzolino): build_head makes
@@ -142,7 +173,8 @@ def build_head(kind: str, dim: int, **hparams: object) -> torch.nn.Module:
             (``univfd``, ``rine``, ``cozzolino``, which ignore the generic hparams).
         dim: feature width (768 for ViT-L-14).
         **hparams: the head's hyper-parameters (``hidden_dim``, ``proj_dim``, ``dropout``,
-            ``normalize``, ``k`` for nsnet); ``train.*`` in params.yaml names them.
+            ``normalize``, ``nsnet_k`` for nsnet, ``mapper`` for advanced); ``train.*`` in
+            params.yaml names them.
 
     Raises:
         ValueError: unknown ``kind``.

@@ -26,9 +26,10 @@ import torch
 from pipeline.backbones.clip import resolve_device
 from pipeline.config import VIEW_AVERAGES, TrainParams
 from pipeline.extraction.cached_features import FeatureSet, Rows, iter_blocks
-from pipeline.heads.detectors import HPARAM_KEYS, build_head
+from pipeline.heads.detectors import FITTED_MAPPERS, HPARAM_KEYS, TRAINED_MAPPERS, build_head
 from pipeline.heads.losses import bce_loss, supcon_loss
 from pipeline.heads.projection import semantic_basis
+from pipeline.heads.semantic_map import fit_semantic_map
 from pipeline.metrics import binary_metrics
 
 
@@ -59,12 +60,13 @@ def _check_finite(name: str, rows: Rows) -> None:
 
 def head_loss(kind: str, out: Any, y: torch.Tensor, x: torch.Tensor, tp: TrainParams,
               pos_weight: torch.Tensor | None = None) -> torch.Tensor:
-    """UFD: BCE. NS-Net/advanced: (1-lambda) SupCon + lambda BCE (+ alignment for advanced)."""
+    """UFD: BCE. NS-Net/advanced: (1-lambda) SupCon + lambda BCE (+ alignment for advanced,
+    when its mapper is a trained one: ``end_to_end`` or ``detached``)."""
     if kind == "composite_probe":
         return bce_loss(out.logit, y, pos_weight)
     loss = (1 - tp.bce_weight) * supcon_loss(out.embedding, y, tp.temperature) \
         + tp.bce_weight * bce_loss(out.logit, y, pos_weight)
-    if kind == "advanced" and tp.align_weight > 0:
+    if kind == "advanced" and tp.align_weight > 0 and tp.mapper in TRAINED_MAPPERS:
         target = torch.nn.functional.normalize(x.float(), dim=-1) if tp.normalize else x.float()
         loss = loss + tp.align_weight * torch.nn.functional.mse_loss(out.semantic, target)
     return loss
@@ -135,13 +137,21 @@ EpochCallback = Callable[[dict[str, float]], None]
 
 def _prepare(kind: str, train: FeatureSet, tp: TrainParams, device: torch.device
              ) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Build the head (seeded) and, for NS-Net, fit its semantic basis on the training captions."""
+    """Build the head (seeded) and, for NS-Net, fit its semantic basis on the training captions
+    (an advanced head with a ``regression*`` mapper: its frozen map, on the training rows)."""
     model = build_head(kind, train.dim, **{k: getattr(tp, k) for k in HPARAM_KEYS})
     info: dict[str, Any] = {}
     if kind == "nsnet":
         basis, explained = semantic_basis(train.text, tp.nsnet_k, normalize=tp.normalize)
         model.set_basis(basis)
         info = {"nsnet_k": basis.shape[1], "explained_variance": explained}
+    elif kind == "advanced" and tp.mapper in FITTED_MAPPERS:
+        labels = train.labels
+        rows = train.subset((labels == 0).numpy()) if tp.mapper == "regression_real" else train
+        fitted = fit_semantic_map(rows.text, rows.image, normalize=tp.normalize,
+                                  groups=labels if tp.mapper == "regression_within" else None)
+        model.mapper.set_map(fitted)
+        info = {"mapper_rows": len(rows), "mapper_r2": fitted.r2}
     return model.to(device), info
 
 
