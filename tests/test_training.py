@@ -90,7 +90,8 @@ def test_diverging_loss_stops_training():
     train = synthetic(64)
     train.image.mul_(1e18)  # finite but absurd features, no normalisation, the largest lr
     with pytest.raises(TrainingDiverged, match="loss became"):
-        fit("advanced", train, None, dataclasses.replace(TP, lr=10.0, normalize=False))
+        fit("advanced", train, None, dataclasses.replace(TP, lr=10.0, normalize=False,
+                                                         mapper="end_to_end"))
 
 
 def test_training_needs_both_classes():
@@ -101,12 +102,13 @@ def test_training_needs_both_classes():
 
 def test_alignment_term_is_weighted_and_zero_disables_it():
     train = synthetic(32)
-    res = fit("advanced", train, None, dataclasses.replace(TP, epochs=1))
+    tp = dataclasses.replace(TP, mapper="end_to_end")  # the seed's mapper: the term trains it
+    res = fit("advanced", train, None, dataclasses.replace(tp, epochs=1))
     x, t, y = train.image, train.text, train.labels
     with torch.no_grad():
         out = res.model(x, t)
-    base = head_loss("advanced", out, y, x, dataclasses.replace(TP, align_weight=0.0))
-    aligned = head_loss("advanced", out, y, x, dataclasses.replace(TP, align_weight=0.5))
+    base = head_loss("advanced", out, y, x, dataclasses.replace(tp, align_weight=0.0))
+    aligned = head_loss("advanced", out, y, x, dataclasses.replace(tp, align_weight=0.5))
     target = torch.nn.functional.normalize(x, dim=-1)
     mse = torch.nn.functional.mse_loss(out.semantic, target)
     assert float(aligned - base) == pytest.approx(0.5 * float(mse), rel=1e-5)
