@@ -149,7 +149,7 @@ class TrainParams:
     proj_dim: int = field(default=128, metadata=_check(1, 65536))
     dropout: float = field(default=0.1, metadata=_check(0.0, 0.99))
     nsnet_k: int = field(default=32, metadata=_check(0, 65536))
-    mapper: str = field(default="end_to_end", metadata=_check(choices=MAPPER_CHOICES))
+    mapper: str = field(default="regression_within", metadata=_check(choices=MAPPER_CHOICES))
     normalize: bool = True
     balance: bool = True
     seed: int = field(default=0, metadata=_check(0))
