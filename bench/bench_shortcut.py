@@ -21,8 +21,9 @@ be checked exactly at that level. This script draws features whose content is kn
 
 Features go into real ``FeatureSet`` objects and every head is trained with the project's
 training loop (``fit`` with ``TrainParams``: the defaults of params.yaml unless overridden) and
-scored with ``predict_proba``: ``ufd``, ``nsnet`` with k = 1 and k = rank, and ``advanced``
-with every ``train.mapper``, in a same-space setting (alignment 1, no offset) and a gap setting.
+scored with ``predict_proba``: ``composite_probe`` (the linear probe), ``nsnet`` with k = 1 and
+k = rank, and ``advanced`` with every ``train.mapper``, in a same-space setting (alignment 1,
+no offset) and a gap setting.
 The table gives accuracy (%, threshold 0.5, balanced test sets), mean +- std over seeds.
 
     python bench/bench_shortcut.py                    # 3 seeds, ~5 min on one idle CPU thread
@@ -133,7 +134,7 @@ def heads(world: World, only: list[str] | None = None) -> list[tuple[str, str, d
     """(row label, head kind, TrainParams overrides) of every head and mapper variant (those
     whose label contains one of ``only``, when given)."""
     rows: list[tuple[str, str, dict[str, object]]] = [
-        ("ufd (linear probe)", "ufd", {}),
+        ("composite_probe (linear probe)", "composite_probe", {}),
         ("nsnet k=1", "nsnet", {"nsnet_k": 1}),
         (f"nsnet k={world.rank} (= rank)", "nsnet", {"nsnet_k": world.rank}),
     ]

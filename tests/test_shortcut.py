@@ -222,7 +222,7 @@ def test_shortcut_ordering_on_a_small_instance(one_thread):
     assert list(res) == [label for label, _, _ in bench.heads(SMALL)]
     assert len(res) == 3 + len(MAPPERS)
     assert all(len(accs) == 2 and all(0 <= a <= 1 for a in accs) for accs in res.values())
-    probe_in, probe_rev = res["ufd (linear probe)"]
+    probe_in, probe_rev = res["composite_probe (linear probe)"]
     ns_in, ns_rev = res[f"nsnet k={SMALL.rank} (= rank)"]
     assert probe_in - probe_rev > 0.3 and probe_rev < 0.5
     assert abs(ns_in - ns_rev) < 0.06 and ns_rev > SMALL.artifact_acc - 0.12
@@ -249,7 +249,7 @@ def test_bench_script_prints_the_table(tmp_path):
     assert header.count("same space") == 3 and header.count("gap") == 3
     rows = [line for line in lines if line.startswith("| ") and "---" not in line][1:]
     labels = [r.split("|")[1].strip() for r in rows]
-    assert labels[:3] == ["ufd (linear probe)", "nsnet k=1", "nsnet k=4 (= rank)"]
+    assert labels[:3] == ["composite_probe (linear probe)", "nsnet k=1", "nsnet k=4 (= rank)"]
     assert labels[3:-1] == [f"advanced mapper={m}" for m in MAPPERS]
     assert labels[-1] == "ceiling (artifact alone)" and rows[-1].count("80.0") == 7
     assert all(r.count("±") == 6 for r in rows[:-1])
