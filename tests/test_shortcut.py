@@ -70,6 +70,24 @@ def test_every_mapper_is_accepted(mapper):
     assert params_from_dict({"train": {"mapper": mapper}}).train.mapper == mapper
 
 
+def test_the_cli_refuses_a_bad_mapper_before_any_work(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from stages.cli import main
+    from tests.conftest import tiny_raw, write_params
+
+    raw = tiny_raw(tmp_path / "images")
+    raw["train"]["mapper"] = "ridge"
+    write_params(tmp_path / "params.yaml", raw)
+    monkeypatch.chdir(tmp_path)
+    for args in (["train"], ["compare"], ["index", "--set", "train.mapper=lstsq"]):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 1, result.output
+        assert "ParamsError" in result.output and "train.mapper" in result.output
+        assert "is not one of" in result.output and "Traceback" not in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
 # ----------------------------------------------------------------------------- the fitted map
 
 def test_semantic_map_is_ridge_least_squares_with_intercept():
