@@ -236,7 +236,9 @@ def test_training_draws_a_view_per_image_deterministically(views_cache):
 @pytest.fixture(scope="module")
 def views_bundle(views_cache, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("views_bundle") / "model"
-    params = _params(views_cache, epochs=15, lr=3e-3)
+    # the seed's mapper: the default's best epoch on this tiny val split can be an early, flat
+    # one (test_shortcut.py checks predict = evaluate for every mapper)
+    params = _params(views_cache, epochs=15, lr=3e-3, mapper="end_to_end")
     run_train(params, views_cache.manifest, views_cache.embeddings, out, out.parent / "log.csv")
     return out
 
