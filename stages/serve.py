@@ -23,7 +23,8 @@ from stages.common import friendly_errors, load, params_options
 @click.option("--max-queue", type=click.IntRange(1), default=256, show_default=True,
               help="Most images waiting; beyond it requests get 503.")
 @click.option("--max-files", type=click.IntRange(1), default=16, show_default=True,
-              help="Most files in one request (413 beyond).")
+              help="Most files in one request (413 beyond); with other form fields, at most "
+                   "this + 8 multipart parts.")
 @click.option("--max-upload-mb", type=click.FloatRange(0, min_open=True), default=32.0,
               show_default=True, help="Largest request body in MB (413 beyond).")
 @click.option("--max-pixels", type=click.IntRange(1), default=40_000_000, show_default=True,
@@ -38,7 +39,8 @@ def serve(params_file: str | None, overrides: tuple[str, ...], model_dir: str, h
           threshold: float | None, max_batch: int, max_wait_ms: float, max_queue: int,
           max_files: int, max_upload_mb: float, max_pixels: int, timeout_s: float,
           token: str | None) -> None:
-    """Serve the detector over HTTP: POST /v1/detect, a web page at /, docs at /docs.
+    """Serve the detector over HTTP: POST /v1/detect, a web page at /, docs at /docs (offline),
+    the contract at /openapi.json (see docs/serving.md).
 
     The bundle loads once in the background (/healthz answers at once, /readyz once the
     model is warm). params.yaml (if present) only sets compute.device and compute.precision.

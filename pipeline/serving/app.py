@@ -3,15 +3,16 @@
 Endpoints: ``GET /healthz`` (alive), ``GET /readyz`` (model loaded and warmed up),
 ``POST /v1/detect`` (multipart images -> JSON per image, ``?explain=true`` adds the per-patch
 contributions and the explanation PNG), ``GET /v1/model`` (the bundle and the server limits),
-``GET /`` (the web page), ``/docs`` and ``/openapi.json``. Every error is JSON
-``{"error": code, "detail": message}`` with a 4xx/5xx status.
+``GET /`` (the web page), ``/docs`` (Swagger UI, served offline) and ``/openapi.json`` (the
+contract: ``contract`` and ``schemas``). Every error is JSON ``{"error": code, "detail":
+message}`` with a 4xx/5xx status; with ``--token``, every /v1/* request without it is 401 first
+(``auth``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import hmac
 import logging
 import math
 import threading
@@ -29,11 +30,15 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from pipeline.inference.detector import Detector
 from pipeline.inference.predict import Decoded
+from pipeline.serving import contract, schemas
+from pipeline.serving.auth import BearerAuth
 from pipeline.serving.batcher import MicroBatcher, Overloaded, TimedOut
-from pipeline.serving.uploads import ApiError, Upload, parse_multipart, read_body
+from pipeline.serving.errors import ApiError, error_response
+from pipeline.serving.uploads import Upload, UploadReader
 
 STATIC = Path(__file__).parent / "static"
 log = logging.getLogger("nsnet.serve")
@@ -42,6 +47,9 @@ log = logging.getLogger("nsnet.serve")
 REASON_STATUS = {"empty_file": 400, "not_an_image": 415, "corrupt": 422, "too_large": 413,
                  "too_small": 422}
 PAGE_CSP = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self'; "
+            "script-src 'self'; connect-src 'self'")
+# Swagger UI styles some elements inline; everything else, the spec included, comes from here.
+DOCS_CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
             "script-src 'self'; connect-src 'self'")
 
 
@@ -163,15 +171,28 @@ def result_json(row: dict[str, Any]) -> dict[str, Any]:
             "error": _clean(row["error"])}
 
 
-DETECT_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {
-    "schema": {"type": "object", "properties": {"file": {
-        "type": "array", "items": {"type": "string", "format": "binary"},
-        "description": "one or more images (any field name)"}}}}}}}
+def _parse_explain(values: list[str]) -> bool:
+    """The ``explain`` query flag: exactly ``true`` or ``false`` (422 otherwise)."""
+    if not values:
+        return False
+    if len(values) == 1 and values[0] in ("true", "false"):
+        return values[0] == "true"
+    raise ApiError(422, "bad_request", f"query.explain: expected true or false, got "
+                                       f"{'&'.join(values)!r}")
+
+
+def _swagger_assets() -> Path:
+    """Swagger UI's script and style, from the installed ``fastapi-offline`` package."""
+    import fastapi_offline
+
+    return Path(fastapi_offline.__file__).parent / "static"
 
 
 def create_app(settings: ServeSettings, loader: Loader = load_detector) -> FastAPI:
     """The FastAPI application; the model loads in a thread when the app starts."""
     service = Service(settings, loader)
+    auth = bool(settings.token)
+    min_side = contract.bundle_patch_size(settings.model_dir)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -181,27 +202,26 @@ def create_app(settings: ServeSettings, loader: Loader = load_detector) -> FastA
         await service.batcher.stop()
 
     app = FastAPI(title="nsnet detector", version=_version(), lifespan=lifespan,
+                  docs_url=None, redoc_url=None,
                   description="Detects AI-generated images (NS-Net / Advanced NS-Net heads "
-                              "over frozen CLIP features). Send images to POST /v1/detect.")
+                              "over frozen CLIP features). Send images to POST /v1/detect. "
+                              "Every error is JSON `{\"error\": code, \"detail\": message}`."
+                              + (" Every /v1/* request needs `Authorization: Bearer <token>`."
+                                 if auth else ""))
     app.state.service = service
+    if settings.token:
+        app.add_middleware(BearerAuth, token=settings.token)
 
-    def authorize(request: Request) -> None:
-        if not settings.token:
-            return
-        auth = request.headers.get("authorization", "")
-        scheme, _, given = auth.partition(" ")
-        if scheme.lower() != "bearer" or not given:
-            raise ApiError(401, "unauthorized", "this server needs a bearer token: send "
-                           "'Authorization: Bearer <token>'",
-                           headers={"WWW-Authenticate": "Bearer"})
-        if not hmac.compare_digest(given.strip().encode(), settings.token.encode()):
-            raise ApiError(401, "unauthorized", "wrong bearer token",
-                           headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = contract.build_openapi(app, auth)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
-        body = {"error": exc.code, "detail": exc.detail, **exc.extra}
-        return JSONResponse(body, exc.status, headers=exc.headers)
+        return error_response(exc)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -218,12 +238,15 @@ def create_app(settings: ServeSettings, loader: Loader = load_detector) -> FastA
         log.exception("nsnet serve: unexpected error")
         return JSONResponse({"error": "internal", "detail": f"{type(exc).__name__}: {exc}"}, 500)
 
-    @app.get("/healthz", tags=["service"], summary="Liveness: the process answers")
+    @app.get("/healthz", tags=["service"], summary="Liveness: the process answers",
+             response_model=schemas.Health)
     async def healthz() -> dict[str, Any]:
         return {"status": "alive", "uptime_s": round(time.time() - service.started, 3)}
 
     @app.get("/readyz", tags=["service"], summary="Readiness: the model is loaded and warm",
-             responses={503: {"description": "loading, or the model failed to load"}})
+             response_model=schemas.Ready,
+             responses={503: {"model": schemas.NotReady, "headers": contract.RETRY_AFTER,
+                              "description": "the model is loading, or failed to load"}})
     async def readyz() -> JSONResponse:
         if service.detector is not None:
             return JSONResponse({"status": "ready"})
@@ -231,37 +254,27 @@ def create_app(settings: ServeSettings, loader: Loader = load_detector) -> FastA
         return JSONResponse({"status": status, "detail": service.error}, 503,
                             headers={"Retry-After": "1"})
 
-    @app.get("/v1/model", tags=["detector"], summary="The loaded bundle and the server limits")
-    async def model(request: Request) -> dict[str, Any]:
-        authorize(request)
+    @app.get("/v1/model", tags=["detector"], summary="The loaded bundle and the server limits",
+             response_model=schemas.ModelInfo, responses=contract.model_responses(auth))
+    async def model() -> dict[str, Any]:
         det = service.ready()
-        return {**det.describe(), "server": settings.limits(),
-                "batching": service.batcher.stats.as_dict()}
+        return {**det.describe(), "min_image_side": det.chain.spec.size,
+                "server": settings.limits(), "batching": service.batcher.stats.as_dict()}
 
-    @app.post("/v1/detect", tags=["detector"], openapi_extra=DETECT_BODY,
+    @app.post("/v1/detect", tags=["detector"],
               summary="Probability that each uploaded image is generated",
-              responses={400: {"description": "empty body / no file"},
-                         401: {"description": "missing or wrong bearer token"},
-                         413: {"description": "upload, file count or pixel limit exceeded"},
-                         408: {"description": "the upload took longer than the timeout"},
-                         415: {"description": "not multipart, or not an image"},
-                         422: {"description": "no uploaded image could be used"},
-                         503: {"description": "not ready, queue full or timed out"}})
-    async def detect(request: Request, explain: bool = False) -> dict[str, Any]:
+              response_model=schemas.Detection, response_model_exclude_unset=True,
+              openapi_extra=contract.detect_request(settings.max_files, settings.max_upload_mb,
+                                                    settings.max_pixels, min_side),
+              responses=contract.detect_responses(auth, settings.max_files,
+                                                  settings.max_upload_mb, settings.max_pixels))
+    async def detect(request: Request) -> dict[str, Any]:
         """One JSON result per uploaded file, in order: ``prob`` (of generated), ``verdict``,
         ``caption``, ``semantic_share``, ``id``, or ``status``/``error`` when a file cannot be
         used. ``?explain=true`` adds ``explanation`` (per-patch contributions, PNG base64)."""
-        authorize(request)
+        explain = _parse_explain(request.query_params.getlist("explain"))
         det = service.ready()
-        try:  # a client that sends its body too slowly does not hold memory for ever
-            body = await asyncio.wait_for(
-                read_body(request.stream(), request.headers.get("content-length"),
-                          int(settings.max_upload_mb * 2**20)), settings.timeout_s)
-        except asyncio.TimeoutError:
-            raise ApiError(408, "upload_timeout", f"the upload did not arrive within "
-                           f"{settings.timeout_s:g} s") from None
-        uploads = parse_multipart(body, request.headers.get("content-type"), settings.max_files)
-        del body
+        uploads = await _read_uploads(request, settings)
         if service.batcher.waiting + len(uploads) > settings.max_queue:
             raise ApiError(503, "overloaded", f"{service.batcher.waiting} images are waiting "
                            f"(queue limit {settings.max_queue}); retry later",
@@ -290,8 +303,29 @@ def create_app(settings: ServeSettings, loader: Loader = load_detector) -> FastA
     async def page() -> FileResponse:
         return FileResponse(STATIC / "index.html", headers={"Content-Security-Policy": PAGE_CSP})
 
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> FileResponse:
+        return FileResponse(STATIC / "docs.html", headers={"Content-Security-Policy": DOCS_CSP})
+
+    app.mount("/docs/swagger-ui", StaticFiles(directory=_swagger_assets()), name="swagger-ui")
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
+
+
+async def _read_uploads(request: Request, settings: ServeSettings) -> list[Upload]:
+    """The request's files, streamed and parsed under the limits; a client that sends its body
+    too slowly does not hold memory for ever (408)."""
+    reader = UploadReader(request.headers.get("content-type"),
+                          request.headers.get("content-length"),
+                          int(settings.max_upload_mb * 2**20), settings.max_files)
+    try:
+        return await asyncio.wait_for(reader.read(request.stream()), settings.timeout_s)
+    except asyncio.TimeoutError:
+        raise reader.refusal or ApiError(408, "upload_timeout", f"the upload did not arrive "
+                                         f"within {settings.timeout_s:g} s") from None
+    except ClientDisconnect:
+        raise ApiError(400, "bad_multipart", "the client closed the connection before the "
+                                             "body was complete") from None
 
 
 def _version() -> str:

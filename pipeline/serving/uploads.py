@@ -1,26 +1,24 @@
-"""Multipart uploads parsed in memory, under limits, with one clear error each.
+"""Multipart uploads parsed in memory as they stream in, under limits, with one clear error each.
 
-Starlette's form parser spools files over 1 MB to temporary files; this one keeps every byte in
-memory (bounded by ``max_bytes``), so an upload never touches the disk.
+Starlette's form parser spools files over 1 MB to temporary files and parses a body only once
+it has arrived whole; this one keeps every byte in memory (bounded by ``max_bytes``) and parses
+each chunk as it arrives, so an upload never touches the disk and no request can hold the event
+loop for long: the work per chunk is bounded by the chunk, and the number of parts is capped
+(``max_files`` files plus ``EXTRA_PARTS`` plain fields), so a body of a million tiny fields is
+refused at its first chunk instead of being parsed for seconds.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 
+from pipeline.serving.errors import ApiError
 
-class ApiError(Exception):
-    """An HTTP error answered as JSON ``{"error": code, "detail": message}``."""
-
-    def __init__(self, status: int, code: str, detail: str,
-                 headers: dict[str, str] | None = None, **extra: object) -> None:
-        super().__init__(detail)
-        self.status, self.code, self.detail = status, code, detail
-        self.headers = headers or {}
-        self.extra = extra
+# Plain (non-file) form fields tolerated beside the files: they are ignored, but counted.
+EXTRA_PARTS = 8
 
 
 @dataclass
@@ -29,79 +27,144 @@ class Upload:
     data: bytes
 
 
-@dataclass
-class _Part:
-    headers: dict[bytes, bytes] = field(default_factory=dict)
-    chunks: list[bytes] = field(default_factory=list)
+def max_parts(max_files: int) -> int:
+    """The most parts a body may hold: every file plus ``EXTRA_PARTS`` plain fields."""
+    return max_files + EXTRA_PARTS
 
 
-async def read_body(stream: AsyncIterator[bytes], content_length: str | None,
-                    max_bytes: int) -> bytes:
-    """The whole request body, refusing (413) as soon as it exceeds ``max_bytes``."""
-    limit_mb = f"{max_bytes / 2**20:g} MB"
-    if content_length and content_length.isdigit() and int(content_length) > max_bytes:
-        raise ApiError(413, "upload_too_large",
-                       f"request body of {int(content_length)} bytes exceeds the {limit_mb} limit")
-    chunks, size = [], 0
-    async for chunk in stream:
-        size += len(chunk)
-        if size > max_bytes:
-            raise ApiError(413, "upload_too_large", f"request body exceeds the {limit_mb} limit")
-        chunks.append(chunk)
-    return b"".join(chunks)
+class MultipartReader:
+    """An incremental ``multipart/form-data`` parser: ``feed`` chunks, then ``finish``.
 
+    Every file part (a part whose Content-Disposition has a ``filename``, whatever its field
+    name) becomes an ``Upload``; plain fields are counted and dropped. ``feed`` raises
+    ``ApiError`` 413 as soon as the body holds more than ``max_files`` files or
+    ``max_parts(max_files)`` parts, 415 if the body is not multipart, 400 if it is malformed.
+    """
 
-def parse_multipart(body: bytes, content_type: str | None, max_files: int) -> list[Upload]:
-    """The file parts of a ``multipart/form-data`` body (any field name), in order."""
-    if not body:
-        raise ApiError(400, "empty_body", "the request has no body: send images as "
-                                          "multipart/form-data, e.g. curl -F file=@photo.jpg")
-    ctype, options = parse_options_header(content_type or "")
-    boundary = options.get(b"boundary")
-    if ctype != b"multipart/form-data" or not boundary:
-        raise ApiError(415, "not_multipart", f"Content-Type {content_type or '(none)'!r}: send "
-                                             "images as multipart/form-data")
-    parts: list[_Part] = []
-    header: list[bytes] = [b"", b""]
+    def __init__(self, content_type: str | None, max_files: int) -> None:
+        self.content_type, self.max_files = content_type, max_files
+        self.limit = max_parts(max_files)
+        self.uploads: list[Upload] = []
+        self.parts = 0
+        self.size = 0
+        self._headers: dict[bytes, bytes] = {}
+        self._field, self._value = b"", b""
+        self._name: str | None = None  # the current part's file name; None for a plain field
+        self._chunks: list[bytes] = []
+        ctype, options = parse_options_header(content_type or "")
+        boundary = options.get(b"boundary")
+        self._parser = None if ctype != b"multipart/form-data" or not boundary else \
+            MultipartParser(boundary, {"on_part_begin": self._part_begin,
+                                       "on_header_field": self._header_field,
+                                       "on_header_value": self._header_value,
+                                       "on_header_end": self._header_end,
+                                       "on_headers_finished": self._headers_finished,
+                                       "on_part_data": self._part_data,
+                                       "on_part_end": self._part_end})
 
-    def on_part_begin() -> None:
-        parts.append(_Part())
+    def feed(self, chunk: bytes) -> None:
+        """Parse the next chunk of the body (raises ``ApiError`` as soon as it is refused)."""
+        if not chunk:
+            return
+        self.size += len(chunk)
+        if self._parser is None:
+            raise ApiError(415, "not_multipart", f"Content-Type {self.content_type or '(none)'!r}"
+                                                 ": send images as multipart/form-data")
+        try:
+            self._parser.write(chunk)
+        except ApiError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the parser raises several types on bad input
+            raise ApiError(400, "bad_multipart", f"malformed multipart body: {exc}") from None
 
-    def on_header_field(data: bytes, start: int, end: int) -> None:
-        header[0] += data[start:end]
+    def finish(self) -> list[Upload]:
+        """The file parts, in order, once the whole body has been fed."""
+        if self.size == 0:
+            raise ApiError(400, "empty_body", "the request has no body: send images as "
+                                              "multipart/form-data, e.g. curl -F file=@photo.jpg")
+        assert self._parser is not None  # feed refused any non-empty non-multipart body
+        if self._parser.state != MultipartState.END:
+            raise ApiError(400, "bad_multipart", "malformed multipart body: it ends before its "
+                                                 "closing boundary")
+        if not self.uploads:
+            raise ApiError(400, "no_files", "the multipart body holds no file part: send images "
+                                            "as files, e.g. curl -F file=@photo.jpg")
+        return self.uploads
 
-    def on_header_value(data: bytes, start: int, end: int) -> None:
-        header[1] += data[start:end]
+    # --- parser callbacks -------------------------------------------------------------------
 
-    def on_header_end() -> None:
-        parts[-1].headers[header[0].strip().lower()] = header[1].strip()
-        header[0], header[1] = b"", b""
+    def _part_begin(self) -> None:
+        self._headers, self._name, self._chunks = {}, None, []
 
-    def on_part_data(data: bytes, start: int, end: int) -> None:
-        parts[-1].chunks.append(data[start:end])
+    def _header_field(self, data: bytes, start: int, end: int) -> None:
+        self._field += data[start:end]
 
-    parser = MultipartParser(boundary, {"on_part_begin": on_part_begin,
-                                        "on_header_field": on_header_field,
-                                        "on_header_value": on_header_value,
-                                        "on_header_end": on_header_end,
-                                        "on_part_data": on_part_data})
-    try:
-        parser.write(body)
-        parser.finalize()
-    except Exception as exc:  # noqa: BLE001 - the parser raises several types on bad input
-        raise ApiError(400, "bad_multipart", f"malformed multipart body: {exc}") from None
-    uploads = []
-    for part in parts:
-        _, disp = parse_options_header(part.headers.get(b"content-disposition", b""))
+    def _header_value(self, data: bytes, start: int, end: int) -> None:
+        self._value += data[start:end]
+
+    def _header_end(self) -> None:
+        self._headers[self._field.strip().lower()] = self._value.strip()
+        self._field, self._value = b"", b""
+
+    def _headers_finished(self) -> None:
+        self.parts += 1
+        if self.parts > self.limit:
+            raise ApiError(413, "too_many_parts",
+                           f"more than {self.limit} multipart parts in one request (at most "
+                           f"{self.max_files} files and {EXTRA_PARTS} other fields)")
+        _, disp = parse_options_header(self._headers.get(b"content-disposition", b""))
         if b"filename" not in disp:
-            continue  # a plain form field, not a file
-        name = (disp.get(b"filename") or disp.get(b"name") or b"").decode("utf-8", "replace")
-        uploads.append(Upload(name or f"file{len(uploads)}", b"".join(part.chunks)))
-        if len(uploads) > max_files:
+            return  # a plain form field, not a file: counted, not kept
+        if len(self.uploads) >= self.max_files:
             raise ApiError(413, "too_many_files",
-                           f"more than {max_files} files in one request; send at most "
-                           f"{max_files} per request")
-    if not uploads:
-        raise ApiError(400, "no_files", "the multipart body holds no file part: send images "
-                                        "as files, e.g. curl -F file=@photo.jpg")
-    return uploads
+                           f"more than {self.max_files} files in one request; send at most "
+                           f"{self.max_files} per request")
+        name = (disp.get(b"filename") or disp.get(b"name") or b"").decode("utf-8", "replace")
+        self._name = name or f"file{len(self.uploads)}"
+
+    def _part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._name is not None:
+            self._chunks.append(data[start:end])
+
+    def _part_end(self) -> None:
+        if self._name is not None:
+            self.uploads.append(Upload(self._name, b"".join(self._chunks)))
+        self._name, self._chunks = None, []
+
+
+class UploadReader:
+    """Read a request body into ``MultipartReader`` under a size limit.
+
+    A body refused part-way (too many parts or files, malformed, not multipart) is still read
+    to its end, unparsed and discarded, up to ``max_bytes``, so the client, still sending, gets
+    to read the answer; ``refusal`` holds that answer meanwhile (the caller raises it if its
+    time runs out while draining).
+    """
+
+    def __init__(self, content_type: str | None, content_length: str | None, max_bytes: int,
+                 max_files: int) -> None:
+        self.content_length, self.max_bytes = content_length, max_bytes
+        self.multipart = MultipartReader(content_type, max_files)
+        self.refusal: ApiError | None = None
+        self.size = 0
+
+    async def read(self, stream: AsyncIterator[bytes]) -> list[Upload]:
+        """The uploads of the body ``stream`` yields; ``ApiError`` when it is refused."""
+        limit_mb = f"{self.max_bytes / 2**20:g} MB"
+        declared = self.content_length
+        if declared and declared.isdigit() and int(declared) > self.max_bytes:
+            raise ApiError(413, "upload_too_large",
+                           f"request body of {int(declared)} bytes exceeds the {limit_mb} limit")
+        async for chunk in stream:
+            self.size += len(chunk)
+            if self.size > self.max_bytes:
+                raise self.refusal or ApiError(413, "upload_too_large",
+                                               f"request body exceeds the {limit_mb} limit")
+            if self.refusal is None:
+                try:
+                    self.multipart.feed(chunk)
+                except ApiError as exc:
+                    self.refusal = exc
+        if self.refusal is not None:
+            raise self.refusal
+        return self.multipart.finish()
