@@ -88,9 +88,9 @@ def detect_responses(auth: bool, max_files: int, max_upload_mb: float, max_pixel
                    "(`empty_file`, with `results`)"),
         408: _json(UploadTimeout, "the body did not arrive within --timeout"),
         413: _json(DetectTooLarge, f"body over {max_upload_mb:g} MB (`upload_too_large`), more "
-                   f"than {max_files} files (`too_many_files`) or {max_parts(max_files)} parts "
-                   f"(`too_many_parts`), or every image over {max_pixels} pixels (`too_large`, "
-                   "with `results`)"),
+                   f"than {max_files} files (`too_many_files`) or {EXTRA_PARTS} other form fields "
+                   f"(`too_many_parts`; {max_parts(max_files)} parts in all), or every image "
+                   f"over {max_pixels} pixels (`too_large`, with `results`)"),
         415: _json(DetectUnsupported, "not multipart/form-data (`not_multipart`), or no file is "
                    "a decodable image (`not_an_image`, with `results`)"),
         422: _json(DetectUnprocessable, "a bad query parameter (`bad_request`), or no file is "

@@ -37,15 +37,16 @@ class MultipartReader:
 
     Every file part (a part whose Content-Disposition has a ``filename``, whatever its field
     name) becomes an ``Upload``; plain fields are counted and dropped. ``feed`` raises
-    ``ApiError`` 413 as soon as the body holds more than ``max_files`` files or
-    ``max_parts(max_files)`` parts, 415 if the body is not multipart, 400 if it is malformed.
+    ``ApiError`` 413 as soon as the body holds more than ``max_files`` files or ``EXTRA_PARTS``
+    plain fields (so at most ``max_parts(max_files)`` parts), 415 if the body is not multipart,
+    400 if it is malformed.
     """
 
     def __init__(self, content_type: str | None, max_files: int) -> None:
         self.content_type, self.max_files = content_type, max_files
         self.limit = max_parts(max_files)
         self.uploads: list[Upload] = []
-        self.parts = 0
+        self.parts = self.fields = 0
         self.size = 0
         self._headers: dict[bytes, bytes] = {}
         self._field, self._value = b"", b""
@@ -108,13 +109,15 @@ class MultipartReader:
 
     def _headers_finished(self) -> None:
         self.parts += 1
-        if self.parts > self.limit:
-            raise ApiError(413, "too_many_parts",
-                           f"more than {self.limit} multipart parts in one request (at most "
-                           f"{self.max_files} files and {EXTRA_PARTS} other fields)")
         _, disp = parse_options_header(self._headers.get(b"content-disposition", b""))
-        if b"filename" not in disp:
-            return  # a plain form field, not a file: counted, not kept
+        if b"filename" not in disp:  # a plain form field, not a file: counted, not kept
+            self.fields += 1
+            if self.fields > EXTRA_PARTS:
+                raise ApiError(413, "too_many_parts",
+                               f"more than {EXTRA_PARTS} form fields beside the files: a request "
+                               f"holds at most {self.max_files} files and {EXTRA_PARTS} other "
+                               f"fields ({self.limit} multipart parts)")
+            return
         if len(self.uploads) >= self.max_files:
             raise ApiError(413, "too_many_files",
                            f"more than {self.max_files} files in one request; send at most "
