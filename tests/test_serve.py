@@ -422,7 +422,9 @@ def test_page_ships_no_external_resources(server):
 
 
 def browser_driver():
-    """Headless Debian Chromium via selenium, never letting selenium-manager download."""
+    """Headless Debian Chromium via selenium, never letting selenium-manager download, with the
+    network blocked: every host but the loopback goes to a dead proxy and resolves to nothing,
+    so a page that needs a CDN cannot render. Console messages are kept (``get_log``)."""
     chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
     if not (chromium and driver):
         if os.environ.get("NSNET_SKIP_BROWSER_TESTS") == "1":
@@ -436,8 +438,10 @@ def browser_driver():
     opts = webdriver.ChromeOptions()
     opts.binary_location = chromium
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1200,1000"):
+                "--window-size=1200,1000", "--proxy-server=http://127.0.0.1:9",
+                "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"):
         opts.add_argument(arg)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     return webdriver.Chrome(service=ChromeService(executable_path=driver), options=opts)
 
 
@@ -478,3 +482,40 @@ def test_web_page_shows_verdict_probability_caption_and_heatmap(server, paths, e
         wait.until(lambda b: "not_an_image" in b.find_element(By.ID, "results").text)
     finally:
         browser.quit()
+
+
+def test_docs_render_offline_in_a_browser(chain, bundle):
+    """/docs is Swagger UI from the installed package: with the network blocked it renders
+    every operation and the bearer scheme, and loads nothing from another origin."""
+    from selenium.common.exceptions import WebDriverException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    with serving(chain, bundle, token="s3cret") as srv:
+        with srv.client() as c:
+            res = c.get("/docs")
+            assert res.status_code == 200 and "default-src 'self'" in res.headers[
+                "content-security-policy"]
+        browser = browser_driver()
+        try:
+            with pytest.raises(WebDriverException, match="ERR_"):  # the blocking works
+                browser.get("http://example.com/")
+            browser.get_log("browser")  # that failure's console lines are not the page's
+            browser.get(srv.url + "/docs")
+            wait = WebDriverWait(browser, 90)
+            ops = ".opblock-summary-path"
+            wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, ops)) >= 4)
+            shown = {e.get_attribute("data-path") for e in browser.find_elements(
+                By.CSS_SELECTOR, ops)}
+            assert shown == {"/healthz", "/readyz", "/v1/model", "/v1/detect"}
+            assert browser.find_element(By.CSS_SELECTOR, "button.authorize").is_displayed()
+            assert "nsnet detector" in browser.find_element(By.CSS_SELECTOR, ".info").text
+            loaded = browser.execute_script(
+                "return performance.getEntriesByType('resource').map(e => e.name)")
+            assert any(u.endswith("/openapi.json") for u in loaded), loaded
+            assert all(u.startswith(srv.url + "/") for u in loaded), loaded
+            problems = [m["message"] for m in browser.get_log("browser")
+                        if m["level"] in ("SEVERE", "WARNING")]
+            assert not problems, problems
+        finally:
+            browser.quit()
