@@ -5,7 +5,9 @@ scores the same images with `nsnet predict`'s code one at a time and in batches,
 real `nsnet serve` command and lets N concurrent clients post one image per request for a
 bounded time. It reports throughput, client-side p50/p99 latency, the server's mean micro-batch,
 that every request got exactly its own answer (the right image, the probability `predict` gives
-it, no request lost or answered twice), and the server's RSS over the run.
+it, no request lost or answered twice), and the server's RSS over the run. Last, one client sends
+a hostile multipart body (``--hostile-fields`` tiny form fields) while another polls /healthz:
+how fast it is refused and how long /healthz takes meanwhile.
 
     python bench/bench_serve.py                      # tiny demo bundle, 8 clients, 30 s
     python bench/bench_serve.py --model models/detector --images data/some_images \
@@ -50,6 +52,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--max-wait-ms", type=float, default=10.0)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1, help="torch threads, here and in serve")
+    ap.add_argument("--hostile-fields", type=int, default=300_000,
+                    help="form fields in the hostile body (0: skip that phase)")
     return ap.parse_args(argv)
 
 
@@ -111,6 +115,9 @@ def load_phase(url: str, files: list[Path], clients: int, seconds: float
                 with lock:
                     if res.status_code != 200:
                         errors[0] += 1
+                        if errors[0] == 1:
+                            print(f"first error answer: {res.status_code} {res.text[:300]}",
+                                  file=sys.stderr)
                         answers.setdefault(name, [])
                     else:
                         latencies.append(dt)
@@ -123,6 +130,34 @@ def load_phase(url: str, files: list[Path], clients: int, seconds: float
     for t in threads:
         t.join()
     return latencies, answers, errors[0], len(sent - set(answers))
+
+
+def hostile_phase(url: str, fields: int) -> dict[str, Any]:
+    """Post a body of ``fields`` tiny form fields while polling /healthz (every ~10 ms)."""
+    head = "--hostile\r\nContent-Disposition: form-data; name="
+    body = ("".join(f'{head}"f{i}"\r\n\r\nv\r\n' for i in range(fields))
+            + "--hostile--\r\n").encode()
+    answer: dict[str, Any] = {"mb": len(body) / 2**20}
+
+    def send() -> None:
+        t0 = time.perf_counter()
+        res = httpx.post(url + "/v1/detect", content=body, timeout=300,
+                         headers={"content-type": "multipart/form-data; boundary=hostile"})
+        answer.update(status=f"{res.status_code} `{res.json().get('error')}`",
+                      seconds=time.perf_counter() - t0)
+
+    health: list[float] = []
+    sender = threading.Thread(target=send)
+    with httpx.Client(base_url=url, timeout=300) as c:
+        c.get("/healthz")
+        sender.start()
+        while sender.is_alive() or not health:
+            t0 = time.perf_counter()
+            c.get("/healthz")
+            health.append(time.perf_counter() - t0)
+            time.sleep(0.01)
+    sender.join()
+    return {**answer, "health": sorted(health)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -143,9 +178,12 @@ def main(argv: list[str] | None = None) -> None:
         t0 = time.perf_counter()
         batched = predict_paths(chain, files, batch_size=args.max_batch)
         t_batched = time.perf_counter() - t0
-        expected = dict(zip(range(len(files)), batched["prob"], strict=True))
+        usable = (batched["status"] == "ok").tolist()  # the demo set has unusable files too
+        files = [f for f, ok in zip(files, usable, strict=True) if ok]
+        expected = dict(enumerate(batched["prob"][usable]))
 
         port = free_port()
+        (Path(tmp) / "none.yaml").write_text("{}\n")  # no params: the options below say all
         log = open(Path(tmp) / "serve.log", "w+")  # read back if the server fails
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": str(ROOT)}
         server = subprocess.Popen(
@@ -188,6 +226,7 @@ def main(argv: list[str] | None = None) -> None:
             sampler.join()
             rss_samples.append(rss_mb(proc))
             stats = httpx.get(url + "/v1/model", timeout=10).json()["batching"]
+            hostile = hostile_phase(url, args.hostile_fields) if args.hostile_fields else None
         finally:
             server.terminate()
             server.wait(30)
@@ -226,6 +265,14 @@ def main(argv: list[str] | None = None) -> None:
     print(f"server RSS (MB), mean of each third of the run: {thirds[0]:.0f} / {thirds[1]:.0f} / "
           f"{thirds[2]:.0f}; min {min(rss_samples):.0f}, max {max(rss_samples):.0f} "
           f"({len(rss_samples)} samples)")
+
+    if hostile:
+        h = hostile["health"]
+        print(f"\n| hostile body | answer | refused after s | /healthz calls meanwhile | "
+              f"max ms | median ms |\n| --- | --- | ---: | ---: | ---: | ---: |\n"
+              f"| {args.hostile_fields} form fields, {hostile['mb']:.1f} MB | {hostile['status']} "
+              f"| {hostile['seconds']:.2f} | {len(h)} | {h[-1] * 1000:.0f} | "
+              f"{statistics.median(h) * 1000:.1f} |")
 
 
 if __name__ == "__main__":
