@@ -103,6 +103,9 @@ def test_spec_states_limits_statuses_and_the_bearer_scheme(locked, chain):
     assert "HTTPValidationError" not in schemas  # FastAPI's default 422 is not what we send
     assert schemas["DetectTooLarge"]["properties"]["error"]["enum"] == [
         "upload_too_large", "too_many_files", "too_many_parts", "too_large"]
+    assert schemas["DetectBadRequest"]["properties"]["error"]["enum"] == [
+        "empty_body", "no_files", "unexpected_field", "bad_multipart", "empty_file"]
+    assert [op["operationId"] for op in (detect, model)] == ["detect", "model"]
     assert set(schemas["ImageResult"]["required"]) == {
         "name", "status", "prob", "verdict", "caption", "semantic_share", "id", "width",
         "height", "error"}  # `explanation` only with ?explain=true
@@ -111,7 +114,7 @@ def test_spec_states_limits_statuses_and_the_bearer_scheme(locked, chain):
     assert body["required"] is True
     form = body["content"]["multipart/form-data"]["schema"]
     files = form["properties"]["file"]
-    assert form["required"] == ["file"]
+    assert form["required"] == ["file"] and form["additionalProperties"] is False
     assert (files["minItems"], files["maxItems"]) == (1, 4)
     assert files["items"] == {"type": "string", "format": "binary"}
     text = files["description"]
@@ -259,7 +262,7 @@ def test_many_part_body_is_refused_while_healthz_stays_fast(open_server, paths):
         good = c.post("/v1/detect", files=files_of(paths[:1]))  # and work goes on
     res = answer["res"]
     assert res.status_code == 413 and res.json()["error"] == "too_many_parts", res.text
-    assert "at most 16 files and 8 other fields" in res.json()["detail"]
+    assert "more than 8 form fields that are not files" in res.json()["detail"]
     assert good.status_code == 200
     print(f"\nhostile body: {len(body) / 2**20:.1f} MB, 300000 fields, refused "
           f"{res.status_code} in {answer['seconds']:.2f} s; /healthz during it: "
@@ -268,16 +271,20 @@ def test_many_part_body_is_refused_while_healthz_stays_fast(open_server, paths):
     assert max(latencies) < 1.0, latencies
 
 
-def test_part_and_file_limits_count_while_streaming(open_server, paths):
+def test_every_part_must_be_a_file_and_limits_count_while_streaming(open_server, paths):
     png = Path(paths[0]).read_bytes()
-    fields = [("note", (None, b"x")) for _ in range(8)]
+    image = ("file", ("a.png", png, "image/png"))
     with open_server.client() as c:
-        ok = c.post("/v1/detect", files=fields + [("file", ("a.png", png, "image/png"))] * 16)
+        ok = c.post("/v1/detect", files=[image] * 16)
         assert ok.status_code == 200 and len(ok.json()["results"]) == 16
-        res = c.post("/v1/detect", files=fields + [("note", (None, b"x"))] +
-                     [("file", ("a.png", png, "image/png"))] * 16)
+        anywhere = c.post("/v1/detect", files=[("photo", ("b.png", png, "image/png"))])
+        assert anywhere.status_code == 200  # a file under another field name is still a file
+        res = c.post("/v1/detect", files=[("note", (None, b"x")), image])
+        assert res.status_code == 400 and res.json()["error"] == "unexpected_field", res.text
+        assert "'note'" in res.json()["detail"]
+        res = c.post("/v1/detect", files=[("note", (None, b"x"))] * 9 + [image])
         assert res.status_code == 413 and res.json()["error"] == "too_many_parts"
-        res = c.post("/v1/detect", files=[("file", ("a.png", png, "image/png"))] * 17)
+        res = c.post("/v1/detect", files=[image] * 17)
         assert res.status_code == 413 and res.json()["error"] == "too_many_files"
         truncated = many_fields(1)[:-len(b"--hostile--\r\n")] + b"--hostile\r\nContent-Dis"
         res = c.post("/v1/detect", content=truncated,
@@ -309,37 +316,36 @@ def generate_client(url: str, out: Path) -> Any:
 def test_client_generated_from_the_spec_scores_an_image(locked, chain, paths, expected,
                                                         tmp_path):
     gen = generate_client(locked.url, tmp_path)
-    from nsnet_client.api.detector import detect_v1_detect_post, model_v1_model_get
+    from nsnet_client.api.detector import detect, model
     from nsnet_client.models import (
+        DetectBody,
         Detection,
         DetectUnprocessable,
-        DetectV1DetectPostBody,
         ModelInfo,
         Unauthorized,
     )
     from nsnet_client.types import File
 
     def body(*items: tuple[str, bytes]) -> Any:
-        return DetectV1DetectPostBody(file=[File(payload=io.BytesIO(data), file_name=name,
+        return DetectBody(file=[File(payload=io.BytesIO(data), file_name=name,
                                                  mime_type="image/png") for name, data in items])
 
     client = gen.AuthenticatedClient(base_url=locked.url, token=TOKEN, timeout=httpx.Timeout(60))
     with client:
-        info = model_v1_model_get.sync(client=client)
+        info = model.sync(client=client)
         assert isinstance(info, ModelInfo) and info.min_image_side == chain.spec.size
         image = (Path(paths[0]).name, Path(paths[0]).read_bytes())
-        answer = detect_v1_detect_post.sync(client=client, body=body(image), explain=True)
+        answer = detect.sync(client=client, body=body(image), explain=True)
         assert isinstance(answer, Detection), answer
         (result,) = answer.results
         assert result.name == image[0] and result.status == "ok"
         np.testing.assert_allclose(result.prob, expected["prob"].iloc[0], atol=1e-5)
         assert result.verdict.value == expected["label"].iloc[0]
         assert len(result.explanation.patches) == 49
-        small = detect_v1_detect_post.sync(client=client,
-                                           body=body(("s.png", png_bytes((20, 20)))))
+        small = detect.sync(client=client, body=body(("s.png", png_bytes((20, 20)))))
         assert isinstance(small, DetectUnprocessable) and small.error.value == "too_small"
         assert small.results[0].status == "too_small"
     anonymous = gen.Client(base_url=locked.url)
     with anonymous:
-        refused = detect_v1_detect_post.sync_detailed(client=anonymous, body=body(image))
+        refused = detect.sync_detailed(client=anonymous, body=body(image))
     assert refused.status_code == 401 and isinstance(refused.parsed, Unauthorized)

@@ -23,8 +23,10 @@ import pytest
 from tests.test_serve import ROOT, defaults_file, free_socket
 
 TESTS = ROOT / "tests"
-# Test cases per operation and phase (NSNET_FUZZ_EXAMPLES=1000 for a long run by hand).
+# Test cases per operation and phase, and the seed (NSNET_FUZZ_EXAMPLES=1000 and another
+# NSNET_FUZZ_SEED for a longer, different run by hand).
 MAX_EXAMPLES = int(os.environ.get("NSNET_FUZZ_EXAMPLES", "100"))
+SEED = os.environ.get("NSNET_FUZZ_SEED", "20240601")
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +121,7 @@ def test_schemathesis_finds_no_failure_and_no_5xx(bundle, tmp_path, token):
     with nsnet_serve(bundle, tmp_path, token) as (url, ready_at):
         cmd = [venv_tool("schemathesis"), "--config-file", str(TESTS / "schemathesis.toml"),
                "run", f"{url}/openapi.json", "--checks", "all", "--mode", "all",
-               "--max-examples", str(MAX_EXAMPLES), "--seed", "20240601", "--workers", "1",
+               "--max-examples", str(MAX_EXAMPLES), "--seed", SEED, "--workers", "1",
                "--request-timeout", "120", "--generation-database", "none", "--no-color",
                "--report", "json,ndjson", "--report-json-path", str(report_file),
                "--report-ndjson-path", str(tmp_path / "events.ndjson"),

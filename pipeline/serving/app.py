@@ -239,12 +239,12 @@ def create_app(settings: ServeSettings, loader: Loader = load_detector) -> FastA
         return JSONResponse({"error": "internal", "detail": f"{type(exc).__name__}: {exc}"}, 500)
 
     @app.get("/healthz", tags=["service"], summary="Liveness: the process answers",
-             response_model=schemas.Health)
+             operation_id="healthz", response_model=schemas.Health)
     async def healthz() -> dict[str, Any]:
         return {"status": "alive", "uptime_s": round(time.time() - service.started, 3)}
 
     @app.get("/readyz", tags=["service"], summary="Readiness: the model is loaded and warm",
-             response_model=schemas.Ready,
+             operation_id="readyz", response_model=schemas.Ready,
              responses={503: {"model": schemas.NotReady, "headers": contract.RETRY_AFTER,
                               "description": "the model is loading, or failed to load"}})
     async def readyz() -> JSONResponse:
@@ -255,7 +255,8 @@ def create_app(settings: ServeSettings, loader: Loader = load_detector) -> FastA
                             headers={"Retry-After": "1"})
 
     @app.get("/v1/model", tags=["detector"], summary="The loaded bundle and the server limits",
-             response_model=schemas.ModelInfo, responses=contract.model_responses(auth))
+             operation_id="model", response_model=schemas.ModelInfo,
+             responses=contract.model_responses(auth))
     async def model() -> dict[str, Any]:
         det = service.ready()
         return {**det.describe(), "min_image_side": det.chain.spec.size,
@@ -263,7 +264,8 @@ def create_app(settings: ServeSettings, loader: Loader = load_detector) -> FastA
 
     @app.post("/v1/detect", tags=["detector"],
               summary="Probability that each uploaded image is generated",
-              response_model=schemas.Detection, response_model_exclude_unset=True,
+              operation_id="detect", response_model=schemas.Detection,
+              response_model_exclude_unset=True,
               openapi_extra=contract.detect_request(settings.max_files, settings.max_upload_mb,
                                                     settings.max_pixels, min_side),
               responses=contract.detect_responses(auth, settings.max_files,

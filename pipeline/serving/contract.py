@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from pipeline.serving import schemas
-from pipeline.serving.uploads import EXTRA_PARTS, max_parts
+from pipeline.serving.uploads import EXTRA_PARTS
 
 SCHEME = "bearerAuth"
 JSON = "application/json"
@@ -31,13 +31,15 @@ Unauthorized = schemas.error_model("Unauthorized", ("unauthorized",),
 ModelNotReady = schemas.error_model("ModelNotReady", ("not_ready",),
                                     "The model is still loading, or failed to load.")
 DetectBadRequest = schemas.error_model(
-    "DetectBadRequest", ("empty_body", "no_files", "bad_multipart", "empty_file"),
-    "No body, no file part, a malformed multipart body, or only empty files.", results=True)
+    "DetectBadRequest", ("empty_body", "no_files", "unexpected_field", "bad_multipart",
+                         "empty_file"),
+    "No body, no file part, a form field that is not a file, a malformed multipart body, or "
+    "only empty files.", results=True)
 UploadTimeout = schemas.error_model("UploadTimeout", ("upload_timeout",),
                                     "The body did not arrive within --timeout.")
 DetectTooLarge = schemas.error_model(
     "DetectTooLarge", ("upload_too_large", "too_many_files", "too_many_parts", "too_large"),
-    "Over --max-upload-mb, --max-files, the part limit, or (every file) --max-pixels.",
+    "Over --max-upload-mb, --max-files, too many form fields, or (every file) --max-pixels.",
     results=True)
 DetectUnsupported = schemas.error_model(
     "DetectUnsupported", ("not_multipart", "not_an_image"),
@@ -84,13 +86,14 @@ def detect_responses(auth: bool, max_files: int, max_upload_mb: float, max_pixel
     """The error statuses of POST /v1/detect (the per-file ones only when no file is usable)."""
     out: dict[int | str, dict[str, Any]] = {
         400: _json(DetectBadRequest, "empty body (`empty_body`), no file part (`no_files`), a "
-                   "malformed multipart body (`bad_multipart`), or every file empty "
-                   "(`empty_file`, with `results`)"),
+                   "form field that is not a file (`unexpected_field`), a malformed or truncated "
+                   "multipart body (`bad_multipart`), or every file empty (`empty_file`, with "
+                   "`results`)"),
         408: _json(UploadTimeout, "the body did not arrive within --timeout"),
         413: _json(DetectTooLarge, f"body over {max_upload_mb:g} MB (`upload_too_large`), more "
-                   f"than {max_files} files (`too_many_files`) or {EXTRA_PARTS} other form fields "
-                   f"(`too_many_parts`; {max_parts(max_files)} parts in all), or every image "
-                   f"over {max_pixels} pixels (`too_large`, with `results`)"),
+                   f"than {max_files} files (`too_many_files`) or {EXTRA_PARTS} form fields "
+                   f"that are not files (`too_many_parts`), or every image over {max_pixels} "
+                   "pixels (`too_large`, with `results`)"),
         415: _json(DetectUnsupported, "not multipart/form-data (`not_multipart`), or no file is "
                    "a decodable image (`not_an_image`, with `results`)"),
         422: _json(DetectUnprocessable, "a bad query parameter (`bad_request`), or no file is "
@@ -113,9 +116,10 @@ def detect_request(max_files: int, max_upload_mb: float, max_pixels: int,
         "type": "array", "minItems": 1, "maxItems": max_files,
         "items": {"type": "string", "format": "binary"},
         "description": (
-            f"1 to {max_files} image files (PNG, JPEG, WebP, BMP, GIF, TIFF, ...). Every part "
-            f"with a filename is an image, whatever its field name; up to {EXTRA_PARTS} other "
-            f"form fields are ignored. Limits: the whole body at most {max_upload_mb:g} MB "
+            f"1 to {max_files} image files (PNG, JPEG, WebP, BMP, GIF, TIFF, ...), each a "
+            "part with a filename (the server takes such a part under any field name). A part "
+            "that is not a file is refused (400 `unexpected_field`). Limits: the whole body at "
+            f"most {max_upload_mb:g} MB "
             f"(413), each image at most {max_pixels} pixels (width x height; 413 `too_large`) "
             f"and at least {side} on its shorter side (422 `too_small`). An unusable file gets "
             "its status in its result; the request fails only when no file is usable."),
@@ -129,9 +133,7 @@ def detect_request(max_files: int, max_upload_mb: float, max_pixels: int,
                            "`true` or `false`; anything else is 422 `bad_request`."}],
         "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
             "type": "object", "required": ["file"], "properties": {"file": files},
-            "additionalProperties": {"type": "string", "description": "another form field: "
-                                     f"ignored (at most {EXTRA_PARTS})"},
-            "maxProperties": 1 + EXTRA_PARTS}}}},
+            "additionalProperties": False}}}},
     }
 
 

@@ -4,8 +4,11 @@ Starlette's form parser spools files over 1 MB to temporary files and parses a b
 it has arrived whole; this one keeps every byte in memory (bounded by ``max_bytes``) and parses
 each chunk as it arrives, so an upload never touches the disk and no request can hold the event
 loop for long: the work per chunk is bounded by the chunk, and the number of parts is capped
-(``max_files`` files plus ``EXTRA_PARTS`` plain fields), so a body of a million tiny fields is
-refused at its first chunk instead of being parsed for seconds.
+(``max_files`` files, and at most ``EXTRA_PARTS`` plain fields are even read), so a body of a
+million tiny fields is refused at its first chunk instead of being parsed for seconds.
+
+Every part must be a file: a plain form field makes the request fail (400 ``unexpected_field``),
+unless there is no file at all (400 ``no_files``, the more useful answer).
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from python_multipart.multipart import MultipartParser, MultipartState, parse_op
 
 from pipeline.serving.errors import ApiError
 
-# Plain (non-file) form fields tolerated beside the files: they are ignored, but counted.
+# Plain (non-file) form fields read before the body is refused as too many parts (413); any
+# plain field fails the request anyway (400), these are only read to tell which answer fits.
 EXTRA_PARTS = 8
 
 
@@ -27,26 +31,21 @@ class Upload:
     data: bytes
 
 
-def max_parts(max_files: int) -> int:
-    """The most parts a body may hold: every file plus ``EXTRA_PARTS`` plain fields."""
-    return max_files + EXTRA_PARTS
-
-
 class MultipartReader:
     """An incremental ``multipart/form-data`` parser: ``feed`` chunks, then ``finish``.
 
     Every file part (a part whose Content-Disposition has a ``filename``, whatever its field
-    name) becomes an ``Upload``; plain fields are counted and dropped. ``feed`` raises
+    name) becomes an ``Upload``; plain fields are counted and remembered by name. ``feed`` raises
     ``ApiError`` 413 as soon as the body holds more than ``max_files`` files or ``EXTRA_PARTS``
-    plain fields (so at most ``max_parts(max_files)`` parts), 415 if the body is not multipart,
-    400 if it is malformed.
+    plain fields, 415 if the body is not multipart, 400 if it is malformed; ``finish`` raises 400
+    for a truncated body, no file, or a plain field beside the files.
     """
 
     def __init__(self, content_type: str | None, max_files: int) -> None:
         self.content_type, self.max_files = content_type, max_files
-        self.limit = max_parts(max_files)
         self.uploads: list[Upload] = []
-        self.parts = self.fields = 0
+        self.parts = 0
+        self.fields: list[str] = []  # names of the plain (non-file) fields
         self.size = 0
         self._headers: dict[bytes, bytes] = {}
         self._field, self._value = b"", b""
@@ -90,6 +89,10 @@ class MultipartReader:
         if not self.uploads:
             raise ApiError(400, "no_files", "the multipart body holds no file part: send images "
                                             "as files, e.g. curl -F file=@photo.jpg")
+        if self.fields:
+            names = ", ".join(repr(n) for n in self.fields[:3])
+            raise ApiError(400, "unexpected_field", f"form field {names} is not a file: send only "
+                                                    "image files (e.g. curl -F file=@photo.jpg)")
         return self.uploads
 
     # --- parser callbacks -------------------------------------------------------------------
@@ -111,12 +114,11 @@ class MultipartReader:
         self.parts += 1
         _, disp = parse_options_header(self._headers.get(b"content-disposition", b""))
         if b"filename" not in disp:  # a plain form field, not a file: counted, not kept
-            self.fields += 1
-            if self.fields > EXTRA_PARTS:
+            self.fields.append((disp.get(b"name") or b"").decode("utf-8", "replace"))
+            if len(self.fields) > EXTRA_PARTS:
                 raise ApiError(413, "too_many_parts",
-                               f"more than {EXTRA_PARTS} form fields beside the files: a request "
-                               f"holds at most {self.max_files} files and {EXTRA_PARTS} other "
-                               f"fields ({self.limit} multipart parts)")
+                               f"more than {EXTRA_PARTS} form fields that are not files: send "
+                               f"only image files, at most {self.max_files} per request")
             return
         if len(self.uploads) >= self.max_files:
             raise ApiError(413, "too_many_files",
