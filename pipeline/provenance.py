@@ -40,12 +40,24 @@ def code_version() -> str:
         return __version__
 
 
-def code_fingerprint(*modules: Any) -> str:
-    """Hash of the source files of ``modules``: a cached part records the code that made it,
-    so editing that code (and only that code) invalidates it."""
+def code_fingerprint(*code: Any) -> str:
+    """Hash of the source of ``code``: modules (their file), classes and functions (their own
+    source, via ``inspect``), ``Path``s of data files (e.g. a model config) or constants the
+    code reads (their ``repr``). A cached part records
+    the code that computes it, so editing that code, and only that code, invalidates it; a
+    docstring elsewhere in the same file does not."""
+    import inspect
+
     h = hashlib.blake2b(digest_size=8)
-    for module in modules:
-        h.update(Path(module.__file__).read_bytes())
+    for obj in code:
+        if isinstance(obj, Path):
+            h.update(obj.read_bytes())
+        elif inspect.ismodule(obj):
+            h.update(Path(obj.__file__).read_bytes())
+        elif inspect.isroutine(obj) or inspect.isclass(obj):
+            h.update(inspect.getsource(obj).encode())
+        else:  # a constant the code reads (a vocabulary, a table)
+            h.update(repr(obj).encode())
     return h.hexdigest()
 
 

@@ -3,14 +3,16 @@
 import click
 
 from stages.audit import audit
+from stages.cache import cache
 from stages.compare import compare
-from stages.degrade import degrade, evaluate_views
+from stages.degrade import degrade, evaluate_degraded, evaluate_views
 from stages.demo_data import demo_data
 from stages.evaluate import evaluate
 from stages.explain import explain
 from stages.extract import extract
 from stages.index import index
 from stages.predict import predict
+from stages.scan import scan
 from stages.serve import serve
 from stages.train import train
 from stages.tsne import tsne
@@ -21,13 +23,14 @@ from stages.tsne import tsne
 def main() -> None:
     """NS-Net / Advanced NS-Net detector of AI-generated images.
 
-    Stages (usually driven by `dvc repro`): index -> audit -> extract -> train -> evaluate.
+    Stages (usually driven by `dvc repro`): scan -> index -> audit -> extract -> train ->
+    evaluate. `nsnet cache` shows (and cleans) the feature store.
     Every command reads params.yaml and accepts --set key=value overrides.
     """
 
 
-for command in (index, audit, extract, train, evaluate, compare, demo_data, degrade,
-                evaluate_views):
+for command in (scan, index, audit, extract, train, evaluate, compare, demo_data,
+                evaluate_degraded, cache, degrade, evaluate_views):
     main.add_command(command)
 for command in (predict, explain, serve, tsne):
     main.add_command(command)

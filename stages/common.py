@@ -26,6 +26,13 @@ def params_options(func: Callable[..., Any]) -> Callable[..., Any]:
                              "defaults.")(func)
 
 
+def features_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--features DIR``: the feature store that ``nsnet extract`` writes."""
+    return click.option("--features", default="cache/features", show_default=True,
+                        type=click.Path(file_okay=False),
+                        help="Feature store (written by `nsnet extract`).")(func)
+
+
 def load(params_file: str | None, overrides: tuple[str, ...]) -> Params:
     """``--params FILE`` (must exist) or ``params.yaml`` (optional), with ``--set`` overrides;
     torch's thread count is then set for this machine (compute.*)."""
@@ -56,6 +63,9 @@ def friendly_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             return func(*args, **kwargs)
         except click.ClickException:
             raise
+        except KeyboardInterrupt as exc:  # Ctrl-C: say what was kept, exit like a signal
+            click.secho(printable(str(exc)) or "interrupted", fg="yellow", err=True)
+            raise SystemExit(130) from None
         except EXPECTED_ERRORS as exc:
             raise click.ClickException(printable(f"{type(exc).__name__}: {exc}")) from exc
 

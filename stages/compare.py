@@ -3,7 +3,7 @@
 import click
 
 from pipeline.config import HEAD_CHOICES, PENDING_HEADS, RENAMED_HEAD_HELP, pending_head_message
-from stages.common import friendly_errors, load, params_options
+from stages.common import features_option, friendly_errors, load, params_options
 
 HEADS = tuple(h for h in HEAD_CHOICES if h not in PENDING_HEADS)  # trainable on today's store
 
@@ -12,8 +12,7 @@ HEADS = tuple(h for h in HEAD_CHOICES if h not in PENDING_HEADS)  # trainable on
 @params_options
 @click.option("--manifest", default="cache/manifest.parquet", show_default=True,
               help="Manifest written by `nsnet index`.")
-@click.option("--embeddings", default="cache/embeddings.h5", show_default=True,
-              help="Feature store written by `nsnet embed`.")
+@features_option
 @click.option("--heads", default=",".join(HEADS), show_default=True,
               help="Comma-separated heads to train and compare.")
 @click.option("--out", default="metrics/compare.json", show_default=True,
@@ -25,7 +24,7 @@ HEADS = tuple(h for h in HEAD_CHOICES if h not in PENDING_HEADS)  # trainable on
               help="Comma-separated numbers of patch-order views to put side by side, e.g. "
                    "1,4 (view 0 only vs all 4 views of a patches.views: 4 cache).")
 @friendly_errors
-def compare(params_file: str | None, overrides: tuple[str, ...], manifest: str, embeddings: str,
+def compare(params_file: str | None, overrides: tuple[str, ...], manifest: str, features: str,
             heads: str, out: str, details: str | None, views: str) -> None:
     """Train each head on the protocol's training rows; print test acc/real/fake/AP (%)."""
     from pipeline.evaluation.compare_stage import format_comparison, run_compare
@@ -46,5 +45,5 @@ def compare(params_file: str | None, overrides: tuple[str, ...], manifest: str, 
         ks = (0,)
     if any(k < 1 for k in ks):
         raise click.BadParameter(f"--views {views!r}: give whole numbers >= 1, e.g. 1,4")
-    res = run_compare(params, manifest, embeddings, chosen, out, ks, details)
+    res = run_compare(params, manifest, features, chosen, out, ks, details)
     click.echo(format_comparison(res, "test"))

@@ -2,15 +2,14 @@
 
 import click
 
-from stages.common import friendly_errors, load, params_options
+from stages.common import features_option, friendly_errors, load, params_options
 
 
 @click.command("evaluate")
 @params_options
 @click.option("--manifest", default="cache/manifest.parquet", show_default=True,
               help="Manifest written by `nsnet index`.")
-@click.option("--embeddings", default="cache/embeddings.h5", show_default=True,
-              help="Feature store written by `nsnet embed`.")
+@features_option
 @click.option("--model", "model_dir", default="models/detector", show_default=True,
               help="Model bundle directory (written by `nsnet train`).")
 @click.option("--out", default="metrics/metrics.json", show_default=True,
@@ -23,14 +22,14 @@ from stages.common import friendly_errors, load, params_options
 @click.option("--plots", "plots_dir", default="plots", show_default=True,
               help="Folder for roc.csv, pr.csv and confusion.csv.")
 @friendly_errors
-def evaluate(params_file: str | None, overrides: tuple[str, ...], manifest: str, embeddings: str,
+def evaluate(params_file: str | None, overrides: tuple[str, ...], manifest: str, features: str,
              model_dir: str, out: str, details: str | None, plots_dir: str) -> None:
     """Accuracy (at 0.5, at the bundle's threshold, oracle), real/fake accuracy, AP, AUC,
     ECE and per-format accuracy on val and test, per source and mean."""
     from pipeline.evaluation.evaluate_stage import format_evaluation, run_evaluate
 
     params = load(params_file, overrides)
-    res = run_evaluate(params, manifest, embeddings, model_dir, out, plots_dir, details)
+    res = run_evaluate(params, manifest, features, model_dir, out, plots_dir, details)
     protocol = res["protocol"]
     if protocol["title"]:
         click.echo(f"protocol.preset {protocol['preset']}: {protocol['title']} "

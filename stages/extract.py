@@ -1,33 +1,34 @@
-"""`nsnet extract`: patch selections, BLIP captions and CLIP embeddings in one pass."""
+"""`nsnet extract`: bring the feature store up to date (selections, captions, embeddings)."""
 
 import click
 
-from stages.common import echo_summary, friendly_errors, load, params_options
+from stages.common import echo_summary, features_option, friendly_errors, load, params_options
 
 
 @click.command("extract")
 @params_options
 @click.option("--manifest", default="cache/manifest.parquet", show_default=True,
               help="Manifest written by `nsnet index`.")
-@click.option("--selections", default="cache/selections.h5", show_default=True,
-              help="Patch selections out (cells + entropies, no pixels).")
-@click.option("--captions", default="cache/captions.parquet", show_default=True,
-              help="BLIP captions out.")
-@click.option("--embeddings", default="cache/embeddings.h5", show_default=True,
-              help="CLIP image/text embeddings out.")
-@click.option("--composites", default="cache/composites.h5", show_default=True,
-              help="Composites out, written only with patches.keep_composites: true.")
+@features_option
 @click.option("--scheduler", default="", help="dask scheduler address (tcp://host:port).")
+@click.option("--dry-run", is_flag=True,
+              help="Only say what is missing from the store (no model loaded, no image read).")
 @friendly_errors
-def extract(params_file: str | None, overrides: tuple[str, ...], manifest: str, selections: str,
-            captions: str, embeddings: str, composites: str, scheduler: str) -> None:
-    """Decode each image once; select 24 low + 25 high spectral-entropy patches, caption it
-    with BLIP and embed composite and caption with the frozen CLIP. Parts whose settings did
-    not change are reused, so e.g. a new clip.* setting never re-runs BLIP. With
-    patches.views: K, CLIP embeds K patch orders of each image (a new K re-embeds only the
-    images)."""
-    from pipeline.extraction.extract_stage import Outputs, run_extract
+def extract(params_file: str | None, overrides: tuple[str, ...], manifest: str, features: str,
+            scheduler: str, dry_run: bool) -> None:
+    """Compute the features the store lacks, from one decode per image: select 24 low + 25
+    high spectral-entropy patches, caption with BLIP, embed composite (each of patches.views
+    orders) and caption with the frozen CLIP, for every usable image and every test image
+    under each protocol.degradations entry. Features are keyed by image content and settings:
+    new images cost their own features only, a new clip.* setting never re-runs BLIP, and an
+    interrupted run resumes from its committed segments."""
+    from pipeline.extraction.extract_stage import plan_extract, run_extract
 
     params = load(params_file, overrides)
-    out = Outputs.at(selections, captions, embeddings, composites)
-    echo_summary(run_extract(params, manifest, out, "cache", scheduler).line())
+    if dry_run:
+        plan = plan_extract(params, manifest, features)
+        missing = ", ".join(f"{k} {n}" for k, n in plan.missing.items()) or "nothing"
+        echo_summary(f"extract --dry-run: {plan.samples} feature rows asked for, "
+                     f"{plan.reused} complete in {features}; missing: {missing}")
+        return
+    echo_summary(run_extract(params, manifest, features, scheduler).line())

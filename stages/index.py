@@ -12,20 +12,27 @@ from stages.common import echo_summary, friendly_errors, load, params_options
 @click.option("--report", default="cache/index_report.json", show_default=True,
               help="JSON report: skipped files by reason, duplicates, splits.")
 @click.option("--strict/--no-strict", default=None, help="Fail if any file would be skipped.")
+@click.option("--listing", default=None, type=click.Path(dir_okay=False),
+              help="Listing written by `nsnet scan` [default: scan data.roots now].")
+@click.option("--rescan", is_flag=True,
+              help="Hash and decode every file again, even those unchanged since the last "
+                   "manifest at --out.")
 @friendly_errors
 def index(params_file: str | None, overrides: tuple[str, ...], out: str, report: str,
-          strict: bool | None) -> None:
-    """Scan data.roots into a manifest: id, label, source, split, size, status."""
-    from pipeline.data.index_stage import build_index, skipped_lines, unlabelled_line
+          strict: bool | None, listing: str | None, rescan: bool) -> None:
+    """Index the files of data.roots into a manifest: id, label, source, split, size,
+    status. Files whose path, size and modification time are unchanged since the previous
+    manifest keep their row; only new or changed files are hashed and decoded."""
+    from pipeline.data.index_stage import (
+        build_index,
+        skipped_lines,
+        summary_line,
+        unlabelled_line,
+    )
 
     params = load(params_file, overrides)
-    res = build_index(params, out, report, strict)
-    s = res["summary"]
-    echo_summary(
-        f"index: {s['files']} files, {s['ok']} usable, skipped {s['skipped'] or 'none'}; "
-        f"{res['duplicates']} duplicate groups ({res['cross_split_duplicates']} across splits), "
-        f"{res['label_conflicts']} label conflicts; splits {s['by_split_label']} (see {report})"
-    )
+    res = build_index(params, out, report, strict, listing, rescan)
+    echo_summary(summary_line(res, report))
     lines = skipped_lines(res)
     if lines:
         click.secho("skipped (kept in the manifest with a reason, left out downstream):",

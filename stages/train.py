@@ -2,26 +2,25 @@
 
 import click
 
-from stages.common import echo_summary, friendly_errors, load, params_options
+from stages.common import echo_summary, features_option, friendly_errors, load, params_options
 
 
 @click.command("train")
 @params_options
 @click.option("--manifest", default="cache/manifest.parquet", show_default=True,
               help="Manifest written by `nsnet index`.")
-@click.option("--embeddings", default="cache/embeddings.h5", show_default=True,
-              help="Feature store written by `nsnet embed`.")
+@features_option
 @click.option("--out", default="models/detector", show_default=True, help="Bundle directory.")
 @click.option("--log", "log_csv", default="plots/train_log.csv", show_default=True,
               help="Per-epoch training log to write (CSV, a DVC plot).")
 @friendly_errors
-def train(params_file: str | None, overrides: tuple[str, ...], manifest: str, embeddings: str,
+def train(params_file: str | None, overrides: tuple[str, ...], manifest: str, features: str,
           out: str, log_csv: str) -> None:
     """Train train.head (composite_probe | nsnet | advanced); keep the best epoch by val AP."""
     from pipeline.heads.train_stage import run_train
 
     params = load(params_file, overrides)
-    info = run_train(params, manifest, embeddings, out, log_csv)
+    info = run_train(params, manifest, features, out, log_csv)
     extra = (f", semantic rank k={info['nsnet_k']} explains "
              f"{100 * info['explained_variance']:.1f}% of caption energy"
              if "nsnet_k" in info else "")

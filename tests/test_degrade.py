@@ -12,15 +12,15 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import tiny_params
 from PIL import Image
+from pipeline.evaluation.views_eval_stage import format_views_table, run_evaluate_views
+from pipeline.extraction.views_stage import run_views, view_paths, view_rows
 
 from pipeline.backbones.clip import load_clip
 from pipeline.config import ParamsError
 from pipeline.data import degradations as degrade
 from pipeline.data.images import open_image, read_bytes
-from pipeline.evaluation.views_eval_stage import format_views_table, run_evaluate_views
 from pipeline.extraction import image_pass
 from pipeline.extraction.patch_selection import PatchSpec, select_patches
-from pipeline.extraction.views_stage import run_views, view_paths, view_rows
 from pipeline.heads.train_stage import run_train
 
 

@@ -24,7 +24,8 @@ from pipeline.backbones.availability import (
     ensure_offline_if_unreachable,
     first_line,
 )
-from pipeline.backbones.clip import _autocast, resolve_device
+from pipeline.backbones.clip import resolve_device
+from pipeline.backbones.precision import autocast
 
 TINY_MODEL = "tiny"
 TINY_SEED = 0
@@ -52,12 +53,54 @@ class Captioner:
                 amp_dtype: torch.dtype | None = None) -> list[str]:
         """Greedy (deterministic) captions for a batch of (H, W, 3) uint8 images."""
         inputs = self.processor(images=list(images), return_tensors="pt")
-        pixel_values = inputs["pixel_values"].to(self.device, non_blocking=True)
-        with _autocast(self.device, amp_dtype):
-            out = self.model.generate(pixel_values=pixel_values, max_new_tokens=max_new_tokens,
+        return self.generate(inputs["pixel_values"], max_new_tokens, amp_dtype)
+
+    @torch.inference_mode()
+    def generate(self, pixels: torch.Tensor, max_new_tokens: int,
+                 amp_dtype: torch.dtype | None = None) -> list[str]:
+        """Greedy captions of a batch of BLIP ``pixel_values`` (whitespace normalised)."""
+        pixels = pixels.to(self.device, non_blocking=True)
+        with autocast(self.device, amp_dtype):
+            out = self.model.generate(pixel_values=pixels, max_new_tokens=max_new_tokens,
                                       num_beams=1, do_sample=False)
         texts = self.processor.batch_decode(out, skip_special_tokens=True)
         return [" ".join(t.split()) for t in texts]
+
+    @property
+    def resizer(self) -> BlipResize:
+        """BLIP's image processor split into a worker-side resize and a device-side
+        normalisation (``BlipResize``)."""
+        return BlipResize(self.processor.image_processor)
+
+
+class BlipResize:
+    """BLIP's own image processor split in two: the resize (in a decoding worker, kept as
+    uint8, a quarter of the bytes of float32) and the rescale + normalisation (main process, on
+    the model's device where the processor supports it). Bit-identical to calling the processor
+    on the decoded image, whichever backend the installed transformers uses."""
+
+    def __init__(self, image_processor: Any) -> None:
+        self.processor = image_processor
+
+    def resize(self, rgb: np.ndarray) -> np.ndarray:
+        """(H, W, 3) uint8 -> (3, S, S) resized, uint8 when the values are whole numbers."""
+        x = self.processor(images=[rgb], do_rescale=False, do_normalize=False,
+                           return_tensors="pt")["pixel_values"][0]
+        if x.dtype != torch.uint8 and bool((x == x.round()).all()) and x.min() >= 0 \
+                and x.max() <= 255:
+            x = x.to(torch.uint8)
+        return x.numpy()
+
+    def normalise(self, batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """(B, 3, S, S) resized batch -> ``pixel_values`` float32 on ``device``."""
+        batch = batch.to(device, non_blocking=True)
+        try:
+            out = self.processor(images=batch, do_resize=False, return_tensors="pt",
+                                 device=device)["pixel_values"]
+        except (TypeError, ValueError):  # processors without a device option
+            out = self.processor(images=batch.cpu(), do_resize=False,
+                                 return_tensors="pt")["pixel_values"]
+        return out.to(device, non_blocking=True)
 
 
 def _tiny() -> tuple[Any, Any]:
@@ -155,3 +198,7 @@ def load_blip(name: str, device: str = "auto") -> Captioner:
     model.to(dev).eval().requires_grad_(False)
     provenance = {"blip_model": name, **extra, "transformers": transformers.__version__}
     return Captioner(model=model, processor=processor, device=dev, provenance=provenance)
+
+
+# The code that defines the cached captions (``pipeline.provenance.code_fingerprint``).
+CAPTION_CODE = (BlipResize, Captioner.generate, load_blip, _tiny, _real, _SPECIALS, _WORDS)

@@ -28,6 +28,7 @@ from pipeline.backbones.availability import (
     first_line,
     quiet_root_logging,
 )
+from pipeline.backbones.precision import autocast
 
 TINY_ARCH = "tiny"
 TINY_NAME = "nsnet-tiny-clip"
@@ -59,23 +60,15 @@ class ClipBackbone:
         mean = torch.tensor(self.mean, device=self.device).view(1, 3, 1, 1)
         std = torch.tensor(self.std, device=self.device).view(1, 3, 1, 1)
         x = (x - mean) / std
-        with _autocast(self.device, amp_dtype):
+        with autocast(self.device, amp_dtype):
             return self.model.encode_image(x).float()
 
     @torch.inference_mode()
     def encode_texts(self, texts: list[str], amp_dtype: torch.dtype | None = None) -> torch.Tensor:
         """Captions -> (B, d) float32 text embeddings (not normalised)."""
         tokens = self.tokenizer(texts).to(self.device)
-        with _autocast(self.device, amp_dtype):
+        with autocast(self.device, amp_dtype):
             return self.model.encode_text(tokens).float()
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None):
-    import contextlib
-
-    if dtype is None or device.type != "cuda":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type="cuda", dtype=dtype)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -237,3 +230,9 @@ def load_clip(arch: str, pretrained: str = "", device: str = "auto") -> ClipBack
     }
     return ClipBackbone(model=model, tokenizer=open_clip.get_tokenizer(name), mean=mean, std=std,
                         image_size=size, embed_dim=embed_dim, device=dev, provenance=provenance)
+
+
+# The code that defines the cached embeddings (``pipeline.provenance.code_fingerprint``).
+_MODEL_CODE = (load_clip, _build, _register_tiny, CONFIG_DIR / f"{TINY_NAME}.json")
+IMAGE_CODE = (ClipBackbone.encode_images, *_MODEL_CODE)
+TEXT_CODE = (ClipBackbone.encode_texts, *_MODEL_CODE)

@@ -19,7 +19,9 @@ feature that separates real from fake most. Above ``audit.warn_auc`` it warns pl
 
 from __future__ import annotations
 
+import io
 import math
+import os
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
@@ -84,15 +86,17 @@ def jpeg_quality(tables: dict[int, Any]) -> tuple[int, bool]:
 
 HEADER_COLUMNS = ["format", "mode", "width", "height", "jpeg_quality", "ijg_tables", "exif", "icc",
                   "audit_error"]
+INDEXED_HEADER_COLUMNS = ("jpeg_quality", "ijg_tables", "exif", "icc")  # manifest columns
 
 
-def header_row(path: str) -> dict[str, Any]:
-    """Metadata of one file from its header only (``Image.open`` without ``load``)."""
+def header_row(path: str | bytes) -> dict[str, Any]:
+    """Metadata of one file (a path, or its bytes) from its header only (``Image.open``
+    without ``load``)."""
     row: dict[str, Any] = {"format": "", "mode": "", "width": -1, "height": -1,
                            "jpeg_quality": -1, "ijg_tables": False, "exif": False, "icc": False,
                            "audit_error": ""}
     try:
-        with Image.open(path) as img:
+        with Image.open(io.BytesIO(path) if isinstance(path, bytes) else path) as img:
             row.update(format=img.format or "", mode=img.mode, width=img.width,
                        height=img.height, icc=bool(img.info.get("icc_profile")),
                        exif=bool(img.info.get("exif")))
@@ -114,10 +118,21 @@ def read_headers(paths: list[str], workers: int = 0) -> pd.DataFrame:
     return pd.DataFrame(rows, index=range(len(paths)), columns=HEADER_COLUMNS)
 
 
-def audit_frame(manifest: pd.DataFrame, workers: int = 0) -> pd.DataFrame:
-    """Usable manifest rows with their header metadata (one row per image)."""
+def audit_frame(manifest: pd.DataFrame, workers: int | str = 0) -> pd.DataFrame:
+    """Usable manifest rows with their header metadata (one row per image).
+
+    ``nsnet index`` records the header fields while it reads each file anyway, so no image is
+    opened here; a manifest without them (an older one) has its headers read now."""
     ok = manifest[manifest["status"] == "ok"].reset_index(drop=True)
-    heads = read_headers(ok["path"].tolist(), workers)
+    if all(c in ok for c in INDEXED_HEADER_COLUMNS):
+        heads = ok[HEADER_COLUMNS[:-1]].copy()
+        heads["audit_error"] = ""
+    else:
+        from pipeline import runtime
+        from pipeline.data.manifest import file_paths
+
+        heads = read_headers([os.fsdecode(p) for p in file_paths(ok)],
+                             runtime.index_workers(workers))
     df = pd.concat([ok[["id", "path", "label", "source", "split", "bytes"]], heads], axis=1)
     pixels = (df["width"].clip(lower=1) * df["height"].clip(lower=1)).astype(np.float64)
     df["bytes_per_pixel"] = df["bytes"] / pixels

@@ -156,8 +156,10 @@ def make_workspace(workspace: str | Path, project: str | Path, code: str = "link
         + yaml.safe_dump(raw, sort_keys=False)
     )
     # metrics/ and plots/ (cache: false) stay in git so `dvc exp run` commits them and
-    # `dvc exp show` / `dvc metrics diff` can compare experiments.
-    (workspace / ".gitignore").write_text("/data/\n/models/\n/dvc_plots/\n__pycache__/\n")
+    # `dvc exp show` / `dvc metrics diff` can compare experiments. data/ is not ignored here:
+    # `dvc add data/demo` tracks the images (data/demo.dvc in git, the files in DVC's cache)
+    # so that `dvc exp run --queue/--temp` workspaces and clones have them.
+    (workspace / ".gitignore").write_text("/models/\n/dvc_plots/\n__pycache__/\n")
     (workspace / "cache").mkdir(exist_ok=True)
     shutil.copy2(project / "cache" / ".gitignore", workspace / "cache" / ".gitignore")
     make_demo_images(workspace / "data" / "demo", **image_kw)

@@ -74,7 +74,8 @@ class ImageInfo:
     format: str
 
 
-def _to_rgb_array(img: Image.Image) -> np.ndarray:
+def to_rgb_array(img: Image.Image) -> np.ndarray:
+    """Any Pillow mode -> (H, W, 3) uint8 RGB (16-bit and float images rescaled)."""
     mode = img.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         arr = np.asarray(img, dtype=np.uint32 if mode == "I" else np.uint16).astype(np.uint32)
@@ -156,7 +157,7 @@ def open_image(
                         img.seek(0)
                     img.load()
                     oriented = ImageOps.exif_transpose(img)
-                    arr = _to_rgb_array(oriented)
+                    arr = to_rgb_array(oriented)
             finally:
                 Image.MAX_IMAGE_PIXELS = previous
         if fmt == "PNG" or data.startswith(PNG_SIGNATURE):
@@ -201,3 +202,8 @@ def decode_data(data: bytes, path: str | os.PathLike[str], max_pixels: int = 178
             for w in caught:
                 print(f"warning: {display_path(path)}: {w.category.__name__}: {w.message}",
                       file=sys.stderr)
+
+
+# The code that turns a file's bytes into the pixels every cached feature is computed from
+# (``pipeline.provenance.code_fingerprint``): editing it invalidates the feature store.
+PIXEL_CODE = (open_image, to_rgb_array)

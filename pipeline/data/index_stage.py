@@ -1,9 +1,11 @@
-"""The ``index`` stage: scan image roots into ``cache/manifest.parquet``.
+"""The ``index`` stage: the listed image files into ``cache/manifest.parquet``.
 
 One row per image file: stable content id, path, label, source, deterministic split, size,
-mode, and a status/error column. Unreadable files are kept with a reason (never silently
-dropped); exact duplicate contents are reported, and contents found under both labels are
-excluded as label conflicts.
+mode, and a status/error column. The index is incremental: a file whose path, size and
+modification time are those of a row of the previous manifest keeps that row's id and probe,
+so only new or changed files are hashed and decoded (``--rescan`` reads everything).
+Unreadable files are kept with a reason (never silently dropped); exact duplicate contents
+are reported, and contents found under both labels are excluded as label conflicts.
 """
 
 from __future__ import annotations
@@ -17,13 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
 from pipeline import runtime
 from pipeline.atomic import write_json
-from pipeline.cache_store import write_table
+from pipeline.cache_store import table_provenance, write_table
 from pipeline.config import Params
+from pipeline.data.audit import header_row
 from pipeline.data.images import (
     UNSUPPORTED,
     ImageError,
@@ -32,8 +36,16 @@ from pipeline.data.images import (
     read_bytes,
     unsupported_reason,
 )
-from pipeline.data.layouts import Entry, LayoutError, WalkError, iter_entries
-from pipeline.data.manifest import MANIFEST_COLUMNS, OK, content_id, split_for
+from pipeline.data.layouts import Entry, LayoutError, entries_of
+from pipeline.data.listing import read_listing, scan_roots
+from pipeline.data.manifest import (
+    MANIFEST_COLUMNS,
+    OK,
+    OldManifest,
+    content_id,
+    read_manifest,
+    split_for,
+)
 from pipeline.data.skip_lists import SKIP_STATUS, SkipLists, read_skip_lists
 from pipeline.provenance import base_provenance
 
@@ -42,35 +54,41 @@ class StrictModeError(RuntimeError):
     """``--strict`` was given and some images were skipped."""
 
 
+# Probe outcomes that depend on the file's bytes alone: reused while size and mtime hold.
+# ``unreadable``/``missing`` depend on the machine (permissions, links) and are probed again.
+CONTENT_PROBES = ("ok", "corrupt", "not_an_image", "empty_file", "too_large")
+PROBE_COLUMNS = ["id", "width", "height", "mode", "format", "jpeg_quality", "ijg_tables",
+                 "exif", "icc", "bytes", "probe_status", "probe_error"]
+NO_HEADER = {"jpeg_quality": -1, "ijg_tables": False, "exif": False, "icc": False}
+
+
 @dataclass(frozen=True)
 class _Probe:
     path: str
     max_pixels: int
-    min_side: int
 
 
 def _probe(job: _Probe) -> dict[str, Any]:
     """Hash and fully decode one file (runs in a worker process)."""
     row: dict[str, Any] = {"id": None, "width": -1, "height": -1, "mode": "", "format": "",
-                           "bytes": -1, "status": OK, "error": ""}
+                           **NO_HEADER, "bytes": -1, "probe_status": OK, "probe_error": ""}
     try:
-        reason = unsupported_reason(job.path)
-        if reason:
-            raise ImageError(UNSUPPORTED, reason)
         data = read_bytes(job.path)
         row["bytes"] = len(data)
         row["id"] = content_id(data)
         _, info = decode_data(data, job.path, job.max_pixels)
         row.update(width=info.width, height=info.height, mode=info.mode, format=info.format)
-        if min(info.width, info.height) < job.min_side:
-            row.update(status="too_small",
-                       error=f"{info.width}x{info.height} is smaller than one "
-                             f"{job.min_side}x{job.min_side} patch")
+        head = header_row(data)  # what the shortcut audit reads, from the same bytes
+        row.update({k: head[k] for k in NO_HEADER})
     except ImageError as exc:
-        row.update(status=exc.reason, error=exc.detail)
+        row.update(probe_status=exc.reason, probe_error=exc.detail)
     if row["id"] is None:  # unreadable: derive a stable id from the path instead
-        row["id"] = "path-" + hashlib.blake2b(os.fsencode(job.path), digest_size=12).hexdigest()
+        row["id"] = _path_id(job.path)
     return row
+
+
+def _path_id(path: str) -> str:
+    return "path-" + hashlib.blake2b(os.fsencode(path), digest_size=12).hexdigest()
 
 
 _display = display_path
@@ -106,43 +124,130 @@ def assign_split(official: str | None, image_id: str, role: str, root_has_val: b
     return official
 
 
-def _root_entries(params: Params, errors: list[WalkError] | None = None
-                  ) -> tuple[list[tuple[Entry, str, bool]], list[str]]:
-    """(entry, role, root has a val folder) for every labelled image, plus unlabelled paths."""
-    out: list[tuple[Entry, str, bool]] = []
+@dataclass
+class Labelled:
+    """The listing's files in label folders, with the root's role and layout facts."""
+
+    listing: pd.DataFrame  # root, relpath, size, mtime_ns of the labelled files
+    entries: list[Entry]
+    roles: list[str]
+    root_has_val: list[bool]
+    unlabelled: list[str]  # printable paths of files outside any label folder
+
+
+def labelled_files(params: Params, listing: pd.DataFrame) -> Labelled:
+    """Classify the listed files of each root by its layout (label, source, official split)."""
+    keep: list[np.ndarray] = []
+    entries: list[Entry] = []
+    roles: list[str] = []
+    has_val: list[bool] = []
     unlabelled: list[str] = []
     for root in params.data.roots:
-        entries = list(iter_entries(root.path, root.layout or params.data.layout, unlabelled,
-                                    errors))
-        if not entries:
+        rows = np.flatnonzero(listing["root"].to_numpy() == root.path)
+        rels = listing["relpath"].to_numpy()[rows]
+        outside: list[int] = []
+        found = list(entries_of(root.path, rels, root.layout or params.data.layout, outside))
+        if not found:
             raise LayoutError(f"no image files with a real/fake label folder found under "
                               f"{root.path}")
-        has_val = any(e.split == "val" for e in entries)
-        out.extend((e, root.role, has_val) for e in entries)
-    return out, unlabelled
+        unlabelled.extend(_display(os.path.join(os.fsencode(root.path), rels[i]))
+                          for i in outside)
+        val = any(e.split == "val" for _, e in found)
+        keep.append(rows[[i for i, _ in found]])
+        entries.extend(e for _, e in found)
+        roles.extend([root.role] * len(found))
+        has_val.extend([val] * len(found))
+    picked = listing.iloc[np.concatenate(keep) if keep else []].reset_index(drop=True)
+    return Labelled(picked, entries, roles, has_val, unlabelled)
 
 
-def _listed_row(path: str, reason: str) -> dict[str, Any]:
-    """The manifest row of a file named by ``data.skip_lists`` (never read or decoded)."""
-    image_id = "path-" + hashlib.blake2b(os.fsencode(path), digest_size=12).hexdigest()
-    return {"id": image_id, "width": -1, "height": -1, "mode": "", "format": "", "bytes": -1,
-            "status": SKIP_STATUS, "error": reason}
+def _previous_probes(previous: pd.DataFrame | None, max_pixels: int) -> dict[Any, dict]:
+    """(root, relpath, size, mtime_ns) -> probe columns of the previous manifest's rows that
+    can be reused: content-determined outcomes, read with the same decompression limit."""
+    if previous is None or previous.empty:
+        return {}
+    prov_limit = previous.attrs.get("max_image_pixels")
+    out = {}
+    cols = ["root", "relpath", "bytes", "mtime_ns", *PROBE_COLUMNS]
+    for rec in previous[cols].to_dict("records"):
+        status = rec["probe_status"]
+        if status not in CONTENT_PROBES or rec["mtime_ns"] < 0:
+            continue
+        if status == "too_large" and prov_limit != max_pixels:
+            continue  # decoded under another limit: read it again
+        if status == OK and rec["width"] * rec["height"] > max_pixels:
+            continue  # now over the limit: probe (refused without decoding)
+        key = (rec["root"], rec["relpath"], rec["bytes"], rec["mtime_ns"])
+        out[key] = {k: rec[k] for k in PROBE_COLUMNS}
+    return out
 
 
-def scan(params: Params, errors: list[WalkError] | None = None,
-         skip: SkipLists | None = None) -> tuple[pd.DataFrame, list[str]]:
-    """Walk the configured roots and probe every image file; also return unlabelled paths.
+@dataclass
+class ScanStats:
+    files: int = 0  # files in label folders
+    probed: int = 0  # hashed and decoded now (new or changed files)
+    reused: int = 0  # taken from the previous manifest (same path, size and mtime)
+    not_read: int = 0  # skip-listed or unsupported names: never read
 
-    Files named by ``skip`` (``data.skip_lists``) are not probed; they get status
-    ``skip_listed`` with the list file and line as the reason.
+
+def scan(params: Params, listing: pd.DataFrame, skip: SkipLists | None = None,
+         previous: pd.DataFrame | None = None) -> tuple[pd.DataFrame, list[str], ScanStats]:
+    """The manifest rows of the listed files; only new or changed files are read.
+
+    A file whose root, relative path, size and modification time equal a row of ``previous``
+    (the last manifest) keeps that row's id and probe (as git's index and DVC's state do);
+    every other file is hashed and fully decoded once. Files named by ``skip``
+    (``data.skip_lists``) or with an extension we do not decode are never read.
     """
-    entries, unlabelled = _root_entries(params, errors)
-    listed = {e.path: r for e, _, _ in entries if skip and (r := skip.reason(e.path))}
-    jobs = [_Probe(e.path, params.data.max_image_pixels, params.patches.size)
-            for e, _, _ in entries if e.path not in listed]
+    found = labelled_files(params, listing)
+    reuse = _previous_probes(previous, params.data.max_image_pixels)
+    stats = ScanStats(files=len(found.entries))
+    probes: list[dict[str, Any] | None] = [None] * len(found.entries)
+    jobs: list[tuple[int, _Probe]] = []
+    lst = found.listing
+    for i, (e, root, rel, size, mtime) in enumerate(zip(
+            found.entries, lst["root"], lst["relpath"], lst["size"], lst["mtime_ns"],
+            strict=True)):
+        listed = skip.reason(e.path) if skip else None
+        unsupported = unsupported_reason(e.path)
+        if listed or unsupported:
+            stats.not_read += 1
+            probes[i] = _unread_row(e.path, SKIP_STATUS if listed else UNSUPPORTED,
+                                    listed or unsupported or "")
+            continue
+        hit = reuse.get((root, rel, size, mtime)) if mtime >= 0 else None
+        if hit is not None:
+            probes[i] = dict(hit)
+            stats.reused += 1
+        else:
+            jobs.append((i, _Probe(e.path, params.data.max_image_pixels)))
+    stats.probed = len(jobs)
+    for (i, _), row in zip(jobs, _run_probes([j for _, j in jobs], params), strict=True):
+        probes[i] = row
+    rows = []
+    for i, (e, p) in enumerate(zip(found.entries, probes, strict=True)):
+        assert p is not None
+        split = assign_split(e.split, p["id"], found.roles[i], found.root_has_val[i], params)
+        rows.append({**p, "root": lst["root"].iat[i], "relpath": lst["relpath"].iat[i],
+                     "path": _display(e.path), "mtime_ns": int(lst["mtime_ns"].iat[i]),
+                     "label": e.label, "source": _display(e.source), "split": split})
+    df = pd.DataFrame(rows, columns=[c for c in MANIFEST_COLUMNS if c not in ("status", "error")])
+    df = df.sort_values(["root", "relpath"], kind="stable").reset_index(drop=True)
+    _final_status(df, params)
+    return df[MANIFEST_COLUMNS], found.unlabelled, stats
+
+
+def _unread_row(path: str, status: str, error: str) -> dict[str, Any]:
+    """The probe of a file that is not read (skip-listed, or a name we do not decode)."""
+    return {"id": _path_id(path), "width": -1, "height": -1, "mode": "", "format": "",
+            **NO_HEADER, "bytes": -1, "probe_status": status, "probe_error": error}
+
+
+def _run_probes(jobs: list[_Probe], params: Params) -> list[dict[str, Any]]:
     workers = runtime.index_workers(params.data.num_workers)
-    bar = tqdm(total=len(jobs), desc="index", unit="file", dynamic_ncols=True, mininterval=1.0)
-    done: list[dict[str, Any]] = []
+    out: list[dict[str, Any]] = []
+    bar = tqdm(total=len(jobs), desc="index", unit="file", dynamic_ncols=True, mininterval=1.0,
+               disable=not jobs)
     with bar, contextlib.ExitStack() as stack:
         if workers > 1 and len(jobs) > 64:
             pool = stack.enter_context(ProcessPoolExecutor(max_workers=workers))
@@ -150,23 +255,27 @@ def scan(params: Params, errors: list[WalkError] | None = None,
         else:
             results = map(_probe, jobs)
         for probe in results:
-            done.append(probe)
+            out.append(probe)
             bar.update(1)
-    probed = iter(done)
-    probes = [_listed_row(e.path, listed[e.path]) if e.path in listed else next(probed)
-              for e, _, _ in entries]
-    rows = []
-    for (e, role, has_val), p in zip(entries, probes, strict=True):
-        split = assign_split(e.split, p["id"], role, has_val, params)
-        rows.append({**p, "path": _display(e.path), "path_raw": os.fsencode(e.path),
-                     "label": e.label, "source": _display(e.source), "split": split})
-    df = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
-    return df.sort_values(["path_raw"], kind="stable").reset_index(drop=True), unlabelled
+    return out
+
+
+def _final_status(df: pd.DataFrame, params: Params) -> None:
+    """status/error from the probe plus the size rules (too small for one patch), in place;
+    duplicates and label conflicts are marked afterwards (``mark_duplicates``)."""
+    df["status"] = df["probe_status"]
+    df["error"] = df["probe_error"]
+    side = params.patches.size
+    small = (df["status"] == OK) & (np.minimum(df["width"], df["height"]) < side)
+    df.loc[small, "status"] = "too_small"
+    df.loc[small, "error"] = [f"{w}x{h} is smaller than one {side}x{side} patch"
+                              for w, h in zip(df.loc[small, "width"], df.loc[small, "height"],
+                                              strict=True)]
 
 
 def mark_duplicates(df: pd.DataFrame) -> dict[str, Any]:
     """Flag repeated contents in place; return the duplicate report."""
-    ok = df["status"] == OK
+    ok = (df["status"] == OK) & df["id"].duplicated(keep=False)  # only repeated ids are grouped
     groups = df[ok].groupby("id").indices
     conflicts, duplicates, cross_split = [], [], []
     ok_index = df.index[ok]
@@ -203,18 +312,44 @@ def summarise(df: pd.DataFrame) -> dict[str, Any]:
     }
 
 
+def previous_manifest(path: str | Path) -> pd.DataFrame | None:
+    """The manifest a previous ``index`` wrote at ``path``, if it can be reused (else None)."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        df = read_manifest(path)
+        df.attrs["max_image_pixels"] = table_provenance(path).get("max_image_pixels")
+    except (OldManifest, OSError, ValueError):
+        return None  # an older format, or damaged: every file is read once
+    return df
+
+
 def build_index(params: Params, out: str | Path, report: str | Path,
-                strict: bool | None = None) -> dict[str, Any]:
-    """Run the index stage end to end; return the summary that was also written to ``report``."""
-    walk_errors: list[WalkError] = []
+                strict: bool | None = None, listing: str | Path | None = None,
+                rescan: bool = False) -> dict[str, Any]:
+    """Run the index stage end to end; return the summary that was also written to ``report``.
+
+    ``listing``: the ``nsnet scan`` output to index (else the roots are scanned here).
+    Files unchanged since the manifest at ``out`` was written are not read again, unless
+    ``rescan``.
+    """
+    if listing is not None:
+        files, walk_errors = read_listing(listing)
+        _check_listing_roots(params, files, listing)
+    else:
+        files, walk_errors = scan_roots(params)
     skip = read_skip_lists(params.data.skip_lists)
-    df, unlabelled = scan(params, walk_errors, skip)
+    previous = None if rescan else previous_manifest(out)
+    df, unlabelled, stats = scan(params, files, skip, previous)
     dup_report = mark_duplicates(df)
     summary = summarise(df)
     summary["unlabelled_files"] = len(unlabelled)
     summary["unlisted_folders"] = len(walk_errors)
     summary["skip_list_entries"] = len(skip.where)
     summary["skip_list_unmatched"] = len(skip.unmatched)
+    summary["read"] = {"hashed_and_decoded": stats.probed, "reused": stats.reused,
+                       "not_read": stats.not_read}
     strict = params.data.strict if strict is None else strict
     skipped = df[df["status"] != OK]
     unlisted = skipped[skipped["status"] != SKIP_STATUS]  # listed files are skipped on purpose
@@ -243,7 +378,7 @@ def build_index(params: Params, out: str | Path, report: str | Path,
         {"path": r.path, "status": r.status, "error": r.error} for r in skipped.itertuples()
     ]
     write_json(report, {"summary": summary, **dup_report, "skipped": skipped_list[:10000],
-                        "unlabelled": [display_path(u) for u in unlabelled[:10000]],
+                        "unlabelled": unlabelled[:10000],
                         "skip_list_unmatched": skip.unmatched[:10000],
                         "unlisted_folders": [w.__dict__ for w in walk_errors[:10000]],
                         "provenance": provenance})
@@ -251,8 +386,29 @@ def build_index(params: Params, out: str | Path, report: str | Path,
                 for reason, group in skipped.groupby("status", sort=True)}
     return {"summary": summary, **{k: len(v) for k, v in dup_report.items()},
             "skipped_examples": examples,
-            "unlabelled_examples": [display_path(u) for u in unlabelled[:3]],
+            "unlabelled_examples": unlabelled[:3],
             "unlisted_folders": [(w.path, w.error) for w in walk_errors]}
+
+
+def _check_listing_roots(params: Params, files: pd.DataFrame, listing: str | Path) -> None:
+    """The listing must be of the configured roots (else it is stale: rerun ``nsnet scan``)."""
+    listed = set(files["root"].unique())
+    missing = [r.path for r in params.data.roots if r.path not in listed]
+    if missing:
+        raise ValueError(f"{listing} lists no files of data.roots {missing}: it was made for "
+                         "other roots; run `nsnet scan` (or `dvc repro`) first")
+
+
+def summary_line(result: dict[str, Any], report: str | Path) -> str:
+    """One short line: files, what was read, usable rows, splits, and where the details are."""
+    s = result["summary"]
+    read = s["read"]
+    skipped = sum(s["skipped"].values())
+    splits = ", ".join(f"{k} {v}" for k, v in s["by_split_label"].items())
+    return (f"index: {s['files']} files ({read['hashed_and_decoded']} read, "
+            f"{read['reused']} unchanged); {s['ok']} usable, {skipped} skipped; "
+            f"{result['duplicates']} duplicate groups, {result['label_conflicts']} label "
+            f"conflicts; {splits} (details: {report})")
 
 
 def skipped_lines(result: dict[str, Any], per_reason: int = 3) -> list[str]:

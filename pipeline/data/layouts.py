@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,7 +66,7 @@ class LayoutError(ValueError):
 
 @dataclass(frozen=True)
 class Entry:
-    path: str  # absolute path (may contain surrogate escapes for non-UTF-8 names)
+    path: str  # root/relpath as listed (may contain surrogate escapes for non-UTF-8 names)
     label: int  # 0 real, 1 fake
     source: str  # generator or dataset name
     split: str | None  # official split if the layout gives one
@@ -138,9 +138,22 @@ def _folder_pairs(root: Path) -> set[tuple[str, str]]:
     return pairs
 
 
-def detect_layout(root: Path) -> str:
-    """Guess the layout of ``root`` from its folder names."""
-    pairs = _folder_pairs(Path(root))
+def folder_pairs_of(rel_dirs: Iterable[tuple[str, ...]]) -> set[tuple[str, str]]:
+    """(parent, name) of the folders on the way to files (each file's folder names relative to
+    the root), within ``DETECT_DEPTH`` levels, lowercased: ``detect_layout``'s evidence from a
+    listing instead of a walk."""
+    pairs: set[tuple[str, str]] = set()
+    for dirs in set(rel_dirs):
+        low = [d.lower() for d in dirs[:DETECT_DEPTH]]
+        if low:
+            pairs.update(zip(["", *low[:-1]], low, strict=True))
+    return pairs
+
+
+def detect_layout(root: Path | None = None, pairs: set[tuple[str, str]] | None = None) -> str:
+    """Guess the layout of ``root`` (or of the given folder ``pairs``) from its folder names."""
+    if pairs is None:
+        pairs = _folder_pairs(Path(root))  # type: ignore[arg-type]
     names = {name for _, name in pairs}
     if any(p in ("train", "val") and n in ("ai", "nature") for p, n in pairs):
         return "genimage"
@@ -151,9 +164,9 @@ def detect_layout(root: Path) -> str:
     if {"ai", "nature"} & names:
         return "genimage"
     raise LayoutError(
-        f"{root}: no label folders found. Expected real/ + fake/, 0_real/ + 1_fake/ (UFD, "
-        "AIGIBench) or <generator>/{train,val}/{nature,ai}/ (GenImage). Set data.layout or "
-        "reorganise the folder."
+        f"{root or 'data root'}: no label folders found. Expected real/ + fake/, 0_real/ + "
+        "1_fake/ (UFD, AIGIBench) or <generator>/{train,val}/{nature,ai}/ (GenImage). Set "
+        "data.layout or reorganise the folder."
     )
 
 
@@ -210,30 +223,26 @@ def classify(rel_dirs: tuple[str, ...], layout: str) -> tuple[int, str, str | No
     return label, source, split
 
 
-def iter_entries(root: str | os.PathLike[str], layout: str = "auto",
-                 unlabelled: list[str] | None = None,
-                 errors: list[WalkError] | None = None) -> Iterator[Entry]:
-    """Every file below ``root`` in a label folder, with its label, source and official split.
+def entries_of(root: str, relpaths: Sequence[bytes], layout: str = "auto",
+               unlabelled: list[int] | None = None) -> Iterator[tuple[int, Entry]]:
+    """(position, entry) of every listed file of ``root`` that sits in a label folder.
 
-    Files of every name are entries (the index gives those we do not decode the status
-    ``unsupported_format``), so none disappears without a trace. Files outside any label
-    folder are not entries; their paths are appended to ``unlabelled`` when a list is given,
-    so the caller can report them. Folders that could not be listed are appended to
-    ``errors`` (see ``walk_files``).
+    ``relpaths`` are the files' paths relative to the root (``pipeline.data.listing``). Files of
+    every name are entries (the index gives those we do not decode the status
+    ``unsupported_format``), so none disappears without a trace; the positions of files outside
+    any label folder are appended to ``unlabelled``.
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise LayoutError(f"data root {root} does not exist or is not a folder")
+    rel_dirs = [tuple(os.fsdecode(r).split(os.sep)[:-1]) for r in relpaths]
     if layout == "auto":
-        layout = detect_layout(root)
+        layout = detect_layout(Path(root), pairs=folder_pairs_of(rel_dirs))
     if layout not in LAYOUTS:
         raise LayoutError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
-    for path in walk_files(root, errors):
-        rel_dirs = path.relative_to(root).parts[:-1]
-        got = classify(rel_dirs, layout)
+    for i, dirs in enumerate(rel_dirs):
+        got = classify(dirs, layout)
         if got is None:
             if unlabelled is not None:
-                unlabelled.append(str(path))
+                unlabelled.append(i)
             continue
         label, source, split = got
-        yield Entry(path=str(path.absolute()), label=label, source=source, split=split)
+        path = os.fsdecode(os.path.join(os.fsencode(root), relpaths[i]))
+        yield i, Entry(path=path, label=label, source=source, split=split)

@@ -23,7 +23,7 @@ from pipeline.provenance import base_provenance
 METRICS = ("acc", "real_acc", "fake_acc", "ap")
 
 
-def run_compare(params: Params, manifest: str | Path, embeddings: str | Path,
+def run_compare(params: Params, manifest: str | Path, features: str | Path,
                 heads: tuple[str, ...] = tuple(HEADS), out_json: str | Path | None = None,
                 views: tuple[int, ...] = (), details_json: str | Path | None = None
                 ) -> dict[str, Any]:
@@ -34,7 +34,7 @@ def run_compare(params: Params, manifest: str | Path, embeddings: str | Path,
     ``<head>_ap`` (``<head>_k<k>_ap`` with views); ``details_json`` (default
     ``<dir>/details/<name>``) the full tables. Returns the details.
     """
-    full = load_features(params, manifest, embeddings)
+    full = load_features(params, manifest, features)
     sets = {k: full.first_views(k) for k in views} or {0: full}  # checks k before training
     results: dict[str, Any] = {}
     with epoch_bar(params.train.epochs * len(heads) * len(sets), "compare") as bar:

@@ -135,7 +135,7 @@ def _csv(path: Path, df: pd.DataFrame) -> None:
         df.to_csv(tmp, index=False)
 
 
-def run_evaluate(params: Params, manifest: str | Path, embeddings: str | Path,
+def run_evaluate(params: Params, manifest: str | Path, features: str | Path,
                  model_dir: str | Path, metrics_json: str | Path, plots_dir: str | Path,
                  details_json: str | Path | None = None) -> dict[str, Any]:
     """Score val and test; write the compact metrics file and the full details beside it.
@@ -144,7 +144,7 @@ def run_evaluate(params: Params, manifest: str | Path, embeddings: str | Path,
     fake_acc, ap); ``details_json`` (default ``<dir>/details/<name>``) gets every table, the
     model and provenance. Returns the details.
     """
-    fs = with_duplicate_members(load_features(params, manifest, embeddings), manifest)
+    fs = with_duplicate_members(load_features(params, manifest, features), manifest)
     model, config = load_bundle(model_dir)
     decision = bundle_decision(params, config, model_dir)
     threshold = decision.threshold

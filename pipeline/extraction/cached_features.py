@@ -1,7 +1,9 @@
 """Cached features joined with the manifest, ready for training and evaluation.
 
-No image is opened here: the heads see only ``cache/embeddings.h5``. Arrays are read into
-memory once; when they would not fit comfortably in RAM they are memory-mapped instead.
+No image is opened here: the heads see only the feature store (``cache/features``), gathered by
+image id in manifest order, so a store grown an image at a time trains exactly like one built
+from scratch. Features are gathered into memory once (float32); when they would not fit
+comfortably in RAM they are gathered into a float16 memory map instead.
 
 With ``patches.views: K`` > 1 the image features are (n, K, d), one per patch order (view 0
 first); a cache with a 2-D ``image`` dataset has one view. ``FeatureSet.first_views(k)`` keeps
@@ -11,22 +13,21 @@ the leading k views (k = 1 gives the (n, d) features of view 0).
 from __future__ import annotations
 
 import os
+import tempfile
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 import pandas as pd
 import torch
 
-from pipeline.cache_store import decode_ids, h5_provenance, require
+from pipeline.cache_store import FeatureStore, Part, StoreError, encode_ids, require
 from pipeline.config import Params
 from pipeline.data.manifest import read_manifest
-from pipeline.extraction.extract_stage import check_layout, clip_request
-from pipeline.provenance import ProvenanceMismatch, check_compatible
+from pipeline.extraction.settings import ExtractSettings, PartSet
 
 
 class MappedRows:
@@ -143,51 +144,117 @@ def _available_ram() -> int:
         return 8 << 30
 
 
-def _read(dset: h5py.Dataset, path: Path) -> Rows:
-    """Whole dataset in RAM as float32, or a memmap of it (stored dtype) when the float32
-    copy would take more than half the available RAM.
+def _allocate(store: FeatureStore, shape: tuple[int, ...], name: str
+              ) -> tuple[np.ndarray, bool]:
+    """An array to gather features into: float32 in RAM, or a float16 memory map under the
+    store's temporary folder when the float32 copy would take more than half the free RAM
+    (the file is unlinked at once; the mapping keeps it until the process ends)."""
+    n = int(np.prod(shape))
+    if n * 4 <= 0.5 * _available_ram():
+        return np.empty(shape, dtype=np.float32), False
+    store.tmp_dir.mkdir(parents=True, exist_ok=True)
+    fd, path = tempfile.mkstemp(prefix=f".{name}.", suffix=".f16", dir=store.tmp_dir)
+    os.close(fd)
+    mm = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=shape)
+    os.unlink(path)
+    return mm, True
 
-    Consumers gather batches and call ``.float()``, which works for both.
-    """
-    nbytes = dset.size * 4
-    offset = dset.id.get_offset()
-    if nbytes > 0.5 * _available_ram() and dset.chunks is None and offset is not None:
-        mm = np.memmap(path, dtype=dset.dtype, mode="r", offset=offset, shape=dset.shape)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # read-only memmap is intended
-            base = torch.from_numpy(mm)
-        return MappedRows(base, torch.arange(len(base)))
-    return torch.from_numpy(dset[:]).float()
+
+def _rows(arr: np.ndarray, mapped: bool) -> Rows:
+    if not mapped:
+        return torch.from_numpy(arr)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # a read-only view is intended
+        base = torch.from_numpy(arr)
+    return MappedRows(base, torch.arange(len(base)))
 
 
-def load_features(params: Params, manifest: str | Path, embeddings: str | Path) -> FeatureSet:
-    """Join embeddings with the manifest (labels, sources, splits) and check provenance."""
-    embeddings = require(embeddings, "extract")
-    check_layout(embeddings, "embeddings")
-    prov = h5_provenance(embeddings)
-    check_compatible(prov, clip_request(params), str(embeddings),
-                     "Rerun `nsnet extract` (or `dvc repro`) with the current clip settings.")
+def feature_rows(params: Params, manifest: str | Path, degradation: str = ""
+                 ) -> tuple[pd.DataFrame, list[str]]:
+    """The manifest rows whose features a head reads, and each row's treatment.
+
+    Clean features: every usable row, training images under ``protocol.train_reencode``.
+    A degradation: the test rows, under that degradation."""
     rows = read_manifest(manifest, only_ok=True)
-    with h5py.File(embeddings, "r") as f:
-        ids = decode_ids(f["ids"][:])
-        if ids != rows["id"].tolist():
-            raise ProvenanceMismatch(
-                f"{embeddings} does not hold the manifest's images (the manifest changed after "
-                "the features were computed). Rerun `dvc repro`."
-            )
-        image = _read(f["image"], embeddings)
-        text = _read(f["text"], embeddings)
-    views = image.shape[1] if len(image.shape) == 3 else 1
-    if views != params.patches.views:
-        raise ProvenanceMismatch(
-            f"{embeddings} holds {views} patch-order view(s) per image but patches.views is "
-            f"{params.patches.views}. Rerun `nsnet extract` (or `dvc repro`); only the image "
-            "embeddings are recomputed."
-        )
+    settings = ExtractSettings.from_params(params)
+    if degradation:
+        if degradation not in settings.degradations:
+            raise ValueError(f"{degradation!r} is not in protocol.degradations "
+                             f"{list(settings.degradations)}")
+        rows = rows[rows["split"] == "test"].reset_index(drop=True)
+        return rows, [degradation] * len(rows)
+    return rows, [settings.treatment(s) for s in rows["split"]]
+
+
+def load_features(params: Params, manifest: str | Path, store: str | Path,
+                  degradation: str = "") -> FeatureSet:
+    """Gather the manifest's image and text features from the store, in manifest order.
+
+    The parts read are the ones the params name (CLIP, captions, patch selection, views and
+    each row's treatment), so features made with other settings are never mixed in; an image
+    without them is a ``StoreError`` that says to run ``nsnet extract``.
+    """
+    settings = ExtractSettings.from_params(params)
+    fs_store = FeatureStore(require(store, "extract"))
+    fs_store.check_format()
+    rows, treatments = feature_rows(params, manifest, degradation)
+    n, k = len(rows), settings.views
+    treats = np.asarray(treatments, dtype=object)
+    ids = encode_ids(rows["id"].tolist())
+    first = settings.parts(treatments[0] if n else settings.treatment("test"))
+    dim = _dim(fs_store, first)
+    image, mapped = _allocate(fs_store, (n, k, dim) if k > 1 else (n, dim), "image")
+    text, text_mapped = _allocate(fs_store, (n, dim), "text")
+    for treatment in sorted(set(treatments)):
+        pick = np.flatnonzero(treats == treatment)
+        parts = settings.parts(treatment)
+        for view, part in enumerate(parts.images):
+            got = _gather(fs_store, part, ids[pick])
+            if k > 1:
+                image[pick, view] = got
+            else:
+                image[pick] = got
+        text[pick] = _gather(fs_store, parts.text, ids[pick])
+    image_rows = _rows(image, mapped)
     columns = ["id", "label", "source", "split", "path"]
     columns += [c for c in ("format",) if c in rows]  # per-format metrics (shortcut check)
     frame = rows[columns].reset_index(drop=True)
-    return FeatureSet(frame, image, text, prov)
+    prov = _provenance(fs_store, settings, first, degradation)
+    return FeatureSet(frame, image_rows, _rows(text, text_mapped), prov)
+
+
+def _gather(store: FeatureStore, part: Part, ids: np.ndarray) -> np.ndarray:
+    try:
+        return store.part(part).gather(ids, ["emb"])["emb"]
+    except StoreError as exc:
+        others = [d["key"] for d in store.describe() if d["part"] == part.name
+                  and d["key"] != part.key]
+        hint = (f" The store holds {part.name} features of other settings ({', '.join(others)}"
+                "): `nsnet cache` lists them." if others else "")
+        raise StoreError(f"{exc}.{hint}") from None
+
+
+def _dim(store: FeatureStore, parts: PartSet) -> int:
+    shapes = store.part(parts.text).shapes() or store.part(parts.images[0]).shapes()
+    if not shapes:
+        raise StoreError(f"{store.root} has no features made with the current settings "
+                         f"(clip {parts.text.settings['clip_arch']}); run `nsnet extract` "
+                         "(or `dvc repro`)")
+    return int(shapes["emb"][0][-1])
+
+
+def _provenance(store: FeatureStore, settings: ExtractSettings, parts: PartSet,
+                degradation: str) -> dict[str, Any]:
+    """What made the features: the settings, the CLIP that embedded them (from the part's
+    ``part.json``) and the keys of the parts read."""
+    made = store.part(parts.images[0]).info().get("provenance", {})
+    clip = {k: made[k] for k in ("clip_arch", "clip_pretrained", "weights", "weights_blake2b",
+                                 "open_clip", "mean", "std", "image_size", "embed_dim")
+            if k in made}
+    return {**settings.provenance(), **clip, "blip_model": settings.caption_model,
+            "degradation": degradation,
+            "parts": {t: {kind: p.key for kind, p in settings.parts(t).by_kind().items()}
+                      for t in sorted({parts.treatment, settings.treatment("train")})}}
 
 
 def select(fs: FeatureSet, split: str | list[str], sources: list[str] | None = None) -> FeatureSet:

@@ -1,10 +1,12 @@
 """One decode per image: every pixel-derived input of extraction comes from a single pass.
 
 A worker process reads an image's bytes, checks them against the manifest's content id,
-decodes them once and derives from those pixels what the models need: the patch selection
-(cells and entropies, a few hundred bytes), the 224 px composite for CLIP and the uint8
-384 px resize for BLIP. Only those fixed-size arrays cross back to the main process, where the
-models run on the GPU while the workers decode the next batches (``prefetch``).
+decodes them once and, for each treatment the image is needed under (the file as it is,
+``protocol.train_reencode``, each degradation), derives from those pixels what the models need:
+the patch selection (cells and entropies, a few hundred bytes), the 224 px composites of the
+requested patch orders for CLIP and the uint8 384 px resize for BLIP. Only those fixed-size
+arrays cross back to the main process, where the models run on the GPU while the workers decode
+the next images (``prefetch``).
 
 Workers run torch with one thread each (``worker_init``); the main process's thread count is
 set by ``pipeline.runtime.configure_threads``.
@@ -14,9 +16,9 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -34,90 +36,84 @@ class StaleManifest(RuntimeError):
     """An image changed on disk after ``nsnet index`` recorded it."""
 
 
-class BlipResize:
-    """BLIP's own image processor split in two: the resize (in a decoding worker, kept as
-    uint8, a quarter of the bytes of float32) and the rescale + normalisation (main process, on
-    the model's device where the processor supports it). Bit-identical to calling the processor
-    on the decoded image, whichever backend the installed transformers uses."""
+class ImageWork(NamedTuple):
+    """One image of a shard and the treatments it is needed under (one decode for all).
 
-    def __init__(self, image_processor: Any) -> None:
-        self.processor = image_processor
+    ``cells[j]`` / ``captions[j]`` carry what the store already holds for treatment j when it
+    is not recomputed (the selection a new patch order needs, the caption a new text embedding
+    needs), else None.
+    """
 
-    def resize(self, rgb: np.ndarray) -> np.ndarray:
-        """(H, W, 3) uint8 -> (3, S, S) resized, uint8 when the values are whole numbers."""
-        x = self.processor(images=[rgb], do_rescale=False, do_normalize=False,
-                           return_tensors="pt")["pixel_values"][0]
-        if x.dtype != torch.uint8 and bool((x == x.round()).all()) and x.min() >= 0 \
-                and x.max() <= 255:
-            x = x.to(torch.uint8)
-        return x.numpy()
-
-    def normalise(self, batch: torch.Tensor, device: torch.device) -> torch.Tensor:
-        """(B, 3, S, S) resized batch -> ``pixel_values`` float32 on ``device``."""
-        batch = batch.to(device, non_blocking=True)
-        try:
-            out = self.processor(images=batch, do_resize=False, return_tensors="pt",
-                                 device=device)["pixel_values"]
-        except (TypeError, ValueError):  # processors without a device option
-            out = self.processor(images=batch.cpu(), do_resize=False,
-                                 return_tensors="pt")["pixel_values"]
-        return out.to(device, non_blocking=True)
+    image_id: str
+    path: bytes  # the file (absolute, or relative to the working directory)
+    treatments: tuple[str, ...]
+    cells: tuple[np.ndarray | None, ...]
+    captions: tuple[str | None, ...]
 
 
 @dataclass(frozen=True)
 class PassPlan:
-    """What one pass derives from each decoded image."""
+    """What one pass derives from each decoded image, for every treatment."""
 
     spec: PatchSpec
     max_pixels: int
-    select: bool = True  # compute cells/entropies (False: they come in ``cells``)
-    composite: bool = True  # build the CLIP composite
-    blip: BlipResize | None = None  # BLIP input, when captions are computed
-    degradation: str = ""  # a pipeline.data.degradations name applied after decoding
-    views: int = 1  # patch-order views: K - 1 more composites per image (``patches.views``)
+    select: bool = True  # compute cells/entropies (False: they come with the ImageWork)
+    views: tuple[int, ...] = (0,)  # patch orders whose composites CLIP embeds (or () )
+    keep_view0: bool = False  # also hand back view 0's composite (patches.keep_composites)
+    blip: Any = None  # a BlipResize when captions are computed
+
+    @property
+    def composites(self) -> tuple[int, ...]:
+        """The patch orders whose composites are built (embedded, or kept)."""
+        return tuple(sorted(set(self.views) | ({0} if self.keep_view0 else set())))
 
 
 class ImagePass(torch.utils.data.Dataset):
-    """Item ``i``: ``{"cells", "entropy", "composite", "blip"}`` of image ``i`` (one decode),
-    plus ``"views"`` (K - 1, side, side, 3), the composites of views 1..K-1, when K > 1."""
+    """Item ``i``: a list with one dict per treatment of image ``i`` (one decode):
+    ``cells``, ``entropy`` (with ``select``), ``composite`` (V, side, side, 3) of the plan's
+    patch orders, ``blip`` (3, S, S) uint8 (with a BLIP resize)."""
 
-    def __init__(self, ids: list[str], paths: list[bytes], plan: PassPlan,
-                 cells: np.ndarray | None = None, per_image: list[str] | None = None) -> None:
-        self.ids, self.paths, self.plan, self.cells = ids, paths, plan, cells
-        self.per_image = per_image  # a degradation per image (protocol.train_reencode)
+    def __init__(self, images: Sequence[ImageWork], plan: PassPlan) -> None:
+        self.images, self.plan = list(images), plan
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return len(self.images)
 
-    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
-        plan = self.plan
-        path = os.fsdecode(self.paths[i])
+    def __getitem__(self, i: int) -> list[dict[str, np.ndarray]]:
+        work, plan = self.images[i], self.plan
+        path = os.fsdecode(work.path)
         data = read_bytes(path)
-        if content_id(data) != self.ids[i]:
+        if content_id(data) != work.image_id:
             raise StaleManifest(f"{path} changed since it was indexed; rerun `nsnet index`")
         rgb, _ = decode_data(data, path, plan.max_pixels)  # warnings name the file
         DECODES["count"] += 1
-        if plan.degradation:
-            rgb = degradations.apply(plan.degradation, rgb)
-        if self.per_image and self.per_image[i]:
-            rgb = degradations.apply(self.per_image[i], rgb)
+        return [self._derive(rgb, work, j) for j in range(len(work.treatments))]
+
+    def _derive(self, rgb: np.ndarray, work: ImageWork, j: int) -> dict[str, np.ndarray]:
+        plan = self.plan
+        treatment = work.treatments[j]
+        if treatment:
+            rgb = degradations.apply(treatment, rgb)
         item: dict[str, np.ndarray] = {}
+        cells = work.cells[j]
         if plan.select:
-            item["cells"], item["entropy"] = select_cells(rgb, self.ids[i], plan.spec)
-        if plan.composite:
-            cells = item["cells"] if plan.select else self.cells[i]  # type: ignore[index]
-            item["composite"] = composite(rgb, cells, plan.spec)
-            if plan.views > 1:
-                more = view_cells(cells, self.ids[i], plan.views)[1:]
-                item["views"] = np.stack([composite(rgb, c, plan.spec) for c in more])
+            cells, item["entropy"] = select_cells(rgb, work.image_id, plan.spec)
+            item["cells"] = cells
+        wanted = plan.composites
+        if wanted:
+            if cells is None:
+                raise ValueError(f"{work.image_id}: no patch selection to build composites from")
+            orders = view_cells(cells, work.image_id, max(wanted) + 1)
+            item["composite"] = np.stack([composite(rgb, orders[k], plan.spec) for k in wanted])
         if plan.blip is not None:
             item["blip"] = plan.blip.resize(rgb)
         return item
 
 
-def collate(items: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
-    """Stack each field into one tensor (pinned by the loader when ``pin`` is set)."""
-    return {k: torch.from_numpy(np.stack([it[k] for it in items])) for k in items[0]}
+def collate(items: list[list[dict[str, np.ndarray]]]) -> dict[str, torch.Tensor]:
+    """Flatten the images' per-treatment dicts into one batch of samples (stacked fields)."""
+    samples = [s for item in items for s in item]
+    return {k: torch.from_numpy(np.stack([s[k] for s in samples])) for k in samples[0]}
 
 
 def worker_init(_: int) -> None:
@@ -127,7 +123,8 @@ def worker_init(_: int) -> None:
 
 def batches(dataset: ImagePass, batch_size: int, workers: int, pin: bool = False,
             prefetch: int = 4, fetch: int = 8) -> Iterator[dict[str, torch.Tensor]]:
-    """Model batches of ``batch_size`` items decoded in ``workers`` processes.
+    """Model batches of exactly ``batch_size`` samples (the last one smaller), decoded in
+    ``workers`` processes.
 
     Workers fetch small groups of ``fetch`` images (``prefetch`` groups ahead each) that the
     main process joins into model batches: a worker handing over a whole GPU batch of 256 would
@@ -136,28 +133,31 @@ def batches(dataset: ImagePass, batch_size: int, workers: int, pin: bool = False
     """
     if workers and multiprocessing.current_process().daemon:
         workers = 0
-    group = batch_size  # a divisor of the batch size, so model batches are exactly batch_size
-    if workers:
-        group = max(d for d in range(1, min(fetch, batch_size) + 1) if batch_size % d == 0)
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=group, num_workers=workers, collate_fn=collate,
-        pin_memory=pin, persistent_workers=False, worker_init_fn=worker_init,
-        prefetch_factor=prefetch if workers else None,
+        dataset, batch_size=max(1, min(fetch, batch_size)) if workers else batch_size,
+        num_workers=workers, collate_fn=collate, pin_memory=pin, persistent_workers=False,
+        worker_init_fn=worker_init, prefetch_factor=prefetch if workers else None,
     )
     pending: list[dict[str, torch.Tensor]] = []
     size = 0
     for part in loader:
         pending.append(part)
         size += len(next(iter(part.values())))
-        if size >= batch_size:
-            yield _join(pending, pin)
-            pending, size = [], 0
-    if pending:
-        yield _join(pending, pin)
+        while size >= batch_size:
+            joined = _join(pending)
+            yield _pinned({k: v[:batch_size] for k, v in joined.items()}, pin)
+            rest = {k: v[batch_size:] for k, v in joined.items()}
+            size -= batch_size
+            pending = [rest] if size else []
+    if size:
+        yield _pinned(_join(pending), pin)
 
 
-def _join(parts: list[dict[str, torch.Tensor]], pin: bool) -> dict[str, torch.Tensor]:
+def _join(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     if len(parts) == 1:
         return parts[0]
-    out = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-    return {k: v.pin_memory() for k, v in out.items()} if pin else out
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+
+def _pinned(batch: dict[str, torch.Tensor], pin: bool) -> dict[str, torch.Tensor]:
+    return {k: v.pin_memory() for k, v in batch.items()} if pin else batch

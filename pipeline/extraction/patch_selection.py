@@ -206,3 +206,10 @@ def select_batch(images: list[np.ndarray], ids: list[str], spec: PatchSpec) -> l
             cells, entropies = choose(ents[j], spec, ids[i])
             out[i] = Selection(composite(images[i], cells, spec), cells, entropies)
     return out  # type: ignore[return-value]
+
+
+# The code that defines each cached output (``pipeline.provenance.code_fingerprint``): the
+# selection (cells and entropies) and the composites built from it in each patch order.
+SELECTION_CODE = (select_cells, choose, patch_entropies, _hermitian_weights, to_gray, seed_of,
+                  LUMA)
+ORDER_CODE = (composite, view_orders, view_cells, view_seed)

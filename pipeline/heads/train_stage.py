@@ -115,10 +115,10 @@ def train_head(params: Params, kind: str, fs: FeatureSet,
                                  decision, report)
 
 
-def run_train(params: Params, manifest: str | Path, embeddings: str | Path, out_dir: str | Path,
+def run_train(params: Params, manifest: str | Path, features: str | Path, out_dir: str | Path,
               log_csv: str | Path) -> dict[str, Any]:
     """Train ``train.head``; the per-epoch log (a DVC plots file) is rewritten every epoch."""
-    fs = load_features(params, manifest, embeddings)
+    fs = load_features(params, manifest, features)
     rows: list[dict[str, float]] = []
 
     def log_epoch(row: dict[str, float]) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.data.images import ImageError, _to_rgb_array
+from pipeline.data.images import ImageError, to_rgb_array
 from pipeline.data.manifest import content_id
 from pipeline.inference.predict import (
     Chain,
@@ -121,7 +121,7 @@ class Detector:
             if item.width * item.height > self.max_pixels:
                 raise ImageError("too_large", f"{item.width}x{item.height} exceeds "
                                               f"max_pixels={self.max_pixels}")
-            return _to_rgb_array(ImageOps.exif_transpose(item))
+            return to_rgb_array(ImageOps.exif_transpose(item))
         if isinstance(item, np.ndarray):
             if item.ndim >= 2 and item.shape[0] * item.shape[1] > self.max_pixels:
                 raise ImageError("too_large", f"{item.shape[1]}x{item.shape[0]} exceeds "

@@ -64,12 +64,12 @@ def label_separation(x: np.ndarray, labels: np.ndarray) -> float:
     return float(silhouette_score(x, labels, metric="cosine"))
 
 
-def run_tsne(params: Params, manifest: str | Path, embeddings: str | Path,
+def run_tsne(params: Params, manifest: str | Path, features: str | Path,
              model_dir: str | Path, out_png: str | Path) -> dict[str, Any]:
     """Draw the 2 x 2 t-SNE figure; return counts and the label separation before/after."""
     from pipeline.reports.figures import render_tsne
 
-    fs = load_features(params, manifest, embeddings)
+    fs = load_features(params, manifest, features)
     model, config = load_bundle(model_dir)
     keep = np.zeros(len(fs), bool)
     keep[subsample(len(fs), params.figures.tsne_points, params.seed)] = True

@@ -1,0 +1,23 @@
+"""`nsnet scan`: a stat-only listing of data.roots (what `dvc repro` checks for changes)."""
+
+import click
+
+from stages.common import echo_summary, friendly_errors, load, params_options
+
+
+@click.command("scan")
+@params_options
+@click.option("--out", default="cache/listing.parquet", show_default=True,
+              help="Listing to write (Parquet: root, relpath, size, mtime_ns per file).")
+@friendly_errors
+def scan(params_file: str | None, overrides: tuple[str, ...], out: str) -> None:
+    """List every file under data.roots with its size and modification time, reading no
+    image. Roots may be folders, symlinks or paths outside the workspace; the listing changes
+    exactly when a file is added, removed or modified, so `dvc repro` re-runs `index` only
+    then."""
+    from pipeline.data.listing import listing_summary, scan_roots, write_listing
+
+    params = load(params_file, overrides)
+    files, errors = scan_roots(params)
+    write_listing(out, files, errors)
+    echo_summary(listing_summary(files, errors))
