@@ -64,37 +64,62 @@ class BuiltCache:
     workdir: Path
     params: Params
     manifest: Path
-    selections: Path
-    captions: Path
-    embeddings: Path
+    features: Path  # the feature store (cache/features)
 
     def copy_to(self, dest: Path) -> BuiltCache:
-        shutil.copytree(self.workdir, dest)
-        return BuiltCache(dest, self.params, *(dest / "cache" / p.name for p in
-                                                (self.manifest, self.selections, self.captions,
-                                                 self.embeddings)))
-
-    @property
-    def outputs(self) -> Any:
-        from pipeline.extraction.extract_stage import Outputs
-
-        return Outputs.at(self.selections, self.captions, self.embeddings)
+        shutil.copytree(self.workdir, dest, symlinks=True)
+        return BuiltCache(dest, self.params, dest / "cache" / self.manifest.name,
+                          dest / "cache" / self.features.name)
 
 
 def build_cache(workdir: Path, params: Params) -> BuiltCache:
     from pipeline.data.index_stage import build_index
-    from pipeline.extraction.extract_stage import Outputs, run_extract
+    from pipeline.extraction.extract_stage import run_extract
 
     cache = workdir / "cache"
     cache.mkdir(parents=True, exist_ok=True)
     manifest = cache / "manifest.parquet"
     build_index(params, manifest, cache / "index_report.json")
-    out = Outputs.at(cache / "selections.h5", cache / "captions.parquet", cache / "embeddings.h5")
-    run_extract(params, manifest, out, cache)
-    return BuiltCache(workdir, params, manifest, out.selections, out.captions, out.embeddings)
+    run_extract(params, manifest, cache / "features")
+    return BuiltCache(workdir, params, manifest, cache / "features")
 
 
 @pytest.fixture(scope="session")
 def built_cache(tmp_path_factory: pytest.TempPathFactory, demo_images: Path) -> BuiltCache:
     workdir = tmp_path_factory.mktemp("built")
     return build_cache(workdir, tiny_params(demo_images))
+
+
+def part_of(features: Path, params: Params, kind: str, treatment: str = "") -> Any:
+    """The store's ``PartStore`` of work kind ``kind`` (``selection``, ``caption``,
+    ``image:0``, ``text``, ...) under ``treatment``, as ``params`` define it."""
+    from pipeline.cache_store import FeatureStore
+    from pipeline.extraction.settings import ExtractSettings
+
+    part = ExtractSettings.from_params(params).parts(treatment).by_kind()[kind]
+    return FeatureStore(features).part(part)
+
+
+def read_part(features: Path, params: Params, kind: str, ids: list[str],
+              treatment: str = "") -> dict[str, Any]:
+    """Every dataset of one part for ``ids``, in that order."""
+    store = part_of(features, params, kind, treatment)
+    return store.gather(ids, list(store.shapes()) or ["caption"])
+
+
+def corrupt_feature(features: Path, params: Params, kind: str, image_id: str, column: int,
+                    value: float, treatment: str = "") -> None:
+    """Overwrite one value of one image's row in the segment that holds it (fault tests)."""
+    import h5py
+    import numpy as np
+
+    store = part_of(features, params, kind, treatment)
+    idx = store.index()
+    pos = int(idx.locate(np.asarray([image_id]))[0])
+    assert pos >= 0, f"{image_id} not in {store.path}"
+    path = store.path / idx.segments[int(idx.segment[pos])]
+    path.chmod(0o644)  # DVC may have made it read-only
+    with h5py.File(path, "r+") as f:
+        block = f["emb"][:]
+        block[int(idx.row[pos]), column] = value
+        f["emb"][...] = block

@@ -15,7 +15,7 @@ from pipeline.config import ParamsError
 from pipeline.data.audit import header_row, jpeg_quality, run_audit
 from pipeline.data.index_stage import build_index
 from stages.cli import main
-from tests.conftest import tiny_params, tiny_raw, write_params
+from tests.conftest import read_part, tiny_params, tiny_raw, write_params
 
 
 def _image(rng: np.random.Generator, size: int = 64) -> Image.Image:
@@ -176,8 +176,10 @@ def test_train_refuses_reencode_that_the_features_do_not_have(built_cache, tmp_p
 
     params = tiny_params(built_cache.params.data.roots[0].path,
                          protocol={"train_reencode": "jpeg95"})
-    with pytest.raises(ValueError, match="features were computed with train_reencode=''"):
-        run_train(params, built_cache.manifest, built_cache.embeddings, tmp_path / "m",
+    from pipeline.cache_store import StoreError
+
+    with pytest.raises(StoreError, match="run `nsnet extract`.*read under jpeg95"):
+        run_train(params, built_cache.manifest, built_cache.features, tmp_path / "m",
                   tmp_path / "log.csv")
 
 
@@ -185,13 +187,11 @@ def test_extract_reencodes_train_and_val_images_only(tmp_path):
     """protocol.train_reencode: train/val rows are patched from their JPEG re-encoding, test
     rows from their own pixels; the features record it, training accepts them, and going back
     to "" recomputes the features."""
-    import h5py
-
-    from pipeline.cache_store import h5_provenance
     from pipeline.data import degradations
     from pipeline.data.images import open_image
     from pipeline.data.manifest import read_manifest
-    from pipeline.extraction.extract_stage import Outputs, run_extract
+    from pipeline.extraction.cached_features import load_features
+    from pipeline.extraction.extract_stage import run_extract
     from pipeline.extraction.patch_selection import PatchSpec, select_cells
     from pipeline.heads.train_stage import run_train
 
@@ -201,28 +201,36 @@ def test_extract_reencodes_train_and_val_images_only(tmp_path):
                          train={"epochs": 1})
     cache = tmp_path / "cache"
     cache.mkdir()
-    manifest = cache / "manifest.parquet"
+    manifest, store = cache / "manifest.parquet", cache / "features"
     build_index(params, manifest, cache / "index_report.json")
-    out = Outputs.at(cache / "sel.h5", cache / "cap.parquet", cache / "emb.h5")
-    run_extract(params, manifest, out, cache)
-    assert h5_provenance(out.embeddings)["train_reencode"] == "jpeg70"
+    run_extract(params, manifest, store)
+    assert load_features(params, manifest, store).provenance["train_reencode"] == "jpeg70"
     rows = read_manifest(manifest, only_ok=True)
     assert set(rows["split"]) == {"train", "val", "test"}
     spec = PatchSpec.of(params.patches)
-    with h5py.File(out.selections) as f:
-        entropy = f["entropy"][:]
+    train = (rows["split"] != "test").to_numpy()
+
+    def entropies(p, treatment_of):
+        out = np.zeros((len(rows), spec.count), np.float32)
+        for treatment in {treatment_of(s) for s in rows["split"]}:
+            pick = np.flatnonzero([treatment_of(s) == treatment for s in rows["split"]])
+            got = read_part(store, p, "selection", rows["id"].iloc[pick].tolist(), treatment)
+            out[pick] = got["entropy"]
+        return out
+
+    entropy = entropies(params, lambda s: "jpeg70" if s != "test" else "")
     for i, row in rows.iterrows():
         rgb, _ = open_image(row["path"])
         if row["split"] != "test":
             rgb = degradations.apply("jpeg70", rgb)
         np.testing.assert_allclose(entropy[i], select_cells(rgb, row["id"], spec)[1], atol=1e-6)
-    run_train(params, manifest, out.embeddings, tmp_path / "m", tmp_path / "log.csv")
+    run_train(params, manifest, store, tmp_path / "m", tmp_path / "log.csv")
 
     plain = tiny_params(root, train={"epochs": 1})
-    run_extract(plain, manifest, out, cache)
-    assert h5_provenance(out.embeddings)["train_reencode"] == ""
-    with h5py.File(out.selections) as f:
-        again = f["entropy"][:]
+    summary = run_extract(plain, manifest, store)
+    assert summary.computed == int(train.sum())  # the training images, as they are
+    assert load_features(plain, manifest, store).provenance["train_reencode"] == ""
+    again = entropies(plain, lambda s: "")
     train = (rows["split"] != "test").to_numpy()
     assert not np.allclose(again[train], entropy[train])
     np.testing.assert_allclose(again[~train], entropy[~train], atol=1e-6)

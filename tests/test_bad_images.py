@@ -16,18 +16,19 @@ import sys
 import zlib
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from pipeline.cache_store import decode_ids
+from pipeline.config import load_params
 from pipeline.data.images import ImageError, open_image
 from pipeline.data.index_stage import build_index
-from pipeline.data.manifest import read_manifest
-from pipeline.extraction.extract_stage import Outputs, run_extract
+from pipeline.data.manifest import file_paths, read_manifest
+from pipeline.extraction.extract_stage import run_extract
 from stages.cli import main
-from tests.conftest import tiny_params, tiny_raw, write_params
+from tests.conftest import part_of, tiny_params, tiny_raw, write_params
 
 RNG = np.random.default_rng(7)
 
@@ -242,12 +243,10 @@ def test_non_utf8_file_and_folder_names(tmp_path):
     build_index(params, tmp_path / "m.parquet", tmp_path / "r.json")
     df = read_manifest(tmp_path / "m.parquet")
     row = df[df["label"] == 1].iloc[0]
-    assert row["status"] == "ok" and row["path_raw"] == name
+    assert row["status"] == "ok" and file_paths(df[df["label"] == 1])[0] == name
     assert row["path"].endswith("gen_\\xff/caf\\xe9_\\x80.png") and row["source"] == "gen_\\xff"
-    out = Outputs.at(tmp_path / "p.h5", tmp_path / "c.parquet", tmp_path / "e.h5")
-    run_extract(params, tmp_path / "m.parquet", out, tmp_path)  # reads the raw path
-    with h5py.File(tmp_path / "p.h5") as f:
-        assert len(f["ids"]) == 2
+    summary = run_extract(params, tmp_path / "m.parquet", tmp_path / "features")  # raw path
+    assert summary.computed == 2
 
 
 def test_same_content_under_both_labels(tmp_path):
@@ -359,9 +358,9 @@ def test_index_cli_records_reasons_prints_summary_and_extract_skips(tmp_path, mo
         assert want in result.output
     out = CliRunner().invoke(main, ["extract"])
     assert out.exit_code == 0, out.output
-    with h5py.File("cache/selections.h5") as f:
-        ids = [x.decode() for x in f["ids"][:]]
-    assert ids == df.loc[df["status"] == "ok", "id"].tolist() and len(ids) == 8
+    ok_ids = df.loc[df["status"] == "ok", "id"].tolist()
+    sel = part_of(Path("cache/features"), load_params("params.yaml"), "selection")
+    assert sorted(decode_ids(sel.index().keys)) == sorted(ok_ids) and len(ok_ids) == 8
 
 
 def test_strict_makes_any_skip_an_error(tmp_path, monkeypatch):

@@ -5,18 +5,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import h5py
 import pandas as pd
 import pytest
 from click.testing import CliRunner, Result
-from conftest import tiny_raw, write_params
+from conftest import part_of, read_part, tiny_raw, write_params
 
-from pipeline.cache_store import h5_provenance, table_provenance
+from pipeline.cache_store import table_provenance
+from pipeline.config import load_params
 from pipeline.data.manifest import read_manifest
 from stages.cli import main
 
-SUBCOMMANDS = ("index", "extract", "train", "evaluate", "compare", "demo-data")
-PARAM_COMMANDS = ("index", "extract", "train", "evaluate", "compare")
+SUBCOMMANDS = ("scan", "index", "extract", "train", "evaluate", "compare", "demo-data", "cache",
+               "evaluate-degraded")
+PARAM_COMMANDS = ("scan", "index", "extract", "train", "evaluate", "compare")
 
 
 def invoke(*args: str) -> Result:
@@ -64,8 +65,7 @@ def chain(tmp_path_factory: pytest.TempPathFactory, demo_images: Path) -> Path:
 
 
 CHAIN_FILES = [
-    "cache/manifest.parquet", "cache/index_report.json", "cache/selections.h5",
-    "cache/captions.parquet", "cache/embeddings.h5", "models/detector/model.safetensors",
+    "cache/manifest.parquet", "cache/index_report.json", "models/detector/model.safetensors",
     "models/detector/config.json", "plots/train_log.csv", "metrics/metrics.json",
     "plots/roc.csv", "plots/pr.csv", "plots/confusion.csv", "metrics/compare.json",
 ]
@@ -75,7 +75,7 @@ def test_chain_produces_every_output(chain):
     for rel in CHAIN_FILES:
         assert (chain / rel).is_file() and (chain / rel).stat().st_size > 0, rel
     assert not list(chain.rglob("*.partial")), "atomic writes left temporaries behind"
-    assert not list((chain / "cache" / ".work").glob("*/*")), "shards left after the merge"
+    assert len(list((chain / "cache" / "features").glob("*/*/*.h5"))) >= 4  # 4 parts
     assert "index:" in (chain / "index.log").read_text()
     assert "test (%)" in (chain / "evaluate.log").read_text()
     compare_out = (chain / "compare.log").read_text()
@@ -85,17 +85,19 @@ def test_chain_produces_every_output(chain):
 def test_chain_outputs_are_aligned_and_carry_provenance(chain):
     ids = read_manifest(chain / "cache/manifest.parquet", only_ok=True)["id"].tolist()
     assert table_provenance(chain / "cache/manifest.parquet")["stage"] == "index"
-    patch_prov = h5_provenance(chain / "cache/selections.h5")
+    params = load_params(chain / "params.yaml")
+    sel = part_of(chain / "cache/features", params, "selection")
+    patch_prov = sel.info()["provenance"]
     assert patch_prov["stage"] == "extract" and patch_prov["code_version"]
-    assert patch_prov["part"] == "selections"
-    caps = pd.read_parquet(chain / "cache/captions.parquet")
-    assert caps["id"].tolist() == ids and caps["caption"].map(len).gt(0).all()
-    cap_prov = table_provenance(chain / "cache/captions.parquet")
-    assert cap_prov["part"] == "captions" and cap_prov["blip_model"] == "tiny"
-    with h5py.File(chain / "cache/embeddings.h5") as f:
-        assert [x.decode() for x in f["ids"][:]] == ids
-        assert f["image"].shape[0] == f["text"].shape[0] == len(ids)
-    emb_prov = h5_provenance(chain / "cache/embeddings.h5")
+    assert sel.info()["part"] == "selection" and len(sel.index()) == len(ids)
+    caps = read_part(chain / "cache/features", params, "caption", ids)["caption"]
+    assert len(caps) == len(ids) and all(len(c) > 0 for c in caps)
+    cap = part_of(chain / "cache/features", params, "caption").info()
+    assert cap["part"] == "caption" and cap["provenance"]["blip_model"] == "tiny"
+    for kind in ("image:0", "text"):
+        emb = read_part(chain / "cache/features", params, kind, ids)["emb"]
+        assert emb.shape[0] == len(ids)
+    emb_prov = part_of(chain / "cache/features", params, "image:0").info()["provenance"]
     assert emb_prov["stage"] == "extract" and emb_prov["clip_arch"] == "tiny"
     assert emb_prov["patch_spec"] == patch_prov["patch_spec"]
     bundle = json.loads((chain / "models/detector/config.json").read_text())

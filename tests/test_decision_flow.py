@@ -37,9 +37,9 @@ def _params(built_cache, threshold, calibration):
 def platt_run(built_cache, tmp_path_factory):
     work = tmp_path_factory.mktemp("decision")
     params = _params(built_cache, "val_acc", "platt")
-    run_train(params, built_cache.manifest, built_cache.embeddings, work / "model",
+    run_train(params, built_cache.manifest, built_cache.features, work / "model",
               work / "log.csv")
-    out = run_evaluate(params, built_cache.manifest, built_cache.embeddings, work / "model",
+    out = run_evaluate(params, built_cache.manifest, built_cache.features, work / "model",
                        work / "metrics.json", work / "plots")
     return params, work, out
 
@@ -50,7 +50,7 @@ def test_train_chooses_threshold_and_calibration_on_validation(built_cache, plat
     d = Decision.from_bundle(config)
     assert (d.rule, d.calibration) == ("val_acc", "platt")
     assert config["threshold"] == d.threshold and d.scale != 1.0
-    fs = load_features(params, built_cache.manifest, built_cache.embeddings)
+    fs = load_features(params, built_cache.manifest, built_cache.features)
     val = select(fs, "val")
     y = val.frame["label"].to_numpy()
     prob = d.prob(predict_logits(head, val.image, val.text))
@@ -84,13 +84,13 @@ def test_evaluate_refuses_params_that_disagree_with_the_bundle(built_cache, plat
         params.evaluate, calibration="temperature"))
     with pytest.raises(ValueError, match="was trained with evaluate.threshold=val_acc, "
                                          "evaluate.calibration=platt"):
-        run_evaluate(other, built_cache.manifest, built_cache.embeddings, work / "model",
+        run_evaluate(other, built_cache.manifest, built_cache.features, work / "model",
                      tmp_path / "m.json", tmp_path / "plots")
 
 
 def test_predict_and_explain_give_evaluates_calibrated_probability(built_cache, platt_run):
     params, work, _ = platt_run
-    fs = load_features(params, built_cache.manifest, built_cache.embeddings)
+    fs = load_features(params, built_cache.manifest, built_cache.features)
     chain = load_chain(work / "model", device="cpu")
     assert chain.threshold == chain.decision.threshold and chain.decision.calibration == "platt"
     rows = fs.frame.iloc[[0, len(fs) // 2, len(fs) - 1]]
@@ -116,7 +116,7 @@ def test_cli_evaluate_prints_the_calibrated_table(built_cache, platt_run, tmp_pa
     params_file = write_params(tmp_path / "params.yaml", raw)
     res = CliRunner().invoke(main, [
         "evaluate", "--params", str(params_file), "--manifest", str(built_cache.manifest),
-        "--embeddings", str(built_cache.embeddings), "--model", str(work / "model"),
+        "--features", str(built_cache.features), "--model", str(work / "model"),
         "--out", str(tmp_path / "m.json"), "--plots", str(tmp_path / "plots")])
     assert res.exit_code == 0, res.output
     assert "(evaluate.threshold=val_acc, calibration platt)" in res.output
@@ -139,7 +139,7 @@ def test_val_rule_without_fakes_in_validation_is_one_clear_message(built_cache):
 
     params = _params(built_cache, "val_eer", "none")
     params = dataclasses.replace(params, train=dataclasses.replace(params.train, epochs=1))
-    fs = load_features(params, built_cache.manifest, built_cache.embeddings)
+    fs = load_features(params, built_cache.manifest, built_cache.features)
     frame = fs.frame.copy()
     frame.loc[(frame["split"] == "val") & (frame["label"] == 1), "split"] = "test"
     no_val_fakes = FeatureSet(frame, fs.image, fs.text, fs.provenance)

@@ -95,7 +95,7 @@ def views_workspace(built_cache, tmp_path_factory):
     work = built_cache.copy_to(tmp_path_factory.mktemp("views") / "ws")
     params = tiny_params(built_cache.params.data.roots[0].path,
                          protocol={"degradations": ["jpeg30", "resize64"]})
-    run_train(params, work.manifest, work.embeddings, work.workdir / "models" / "detector",
+    run_train(params, work.manifest, work.features, work.workdir / "models" / "detector",
               work.workdir / "plots" / "train_log.csv")
     views = work.workdir / "cache" / "views"
     first = run_views(params, work.manifest, views)
@@ -154,7 +154,7 @@ def test_views_are_reused_and_only_new_ones_computed(views_workspace):
 
 def test_evaluate_views_reports_metrics_per_degradation(views_workspace, tmp_path):
     work, params, views, _ = views_workspace
-    results = run_evaluate_views(params, work.manifest, work.embeddings,
+    results = run_evaluate_views(params, work.manifest, work.features,
                                  work.workdir / "models" / "detector", views, tmp_path)
     assert list(results) == ["clean", "jpeg30", "resize64"]
     summary = json.loads((tmp_path / "details" / "degradations.json").read_text())
@@ -170,7 +170,7 @@ def test_evaluate_views_reports_metrics_per_degradation(views_workspace, tmp_pat
             assert 0 <= m["acc"] <= 1 and m["n_real"] > 0 and m["n_fake"] > 0
     missing = tiny_params(params.data.roots[0].path, protocol={"degradations": ["blur5"]})
     with pytest.raises(FileNotFoundError, match="nsnet degrade"):
-        run_evaluate_views(missing, work.manifest, work.embeddings,
+        run_evaluate_views(missing, work.manifest, work.features,
                            work.workdir / "models" / "detector", views, tmp_path)
     table = format_views_table(results)
     assert table.splitlines()[0].split() == ["view", "acc", "real", "fake", "AP"]

@@ -20,7 +20,7 @@ def train_bundle(built_cache, out: Path) -> Path:
     """A head trained long enough that its probabilities spread out (as in test_predict)."""
     params = dataclasses.replace(built_cache.params, train=dataclasses.replace(
         built_cache.params.train, epochs=15, lr=3e-3, device="cpu"))
-    run_train(params, built_cache.manifest, built_cache.embeddings, out, out.parent / "log.csv")
+    run_train(params, built_cache.manifest, built_cache.features, out, out.parent / "log.csv")
     return out
 
 

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FEATURE_STAGES = ("index", "extract")
 TRAIN_SIDE = ("train", "evaluate", "compare")
 OUTS = ("cache/manifest.parquet", "cache/index_report.json", "cache/selections.h5",
-        "cache/captions.parquet", "cache/embeddings.h5", "models/detector/config.json",
+        "cache/captions.parquet", "cache/features", "models/detector/config.json",
         "models/detector/model.safetensors", "plots/train_log.csv", "metrics/metrics.json",
         "plots/roc.csv", "plots/pr.csv", "plots/confusion.csv", "metrics/compare.json",
         "metrics/audit.json", "plots/reliability.csv")

@@ -37,7 +37,7 @@ def empty_params(tmp_path: Path) -> Path:
 def train_bundle(built_cache, out: Path, head: str = "advanced", epochs: int = 15) -> Path:
     params = dataclasses.replace(built_cache.params, train=dataclasses.replace(
         built_cache.params.train, head=head, epochs=epochs, lr=3e-3, device="cpu"))
-    run_train(params, built_cache.manifest, built_cache.embeddings, out, out.parent / "log.csv")
+    run_train(params, built_cache.manifest, built_cache.features, out, out.parent / "log.csv")
     return out
 
 

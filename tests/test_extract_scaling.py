@@ -74,7 +74,7 @@ def test_shard_in_workers_equals_in_process_and_the_batched_reference(built_cach
         np.testing.assert_array_equal(a["cells"][k], sel.cells)
         np.testing.assert_array_equal(a["entropy"][k], sel.entropy)
     # ... and the cache built by the stage (other batch sizes) holds the same features.
-    cached = _arrays(built_cache.embeddings)
+    cached = _arrays(built_cache.features)
     np.testing.assert_allclose(a["image"], cached["image"][:12], atol=2e-3)
     np.testing.assert_allclose(a["text"], cached["text"][:12], atol=2e-3)
 

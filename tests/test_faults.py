@@ -178,10 +178,10 @@ def test_disk_full_during_extract_keeps_previous_embeddings(tmp_path, built_cach
     written, so the previous one stays as it was."""
     work = built_cache.copy_to(tmp_path / "w")
     write_params(work.workdir / "params.yaml", tiny_raw(demo_root(built_cache)))
-    before = work.embeddings.read_bytes()
+    before = work.features.read_bytes()
     assert len(before) > 16_384
     proc = _fsize_run(work.workdir, ["extract", "--set", "caption.max_new_tokens=3"], 16_384)
-    _assert_failed_cleanly(proc, work.workdir, work.embeddings, before)
+    _assert_failed_cleanly(proc, work.workdir, work.features, before)
 
 
 def test_disk_full_during_train_keeps_previous_bundle(tmp_path, built_cache):
@@ -189,8 +189,8 @@ def test_disk_full_during_train_keeps_previous_bundle(tmp_path, built_cache):
     write_params(work.workdir / "params.yaml", tiny_raw(demo_root(built_cache),
                                                         train={"epochs": 1}))
     first = CliRunner().invoke(main, ["train", "--params", str(work.workdir / "params.yaml"),
-                                      "--manifest", str(work.manifest), "--embeddings",
-                                      str(work.embeddings), "--out",
+                                      "--manifest", str(work.manifest), "--features",
+                                      str(work.features), "--out",
                                       str(work.workdir / "models" / "detector"), "--log",
                                       str(work.workdir / "plots" / "log.csv")])
     assert first.exit_code == 0, first.output
@@ -214,14 +214,14 @@ def test_extract_never_mixes_parts_made_with_other_settings(tmp_path, built_cach
     """Another patch size: selections and image embeddings are recomputed from the images;
     only the parts that do not depend on it (captions, text embeddings) are reused."""
     work = built_cache.copy_to(tmp_path / "w")
-    with h5py.File(work.embeddings) as f:
+    with h5py.File(work.features) as f:
         image_before, text_before = f["image"][:], f["text"][:]
     params = tiny_params(demo_root(built_cache), patches={"size": 16})
     summary = run_extract(params, work.manifest, work.outputs, work.workdir / "cache")
     assert summary.reused_parts == ["captions", "text"], summary.line()
     with h5py.File(work.selections) as f:
         assert json.loads(f.attrs["provenance"])["patch_spec"]["size"] == 16
-    with h5py.File(work.embeddings) as f:
+    with h5py.File(work.features) as f:
         assert not np.array_equal(f["image"][:], image_before)
         np.testing.assert_array_equal(f["text"][:], text_before)
         requests = json.loads(f.attrs["requests"])
@@ -233,7 +233,7 @@ def test_train_and_evaluate_refuse_embeddings_of_another_clip(tmp_path, built_ca
     raw = tiny_raw(demo_root(built_cache), clip={"arch": "ViT-B-32", "pretrained": "openai"})
     write_params(work.workdir / "params.yaml", raw)
     common = ["--params", str(work.workdir / "params.yaml"), "--manifest", str(work.manifest),
-              "--embeddings", str(work.embeddings)]
+              "--features", str(work.features)]
     model = work.workdir / "models" / "detector"
     res = CliRunner().invoke(main, ["train", *common, "--out", str(model), "--log",
                                     str(tmp_path / "log.csv")])

@@ -43,7 +43,7 @@ def bundle(built_cache, tmp_path_factory) -> Path:
         built_cache.params,
         train=dataclasses.replace(built_cache.params.train, epochs=3, device="cpu"),
         evaluate=dataclasses.replace(built_cache.params.evaluate, uncertain_band=0.5))
-    run_train(params, built_cache.manifest, built_cache.embeddings, out, out.parent / "log.csv")
+    run_train(params, built_cache.manifest, built_cache.features, out, out.parent / "log.csv")
     return out
 
 
@@ -318,8 +318,8 @@ def test_broken_local_weights_do_not_blame_the_hub(tmp_path):
 
 
 def test_index_train_and_compare_show_progress(built_cache, tmp_path):
-    common = ["--manifest", str(built_cache.manifest), "--embeddings",
-              str(built_cache.embeddings), "--set", "train.epochs=2", "--set",
+    common = ["--manifest", str(built_cache.manifest), "--features",
+              str(built_cache.features), "--set", "train.epochs=2", "--set",
               "train.device=cpu"]
     raw = json.loads(json.dumps(built_cache.params.to_dict()))
     params = tmp_path / "params.yaml"
@@ -369,15 +369,15 @@ def test_tsne_says_which_direction_of_the_silhouette_is_better(built_cache, tmp_
     bundle_dir = tmp_path / "m"
     params = dataclasses.replace(built_cache.params, train=dataclasses.replace(
         built_cache.params.train, epochs=1, device="cpu"))
-    run_train(params, built_cache.manifest, built_cache.embeddings, bundle_dir,
+    run_train(params, built_cache.manifest, built_cache.features, bundle_dir,
               tmp_path / "log.csv")
     raw = json.loads(json.dumps(params.to_dict()))
     raw["figures"]["tsne_points"] = 20
     raw["figures"]["tsne_perplexity"] = 5.0
     (tmp_path / "p.yaml").write_text(json.dumps(raw))
     res = CliRunner().invoke(main, ["tsne", "--params", str(tmp_path / "p.yaml"), "--manifest",
-                                    str(built_cache.manifest), "--embeddings",
-                                    str(built_cache.embeddings), "--model", str(bundle_dir),
+                                    str(built_cache.manifest), "--features",
+                                    str(built_cache.features), "--model", str(bundle_dir),
                                     "--out", str(tmp_path / "tsne.png")])
     assert res.exit_code == 0, res.output
     assert "higher = real and generated further apart" in res.output

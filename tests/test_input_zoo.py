@@ -178,7 +178,7 @@ def bundle(built_cache, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("zoo_model") / "model"
     params = dataclasses.replace(built_cache.params, train=dataclasses.replace(
         built_cache.params.train, epochs=3, device="cpu"))
-    run_train(params, built_cache.manifest, built_cache.embeddings, out, out.parent / "log.csv")
+    run_train(params, built_cache.manifest, built_cache.features, out, out.parent / "log.csv")
     return out
 
 
@@ -197,12 +197,11 @@ def expected_display(expected: dict[str, str]) -> dict[str, str]:
 
 def test_index_accounts_for_every_file(zoo):
     workdir, expected = zoo
-    root = workdir / "data"
     proc = run_cli(["index"], workdir)
     assert proc.returncode == 0, proc.stderr
     df = read_manifest(workdir / "cache/manifest.parquet")
-    got = {os.path.relpath(p, os.fsencode(root)).decode("utf-8", "backslashreplace"): s
-           for p, s in zip(df["path_raw"], df["status"], strict=True)}
+    got = {p.decode("utf-8", "backslashreplace"): s
+           for p, s in zip(df["relpath"], df["status"], strict=True)}
     want = expected_display(expected)
     want["real/plain.png"] = "duplicate"  # same bytes as the symlink ok_link.png (sorts first)
     assert got == {k: v for k, v in want.items() if k not in ("loose.png", "real/private")}

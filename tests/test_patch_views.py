@@ -134,7 +134,7 @@ def test_one_view_is_todays_cache_and_metrics_bit_for_bit(built_cache, tmp_path,
     raw["patches"].pop("views")
     raw["evaluate"].pop("view_average")
     old = build_cache(tmp_path / "old", params_from_dict(raw))
-    for a, b in ((old.embeddings, built_cache.embeddings),
+    for a, b in ((old.embeddings, built_cache.features),
                  (old.selections, built_cache.selections)):
         with h5py.File(a) as fa, h5py.File(b) as fb:
             assert set(fa) == set(fb)
@@ -147,17 +147,17 @@ def test_one_view_is_todays_cache_and_metrics_bit_for_bit(built_cache, tmp_path,
     for cache, params in ((old, old.params), (built_cache, built_cache.params)):
         model = tmp_path / f"m{len(metrics)}"
         p = dataclasses.replace(params, train=dataclasses.replace(params.train, device="cpu"))
-        run_train(p, cache.manifest, cache.embeddings, model, model / "log.csv")
-        res = run_evaluate(p, cache.manifest, cache.embeddings, model, model / "m.json",
+        run_train(p, cache.manifest, cache.features, model, model / "log.csv")
+        res = run_evaluate(p, cache.manifest, cache.features, model, model / "m.json",
                            model / "plots")
         metrics.append({k: res[k] for k in ("val", "test")})
     assert _same(metrics[0], metrics[1])
 
 
 def test_changing_views_reembeds_only_the_images(built_cache, views_cache):
-    with h5py.File(built_cache.embeddings) as f:
+    with h5py.File(built_cache.features) as f:
         one_image, one_text = f["image"][:], f["text"][:]
-    with h5py.File(views_cache.embeddings) as f:
+    with h5py.File(views_cache.features) as f:
         image, text = f["image"][:], f["text"][:]
         prov = f.attrs["provenance"]
     n, d = one_image.shape
@@ -172,8 +172,8 @@ def test_changing_views_reembeds_only_the_images(built_cache, views_cache):
     assert run_extract(params, views_cache.manifest, views_cache.outputs,
                        cache).reused_parts == ["captions", "image", "selections", "text"]
     one = _params(built_cache, views=1)
-    tmp = Path(str(views_cache.embeddings) + ".k1.h5")
-    shutil.copy(views_cache.embeddings, tmp)
+    tmp = Path(str(views_cache.features) + ".k1.h5")
+    shutil.copy(views_cache.features, tmp)
     out = dataclasses.replace(views_cache.outputs, embeddings=tmp)
     summary = run_extract(one, views_cache.manifest, out, cache)
     assert summary.reused_parts == ["captions", "selections", "text"]
@@ -184,17 +184,17 @@ def test_changing_views_reembeds_only_the_images(built_cache, views_cache):
 
 def test_features_expose_views_and_refuse_a_different_count(built_cache, views_cache,
                                                             monkeypatch):
-    fs = load_features(views_cache.params, views_cache.manifest, views_cache.embeddings)
-    one = load_features(built_cache.params, built_cache.manifest, built_cache.embeddings)
+    fs = load_features(views_cache.params, views_cache.manifest, views_cache.features)
+    one = load_features(built_cache.params, built_cache.manifest, built_cache.features)
     assert fs.n_views == K and one.n_views == 1 and fs.dim == one.dim
     assert torch.equal(fs.first_views(1).image, one.image)
     assert fs.first_views(2).image.shape == (len(fs), 2, fs.dim)
     with pytest.raises(ValueError, match="hold 3 patch-order view"):
         fs.first_views(4)
     with pytest.raises(features.ProvenanceMismatch, match="holds 3 patch-order view.*is 1"):
-        load_features(built_cache.params, views_cache.manifest, views_cache.embeddings)
+        load_features(built_cache.params, views_cache.manifest, views_cache.features)
     monkeypatch.setattr(features, "_available_ram", lambda: 1)  # memory-mapped: same rows
-    mapped = load_features(views_cache.params, views_cache.manifest, views_cache.embeddings)
+    mapped = load_features(views_cache.params, views_cache.manifest, views_cache.features)
     assert isinstance(mapped.image, MappedRows) and mapped.n_views == K
     idx = torch.tensor([5, 0, 3])
     assert torch.equal(mapped.image[idx].float(), fs.image[idx])
@@ -206,7 +206,7 @@ def test_features_expose_views_and_refuse_a_different_count(built_cache, views_c
 
 
 def test_training_draws_a_view_per_image_deterministically(views_cache):
-    fs = load_features(views_cache.params, views_cache.manifest, views_cache.embeddings)
+    fs = load_features(views_cache.params, views_cache.manifest, views_cache.features)
     train, val = select(fs, "train"), select(fs, "val")
     tp = dataclasses.replace(views_cache.params.train, epochs=2, device="cpu")
 
@@ -239,16 +239,16 @@ def views_bundle(views_cache, tmp_path_factory) -> Path:
     # the seed's mapper: the default's best epoch on this tiny val split can be an early, flat
     # one (test_shortcut.py checks predict = evaluate for every mapper)
     params = _params(views_cache, epochs=15, lr=3e-3, mapper="end_to_end")
-    run_train(params, views_cache.manifest, views_cache.embeddings, out, out.parent / "log.csv")
+    run_train(params, views_cache.manifest, views_cache.features, out, out.parent / "log.csv")
     return out
 
 
 def test_evaluate_and_predict_agree_on_views(views_cache, views_bundle, tmp_path):
     params = _params(views_cache)
-    res = run_evaluate(params, views_cache.manifest, views_cache.embeddings, views_bundle,
+    res = run_evaluate(params, views_cache.manifest, views_cache.features, views_bundle,
                        tmp_path / "m.json", tmp_path / "plots")
     assert (res["views"], res["view_average"]) == (K, "mean_logit")
-    fs = load_features(params, views_cache.manifest, views_cache.embeddings)
+    fs = load_features(params, views_cache.manifest, views_cache.features)
     keep = np.zeros(len(fs), bool)
     keep[::4] = True
     fs = fs.subset(keep)
@@ -288,13 +288,13 @@ def test_evaluate_table_says_how_views_were_combined(views_cache, views_bundle, 
     params = write_params(tmp_path / "params.yaml", raw)
     res = CliRunner().invoke(main, [
         "evaluate", "--params", str(params), "--manifest", str(views_cache.manifest),
-        "--embeddings", str(views_cache.embeddings), "--model", str(views_bundle),
+        "--features", str(views_cache.features), "--model", str(views_bundle),
         "--out", str(tmp_path / "m.json"), "--plots", str(tmp_path / "plots")])
     assert res.exit_code == 0, res.output
     assert "test (%; 3 patch-order views, mean_prob)" in res.output
     res = CliRunner().invoke(main, [
         "train", "--params", str(params), "--manifest", str(views_cache.manifest),
-        "--embeddings", str(views_cache.embeddings), "--out", str(tmp_path / "model"),
+        "--features", str(views_cache.features), "--out", str(tmp_path / "model"),
         "--log", str(tmp_path / "log.csv"), "--set", "train.epochs=1", "--set", "train.device=cpu"])
     assert res.exit_code == 0, res.output
     assert "x 3 patch-order views (one drawn per epoch)" in res.output
@@ -302,7 +302,7 @@ def test_evaluate_table_says_how_views_were_combined(views_cache, views_bundle, 
     assert bundle["views"] == {"count": K, "average": "mean_prob"}
     res = CliRunner().invoke(main, [  # a cache of another K: one clear message
         "evaluate", "--params", str(params), "--manifest", str(views_cache.manifest),
-        "--embeddings", str(views_cache.embeddings), "--model", str(views_bundle),
+        "--features", str(views_cache.features), "--model", str(views_bundle),
         "--out", str(tmp_path / "m.json"), "--set", "patches.views=2"])
     assert res.exit_code == 1 and "holds 3 patch-order view(s) per image but patches.views " \
         "is 2. Rerun `nsnet extract`" in res.output and "Traceback" not in res.output
@@ -310,7 +310,7 @@ def test_evaluate_table_says_how_views_were_combined(views_cache, views_bundle, 
 
 def test_compare_puts_one_view_and_k_views_side_by_side(built_cache, views_cache, tmp_path):
     params = _params(views_cache, epochs=3)
-    out = run_compare(params, views_cache.manifest, views_cache.embeddings, ("advanced",),
+    out = run_compare(params, views_cache.manifest, views_cache.features, ("advanced",),
                       tmp_path / "c.json", views=(1, K))
     assert list(out["heads"]) == ["advanced K=1", f"advanced K={K}"]
     assert out["heads"][f"advanced K={K}"]["training"]["views"] == K
@@ -318,17 +318,17 @@ def test_compare_puts_one_view_and_k_views_side_by_side(built_cache, views_cache
     assert "advanced K=1" in table.splitlines()[0] and "K=1 trains and scores view 0" in table
     # The K=1 column is exactly what a one-view cache gives.
     one = run_compare(_params(built_cache, views=1, epochs=3), built_cache.manifest,
-                      built_cache.embeddings, ("advanced",))
+                      built_cache.features, ("advanced",))
     assert _same(one["heads"]["advanced"]["test"], out["heads"]["advanced K=1"]["test"])
     with pytest.raises(ValueError, match="cannot be taken"):
-        run_compare(params, views_cache.manifest, views_cache.embeddings, ("composite_probe",),
+        run_compare(params, views_cache.manifest, views_cache.features, ("composite_probe",),
                     views=(4,))
     raw = tiny_raw(views_cache.workdir)
     raw["patches"]["views"] = K
     res = CliRunner().invoke(main, [
         "compare", "--params", str(write_params(tmp_path / "p.yaml", raw)),
         "--heads", "composite_probe",
-        "--manifest", str(views_cache.manifest), "--embeddings", str(views_cache.embeddings),
+        "--manifest", str(views_cache.manifest), "--features", str(views_cache.features),
         "--out", str(tmp_path / "c2.json"), "--views", "1,x"])
     assert res.exit_code != 0 and "--views" in res.output and "Traceback" not in res.output
 
@@ -346,7 +346,7 @@ def test_degraded_test_views_hold_the_same_patch_orders(views_cache, views_bundl
     paths = view_paths(tmp_path / "views", "jpeg30")
     with h5py.File(paths.embeddings) as f:
         assert f["image"].ndim == 3 and f["image"].shape[1] == K
-    out = run_evaluate_views(params, views_cache.manifest, views_cache.embeddings, views_bundle,
+    out = run_evaluate_views(params, views_cache.manifest, views_cache.features, views_bundle,
                              tmp_path / "views", tmp_path / "metrics")
     assert set(out) == {"clean", "jpeg30"}
     summary = json.loads((tmp_path / "metrics" / "details" / "degradations.json").read_text())
@@ -385,13 +385,13 @@ def test_dvc_reruns_only_the_image_embeddings_when_patches_views_changes(tmp_pat
     assert ran(out) == {"extract"} and skipped(out) == {"index"}, out
     assert "up to date: captions, selections, text" in out, out
     assert (ws / "cache/captions.parquet").read_bytes() == captions
-    with h5py.File(ws / "cache/embeddings.h5") as f:
+    with h5py.File(ws / "cache/features") as f:
         assert f["image"].shape[1] == 2
 
 
 def test_predict_and_explain_cli_say_the_views(views_cache, views_bundle, tmp_path):
     path = load_features(views_cache.params, views_cache.manifest,
-                         views_cache.embeddings).frame["path"].iloc[0]
+                         views_cache.features).frame["path"].iloc[0]
     (tmp_path / "defaults.yaml").write_text("{}\n")  # a named --params file must exist
     none = ["--params", str(tmp_path / "defaults.yaml"), "--set", "compute.device=cpu"]
     res = CliRunner().invoke(main, ["predict", path, "--model", str(views_bundle), *none])
@@ -409,7 +409,7 @@ def test_python_detector_used_by_serve_combines_the_views(views_cache, views_bun
     from pipeline.inference.detector import Detector
 
     params = _params(views_cache)
-    fs = load_features(params, views_cache.manifest, views_cache.embeddings)
+    fs = load_features(params, views_cache.manifest, views_cache.features)
     keep = np.zeros(len(fs), bool)
     keep[1::9] = True
     fs = fs.subset(keep)
@@ -431,12 +431,12 @@ def test_calibrated_k_view_bundle_scores_the_same_in_evaluate_and_predict(views_
     params = _params(views_cache, epochs=8, lr=3e-3)
     params.evaluate.calibration = "platt"
     params.evaluate.view_average = "mean_prob"
-    run_train(params, views_cache.manifest, views_cache.embeddings, tmp_path / "m",
+    run_train(params, views_cache.manifest, views_cache.features, tmp_path / "m",
               tmp_path / "log.csv")
     model, config = load_bundle(tmp_path / "m")
     decision = Decision.from_bundle(config)
     assert decision.calibration == "platt"
-    fs = load_features(params, views_cache.manifest, views_cache.embeddings)
+    fs = load_features(params, views_cache.manifest, views_cache.features)
     keep = np.zeros(len(fs), bool)
     keep[2::9] = True
     fs = fs.subset(keep)

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 
-import h5py
 import numpy as np
 import pytest
 import torch
@@ -21,6 +19,7 @@ from pipeline.extraction.patch_selection import (
     select_patches,
     to_gray,
 )
+from tests.conftest import part_of, read_part
 
 SPECS = [PatchSpec(), PatchSpec(size=16, n_low=4, n_high=5)]
 
@@ -176,43 +175,41 @@ def test_fast_entropies_choose_the_same_cells_as_the_reference_fft(size):
 
 
 def test_cached_selections_point_at_the_source_pixels(built_cache, tmp_path):
-    """selections.h5 from the real stage holds cells, not pixels: at each row's cells the
-    entropies are the numpy reference's, they are the lowest/highest ones, and the composite
-    rebuilt from the file (kept with patches.keep_composites) is those pixels."""
-    from pipeline.extraction.extract_stage import Outputs, run_extract
+    """The store's selection part holds cells, not pixels: at each row's cells the entropies
+    are the numpy reference's, they are the lowest/highest ones, and the composite rebuilt
+    from the image (kept with patches.keep_composites) is those pixels."""
+    from pipeline.extraction.extract_stage import run_extract
 
     rows = read_manifest(built_cache.manifest, only_ok=True)
     spec = PatchSpec.of(built_cache.params.patches)
-    with h5py.File(built_cache.selections) as f:
-        ids = [x.decode() for x in f["ids"][:]]
-        cells, ents = f["cells"][:], f["entropy"][:]
-        prov = json.loads(f.attrs["provenance"])
-        assert set(f) == {"ids", "cells", "entropy"}  # no pixels in the cache
-    assert ids == rows["id"].tolist()
+    ids = rows["id"].tolist()
+    sel = part_of(built_cache.features, built_cache.params, "selection")
+    got = sel.gather(ids, ["cells", "entropy"])
+    cells, ents = got["cells"], got["entropy"]
+    assert set(sel.shapes()) == {"cells", "entropy"}  # no pixels in the cache
+    prov = sel.info()
     assert cells.shape == (len(ids), spec.count, 2) and ents.shape == (len(ids), spec.count)
-    assert prov["stage"] == "extract" and prov["part"] == "selections"
+    assert prov["provenance"]["stage"] == "extract" and prov["part"] == "selection"
     keep = built_cache.copy_to(tmp_path / "keep")
     params = built_cache.params
     params.patches.keep_composites = True
     try:
-        out = Outputs.at(keep.selections, keep.captions, keep.embeddings,
-                         keep.workdir / "cache" / "composites.h5")
-        run_extract(params, keep.manifest, out, keep.workdir / "cache")
+        summary = run_extract(params, keep.manifest, keep.features)
+        assert summary.missing == {"composite": len(ids)}  # nothing else recomputed
+        comps = read_part(keep.features, params, "composite", ids)["composite"]
     finally:
         params.patches.keep_composites = False
-    with h5py.File(out.composites) as f:
-        comps = f["composites"]
-        for i in range(0, len(ids), max(1, len(ids) // 8)):  # a spread of rows
-            rgb, _ = open_image(rows["path"][i])
-            ref = ref_entropies(rgb, spec.size)
-            np.testing.assert_allclose(ents[i], ref[cells[i, :, 0], cells[i, :, 1]],
-                                       rtol=1e-5, atol=1e-5)
-            order = np.sort(ref.reshape(-1))
-            chosen = np.sort(ref[cells[i, :, 0], cells[i, :, 1]])
-            if order.size >= spec.count:
-                want = np.concatenate([order[:spec.n_low], order[order.size - spec.n_high:]])
-                np.testing.assert_allclose(chosen, want, rtol=1e-5, atol=1e-5)
-            for k, (r, c) in enumerate(cells[i]):
-                y, x = r * spec.size, c * spec.size
-                np.testing.assert_array_equal(tile(comps[i], k, spec),
-                                              rgb[y:y + spec.size, x:x + spec.size])
+    for i in range(0, len(ids), max(1, len(ids) // 8)):  # a spread of rows
+        rgb, _ = open_image(rows["path"][i])
+        ref = ref_entropies(rgb, spec.size)
+        np.testing.assert_allclose(ents[i], ref[cells[i, :, 0], cells[i, :, 1]],
+                                   rtol=1e-5, atol=1e-5)
+        order = np.sort(ref.reshape(-1))
+        chosen = np.sort(ref[cells[i, :, 0], cells[i, :, 1]])
+        if order.size >= spec.count:
+            want = np.concatenate([order[:spec.n_low], order[order.size - spec.n_high:]])
+            np.testing.assert_allclose(chosen, want, rtol=1e-5, atol=1e-5)
+        for k, (r, c) in enumerate(cells[i]):
+            y, x = r * spec.size, c * spec.size
+            np.testing.assert_array_equal(tile(comps[i], k, spec),
+                                          rgb[y:y + spec.size, x:x + spec.size])

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
@@ -20,6 +19,7 @@ from pipeline.heads.training_loop import predict_proba
 from pipeline.inference.predict import expand_inputs, load_chain, predict_paths, write_results
 from pipeline.inference.verdict import verdict
 from stages.cli import main
+from tests.conftest import read_part
 
 
 def empty_params(tmp_path: Path) -> Path:
@@ -40,12 +40,12 @@ def train_bundle(built_cache, out: Path) -> Path:
     test_shortcut.py checks predict = evaluate for every mapper)."""
     params = dataclasses.replace(built_cache.params, train=dataclasses.replace(
         built_cache.params.train, epochs=15, lr=3e-3, device="cpu", mapper="end_to_end"))
-    run_train(params, built_cache.manifest, built_cache.embeddings, out, out.parent / "log.csv")
+    run_train(params, built_cache.manifest, built_cache.features, out, out.parent / "log.csv")
     return out
 
 
 def test_predict_on_training_images_equals_evaluate_on_cache(built_cache, bundle):
-    fs = load_features(built_cache.params, built_cache.manifest, built_cache.embeddings)
+    fs = load_features(built_cache.params, built_cache.manifest, built_cache.features)
     keep = np.zeros(len(fs), bool)
     keep[::3] = True  # every third image: real and all generators, fewer forward passes
     fs = fs.subset(keep)
@@ -54,8 +54,9 @@ def test_predict_on_training_images_equals_evaluate_on_cache(built_cache, bundle
     df = predict_paths(chain, fs.frame["path"].tolist(), batch_size=16)
     assert (df["status"] == "ok").all()
     assert df["id"].tolist() == fs.frame["id"].tolist()  # content hash = the manifest's id
-    captions = pq.read_table(built_cache.captions).to_pandas()
-    assert df["caption"].tolist() == captions["caption"][keep].tolist()
+    captions = read_part(built_cache.features, built_cache.params, "caption",
+                         fs.frame["id"].tolist())["caption"]
+    assert df["caption"].tolist() == list(captions)
     np.testing.assert_allclose(df["prob"].to_numpy(), cached, atol=1e-5)
     assert np.ptp(cached) > 1e-3  # the comparison is not between constants
     expected = [verdict(p, chain.threshold, chain.band) for p in cached]

@@ -56,7 +56,7 @@ def _run(work: Path, raw: dict, preset: str | None = None) -> tuple[dict, str, s
         raw = {**raw, "protocol": {**raw["protocol"], "preset": preset}}
     params_file = write_params(work / f"params-{preset}.yaml", raw)
     common = ["--params", str(params_file), "--manifest", str(work / "cache/manifest.parquet"),
-              "--embeddings", str(work / "cache/embeddings.h5")]
+              "--features", str(work / "cache/features")]
     model = work / f"model-{preset}"
     runner = CliRunner()
     tr = runner.invoke(main, ["train", *common, "--out", str(model),
@@ -298,27 +298,26 @@ def test_aigibench_settings_train_sources_and_25_rows_with_a_missing_one(aigiben
     assert test["not_in_preset"] == [] and "not rows of the preset" not in eval_out
 
 
-def test_compare_and_evaluate_views_print_the_preset_rows(aigibench_cache, tmp_path):
+def test_compare_and_evaluate_degraded_print_the_preset_rows(aigibench_cache, tmp_path):
     work, raw = aigibench_cache
     _run(work, raw, "aigibench-1")
     params_file = work / "params-aigibench-1.yaml"
     common = ["--params", str(params_file), "--manifest", str(work / "cache/manifest.parquet"),
-              "--embeddings", str(work / "cache/embeddings.h5")]
+              "--features", str(work / "cache/features")]
     res = CliRunner().invoke(main, ["compare", *common, "--heads", "composite_probe",
                                     "--out", str(tmp_path / "compare.json")])
     assert res.exit_code == 0, res.output
     names = [line[:18].strip() for line in res.stdout.splitlines()[2:]]  # not the progress bar
     present = [n for n in AIGIBENCH_SUBSETS if n != "SocialRF"]
     assert names[:25] == [*present, "mean (24/25 rows)"]
-    res = CliRunner().invoke(main, ["evaluate-views", *common,
+    res = CliRunner().invoke(main, ["evaluate-degraded", *common, "--per-source",
                                     "--model", str(work / "model-aigibench-1"),
-                                    "--views", str(tmp_path / "views"),
                                     "--metrics", str(tmp_path / "metrics")])
     assert res.exit_code == 0, res.output
     assert _printed_rows(res.output) == list(AIGIBENCH_SUBSETS)
     summary = json.loads((tmp_path / "metrics" / "details" / "degradations.json").read_text())
     assert summary["preset"] == "aigibench-1"
-    assert sorted(summary["views"]["clean"]["mean_rows"]) == sorted(present)
+    assert sorted(summary["degradations"]["clean"]["mean_rows"]) == sorted(present)
 
 
 def test_preset_training_sources_partly_or_wholly_absent(aigibench_cache, genimage_run, tmp_path):
@@ -327,7 +326,7 @@ def test_preset_training_sources_partly_or_wholly_absent(aigibench_cache, genima
         return CliRunner().invoke(main, [
             "train", "--params", str(write_params(tmp_path / f"{preset}.yaml", raw)),
             "--manifest", str(work / "cache/manifest.parquet"),
-            "--embeddings", str(work / "cache/embeddings.h5"),
+            "--features", str(work / "cache/features"),
             "--out", str(tmp_path / preset), "--log", str(tmp_path / f"{preset}.csv")])
 
     # UFD trains on all 20 ProGAN classes: 4 of them are here, so training goes on with a note

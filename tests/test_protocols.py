@@ -44,9 +44,9 @@ def _fill(folder: Path, n: int, prefix: str, fake: bool) -> list[Path]:
 def _run(workdir: Path, raw: dict) -> tuple[dict, dict, Path]:
     params = params_from_dict(raw)
     cache = build_cache(workdir, params)
-    info = run_train(params, cache.manifest, cache.embeddings, workdir / "models" / "detector",
+    info = run_train(params, cache.manifest, cache.features, workdir / "models" / "detector",
                      workdir / "train_log.csv")
-    metrics = run_evaluate(params, cache.manifest, cache.embeddings,
+    metrics = run_evaluate(params, cache.manifest, cache.features,
                            workdir / "models" / "detector", workdir / "metrics.json",
                            workdir / "plots")
     return info, metrics, cache.manifest
@@ -75,7 +75,7 @@ def test_genimage_train_on_sd14_test_on_all(genimage_run):
     accs = [m["acc"] for m in test["per_source"].values()]
     assert test["mean"]["acc"] == pytest.approx(float(np.mean(accs)))
     # validation rows come from SD v1.4's train folders only (carved by content hash)
-    fs = load_features(params_from_dict(raw), manifest, work / "cache" / "embeddings.h5")
+    fs = load_features(params_from_dict(raw), manifest, work / "cache" / "features")
     val = select(fs, "val", ["SDv1.4"])
     assert len(val) > 0 and set(select(fs, "val").frame["source"]) <= {"SDv1.4", "ADM",
                                                                         "Midjourney"}
@@ -90,7 +90,7 @@ def test_genimage_table_printed_in_paper_shape(genimage_run):
     params_file = write_params(work / "params.yaml", raw)
     res = CliRunner().invoke(main, ["evaluate", "--params", str(params_file),
                                     "--manifest", str(work / "cache" / "manifest.parquet"),
-                                    "--embeddings", str(work / "cache" / "embeddings.h5"),
+                                    "--features", str(work / "cache" / "features"),
                                     "--model", str(work / "models" / "detector"),
                                     "--out", str(work / "m2.json"),
                                     "--plots", str(work / "plots2")])
@@ -109,7 +109,7 @@ def test_unknown_protocol_source_is_a_clear_error(genimage_run):
     params_file = write_params(work / "bad.yaml", bad)
     res = CliRunner().invoke(main, ["train", "--params", str(params_file),
                                     "--manifest", str(work / "cache" / "manifest.parquet"),
-                                    "--embeddings", str(work / "cache" / "embeddings.h5"),
+                                    "--features", str(work / "cache" / "features"),
                                     "--out", str(work / "models" / "bad"),
                                     "--log", str(work / "bad_log.csv")])
     assert res.exit_code != 0

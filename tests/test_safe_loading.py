@@ -11,7 +11,6 @@ import json
 import pathlib
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 import torch
@@ -25,7 +24,7 @@ from pipeline.heads.bundle import CONFIG, WEIGHTS, load_bundle
 from pipeline.heads.train_stage import run_train
 from pipeline.heads.training_loop import TrainingDiverged
 from stages.cli import main
-from tests.conftest import tiny_params, tiny_raw, write_params
+from tests.conftest import corrupt_feature, tiny_params, tiny_raw, write_params
 
 
 class Payload:
@@ -101,7 +100,7 @@ def test_blip_folder_pickle_and_remote_code_are_refused(tmp_path):
 def test_bundle_is_safetensors_and_json_and_ignores_pickles(tmp_path, built_cache):
     model_dir = tmp_path / "model"
     params = tiny_params(built_cache.params.data.roots[0].path, train={"epochs": 1})
-    run_train(params, built_cache.manifest, built_cache.embeddings, model_dir, tmp_path / "l.csv")
+    run_train(params, built_cache.manifest, built_cache.features, model_dir, tmp_path / "l.csv")
     assert sorted(p.name for p in model_dir.iterdir()) == sorted([CONFIG, WEIGHTS])
     json.loads((model_dir / CONFIG).read_text())
     with open(model_dir / WEIGHTS, "rb") as fh:  # safetensors: u64 header length + JSON
@@ -117,21 +116,18 @@ def test_bundle_is_safetensors_and_json_and_ignores_pickles(tmp_path, built_cach
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("value,dataset", [(np.nan, "image"), (np.inf, "text")])
+@pytest.mark.parametrize("value,dataset", [(np.nan, "image:0"), (np.inf, "text")])
 def test_nonfinite_features_stop_training_without_a_bundle(tmp_path, built_cache, value,
                                                            dataset):
     work = built_cache.copy_to(tmp_path / "w")
     rows = read_manifest(work.manifest, only_ok=True)
     row = int(np.flatnonzero(rows["split"].to_numpy() == "train")[0])
-    with h5py.File(work.embeddings, "r+") as f:
-        block = f[dataset][:]
-        block[row, 5] = value
-        f[dataset][...] = block
+    corrupt_feature(work.features, built_cache.params, dataset, rows["id"].iloc[row], 5, value)
     write_params(work.workdir / "params.yaml", tiny_raw(built_cache.params.data.roots[0].path))
     model_dir = work.workdir / "models" / "detector"
     res = CliRunner().invoke(main, ["train", "--params", str(work.workdir / "params.yaml"),
-                                    "--manifest", str(work.manifest), "--embeddings",
-                                    str(work.embeddings), "--out", str(model_dir), "--log",
+                                    "--manifest", str(work.manifest), "--features",
+                                    str(work.features), "--out", str(model_dir), "--log",
                                     str(tmp_path / "log.csv")])
     assert res.exit_code == 1, res.output
     assert "TrainingDiverged" in res.output and "NaN/inf" in res.output
@@ -142,7 +138,7 @@ def test_training_diverged_is_raised_by_fit(tmp_path, built_cache):
     from pipeline.extraction.cached_features import load_features, select
     from pipeline.heads.training_loop import fit
 
-    fs = load_features(built_cache.params, built_cache.manifest, built_cache.embeddings)
+    fs = load_features(built_cache.params, built_cache.manifest, built_cache.features)
     train = select(fs, "train")
     train.image[0, 0] = float("nan")
     with pytest.raises(TrainingDiverged, match="NaN/inf"):

@@ -117,9 +117,9 @@ def test_alignment_term_is_weighted_and_zero_disables_it():
 
 def test_memory_mapped_features_equal_in_memory_ones(built_cache, monkeypatch):
     p = built_cache.params
-    in_ram = load_features(p, built_cache.manifest, built_cache.embeddings)
+    in_ram = load_features(p, built_cache.manifest, built_cache.features)
     monkeypatch.setattr(features, "_available_ram", lambda: 1)
-    mapped = load_features(p, built_cache.manifest, built_cache.embeddings)
+    mapped = load_features(p, built_cache.manifest, built_cache.features)
     assert isinstance(mapped.image, MappedRows) and isinstance(in_ram.image, torch.Tensor)
     assert mapped.image.shape == in_ram.image.shape
     assert torch.equal(mapped.image[0:len(mapped)].float(), in_ram.image)
@@ -144,7 +144,7 @@ def test_train_stage_logs_every_epoch_and_reports_nsnet_rank(built_cache, tmp_pa
     params = dataclasses.replace(
         built_cache.params,
         train=dataclasses.replace(built_cache.params.train, head="nsnet", epochs=3, nsnet_k=8))
-    info = run_train(params, built_cache.manifest, built_cache.embeddings, tmp_path / "model",
+    info = run_train(params, built_cache.manifest, built_cache.features, tmp_path / "model",
                      tmp_path / "plots" / "log.csv")
     log = pd.read_csv(tmp_path / "plots" / "log.csv")
     assert log["epoch"].tolist() == [1, 2, 3]
@@ -155,7 +155,7 @@ def test_train_stage_logs_every_epoch_and_reports_nsnet_rank(built_cache, tmp_pa
 
 
 def test_compare_prints_one_table_for_all_heads(built_cache, tmp_path):
-    out = run_compare(built_cache.params, built_cache.manifest, built_cache.embeddings,
+    out = run_compare(built_cache.params, built_cache.manifest, built_cache.features,
                       out_json=tmp_path / "compare.json")
     assert set(out["heads"]) == {"composite_probe", "nsnet", "advanced"}
     table = format_comparison(out)

@@ -27,12 +27,12 @@ def _params(built_cache, head: str, points: int = 40):
 
 
 def _bundle(built_cache, params, out: Path) -> Path:
-    run_train(params, built_cache.manifest, built_cache.embeddings, out, out.parent / "log.csv")
+    run_train(params, built_cache.manifest, built_cache.features, out, out.parent / "log.csv")
     return out
 
 
 def test_projection_removes_the_semantic_subspace(built_cache, tmp_path):
-    fs = load_features(built_cache.params, built_cache.manifest, built_cache.embeddings)
+    fs = load_features(built_cache.params, built_cache.manifest, built_cache.features)
     for head in ("nsnet", "composite_probe"):
         model, _ = load_bundle(_bundle(built_cache, _params(built_cache, head), tmp_path / head))
         x, px = before_after(model, fs)
@@ -50,7 +50,7 @@ def test_projection_removes_the_semantic_subspace(built_cache, tmp_path):
 def test_run_tsne_draws_a_subsample(built_cache, tmp_path):
     params = _params(built_cache, "advanced", points=30)
     bundle = _bundle(built_cache, params, tmp_path / "m")
-    out = run_tsne(params, built_cache.manifest, built_cache.embeddings, bundle,
+    out = run_tsne(params, built_cache.manifest, built_cache.features, bundle,
                    tmp_path / "plots" / "tsne.png")
     assert out["n"] == 30 and out["head"] == "advanced"
     assert set(out["silhouette"]) == {"before", "after"}
@@ -67,8 +67,8 @@ def test_cli_and_params(built_cache, demo_images, tmp_path):
     params_file = write_params(tmp_path / "params.yaml", raw)
     bundle = _bundle(built_cache, _params(built_cache, "nsnet"), tmp_path / "model")
     res = CliRunner().invoke(main, ["tsne", "--params", str(params_file), "--manifest",
-                                    str(built_cache.manifest), "--embeddings",
-                                    str(built_cache.embeddings), "--model", str(bundle),
+                                    str(built_cache.manifest), "--features",
+                                    str(built_cache.features), "--model", str(bundle),
                                     "--out", str(tmp_path / "t.png")])
     assert res.exit_code == 0, res.output
     assert "25 images" in res.output and (tmp_path / "t.png").exists()
@@ -76,8 +76,8 @@ def test_cli_and_params(built_cache, demo_images, tmp_path):
     with pytest.raises(ParamsError, match="figures.tsne_points"):
         params_from_dict(raw)
     res = CliRunner().invoke(main, ["tsne", "--params", str(params_file), "--manifest",
-                                    str(built_cache.manifest), "--embeddings",
-                                    str(built_cache.embeddings), "--model",
+                                    str(built_cache.manifest), "--features",
+                                    str(built_cache.features), "--model",
                                     str(tmp_path / "none")])
     assert res.exit_code == 1 and "not a model bundle" in res.output
 
@@ -86,7 +86,7 @@ def test_dvc_declares_the_figure_stage_and_plots():
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     tsne = stages["tsne"]
     assert tsne["cmd"].split()[:2] == ["nsnet", "tsne"] and "plots/tsne.png" in tsne["cmd"]
-    assert {"cache/manifest.parquet", "cache/embeddings.h5", "models/detector"} <= set(tsne["deps"])
+    assert {"cache/manifest.parquet", "cache/features", "models/detector"} <= set(tsne["deps"])
     assert tsne["plots"] == [{"plots/tsne.png": {"cache": False}}]
     assert "figures" in yaml.safe_load((ROOT / "params.yaml").read_text())
     declared = {next(iter(p)) if isinstance(p, dict) else p

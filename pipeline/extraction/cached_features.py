@@ -202,19 +202,19 @@ def load_features(params: Params, manifest: str | Path, store: str | Path,
     treats = np.asarray(treatments, dtype=object)
     ids = encode_ids(rows["id"].tolist())
     first = settings.parts(treatments[0] if n else settings.treatment("test"))
-    dim = _dim(fs_store, first)
+    dim = _dim(fs_store, settings, treatments)
     image, mapped = _allocate(fs_store, (n, k, dim) if k > 1 else (n, dim), "image")
     text, text_mapped = _allocate(fs_store, (n, dim), "text")
     for treatment in sorted(set(treatments)):
         pick = np.flatnonzero(treats == treatment)
         parts = settings.parts(treatment)
         for view, part in enumerate(parts.images):
-            got = _gather(fs_store, part, ids[pick])
+            got = _gather(fs_store, part, ids[pick], treatment)
             if k > 1:
                 image[pick, view] = got
             else:
                 image[pick] = got
-        text[pick] = _gather(fs_store, parts.text, ids[pick])
+        text[pick] = _gather(fs_store, parts.text, ids[pick], treatment)
     image_rows = _rows(image, mapped)
     columns = ["id", "label", "source", "split", "path"]
     columns += [c for c in ("format",) if c in rows]  # per-format metrics (shortcut check)
@@ -223,24 +223,30 @@ def load_features(params: Params, manifest: str | Path, store: str | Path,
     return FeatureSet(frame, image_rows, _rows(text, text_mapped), prov)
 
 
-def _gather(store: FeatureStore, part: Part, ids: np.ndarray) -> np.ndarray:
+def _gather(store: FeatureStore, part: Part, ids: np.ndarray, treatment: str) -> np.ndarray:
     try:
         return store.part(part).gather(ids, ["emb"])["emb"]
     except StoreError as exc:
         others = [d["key"] for d in store.describe() if d["part"] == part.name
                   and d["key"] != part.key]
+        what = f" Those images are read under {treatment} (a treatment)." if treatment else ""
         hint = (f" The store holds {part.name} features of other settings ({', '.join(others)}"
                 "): `nsnet cache` lists them." if others else "")
-        raise StoreError(f"{exc}.{hint}") from None
+        raise StoreError(f"{exc}.{what}{hint}") from None
 
 
-def _dim(store: FeatureStore, parts: PartSet) -> int:
-    shapes = store.part(parts.text).shapes() or store.part(parts.images[0]).shapes()
-    if not shapes:
-        raise StoreError(f"{store.root} has no features made with the current settings "
-                         f"(clip {parts.text.settings['clip_arch']}); run `nsnet extract` "
-                         "(or `dvc repro`)")
-    return int(shapes["emb"][0][-1])
+def _dim(store: FeatureStore, settings: ExtractSettings, treatments: list[str]) -> int:
+    """The embedding width, from any part the rows will be read from."""
+    for treatment in sorted(set(treatments)) or [""]:
+        parts = settings.parts(treatment)
+        shapes = store.part(parts.text).shapes() or store.part(parts.images[0]).shapes()
+        if shapes:
+            return int(shapes["emb"][0][-1])
+    under = [t for t in sorted(set(treatments)) if t]
+    raise StoreError(
+        f"{store.root} has no features made with the current settings (clip "
+        f"{settings.clip_arch}{', images read under ' + ', '.join(under) if under else ''}); "
+        "run `nsnet extract` (or `dvc repro`)")
 
 
 def _provenance(store: FeatureStore, settings: ExtractSettings, parts: PartSet,
