@@ -224,7 +224,6 @@ class PartStore:
         ids = list(ids)
         if any(len(a) != len(ids) for a in arrays.values()):
             raise ValueError("every array of a segment needs one row per id")
-        self.ensure(provenance)
         name = f"{fingerprint(ids)}-{len(ids)}{SEGMENT_SUFFIX}"
         target = self.path / name
         if target.exists():  # another run committed exactly these rows
@@ -241,6 +240,7 @@ class PartStore:
                                          dtype=h5py.string_dtype("utf-8"))
                     else:
                         f.create_dataset(key, data=arr)
+            self.ensure(provenance)  # only once a segment is ready: a failed write leaves none
             os.replace(tmp, target)
         return target
 

@@ -1,16 +1,14 @@
 """Faults: SIGKILL mid-stage, write errors, and caches made with other settings.
 
-Kills use a real ``nsnet`` subprocess and one image per shard, so some shards are committed in
-``cache/.work/<stage>-<fingerprint>/`` when the process dies; the resumed run must end with
-exactly the cache of an uninterrupted run. Write errors come from a real file size limit
+Kills use a real ``nsnet`` subprocess and one image per shard, so some shards are committed as
+segments of the feature store when the process dies; the resumed run must end with exactly the
+features of an uninterrupted run. Write errors come from a real file size limit
 (RLIMIT_FSIZE) in the subprocess.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import resource
 import shutil
 import signal
@@ -19,18 +17,25 @@ import sys
 import time
 from pathlib import Path
 
-import h5py
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import yaml
 from click.testing import CliRunner
 
 from pipeline.atomic import atomic_path, write_json
 from pipeline.data.demo_data import make_demo_images
-from pipeline.extraction.extract_stage import Outputs, run_extract
+from pipeline.data.manifest import read_manifest
+from pipeline.extraction.extract_stage import run_extract
 from stages.cli import main
-from tests.conftest import ROOT, build_cache, tiny_params, tiny_raw, write_params
+from tests.conftest import (
+    ROOT,
+    build_cache,
+    part_of,
+    read_part,
+    tiny_params,
+    tiny_raw,
+    write_params,
+)
 
 SHARDED = {"compute": {"shard_size": 1}}
 
@@ -48,22 +53,22 @@ def nsnet(args: list[str], cwd: Path, fsize: int | None = None) -> subprocess.Po
                             preexec_fn=limit if fsize else None)
 
 
-def committed(workdir_glob: str, cwd: Path, suffix: str) -> list[Path]:
-    return sorted(p for p in (cwd / "cache" / ".work").glob(f"{workdir_glob}/*{suffix}")
-                  if not p.name.startswith("."))
+def committed(cwd: Path) -> list[Path]:
+    """The selection segments committed so far (one per finished one-image shard)."""
+    return sorted((cwd / "cache" / "features" / "selection").glob("*/*.h5"))
 
 
-def kill_after(proc: subprocess.Popen, cwd: Path, stage: str, suffix: str, n: int) -> int:
-    """SIGKILL ``proc`` once ``n`` shards of ``stage`` are committed; return how many were."""
+def kill_after(proc: subprocess.Popen, cwd: Path, n: int) -> int:
+    """SIGKILL ``proc`` once ``n`` shards are committed; return how many were."""
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and proc.poll() is None:
-        if len(committed(f"{stage}-*", cwd, suffix)) >= n:
+        if len(committed(cwd)) >= n:
             proc.send_signal(signal.SIGKILL)
             break
         time.sleep(0.002)
     proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL, "the stage ended before it could be killed"
-    return len(committed(f"{stage}-*", cwd, suffix))
+    return len(committed(cwd))
 
 
 @pytest.fixture(scope="module")
@@ -87,50 +92,42 @@ def _workspace(tmp_path: Path, reference, demo_images: Path, *files: str) -> Pat
     return tmp_path
 
 
-def _resume(cwd: Path, stage: str) -> int:
-    proc = nsnet([stage], cwd)
+def _resume(cwd: Path) -> str:
+    proc = nsnet(["extract"], cwd)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
-    return int(re.search(r"\((\d+) reused from an interrupted run\)", err).group(1))
+    return err
 
 
-def _settings(provenance: bytes | str) -> dict:
-    """Provenance without the code version (the tree may change while tests run)."""
-    prov = json.loads(provenance)
-    return {k: v for k, v in prov.items() if k not in ("code_version", "nsnet_version")}
+KINDS = ("selection", "caption", "image:0", "text")
 
 
 def test_sigkill_during_extract_resumes_to_the_same_cache(tmp_path, reference, small_images):
     cwd = _workspace(tmp_path, reference, small_images, "manifest.parquet")
-    total = len(pq.read_table(reference.manifest).to_pandas().query("status == 'ok'"))
-    done = kill_after(nsnet(["extract"], cwd), cwd, "extract", ".h5", 2)
-    assert 2 <= done < total
-    for name in ("selections.h5", "captions.parquet", "embeddings.h5"):
-        assert not (cwd / "cache" / name).exists(), name
-    # Another setting makes another fingerprint: the killed run's shards are not mixed in.
+    ids = read_manifest(reference.manifest, only_ok=True)["id"].tolist()
+    done = kill_after(nsnet(["extract"], cwd), cwd, 2)
+    assert 2 <= done < len(ids)
+    store = cwd / "cache" / "features"
+    assert not list(store.rglob("*.partial"))  # temporaries live outside the store
+    # Another setting makes other parts: the killed run's segments are not mixed in.
     alt = tmp_path / "alt"
     shutil.copytree(cwd / "cache", alt / "cache")
     other = tiny_params(small_images, compute={"shard_size": 1, "precision": "bf16"})
-    out = Outputs.at(*(alt / "cache" / n for n in ("selections.h5", "captions.parquet",
-                                                   "embeddings.h5")))
-    summary = run_extract(other, alt / "cache" / "manifest.parquet", out, alt / "cache")
-    assert summary.reused_shards == 0 and summary.images == total
-    # A half-written shard of the killed run (its temporary name) must never be read.
-    workdir = next((cwd / "cache" / ".work").glob("extract-*"))
-    (workdir / ".000999-deadbeef.h5.x1y2.partial").write_bytes(b"\x89HDF\r\n partial")
-    assert _resume(cwd, "extract") == done
-    for name in ("selections.h5", "embeddings.h5"):
-        with h5py.File(cwd / "cache" / name) as got, \
-                h5py.File(reference.workdir / "cache" / name) as want:
-            assert set(got) == set(want)
-            for key in got:
-                np.testing.assert_array_equal(got[key][:], want[key][:], err_msg=key)
-            assert _settings(got.attrs["provenance"]) == _settings(want.attrs["provenance"])
-    got = pq.read_table(cwd / "cache" / "captions.parquet")
-    want = pq.read_table(reference.captions)
-    assert got.to_pandas().equals(want.to_pandas())
-    assert _settings(got.schema.metadata[b"nsnet"]) == _settings(want.schema.metadata[b"nsnet"])
-    assert not list((cwd / "cache" / ".work").glob("extract-*"))  # finished work is cleaned
+    summary = run_extract(other, alt / "cache" / "manifest.parquet", alt / "cache" / "features")
+    assert summary.reused == 0 and summary.computed == len(ids)
+    # A half-written segment of the killed run (its temporary) must never be read.
+    (cwd / "cache" / ".tmp").mkdir(exist_ok=True)
+    (cwd / "cache" / ".tmp" / ".deadbeef-1.h5.x1y2.partial").write_bytes(b"\x89HDF\r\n part")
+    err = _resume(cwd)  # each part resumes on its own: the selections committed are reused
+    assert f"selection {len(ids) - done}," in err, err
+    params = tiny_params(small_images, **SHARDED)
+    for kind in KINDS:
+        got = read_part(store, params, kind, ids)
+        want = read_part(reference.features, params, kind, ids)
+        for key in got:
+            np.testing.assert_array_equal(got[key], want[key], err_msg=f"{kind}/{key}")
+        made = part_of(store, params, kind).info()["settings"]
+        assert made == part_of(reference.features, params, kind).info()["settings"]
 
 
 # ----------------------------------------------------------------------------- write errors
@@ -158,8 +155,16 @@ def _assert_failed_cleanly(proc, workdir, output, before: bytes) -> None:
     assert proc.returncode == 1, proc.stderr
     assert "could not write" in proc.stderr and "File too large" in proc.stderr
     assert "left intact" in proc.stderr and "Traceback" not in proc.stderr
-    assert output.read_bytes() == before
-    assert not [p for p in (workdir / "cache").iterdir() if p.name.endswith(".partial")]
+    assert _snapshot(output) == before
+    assert not [p for p in (workdir / "cache").rglob("*.partial")]
+
+
+def _snapshot(path: Path) -> dict[str, bytes] | bytes:
+    """A file's bytes, or every file of a folder (the feature store) by relative path."""
+    if path.is_dir():
+        return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*"))
+                if p.is_file()}
+    return path.read_bytes()
 
 
 def test_disk_full_during_index_keeps_previous_manifest(tmp_path, built_cache):
@@ -168,19 +173,18 @@ def test_disk_full_during_index_keeps_previous_manifest(tmp_path, built_cache):
     write_params(work.workdir / "params.yaml", tiny_raw(demo_root(built_cache)))
     before = work.manifest.read_bytes()
     assert len(before) > 4096
-    proc = _fsize_run(work.workdir, ["index"], 4096)
+    proc = _fsize_run(work.workdir, ["index", "--rescan"], 4096)
     _assert_failed_cleanly(proc, work.workdir, work.manifest, before)
 
 
-def test_disk_full_during_extract_keeps_previous_embeddings(tmp_path, built_cache):
-    """HDF5 outputs: a clean exit 1 (HDF5's own failure path can crash the process at exit).
-    A new caption length re-captions and re-embeds the text; the new embeddings file cannot be
-    written, so the previous one stays as it was."""
+def test_disk_full_during_extract_keeps_every_committed_segment(tmp_path, built_cache):
+    """HDF5 segments: a clean exit 1 (HDF5's own failure path can crash the process at exit).
+    A new caption length re-captions and re-embeds the text; its segments cannot be written,
+    so the store stays exactly as it was, and nothing partial is left in it."""
     work = built_cache.copy_to(tmp_path / "w")
     write_params(work.workdir / "params.yaml", tiny_raw(demo_root(built_cache)))
-    before = work.features.read_bytes()
-    assert len(before) > 16_384
-    proc = _fsize_run(work.workdir, ["extract", "--set", "caption.max_new_tokens=3"], 16_384)
+    before = _snapshot(work.features)
+    proc = _fsize_run(work.workdir, ["extract", "--set", "caption.max_new_tokens=3"], 4096)
     _assert_failed_cleanly(proc, work.workdir, work.features, before)
 
 
@@ -211,21 +215,22 @@ def demo_root(cache) -> str:
 
 
 def test_extract_never_mixes_parts_made_with_other_settings(tmp_path, built_cache):
-    """Another patch size: selections and image embeddings are recomputed from the images;
-    only the parts that do not depend on it (captions, text embeddings) are reused."""
+    """Another patch size: selections and image embeddings are computed from the images into
+    parts of their own; the captions and text embeddings, which do not depend on it, are
+    reused."""
     work = built_cache.copy_to(tmp_path / "w")
-    with h5py.File(work.features) as f:
-        image_before, text_before = f["image"][:], f["text"][:]
+    ids = read_manifest(work.manifest, only_ok=True)["id"].tolist()
+    old = tiny_params(demo_root(built_cache))
     params = tiny_params(demo_root(built_cache), patches={"size": 16})
-    summary = run_extract(params, work.manifest, work.outputs, work.workdir / "cache")
-    assert summary.reused_parts == ["captions", "text"], summary.line()
-    with h5py.File(work.selections) as f:
-        assert json.loads(f.attrs["provenance"])["patch_spec"]["size"] == 16
-    with h5py.File(work.features) as f:
-        assert not np.array_equal(f["image"][:], image_before)
-        np.testing.assert_array_equal(f["text"][:], text_before)
-        requests = json.loads(f.attrs["requests"])
-    assert requests["image"]["selections"] != requests["text"]["captions"]
+    summary = run_extract(params, work.manifest, work.features)
+    assert summary.missing == {"selection": len(ids), "image:0": len(ids)}, summary.line()
+    sel = part_of(work.features, params, "selection")
+    assert sel.info()["settings"]["patch_spec"]["size"] == 16
+    assert sel.path != part_of(work.features, old, "selection").path
+    assert not np.array_equal(read_part(work.features, params, "image:0", ids)["emb"],
+                              read_part(work.features, old, "image:0", ids)["emb"])
+    assert part_of(work.features, params, "text").path == part_of(work.features, old,
+                                                                  "text").path
 
 
 def test_train_and_evaluate_refuse_embeddings_of_another_clip(tmp_path, built_cache):
@@ -237,13 +242,13 @@ def test_train_and_evaluate_refuse_embeddings_of_another_clip(tmp_path, built_ca
     model = work.workdir / "models" / "detector"
     res = CliRunner().invoke(main, ["train", *common, "--out", str(model), "--log",
                                     str(tmp_path / "log.csv")])
-    assert res.exit_code == 1 and "ProvenanceMismatch" in res.output
-    assert "clip_arch: cache has 'tiny', requested 'ViT-B-32'" in res.output
+    assert res.exit_code == 1 and "StoreError" in res.output
+    assert "no features made with the current settings (clip ViT-B-32" in res.output
     assert not model.exists()
     metrics = tmp_path / "metrics.json"
     res = CliRunner().invoke(main, ["evaluate", *common, "--model", str(model), "--out",
                                     str(metrics), "--plots", str(tmp_path / "plots")])
-    assert res.exit_code == 1 and "clip_arch: cache has 'tiny'" in res.output
+    assert res.exit_code == 1 and "clip ViT-B-32" in res.output
     assert not metrics.exists()
 
 
@@ -257,9 +262,9 @@ def test_dvc_params_invalidate_only_affected_stages():
     assert uses("extract", "clip.arch") and uses("extract", "clip.pretrained")
     assert uses("extract", "patches.size") and uses("extract", "caption.model")
     assert not uses("index", "clip.arch") and not uses("index", "caption.model")
-    for stage in ("index", "extract", "views"):
+    for stage in ("scan", "index", "extract"):
         assert not uses(stage, "train.lr"), stage
     # Settings that change how fast, not what, never invalidate the extraction.
     for key in ("clip.batch_size", "caption.batch_size", "compute.num_workers",
                 "compute.torch_threads", "compute.shard_size", "data.num_workers"):
-        assert not uses("extract", key) and not uses("views", key), key
+        assert not uses("extract", key), key

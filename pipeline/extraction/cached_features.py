@@ -195,6 +195,7 @@ def load_features(params: Params, manifest: str | Path, store: str | Path,
     without them is a ``StoreError`` that says to run ``nsnet extract``.
     """
     settings = ExtractSettings.from_params(params)
+    _refuse_previous_layout(Path(store))
     fs_store = FeatureStore(require(store, "extract"))
     fs_store.check_format()
     rows, treatments = feature_rows(params, manifest, degradation)
@@ -221,6 +222,17 @@ def load_features(params: Params, manifest: str | Path, store: str | Path,
     frame = rows[columns].reset_index(drop=True)
     prov = _provenance(fs_store, settings, first, degradation)
     return FeatureSet(frame, image_rows, _rows(text, text_mapped), prov)
+
+
+def _refuse_previous_layout(store: Path) -> None:
+    from pipeline.extraction.store_admin import LEGACY_FILES, has_legacy
+
+    if has_legacy(store.parent) and not FeatureStore(store).describe():
+        found = [f for f in LEGACY_FILES if (store.parent / f).exists()]
+        raise StoreError(
+            f"{store.parent} holds features in the previous layout ({', '.join(found)}) and "
+            f"{store} is empty: run `nsnet extract` (or `dvc repro`), which converts them "
+            "without recomputing (`nsnet cache --migrate` does only that)")
 
 
 def _gather(store: FeatureStore, part: Part, ids: np.ndarray, treatment: str) -> np.ndarray:

@@ -60,6 +60,7 @@ class ExtractSummary:
     shards: int
     seconds: float
     skipped: dict[str, int] = field(default_factory=dict)
+    migrated: list[str] = field(default_factory=list)  # parts converted from the old layout
 
     @property
     def images_per_s(self) -> float:
@@ -75,7 +76,8 @@ class ExtractSummary:
         else:
             work = (f"computed {self.computed} ({kinds}) in {self.shards} shard(s), "
                     f"{self.seconds:.1f} s, {self.images_per_s:.1f} images/s")
-        return (f"extract: {self.images} images -> {self.samples} feature rows ({treat}); "
+        moved = "".join(f"{line}\n" for line in self.migrated)
+        return (f"{moved}extract: {self.images} images -> {self.samples} feature rows ({treat}); "
                 f"{work}; reused {self.reused}"
                 + (f"; {skipped} manifest rows skipped ({why})" if skipped else ""))
 
@@ -259,6 +261,7 @@ def run_extract(params: Params, manifest: str | Path, store: str | Path,
     from pipeline import runtime
     from pipeline.backbones.clip import resolve_device
 
+    migrated = _migrate_previous_layout(params, manifest, store)
     plan = plan_extract(params, manifest, store)
     FeatureStore(store).clean_tmp()
     seconds = 0.0
@@ -274,4 +277,16 @@ def run_extract(params: Params, manifest: str | Path, store: str | Path,
                                resume_hint=RESUME_HINT)
     images = len(ok_rows(manifest))
     return ExtractSummary(images, plan.samples, plan.to_compute, plan.reused, plan.missing,
-                          plan.treatments, len(plan.shards), seconds, plan.skipped)
+                          plan.treatments, len(plan.shards), seconds, plan.skipped, migrated)
+
+
+def _migrate_previous_layout(params: Params, manifest: str | Path, store: str | Path
+                             ) -> list[str]:
+    """An empty store beside files of the previous layout: convert them first (no recompute;
+    ``pipeline.extraction.store_admin.migrate_legacy``). The old files are left in place."""
+    from pipeline.extraction.store_admin import has_legacy, migrate_legacy
+
+    folder = Path(store).parent
+    if FeatureStore(store).describe() or not has_legacy(folder):
+        return []
+    return migrate_legacy(params, ok_rows(manifest), folder, store)

@@ -152,8 +152,13 @@ def _migrate_set(settings: ExtractSettings, fs: FeatureStore, folder: Path, degr
     legacy = _read_legacy(folder)
     if degradation and degradation not in settings.degradations:
         return [f"{where}: not converted: {degradation} is not in protocol.degradations"]
+    why_not = {name: _mismatch(settings, name, req, degradation)
+               for name, (_, _, req) in legacy.items()}
+    for name, base in (("image", "selections"), ("text", "captions")):
+        if name in why_not and not why_not[name] and why_not.get(base, "missing"):
+            why_not[name] = f"made from {base} that are not converted"
     for part_name, (ids, arrays, request) in legacy.items():
-        why = _mismatch(settings, part_name, request, degradation)
+        why = why_not[part_name]
         if why:
             out.append(f"{where} {part_name}: not converted ({why}); `nsnet extract` "
                        "recomputes it")
