@@ -18,17 +18,29 @@ $(BIN)/nsnet: pyproject.toml $(CONSTRAINTS)
 
 install: $(BIN)/nsnet
 
-# Build the simulated demo set in a fresh DVC workspace, run the whole pipeline, show metrics.
+# Build the simulated demo set in a fresh DVC workspace, run the whole pipeline, show metrics,
+# then a small sweep the DVC way: two head-only experiments queued and run in temporary
+# workspaces, which reuse the feature store (no image is decoded, no model runs).
+# cache.type hardlink,symlink: the images (dvc add) and the feature store's segments exist once
+# on disk, in DVC's cache, linked into each workspace (see docs/feature-store.md).
+DVC := PATH=$(CURDIR)/$(BIN):$$PATH $(CURDIR)/$(BIN)/dvc
+GIT_DEMO := git -c user.name=demo -c user.email=demo@localhost
 demo: install
 	rm -rf $(DEMO)
 	$(BIN)/nsnet demo-data $(DEMO) --workspace --project .
-	cd $(DEMO) && git init -q && PATH=$(CURDIR)/$(BIN):$$PATH dvc init -q && \
-	  git add -A && git -c user.name=demo -c user.email=demo@localhost commit -qm "demo" && \
-	  PATH=$(CURDIR)/$(BIN):$$PATH $(CURDIR)/$(BIN)/dvc repro && \
-	  git add -A && git -c user.name=demo -c user.email=demo@localhost commit -qm "baseline run"
-	@echo "Demo done (baseline run committed in $(DEMO)): the tables above are in" \
-	  "$(DEMO)/metrics/details/*.json; try: cd $(DEMO) && dvc metrics show / dvc plots show /" \
-	  "dvc exp run -S train.lr=0.0005 && dvc exp show --only-changed"
+	cd $(DEMO) && git init -q && $(DVC) init -q && \
+	  $(DVC) config cache.type hardlink,symlink && $(DVC) add -q data/demo && \
+	  git add -A && $(GIT_DEMO) commit -qm "demo" && \
+	  $(DVC) repro && \
+	  git add -A && $(GIT_DEMO) commit -qm "baseline run"
+	cd $(DEMO) && $(DVC) exp run --queue -S train.lr=0.0005 && \
+	  $(DVC) exp run --queue -S train.lr=0.002 && $(DVC) queue start -j 1 && \
+	  while $(DVC) queue status | grep -qE 'Queued|Running'; do sleep 2; done && \
+	  $(DVC) queue status && ! $(DVC) queue status | grep -q Failed && \
+	  $(DVC) exp show --only-changed --no-pager --drop 'Created|Executor|State'
+	@echo "Demo done (baseline run committed in $(DEMO), two experiments beside it): the" \
+	  "tables above are in $(DEMO)/metrics/details/*.json; try: cd $(DEMO) && dvc metrics" \
+	  "show / dvc plots show / nsnet cache / dvc exp show --only-changed"
 
 test: install browser
 	$(BIN)/ruff check .

@@ -1,4 +1,4 @@
-"""Degradations (GenImage's robustness protocol) and the cached degraded test views."""
+"""Degradations (GenImage's robustness protocol) and the degraded test copies in the store."""
 
 from __future__ import annotations
 
@@ -6,20 +6,20 @@ import io
 import json
 import os
 
-import h5py
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
-from conftest import tiny_params
+from conftest import read_part, tiny_params
 from PIL import Image
-from pipeline.evaluation.views_eval_stage import format_views_table, run_evaluate_views
-from pipeline.extraction.views_stage import run_views, view_paths, view_rows
 
 from pipeline.backbones.clip import load_clip
+from pipeline.cache_store import StoreError
 from pipeline.config import ParamsError
 from pipeline.data import degradations as degrade
 from pipeline.data.images import open_image, read_bytes
+from pipeline.data.manifest import file_paths, read_manifest
+from pipeline.evaluation.degraded_eval_stage import format_degraded_table, run_evaluate_degraded
 from pipeline.extraction import image_pass
+from pipeline.extraction.extract_stage import run_extract
 from pipeline.extraction.patch_selection import PatchSpec, select_patches
 from pipeline.heads.train_stage import run_train
 
@@ -89,89 +89,86 @@ def test_params_validate_degradations(tmp_path):
         tiny_params(tmp_path, protocol={"degradations": ["resize64"]}, patches={"size": 128})
 
 
+def _test_rows(manifest):
+    rows = read_manifest(manifest, only_ok=True)
+    return rows[rows["split"] == "test"].reset_index(drop=True)
+
+
 @pytest.fixture(scope="module")
-def views_workspace(built_cache, tmp_path_factory):
-    """A copy of the built cache with a trained tiny head and two degraded views."""
-    work = built_cache.copy_to(tmp_path_factory.mktemp("views") / "ws")
+def degraded_workspace(built_cache, tmp_path_factory):
+    """A copy of the built cache with a trained tiny head and two degraded test copies."""
+    work = built_cache.copy_to(tmp_path_factory.mktemp("degraded") / "ws")
     params = tiny_params(built_cache.params.data.roots[0].path,
                          protocol={"degradations": ["jpeg30", "resize64"]})
     run_train(params, work.manifest, work.features, work.workdir / "models" / "detector",
               work.workdir / "plots" / "train_log.csv")
-    views = work.workdir / "cache" / "views"
-    first = run_views(params, work.manifest, views)
-    return work, params, views, first
+    image_pass.DECODES["count"] = 0
+    first = run_extract(params, work.manifest, work.features)
+    return work, params, first, image_pass.DECODES["count"]
 
 
-def test_views_hold_the_degraded_test_split(views_workspace):
-    work, params, views, first = views_workspace
-    assert [r["view"] for r in first] == ["jpeg30", "resize64"]
-    assert not any(r["reused"] for r in first)
-    rows = view_rows(work.manifest)
-    assert len(rows) > 0 and set(rows["split"]) == {"test"}
+def test_degraded_copies_hold_the_degraded_test_split(degraded_workspace):
+    work, params, first, decodes = degraded_workspace
+    rows = _test_rows(work.manifest)
+    assert len(rows) > 0
+    assert first.treatments == {"": first.images, "jpeg30": len(rows), "resize64": len(rows)}
+    assert first.computed == 2 * len(rows) and decodes == len(rows)  # one decode: both copies
     spec = PatchSpec.of(params.patches)
-    with h5py.File(work.selections, "r") as f:
-        clean_ids = [i.decode() for i in f["ids"][:]]
-        clean = f["cells"][clean_ids.index(rows["id"][0])]
+    ids = rows["id"].tolist()
+    clean = read_part(work.features, params, "selection", ids)["cells"][0]
     clip = load_clip(params.clip.arch, params.clip.pretrained, "cpu")
+    path = os.fsdecode(file_paths(rows.head(1))[0])
     for name in ("jpeg30", "resize64"):
-        paths = view_paths(views, name)
-        with h5py.File(paths.embeddings, "r") as f:
-            assert [i.decode() for i in f["ids"][:]] == rows["id"].tolist()
-            assert f["image"].shape[0] == len(rows)
-            image0 = f["image"][0]
-        captions = pq.read_table(paths.outputs.captions).to_pandas()
-        assert captions["id"].tolist() == rows["id"].tolist()
-        with h5py.File(paths.outputs.selections, "r") as f:
-            cells = f["cells"][0]
+        image = read_part(work.features, params, "image:0", ids, name)["emb"]
+        assert image.shape[0] == len(rows)
+        captions = read_part(work.features, params, "caption", ids, name)["caption"]
+        assert len(captions) == len(rows)
+        cells = read_part(work.features, params, "selection", ids, name)["cells"]
         # the cached selection is that of the degraded decoded image, and the image feature
         # is CLIP's of the composite rebuilt from it
-        rgb, _ = open_image(read_bytes(os.fsdecode(rows["path_raw"][0])), 10**9)
-        expected = select_patches(degrade.apply(name, rgb), rows["id"][0], spec)
-        np.testing.assert_array_equal(cells, expected.cells)
+        rgb, _ = open_image(read_bytes(path), 10**9)
+        expected = select_patches(degrade.apply(name, rgb), ids[0], spec)
+        np.testing.assert_array_equal(cells[0], expected.cells)
         want = clip.encode_images(expected.composite[None]).numpy()[0]
-        np.testing.assert_allclose(image0, want, atol=2e-3, rtol=2e-3)
+        np.testing.assert_allclose(image[0], want, atol=2e-3, rtol=2e-3)
         if name == "jpeg30":
-            assert not np.array_equal(cells, clean)
-    with h5py.File(view_paths(views, "resize64").outputs.selections, "r") as f:
-        distinct = {tuple(c) for c in f["cells"][0]}
-    assert len(distinct) <= 4  # a 64 px image has 2 x 2 patches, repeated to fill the grid
+            assert not np.array_equal(cells[0], clean)
+    cells = read_part(work.features, params, "selection", ids, "resize64")["cells"]
+    assert len({tuple(c) for c in cells[0]}) <= 4  # a 64 px image: 2 x 2 patches, repeated
 
 
-def test_views_are_reused_and_only_new_ones_computed(views_workspace):
-    work, params, views, _ = views_workspace
-    before = view_paths(views, "jpeg30").embeddings.stat().st_mtime_ns
+def test_degraded_copies_are_reused_and_only_new_ones_computed(degraded_workspace):
+    work, params, _, _ = degraded_workspace
+    n = len(_test_rows(work.manifest))
     more = tiny_params(params.data.roots[0].path,
                        protocol={"degradations": ["jpeg30", "resize64", "blur3"]})
     image_pass.DECODES["count"] = 0
-    res = {r["view"]: r["reused"] for r in run_views(more, work.manifest, views)}
-    assert res == {"jpeg30": True, "resize64": True, "blur3": False}
-    assert image_pass.DECODES["count"] == len(view_rows(work.manifest))  # one decode each
-    assert view_paths(views, "jpeg30").embeddings.stat().st_mtime_ns == before
+    summary = run_extract(more, work.manifest, work.features)
+    assert summary.computed == n and image_pass.DECODES["count"] == n  # blur3 only, one each
     changed = tiny_params(params.data.roots[0].path, protocol={"degradations": ["jpeg30"]},
                           caption={"max_new_tokens": 5})
-    assert run_views(changed, work.manifest, views)[0]["reused"] is False
+    summary = run_extract(changed, work.manifest, work.features)
+    assert summary.missing.keys() == {"caption", "text"}  # the images are reused
 
 
-def test_evaluate_views_reports_metrics_per_degradation(views_workspace, tmp_path):
-    work, params, views, _ = views_workspace
-    results = run_evaluate_views(params, work.manifest, work.features,
-                                 work.workdir / "models" / "detector", views, tmp_path)
+def test_evaluate_degraded_reports_metrics_per_degradation(degraded_workspace, tmp_path):
+    work, params, _, _ = degraded_workspace
+    model = work.workdir / "models" / "detector"
+    results = run_evaluate_degraded(params, work.manifest, work.features, model, tmp_path)
     assert list(results) == ["clean", "jpeg30", "resize64"]
     summary = json.loads((tmp_path / "details" / "degradations.json").read_text())
-    assert set(summary["views"]) == {"clean", "jpeg30", "resize64"}
+    assert set(summary["degradations"]) == {"clean", "jpeg30", "resize64"}
     compact = json.loads((tmp_path / "degradations.json").read_text())
-    assert compact == {f"{v}_ap": round(summary["views"][v]["mean"]["ap"], 4)
+    assert compact == {f"{v}_ap": round(summary["degradations"][v]["mean"]["ap"], 4)
                        for v in ("clean", "jpeg30", "resize64")}
-    per_view = json.loads((tmp_path / "views" / "jpeg30.json").read_text())
-    assert per_view["view"] == "jpeg30"
-    assert set(per_view["per_source"]) == set(results["clean"]["per_source"])
+    assert set(summary["degradations"]["jpeg30"]["per_source"]) == set(
+        results["clean"]["per_source"])
     for res in results.values():
         for m in res["per_source"].values():
             assert 0 <= m["acc"] <= 1 and m["n_real"] > 0 and m["n_fake"] > 0
     missing = tiny_params(params.data.roots[0].path, protocol={"degradations": ["blur5"]})
-    with pytest.raises(FileNotFoundError, match="nsnet degrade"):
-        run_evaluate_views(missing, work.manifest, work.features,
-                           work.workdir / "models" / "detector", views, tmp_path)
-    table = format_views_table(results)
-    assert table.splitlines()[0].split() == ["view", "acc", "real", "fake", "AP"]
+    with pytest.raises(StoreError, match="read under blur5.*|nsnet extract"):
+        run_evaluate_degraded(missing, work.manifest, work.features, model, tmp_path)
+    table = format_degraded_table(results)
+    assert table.splitlines()[0].split() == ["degradation", "acc", "real", "fake", "AP"]
     assert [line.split()[0] for line in table.splitlines()[1:]] == list(results)

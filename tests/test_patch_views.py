@@ -12,10 +12,8 @@ import copy
 import dataclasses
 import json
 import math
-import shutil
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 import torch
@@ -23,6 +21,7 @@ import yaml
 from click.testing import CliRunner
 
 import pipeline.extraction.cached_features as features
+from pipeline.cache_store import StoreError
 from pipeline.config import ParamsError, params_from_dict
 from pipeline.data.images import open_image
 from pipeline.evaluation.compare_stage import format_comparison, run_compare
@@ -45,7 +44,7 @@ from pipeline.heads.training_loop import average_views, fit, predict_proba
 from pipeline.inference.explain import explain_image, occlude, score_composites
 from pipeline.inference.predict import load_chain, predict_paths
 from stages.cli import main
-from tests.conftest import BuiltCache, build_cache, tiny_raw, write_params
+from tests.conftest import BuiltCache, build_cache, part_of, tiny_raw, write_params
 
 K = 3
 
@@ -67,8 +66,9 @@ def views_cache(built_cache, tmp_path_factory) -> BuiltCache:
     """The session cache with patches.views: 3 (captions, text and selections reused)."""
     ws = built_cache.copy_to(tmp_path_factory.mktemp("views") / "ws")
     params = _params(built_cache)
-    summary = run_extract(params, ws.manifest, ws.outputs, ws.workdir / "cache")
-    assert summary.reused_parts == ["captions", "selections", "text"], summary.line()
+    summary = run_extract(params, ws.manifest, ws.features)
+    n = summary.images
+    assert summary.missing == {f"image:{k}": n for k in range(1, K)}, summary.line()
     return dataclasses.replace(ws, params=params)
 
 
@@ -134,15 +134,16 @@ def test_one_view_is_todays_cache_and_metrics_bit_for_bit(built_cache, tmp_path,
     raw["patches"].pop("views")
     raw["evaluate"].pop("view_average")
     old = build_cache(tmp_path / "old", params_from_dict(raw))
-    for a, b in ((old.embeddings, built_cache.features),
-                 (old.selections, built_cache.selections)):
-        with h5py.File(a) as fa, h5py.File(b) as fb:
-            assert set(fa) == set(fb)
-            for name in fa:
-                np.testing.assert_array_equal(fa[name][:], fb[name][:], err_msg=name)
-    # The explicit key changes no request: nothing is recomputed.
-    summary = run_extract(built_cache.params, old.manifest, old.outputs, old.workdir / "cache")
-    assert summary.reused_parts == ["captions", "image", "selections", "text"]
+    ids = load_features(old.params, old.manifest, old.features).frame["id"].tolist()
+    for kind in ("selection", "caption", "image:0", "text"):  # the same parts, same rows
+        a = part_of(old.features, old.params, kind)
+        b = part_of(built_cache.features, built_cache.params, kind)
+        assert a.part.key == b.part.key, kind
+        ra, rb = a.gather(ids, list(a.shapes())), b.gather(ids, list(b.shapes()))
+        for name in ra:
+            np.testing.assert_array_equal(ra[name], rb[name], err_msg=f"{kind}/{name}")
+    # The explicit key changes no part: nothing is computed.
+    assert run_extract(built_cache.params, old.manifest, old.features).computed == 0
     metrics = []
     for cache, params in ((old, old.params), (built_cache, built_cache.params)):
         model = tmp_path / f"m{len(metrics)}"
@@ -154,36 +155,26 @@ def test_one_view_is_todays_cache_and_metrics_bit_for_bit(built_cache, tmp_path,
     assert _same(metrics[0], metrics[1])
 
 
-def test_changing_views_reembeds_only_the_images(built_cache, views_cache):
-    with h5py.File(built_cache.features) as f:
-        one_image, one_text = f["image"][:], f["text"][:]
-    with h5py.File(views_cache.features) as f:
-        image, text = f["image"][:], f["text"][:]
-        prov = f.attrs["provenance"]
-    n, d = one_image.shape
-    assert image.shape == (n, K, d) and '"views": 3' in prov
-    np.testing.assert_array_equal(image[:, 0], one_image)  # view 0 bit for bit
-    np.testing.assert_array_equal(text, one_text)  # the caption's embedding is shared
+def test_changing_views_embeds_only_the_new_orders(built_cache, views_cache):
+    """View k of an image is its own part: K = 3 adds views 1 and 2, view 0 and the text
+    embeddings are the one-view cache's (the same parts), and back to K = 1 computes nothing."""
+    one = load_features(built_cache.params, built_cache.manifest, built_cache.features)
+    fs = load_features(views_cache.params, views_cache.manifest, views_cache.features)
+    n, d = one.image.shape
+    assert fs.image.shape == (n, K, d) and fs.provenance["views"] == K
+    assert torch.equal(fs.image[:, 0], one.image)  # view 0 bit for bit
+    assert torch.equal(fs.text, one.text)  # the caption's embedding is shared
     for k in range(1, K):
-        assert not np.array_equal(image[:, k], image[:, 0])
-    # Up to date at K = 3; back to K = 1 re-embeds only the images again, as 2-D.
-    params = views_cache.params
-    cache = views_cache.workdir / "cache"
-    assert run_extract(params, views_cache.manifest, views_cache.outputs,
-                       cache).reused_parts == ["captions", "image", "selections", "text"]
-    one = _params(built_cache, views=1)
-    tmp = Path(str(views_cache.features) + ".k1.h5")
-    shutil.copy(views_cache.features, tmp)
-    out = dataclasses.replace(views_cache.outputs, embeddings=tmp)
-    summary = run_extract(one, views_cache.manifest, out, cache)
-    assert summary.reused_parts == ["captions", "selections", "text"]
-    with h5py.File(tmp) as f:
-        np.testing.assert_array_equal(f["image"][:], one_image)
-    tmp.unlink()
+        assert not torch.equal(fs.image[:, k], fs.image[:, 0])
+    assert run_extract(views_cache.params, views_cache.manifest,
+                       views_cache.features).computed == 0
+    back = _params(built_cache, views=1)
+    assert run_extract(back, views_cache.manifest, views_cache.features).computed == 0
+    assert torch.equal(load_features(back, views_cache.manifest, views_cache.features).image,
+                       one.image)
 
 
-def test_features_expose_views_and_refuse_a_different_count(built_cache, views_cache,
-                                                            monkeypatch):
+def test_features_expose_views_and_say_what_is_missing(built_cache, views_cache, monkeypatch):
     fs = load_features(views_cache.params, views_cache.manifest, views_cache.features)
     one = load_features(built_cache.params, built_cache.manifest, built_cache.features)
     assert fs.n_views == K and one.n_views == 1 and fs.dim == one.dim
@@ -191,8 +182,9 @@ def test_features_expose_views_and_refuse_a_different_count(built_cache, views_c
     assert fs.first_views(2).image.shape == (len(fs), 2, fs.dim)
     with pytest.raises(ValueError, match="hold 3 patch-order view"):
         fs.first_views(4)
-    with pytest.raises(features.ProvenanceMismatch, match="holds 3 patch-order view.*is 1"):
-        load_features(built_cache.params, views_cache.manifest, views_cache.features)
+    with pytest.raises(StoreError, match="no image features.*run `nsnet extract`"):
+        load_features(_params(built_cache, views=K + 1), views_cache.manifest,
+                      views_cache.features)
     monkeypatch.setattr(features, "_available_ram", lambda: 1)  # memory-mapped: same rows
     mapped = load_features(views_cache.params, views_cache.manifest, views_cache.features)
     assert isinstance(mapped.image, MappedRows) and mapped.n_views == K
@@ -304,8 +296,8 @@ def test_evaluate_table_says_how_views_were_combined(views_cache, views_bundle, 
         "evaluate", "--params", str(params), "--manifest", str(views_cache.manifest),
         "--features", str(views_cache.features), "--model", str(views_bundle),
         "--out", str(tmp_path / "m.json"), "--set", "patches.views=2"])
-    assert res.exit_code == 1 and "holds 3 patch-order view(s) per image but patches.views " \
-        "is 2. Rerun `nsnet extract`" in res.output and "Traceback" not in res.output
+    assert res.exit_code == 1 and "was trained on 3 patch-order view(s) per image but " \
+        "patches.views is 2" in res.output and "Traceback" not in res.output
 
 
 def test_compare_puts_one_view_and_k_views_side_by_side(built_cache, views_cache, tmp_path):
@@ -333,21 +325,20 @@ def test_compare_puts_one_view_and_k_views_side_by_side(built_cache, views_cache
     assert res.exit_code != 0 and "--views" in res.output and "Traceback" not in res.output
 
 
-def test_degraded_test_views_hold_the_same_patch_orders(views_cache, views_bundle, tmp_path):
-    """`nsnet degrade` embeds K orders of each degraded test image; evaluate-views combines
+def test_degraded_test_copies_hold_the_same_patch_orders(views_cache, views_bundle, tmp_path):
+    """`nsnet extract` embeds K orders of each degraded test image; evaluate-degraded combines
     them like evaluate and says so."""
-    from pipeline.evaluation.views_eval_stage import run_evaluate_views
-    from pipeline.extraction.views_stage import run_views, view_paths
+    from pipeline.evaluation.degraded_eval_stage import run_evaluate_degraded
 
+    ws = views_cache.copy_to(tmp_path / "ws")
     params = _params(views_cache)
     params.protocol.degradations = ["jpeg30"]
-    (res,) = run_views(params, views_cache.manifest, tmp_path / "views")
-    assert not res["reused"]
-    paths = view_paths(tmp_path / "views", "jpeg30")
-    with h5py.File(paths.embeddings) as f:
-        assert f["image"].ndim == 3 and f["image"].shape[1] == K
-    out = run_evaluate_views(params, views_cache.manifest, views_cache.features, views_bundle,
-                             tmp_path / "views", tmp_path / "metrics")
+    summary = run_extract(params, ws.manifest, ws.features)
+    assert summary.treatments["jpeg30"] == summary.computed > 0
+    fs = load_features(params, ws.manifest, ws.features, degradation="jpeg30")
+    assert fs.n_views == K and set(fs.frame["split"]) == {"test"}
+    out = run_evaluate_degraded(params, ws.manifest, ws.features, views_bundle,
+                                tmp_path / "metrics")
     assert set(out) == {"clean", "jpeg30"}
     summary = json.loads((tmp_path / "metrics" / "details" / "degradations.json").read_text())
     assert (summary["patch_views"], summary["view_average"]) == (K, "mean_logit")
@@ -355,21 +346,19 @@ def test_degraded_test_views_hold_the_same_patch_orders(views_cache, views_bundl
 
 def test_k_view_images_are_reused_when_only_captions_change(views_cache, tmp_path):
     ws = views_cache.copy_to(tmp_path / "ws")
-    with h5py.File(ws.embeddings) as f:
-        before = f["image"][:]
+    before = load_features(views_cache.params, ws.manifest, ws.features).image
     params = copy.deepcopy(views_cache.params)
     params.caption.max_new_tokens = 3
-    summary = run_extract(params, ws.manifest, ws.outputs, ws.workdir / "cache")
-    assert summary.reused_parts == ["image", "selections"], summary.line()
-    with h5py.File(ws.embeddings) as f:
-        np.testing.assert_array_equal(f["image"][:], before)  # (n, K, d) copied as it was
-    assert load_features(params, ws.manifest, ws.embeddings).n_views == K
+    summary = run_extract(params, ws.manifest, ws.features)
+    assert set(summary.missing) == {"caption", "text"}, summary.line()
+    after = load_features(params, ws.manifest, ws.features)
+    assert after.n_views == K and torch.equal(after.image, before)
 
 
 @pytest.mark.slow
 def test_dvc_reruns_only_the_image_embeddings_when_patches_views_changes(tmp_path):
-    """Real dvc on the real dvc.yaml: a new patches.views re-runs extract (images only: the
-    captions, selections and text are reused), never index."""
+    """Real dvc on the real dvc.yaml: a new patches.views re-runs extract, which embeds only the
+    new patch order (captions, selections and text are reused), never index."""
     from pipeline.data.demo_data import make_workspace
     from tests.test_dvc_pipeline import ROOT, ran, sh, skipped
 
@@ -377,16 +366,13 @@ def test_dvc_reruns_only_the_image_embeddings_when_patches_views_changes(tmp_pat
     sh(ws, "git", "init", "-q")
     sh(ws, "dvc", "init", "-q")
     sh(ws, "dvc", "repro", "extract")
-    captions = (ws / "cache/captions.parquet").read_bytes()
     raw = yaml.safe_load((ws / "params.yaml").read_text())
     raw["patches"]["views"] = 2
     (ws / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     out = sh(ws, "dvc", "repro", "extract")
-    assert ran(out) == {"extract"} and skipped(out) == {"index"}, out
-    assert "up to date: captions, selections, text" in out, out
-    assert (ws / "cache/captions.parquet").read_bytes() == captions
-    with h5py.File(ws / "cache/features") as f:
-        assert f["image"].shape[1] == 2
+    assert ran(out) - {"scan"} == {"extract"} and "index" in skipped(out), out  # scan: always
+    line = next(x for x in out.splitlines() if x.startswith("extract:") and "computed" in x)
+    assert "image:1" in line and "caption" not in line and "selection" not in line, line
 
 
 def test_predict_and_explain_cli_say_the_views(views_cache, views_bundle, tmp_path):

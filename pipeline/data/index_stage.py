@@ -322,6 +322,8 @@ def previous_manifest(path: str | Path) -> pd.DataFrame | None:
         df.attrs["max_image_pixels"] = table_provenance(path).get("max_image_pixels")
     except (OldManifest, OSError, ValueError):
         return None  # an older format, or damaged: every file is read once
+    if any(c not in df for c in (*PROBE_COLUMNS, "root", "relpath", "mtime_ns")):
+        return None  # written by another version of the index: read every file once
     return df
 
 

@@ -103,7 +103,8 @@ def evaluate_sets(params: Params, fs: FeatureSet, model: Any, decision: Decision
 
 
 def bundle_decision(params: Params, config: dict[str, Any], model_dir: str | Path) -> Decision:
-    """The bundle's decision, after checking it was made with the current evaluate.* params."""
+    """The bundle's decision, after checking it was made with the current evaluate.* params
+    and patch-order views."""
     from pipeline.config import parse_threshold
 
     decision = Decision.from_bundle(config)
@@ -115,6 +116,12 @@ def bundle_decision(params: Params, config: dict[str, Any], model_dir: str | Pat
             f"evaluate.threshold={want[0]}, evaluate.calibration={want[1]}: the threshold and "
             "calibration are fit at training time; retrain with `nsnet train` (or `dvc repro`)"
         )
+    trained = int((config.get("views") or {}).get("count", 1))
+    if trained != params.patches.views:
+        raise ValueError(
+            f"{model_dir} was trained on {trained} patch-order view(s) per image but "
+            f"patches.views is {params.patches.views}: set patches.views: {trained}, or retrain "
+            "with `nsnet train` (or `dvc repro`)")
     return decision
 
 
