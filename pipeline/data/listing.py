@@ -107,6 +107,13 @@ def write_listing(path: str | Path, df: pd.DataFrame, errors: list[WalkError]) -
                                                    ("mtime_ns", pa.int64())]))
     meta = {"format": LISTING_FORMAT, "unlisted_folders": [asdict(e) for e in errors]}
     table = table.replace_schema_metadata({b"nsnet": json.dumps(meta, sort_keys=True).encode()})
+    path = Path(path)
+    if path.exists():
+        try:
+            if pq.read_table(path).equals(table, check_metadata=True):
+                return  # the same tree: the file (and its mtime) stays as it is
+        except (OSError, ValueError, pa.ArrowException):
+            pass
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd", write_statistics=False)
 
