@@ -324,7 +324,7 @@ def _trained(built_cache, root: Path, mapper: str) -> tuple[Path, object]:
     params = dataclasses.replace(built_cache.params, train=dataclasses.replace(
         built_cache.params.train, epochs=6, lr=3e-3, device="cpu", mapper=mapper))
     out = root / mapper / "model"
-    run_train(params, built_cache.manifest, built_cache.embeddings, out, out.parent / "log.csv")
+    run_train(params, built_cache.manifest, built_cache.features, out, out.parent / "log.csv")
     return out, params
 
 
@@ -342,7 +342,7 @@ def test_train_evaluate_and_predict_agree_for_every_mapper(built_cache, tmp_path
     assert config["training"]["params"]["mapper"] == mapper
     if mapper in FITTED:
         assert config["training"]["mapper_rows"] > 0
-    fs = load_features(params, built_cache.manifest, built_cache.embeddings)
+    fs = load_features(params, built_cache.manifest, built_cache.features)
     keep = np.zeros(len(fs), bool)
     keep[::8] = True
     fs = fs.subset(keep)
@@ -363,7 +363,7 @@ def test_compare_and_serve_carry_the_mapper(built_cache, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("carry")
     bundle, params = _trained(built_cache, root, "regression_within")
-    out = run_compare(params, built_cache.manifest, built_cache.embeddings, heads=("advanced",),
+    out = run_compare(params, built_cache.manifest, built_cache.features, heads=("advanced",),
                       out_json=root / "compare.json")
     training = out["heads"]["advanced"]["training"]
     assert training["params"]["mapper"] == "regression_within" and training["mapper_rows"] > 0
