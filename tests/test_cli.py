@@ -99,7 +99,7 @@ def test_chain_outputs_are_aligned_and_carry_provenance(chain):
         assert emb.shape[0] == len(ids)
     emb_prov = part_of(chain / "cache/features", params, "image:0").info()["provenance"]
     assert emb_prov["stage"] == "extract" and emb_prov["clip_arch"] == "tiny"
-    assert emb_prov["patch_spec"] == patch_prov["patch_spec"]
+    assert emb_prov["patches"] == patch_prov["patches"]
     bundle = json.loads((chain / "models/detector/config.json").read_text())
     assert bundle["head"]["kind"] == "advanced"
     assert bundle["backbones"]["clip"]["clip_arch"] == "tiny"

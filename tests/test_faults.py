@@ -225,7 +225,7 @@ def test_extract_never_mixes_parts_made_with_other_settings(tmp_path, built_cach
     summary = run_extract(params, work.manifest, work.features)
     assert summary.missing == {"selection": len(ids), "image:0": len(ids)}, summary.line()
     sel = part_of(work.features, params, "selection")
-    assert sel.info()["settings"]["patch_spec"]["size"] == 16
+    assert sel.info()["settings"]["patches"]["size"] == 16
     assert sel.path != part_of(work.features, old, "selection").path
     assert not np.array_equal(read_part(work.features, params, "image:0", ids)["emb"],
                               read_part(work.features, old, "image:0", ids)["emb"])

@@ -257,7 +257,7 @@ def _dim(store: FeatureStore, settings: ExtractSettings, treatments: list[str]) 
     under = [t for t in sorted(set(treatments)) if t]
     raise StoreError(
         f"{store.root} has no features made with the current settings (clip "
-        f"{settings.clip_arch}{', images read under ' + ', '.join(under) if under else ''}); "
+        f"{settings.clip.arch}{', images read under ' + ', '.join(under) if under else ''}); "
         "run `nsnet extract` (or `dvc repro`)")
 
 
@@ -269,7 +269,10 @@ def _provenance(store: FeatureStore, settings: ExtractSettings, parts: PartSet,
     clip = {k: made[k] for k in ("clip_arch", "clip_pretrained", "weights", "weights_blake2b",
                                  "open_clip", "mean", "std", "image_size", "embed_dim")
             if k in made}
-    return {**settings.provenance(), **clip, "blip_model": settings.caption_model,
+    prov = settings.provenance()
+    return {**prov, **clip, "blip_model": settings.caption.model,
+            "patch_spec": settings.patches.as_dict(), "views": settings.views,
+            "train_reencode": settings.train_reencode,
             "degradation": degradation,
             "parts": {t: {kind: p.key for kind, p in settings.parts(t).by_kind().items()}
                       for t in sorted({parts.treatment, settings.treatment("train")})}}

@@ -138,11 +138,11 @@ def _load(settings: ExtractSettings, device: str, kinds: set[str]) -> dict[str, 
     if any(k == TEXT or k.startswith("image:") for k in kinds):
         from pipeline.backbones.clip import load_clip
 
-        models["clip"] = load_clip(settings.clip_arch, settings.clip_pretrained, device)
+        models["clip"] = load_clip(settings.clip.arch, settings.clip.pretrained, device)
     if CAPTION in kinds:
         from pipeline.backbones.blip import load_blip
 
-        models["blip"] = load_blip(settings.caption_model, device)
+        models["blip"] = load_blip(settings.caption.model, device)
     return models
 
 
@@ -164,7 +164,7 @@ def _image_pass(shard: Shard, models: dict[str, Any], amp: torch.dtype | None,
                                       strict=True))
         if blip is not None:
             pixels = resize.normalise(batch["blip"], device)  # type: ignore[union-attr]
-            out[CAPTION].extend(blip.generate(pixels, settings.max_new_tokens, amp))
+            out[CAPTION].extend(blip.generate(pixels, settings.caption.max_new_tokens, amp))
         for view in shard.views:
             comps = batch["composite"][:, built.index(view)].numpy()
             out[image_kind(view)].extend(

@@ -16,7 +16,7 @@ every part computed from them.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from pipeline.cache_store import Part
@@ -55,16 +55,32 @@ class PartSet:
 
 
 @dataclass(frozen=True)
-class ExtractSettings:
-    """Every setting that changes a cached feature (one spelling, from ``params.yaml``)."""
+class ClipSpec:
+    """Which CLIP embeds (``clip.arch``, ``clip.pretrained``)."""
 
-    patches: PatchSpec
+    arch: str
+    pretrained: str
+
+
+@dataclass(frozen=True)
+class CaptionSpec:
+    """Which captioner and how long its captions are (``caption.model``,
+    ``caption.max_new_tokens``)."""
+
+    model: str
+    max_new_tokens: int
+
+
+@dataclass(frozen=True)
+class ExtractSettings:
+    """Every setting that changes a cached feature, spelled as in ``params.yaml``: the part
+    keys, the provenance and the shard settings are derived from it."""
+
+    patches: PatchSpec  # patches.size, n_low, n_high
     views: int  # patches.views
     keep_composites: bool  # patches.keep_composites
-    caption_model: str  # caption.model
-    max_new_tokens: int  # caption.max_new_tokens
-    clip_arch: str  # clip.arch
-    clip_pretrained: str  # clip.pretrained
+    caption: CaptionSpec  # caption.model, caption.max_new_tokens
+    clip: ClipSpec  # clip.arch, clip.pretrained
     precision: str  # compute.precision
     train_reencode: str  # protocol.train_reencode
     degradations: tuple[str, ...]  # protocol.degradations
@@ -74,8 +90,8 @@ class ExtractSettings:
         return cls(
             patches=PatchSpec.of(params.patches), views=params.patches.views,
             keep_composites=params.patches.keep_composites,
-            caption_model=params.caption.model, max_new_tokens=params.caption.max_new_tokens,
-            clip_arch=params.clip.arch, clip_pretrained=params.clip.pretrained,
+            caption=CaptionSpec(params.caption.model, params.caption.max_new_tokens),
+            clip=ClipSpec(params.clip.arch, params.clip.pretrained),
             precision=params.compute.precision,
             train_reencode=params.protocol.train_reencode,
             degradations=tuple(params.protocol.degradations),
@@ -85,11 +101,6 @@ class ExtractSettings:
         """The treatment of an image of ``split`` in the clean pass: training images are
         re-encoded as ``protocol.train_reencode`` says, test images kept as they are."""
         return self.train_reencode if split in TRAINING_SPLITS else ""
-
-    @property
-    def clip(self) -> dict[str, str]:
-        """The CLIP backbone's settings (also what readers check features against)."""
-        return {"clip_arch": self.clip_arch, "clip_pretrained": self.clip_pretrained}
 
     @functools.lru_cache(maxsize=64)  # noqa: B019 - frozen, hashable, few treatments
     def parts(self, treatment: str = "") -> PartSet:
@@ -103,29 +114,31 @@ class ExtractSettings:
         pixels = {"treatment": treatment}
         pixel_code = (*PIXEL_CODE, degradations) if treatment else PIXEL_CODE
         selection = Part(SELECTION, {
-            **pixels, "patch_spec": self.patches.as_dict(), "luma": list(LUMA),
+            **pixels, "patches": self.patches.as_dict(), "luma": list(LUMA),
             "entropy": "shannon-log2-fft-power", "order": "permutation-seeded-by-id",
             "fill": "repeat-own-patches", "code": code_fingerprint(*SELECTION_CODE, *pixel_code)})
+        precision = {"compute": {"precision": self.precision}}
         caption = Part(CAPTION, {
-            **pixels, "caption_model": self.caption_model, "max_new_tokens": self.max_new_tokens,
-            "decoding": "greedy", "precision": self.precision,
+            **pixels, "caption": asdict(self.caption), **precision, "decoding": "greedy",
             "code": code_fingerprint(*CAPTION_CODE, *pixel_code)})
-        embed = {**self.clip, "precision": self.precision}
-        images = tuple(Part(IMAGE, {**embed, "view": k, "selection": selection.key,
+        embed = {"clip": asdict(self.clip), **precision}
+        images = tuple(Part(IMAGE, {**embed, "view": k, "selection_part": selection.key,
                                     "code": code_fingerprint(*IMAGE_CODE, *ORDER_CODE)})
                        for k in range(self.views))
-        text = Part(TEXT, {**embed, "caption": caption.key, "code": code_fingerprint(*TEXT_CODE)})
-        composite = (Part(COMPOSITE, {"selection": selection.key,
+        text = Part(TEXT, {**embed, "caption_part": caption.key,
+                           "code": code_fingerprint(*TEXT_CODE)})
+        composite = (Part(COMPOSITE, {"selection_part": selection.key,
                                       "code": code_fingerprint(*ORDER_CODE)})
                      if self.keep_composites else None)
         return PartSet(treatment, selection, caption, images, text, composite)
 
     def provenance(self) -> dict[str, Any]:
-        """The settings as provenance (model names, patch spec, views, treatments)."""
-        return {**self.clip, "caption_model": self.caption_model,
-                "max_new_tokens": self.max_new_tokens, "precision": self.precision,
-                "patch_spec": self.patches.as_dict(), "views": self.views,
-                "train_reencode": self.train_reencode, "degradations": list(self.degradations)}
+        """The settings as provenance, spelled as in params.yaml."""
+        return {"clip": asdict(self.clip), "caption": asdict(self.caption),
+                "compute": {"precision": self.precision},
+                "patches": {**self.patches.as_dict(), "views": self.views},
+                "protocol": {"train_reencode": self.train_reencode,
+                             "degradations": list(self.degradations)}}
 
 
 @dataclass(frozen=True)

@@ -55,19 +55,21 @@ def describe(part: str, settings: dict[str, Any]) -> str:
     """A part's settings in a few words."""
     treat = settings.get("treatment") or "as is"
     code = f"code {settings.get('code', '?')}"
+    precision = (settings.get("compute") or {}).get("precision")
     if part == "selection":
-        s = settings.get("patch_spec", {})
+        s = settings.get("patches", {})
         return f"{treat}; {s.get('size')} px patches {s.get('n_low')}+{s.get('n_high')}; {code}"
     if part == "caption":
-        return (f"{treat}; {settings.get('caption_model')}, {settings.get('max_new_tokens')} "
-                f"tokens, {settings.get('precision')}; {code}")
-    clip = f"{settings.get('clip_arch')}/{settings.get('clip_pretrained') or '-'}"
+        cap = settings.get("caption") or {}
+        return (f"{treat}; {cap.get('model')}, {cap.get('max_new_tokens')} tokens, "
+                f"{precision}; {code}")
+    clip_spec = settings.get("clip") or {}
+    clip = f"{clip_spec.get('arch')}/{clip_spec.get('pretrained') or '-'}"
     if part == "image":
-        return (f"{clip} view {settings.get('view')}, {settings.get('precision')}; selection "
-                f"{settings.get('selection')}; {code}")
+        return (f"{clip} view {settings.get('view')}, {precision}; selection "
+                f"{settings.get('selection_part')}; {code}")
     if part == "text":
-        return (f"{clip}, {settings.get('precision')}; caption {settings.get('caption')}; "
-                f"{code}")
+        return f"{clip}, {precision}; caption {settings.get('caption_part')}; {code}"
     return "; ".join(f"{k} {v}" for k, v in sorted(settings.items()))
 
 
@@ -230,11 +232,11 @@ def _mismatch(settings: ExtractSettings, part_name: str, req: dict[str, Any],
     if part_name == "selections":
         want = {"patch_spec": settings.patches.as_dict(), "degradation": degradation}
     elif part_name == "captions":
-        want = {"blip_model": settings.caption_model,
-                "max_new_tokens": settings.max_new_tokens, "precision": settings.precision,
+        want = {"blip_model": settings.caption.model,
+                "max_new_tokens": settings.caption.max_new_tokens, "precision": settings.precision,
                 "degradation": degradation}
     elif part_name in ("image", "text"):
-        want = {"clip_arch": settings.clip_arch, "clip_pretrained": settings.clip_pretrained,
+        want = {"clip_arch": settings.clip.arch, "clip_pretrained": settings.clip.pretrained,
                 "precision": settings.precision}
     if not req:
         return "it records no request"
