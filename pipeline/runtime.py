@@ -1,15 +1,24 @@
-"""Machine-dependent settings resolved in one place: worker counts, torch threads, batch sizes.
+"""Machine-dependent settings resolved in one place: devices, worker counts, torch threads,
+batch sizes.
 
-``params.yaml`` may say ``auto`` for ``data.num_workers``, ``compute.num_workers``,
-``compute.torch_threads``, ``clip.batch_size`` and ``caption.batch_size``; these functions turn
-``auto`` into numbers for the machine at hand, so a laptop and a 16-core GPU server both run
-well from the same file. Explicit integers are always taken as given.
+``params.yaml`` may say ``auto`` for ``data.num_workers``, ``compute.device``,
+``compute.num_workers``, ``compute.torch_threads``, ``clip.batch_size``, ``caption.batch_size``
+and ``train.device``; ``resolve`` turns every one of them into a value for the machine at hand
+(every command calls it once, right after loading the params), so a laptop and a 16-core GPU
+server both run well from the same file and no code downstream ever sees the string ``auto``.
+Explicit values are always taken as given. The per-setting functions below are what
+``resolve`` uses; library functions called with unresolved params use them too.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
+
+from pipeline.config import Params
+
+AUTO = "auto"
 
 # Batch sizes by device. BLIP's greedy decoding is bound by kernel launches, so on a GPU a
 # large batch is what keeps it busy; CLIP's image tower saturates earlier.
@@ -34,14 +43,14 @@ def _cuda(device: Any) -> bool:
 
 def workers(value: int | str, device: Any = "cpu") -> int:
     """Decoding worker processes: ``auto`` leaves one core to the main process."""
-    if value != "auto":
+    if value != AUTO:
         return int(value)
     return max(0, min(MAX_AUTO_WORKERS, cpu_count() - 1))
 
 
 def index_workers(value: int | str) -> int:
     """Processes that hash and probe images in ``index`` (CPU only): ``auto`` = every core."""
-    return cpu_count() if value == "auto" else int(value)
+    return cpu_count() if value == AUTO else int(value)
 
 
 def torch_threads(value: int | str, n_workers: int, device: Any = "cpu",
@@ -53,7 +62,7 @@ def torch_threads(value: int | str, n_workers: int, device: Any = "cpu",
     least one. Oversubscribed OpenMP threads spin against each other: on a loaded 2-core
     machine two threads ran the extraction 13x slower than one.
     """
-    if value != "auto":
+    if value != AUTO:
         return int(value)
     cores = cpu_count()
     free = max(1, cores - n_workers)
@@ -81,7 +90,7 @@ def configure_threads(value: int | str, n_workers: int, device: Any = "cpu") -> 
 def _gpu_gib(device: Any) -> float:
     import torch
 
-    index = getattr(device, "index", None) or 0
+    index = torch.device(device).index or 0
     return torch.cuda.get_device_properties(index).total_memory / 2**30
 
 
@@ -90,12 +99,46 @@ def _by_memory(table: dict[int, int], gib: float) -> int:
 
 
 def caption_batch(value: int | str, device: Any) -> int:
-    if value != "auto":
+    if value != AUTO:
         return int(value)
     return _by_memory(GPU_CAPTION_BATCH, _gpu_gib(device)) if _cuda(device) else CPU_CAPTION_BATCH
 
 
 def clip_batch(value: int | str, device: Any) -> int:
-    if value != "auto":
+    if value != AUTO:
         return int(value)
     return _by_memory(GPU_CLIP_BATCH, _gpu_gib(device)) if _cuda(device) else CPU_CLIP_BATCH
+
+
+def device(name: str) -> str:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; any other name as given."""
+    if name != AUTO:
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve(params: Params, decoding: bool = False, scheduler: str = "") -> Params:
+    """``params`` with every ``auto`` replaced by this machine's value (a new object).
+
+    ``decoding``: the command runs ``compute.num_workers`` decoding processes beside its main
+    process (``extract``, ``degrade``), so torch threads are counted on the cores they leave.
+    ``scheduler`` (or ``compute.scheduler``): work runs on a dask cluster, so
+    ``compute.device`` stays as written and each worker resolves its own.
+    """
+    c = params.compute
+    here = device(c.device)
+    n_workers = workers(c.num_workers, here)
+    compute = dataclasses.replace(
+        c, device=c.device if (scheduler or c.scheduler) else here, num_workers=n_workers,
+        torch_threads=torch_threads(c.torch_threads, n_workers if decoding else 0, here))
+    return dataclasses.replace(
+        params, compute=compute,
+        data=dataclasses.replace(params.data,
+                                 num_workers=index_workers(params.data.num_workers)),
+        clip=dataclasses.replace(params.clip, batch_size=clip_batch(params.clip.batch_size,
+                                                                    here)),
+        caption=dataclasses.replace(params.caption, batch_size=caption_batch(
+            params.caption.batch_size, here)),
+        train=dataclasses.replace(params.train, device=device(params.train.device)))

@@ -33,15 +33,19 @@ def features_option(func: Callable[..., Any]) -> Callable[..., Any]:
                         help="Feature store (written by `nsnet extract`).")(func)
 
 
-def load(params_file: str | None, overrides: tuple[str, ...]) -> Params:
-    """``--params FILE`` (must exist) or ``params.yaml`` (optional), with ``--set`` overrides;
-    torch's thread count is then set for this machine (compute.*)."""
+def load(params_file: str | None, overrides: tuple[str, ...], decoding: bool = False,
+         scheduler: str = "") -> Params:
+    """``--params FILE`` (must exist) or ``params.yaml`` (optional), with ``--set`` overrides,
+    every ``auto`` resolved for this machine (``pipeline.runtime.resolve``: ``decoding`` for
+    commands that run decoding worker processes, ``scheduler`` for a dask cluster); torch's
+    thread count is then set."""
     from pipeline import runtime
 
     if params_file is None:
         params = load_params("params.yaml", overrides)
     else:
         params = load_params(params_file, overrides, required=True)
+    params = runtime.resolve(params, decoding, scheduler)
     runtime.configure_threads(params.compute.torch_threads, 0)
     return params
 

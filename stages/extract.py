@@ -24,7 +24,7 @@ def extract(params_file: str | None, overrides: tuple[str, ...], manifest: str, 
     interrupted run resumes from its committed segments."""
     from pipeline.extraction.extract_stage import plan_extract, run_extract
 
-    params = load(params_file, overrides)
+    params = load(params_file, overrides, decoding=True, scheduler=scheduler)
     if dry_run:
         plan = plan_extract(params, manifest, features)
         missing = ", ".join(f"{k} {n}" for k, n in plan.missing.items()) or "nothing"

@@ -234,3 +234,31 @@ def test_extract_reencodes_train_and_val_images_only(tmp_path):
     train = (rows["split"] != "test").to_numpy()
     assert not np.allclose(again[train], entropy[train])
     np.testing.assert_allclose(again[~train], entropy[~train], atol=1e-6)
+
+
+def test_audit_runs_with_the_shipped_defaults_on_more_than_256_images(tmp_path):
+    """data.num_workers: auto (the shipped default) used to reach the audit as the string
+    'auto' and crash once the tree held more than 256 images (the parallel path)."""
+    root = tmp_path / "images"
+    rng = np.random.default_rng(0)
+    for folder, n in ((root / "real", 150), (root / "fake" / "gen", 150)):
+        folder.mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(
+                folder / f"{i:03d}.png")
+    params_file = write_params(tmp_path / "params.yaml", {"data": {"roots": [str(root)]}})
+    manifest = tmp_path / "manifest.parquet"
+    runner = CliRunner()
+    res = runner.invoke(main, ["index", "--params", str(params_file), "--out", str(manifest),
+                               "--report", str(tmp_path / "r.json")])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(main, ["audit", "--params", str(params_file), "--manifest",
+                               str(manifest), "--out", str(tmp_path / "audit.json")])
+    assert res.exit_code == 0, res.output
+    assert "audit: 300 images, headers only" in res.output
+    # The library function resolves `auto` as well (the Python API, without the CLI).
+    from pipeline.config import load_params
+
+    params = load_params(params_file)
+    assert params.data.num_workers == "auto"
+    assert run_audit(params, manifest, tmp_path / "again.json")["n"] == 300

@@ -156,6 +156,61 @@ def test_auto_runtime_settings_fit_the_machine():
     assert runtime._by_memory(runtime.GPU_CLIP_BATCH, 8.0) == 64
 
 
+def test_every_auto_is_resolved_in_one_place():
+    """`runtime.resolve` (which every command calls) leaves no `auto` anywhere; explicit
+    values stay as written, and a dask scheduler keeps compute.device for its workers."""
+    import dataclasses
+
+    from pipeline import runtime
+
+    defaults = Params()
+    machine = _machine_keys(Params)  # integers-or-auto (config's `auto=True`) and devices
+    assert set(machine) == {"data.num_workers", "compute.num_workers", "compute.torch_threads",
+                            "clip.batch_size", "caption.batch_size", "compute.device",
+                            "train.device"}
+    resolved = runtime.resolve(defaults)
+    flat = _flat(resolved.to_dict())
+    assert all(_flat(defaults.to_dict())[k] == "auto" for k in machine)  # shipped as auto
+    assert [k for k in machine if flat[k] == "auto"] == []
+    assert resolved.data.num_workers == runtime.cpu_count()
+    assert resolved.compute.device in ("cpu", "cuda") and resolved.train.device in ("cpu", "cuda")
+    assert defaults.data.num_workers == "auto"  # a new object; the params are not modified
+    explicit = params_from_dict({"data": {"num_workers": 3}, "compute": {
+        "num_workers": 1, "torch_threads": 2, "device": "cpu"}, "clip": {"batch_size": 5}})
+    got = runtime.resolve(explicit)
+    assert (got.data.num_workers, got.compute.num_workers, got.compute.torch_threads,
+            got.clip.batch_size) == (3, 1, 2, 5)
+    remote = dataclasses.replace(defaults, compute=dataclasses.replace(
+        defaults.compute, scheduler="tcp://head:8786"))
+    assert runtime.resolve(remote).compute.device == "auto"
+    assert runtime.resolve(defaults, scheduler="tcp://h:1").compute.device == "auto"
+    assert isinstance(runtime.resolve(remote).compute.num_workers, int)
+
+
+def _machine_keys(cls: type, prefix: str = "") -> list[str]:
+    import dataclasses
+    import typing
+
+    keys = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            keys += _machine_keys(hints[f.name], f"{prefix}{f.name}.")
+        elif f.metadata.get("auto") or f.name == "device":
+            keys.append(prefix + f.name)
+    return keys
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
 def test_auto_params_accept_auto_or_a_number_only(tmp_path):
     from tests.conftest import tiny_params
 

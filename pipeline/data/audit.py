@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from pipeline import runtime
 from pipeline.atomic import write_json
 from pipeline.config import Params, parse_degradation
 from pipeline.data.manifest import read_manifest
@@ -303,7 +304,7 @@ def run_audit(params: Params, manifest: str | Path, out_json: str | Path,
     ``details_json`` (default ``<dir>/details/<name>``) the full report.
     """
     t0 = time.perf_counter()
-    df = audit_frame(read_manifest(manifest), params.data.num_workers)
+    df = audit_frame(read_manifest(manifest), runtime.index_workers(params.data.num_workers))
     if not len(df):
         raise ValueError(f"{manifest} has no usable images to audit; check data.roots and the "
                          "skipped files that `nsnet index` reported")
