@@ -17,9 +17,13 @@ from stages.common import echo_summary, friendly_errors, load, params_options
 @click.option("--rescan", is_flag=True,
               help="Hash and decode every file again, even those unchanged since the last "
                    "manifest at --out.")
+@click.option("--check-training/--no-check-training", default=True, show_default=True,
+              help="Fail (after writing the manifest) when the images cannot train a detector "
+                   "(e.g. no generated images in the train split); --no-check-training indexes "
+                   "a test-only tree for a model trained elsewhere.")
 @friendly_errors
 def index(params_file: str | None, overrides: tuple[str, ...], out: str, report: str,
-          strict: bool | None, listing: str | None, rescan: bool) -> None:
+          strict: bool | None, listing: str | None, rescan: bool, check_training: bool) -> None:
     """Index the files of data.roots into a manifest: id, label, source, split, size,
     status. Files whose path, size and modification time are unchanged since the previous
     manifest keep their row; only new or changed files are hashed and decoded."""
@@ -29,6 +33,8 @@ def index(params_file: str | None, overrides: tuple[str, ...], out: str, report:
         summary_line,
         unlabelled_line,
     )
+    from pipeline.data.readiness import NotTrainable
+    from pipeline.data.readiness import check_training as check
 
     params = load(params_file, overrides)
     res = build_index(params, out, report, strict, listing, rescan)
@@ -40,3 +46,8 @@ def index(params_file: str | None, overrides: tuple[str, ...], out: str, report:
         click.secho("\n".join(lines), fg="yellow", err=True)
     if unlabelled_line(res):
         click.echo(unlabelled_line(res), err=True)
+    if check_training:
+        try:
+            check(out, params)
+        except NotTrainable as exc:
+            raise click.ClickException(f"index: cannot train on these images: {exc}") from exc

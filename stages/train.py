@@ -17,9 +17,11 @@ from stages.common import echo_summary, features_option, friendly_errors, load, 
 def train(params_file: str | None, overrides: tuple[str, ...], manifest: str, features: str,
           out: str, log_csv: str) -> None:
     """Train train.head (composite_probe | nsnet | advanced); keep the best epoch by val AP."""
+    from pipeline.data.readiness import check_training
     from pipeline.heads.train_stage import run_train
 
     params = load(params_file, overrides)
+    check_training(manifest, params)  # what is missing, in words, before any feature is read
     info = run_train(params, manifest, features, out, log_csv)
     extra = (f", semantic rank k={info['nsnet_k']} explains "
              f"{100 * info['explained_variance']:.1f}% of caption energy"

@@ -164,7 +164,8 @@ def test_audit_of_a_manifest_without_usable_images_is_one_clear_message(tmp_path
     runner = CliRunner()
     manifest = tmp_path / "manifest.parquet"
     assert runner.invoke(main, ["index", "--params", str(params_file), "--out", str(manifest),
-                                "--report", str(tmp_path / "r.json")]).exit_code == 0
+                                "--report", str(tmp_path / "r.json"),
+                                "--no-check-training"]).exit_code == 0
     res = runner.invoke(main, ["audit", "--params", str(params_file), "--manifest",
                                str(manifest), "--out", str(tmp_path / "a.json")])
     assert res.exit_code == 1 and "Traceback" not in res.output

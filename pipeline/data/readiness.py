@@ -1,0 +1,85 @@
+"""What training will need, checked on the manifest before any expensive stage runs.
+
+A tree with only real (or only generated) images indexes, audits and extracts without a
+complaint and fails at ``train``, after the hours of extraction. ``training_problems`` looks at
+the manifest's usable rows the way ``nsnet train`` will select them (the preset's or
+``protocol.train_sources``' sources, the train and val splits) and says, in words and counts,
+what is missing: both labels in the train split, and both in the val split when the decision
+(``evaluate.threshold`` rule or ``evaluate.calibration``) is fit there.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline.config import Params, parse_threshold
+from pipeline.data.presets import training_sources
+
+LABELS = {0: "real", 1: "generated"}
+
+
+def label_counts(rows: pd.DataFrame) -> str:
+    """``120 real and 0 generated`` (plain numbers, whatever the column's dtype)."""
+    counts = rows["label"].value_counts()
+    return " and ".join(f"{int(counts.get(k, 0))} {name}" for k, name in LABELS.items())
+
+
+def _both(rows: pd.DataFrame) -> bool:
+    return all(int((rows["label"] == k).sum()) > 0 for k in LABELS)
+
+
+def _where(params: Params, sources: list[str] | None) -> str:
+    roots = ", ".join(r.path for r in params.data.roots)
+    if params.protocol.preset != "none":
+        chosen = f"protocol.preset {params.protocol.preset}: {', '.join(sources or [])}"
+    else:
+        chosen = f"protocol.train_sources: {', '.join(sources) if sources else 'all'}"
+    return f"data.roots: {roots}; {chosen}"
+
+
+def training_problems(manifest: pd.DataFrame, params: Params) -> list[str]:
+    """Why ``nsnet train`` would fail on this manifest (empty when it has what it needs)."""
+    ok = manifest[manifest["status"] == "ok"]
+    side = ok[ok["split"].isin(["train", "val"])]
+    try:
+        sources = training_sources(params, side["source"].astype(str))
+    except ValueError as exc:
+        return [str(exc)]
+    if sources:
+        missing = sorted(set(sources) - set(side["source"].astype(str)))
+        if missing:
+            return [f"protocol.train_sources names {', '.join(missing)}, not found among the "
+                    f"training sources ({', '.join(sorted(set(side['source'].astype(str))))})"]
+        side = side[side["source"].isin(sources)]
+    train, val = side[side["split"] == "train"], side[side["split"] == "val"]
+    problems = []
+    if len(train) < 2 or not _both(train):
+        problems.append(
+            f"training needs real and generated images in the train split; it has "
+            f"{label_counts(train)} ({_where(params, sources)}). Add the missing kind (e.g. "
+            "a fake/<generator>/ folder beside real/), or widen protocol.train_sources")
+    rule = parse_threshold(params.evaluate.threshold)
+    fitted = [f"evaluate.threshold={rule.text}"] if rule.kind != "fixed" else []
+    if params.evaluate.calibration != "none":
+        fitted.append(f"evaluate.calibration={params.evaluate.calibration}")
+    if fitted and not problems and not _both(val):
+        problems.append(
+            f"{' and '.join(fitted)} are fit on the validation split, which has "
+            f"{label_counts(val)}; add images (each data.split.val share of a folder lands "
+            "there) or use a fixed evaluate.threshold and evaluate.calibration: none")
+    return problems
+
+
+def check_training(manifest: str | Path, params: Params) -> None:
+    """Raise ``NotTrainable`` (one message, every problem) when training would fail."""
+    from pipeline.data.manifest import read_manifest
+
+    problems = training_problems(read_manifest(manifest), params)
+    if problems:
+        raise NotTrainable(f"{manifest}: " + "; ".join(problems))
+
+
+class NotTrainable(ValueError):
+    """The indexed images cannot train a detector with the current params."""
