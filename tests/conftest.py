@@ -6,6 +6,7 @@ fixed seeds); nothing we own is mocked.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -16,28 +17,52 @@ import pytest
 import yaml
 
 from pipeline.config import Params, params_from_dict
-from pipeline.data.demo_data import DEMO_OVERRIDES, make_demo_images
+from pipeline.data.demo_data import TINY_MODELS, make_demo_images
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for the network
 
+# Small, fast settings for the tests' small image sets (on top of the tiny models).
+FAST = {
+    "data": {"num_workers": 0},
+    "clip": {"batch_size": 64},
+    "caption": {"max_new_tokens": 12, "batch_size": 32},
+    "compute": {"precision": "fp32", "shard_size": 16, "num_workers": 0},
+    "train": {"epochs": 5, "batch_size": 32, "lr": 1e-3, "nsnet_k": 8, "hidden_dim": 256},
+}
+
+
+def default_raw() -> dict[str, Any]:
+    """The code's defaults as a params mapping: what the shipped params.yaml says, but never
+    the user's edits to it (the tests do not read the repository's params.yaml)."""
+    return json.loads(json.dumps(Params().to_dict()))
+
 
 def tiny_raw(data_root: str | Path, **sections: dict[str, Any]) -> dict[str, Any]:
-    """The project's params.yaml with the demo's tiny overrides, small batches and ``data_root``.
+    """The code's defaults with the tiny models, small fast settings and ``data_root``.
 
     Keyword arguments update whole sections, e.g. ``train={"epochs": 3}``.
     """
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for section, values in DEMO_OVERRIDES.items():
-        raw.setdefault(section, {}).update(values)
+    raw = default_raw()
+    for key, value in TINY_MODELS.items():
+        section, name = key.split(".")
+        raw[section][name] = value
+    for section, values in FAST.items():
+        raw[section].update(values)
     raw["data"]["roots"] = [str(data_root)]
-    raw["data"]["num_workers"] = 0
-    raw["compute"]["shard_size"] = 16
-    raw["train"].update({"epochs": 5, "batch_size": 32})
-    raw["protocol"] = {"train_sources": [], "test_sources": [], "degradations": []}
     for section, values in sections.items():
         raw.setdefault(section, {}).update(values)
     return raw
+
+
+def workspace_params() -> str:
+    """A params file of the code's defaults, for ``make_workspace(params=...)`` in tests."""
+    return yaml.safe_dump(default_raw(), sort_keys=False)
+
+
+def fast_values() -> dict[str, Any]:
+    """``FAST`` as dotted keys (``make_workspace(values=...)``)."""
+    return {f"{section}.{k}": v for section, values in FAST.items() for k, v in values.items()}
 
 
 def tiny_params(data_root: str | Path, **sections: dict[str, Any]) -> Params:

@@ -20,8 +20,9 @@ import pytest
 import yaml
 
 from pipeline.config import Params
-from pipeline.data.demo_data import make_workspace
+from pipeline.data.demo_data import DEMO_VALUES, make_workspace
 from stages.cli import main
+from tests.conftest import fast_values, workspace_params
 
 ROOT = Path(__file__).resolve().parents[1]
 FEATURE_STAGES = ("scan", "index", "extract")
@@ -198,14 +199,16 @@ def test_make_demo_sets_up_the_workspace_as_the_tests_do():
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    ws = make_workspace(tmp_path_factory.mktemp("dvc") / "ws", ROOT, code="copy", n_real=24,
-                        n_fake_each=12, size=128)
+    # The demo's values on the code's defaults (not the user's params.yaml), small and fast;
+    # 12 images per generator leave no tconv image in val, and the decision rule needs both
+    # labels there: train on every source.
+    values = {**DEMO_VALUES, **fast_values(), "data.roots": ["data/demo"], "train.epochs": 2,
+              "protocol.train_sources": []}
+    ws = make_workspace(tmp_path_factory.mktemp("dvc") / "ws", ROOT, code="copy",
+                        params=workspace_params(), values=values, n_real=24, n_fake_each=12,
+                        size=128)
     params = yaml.safe_load((ws / "params.yaml").read_text())
-    params["train"].update({"epochs": 2})
-    # 12 images per generator leave no tconv image in val; the decision rule needs both labels
-    params["protocol"]["train_sources"] = []
     assert params["train"]["lr"] != 0.0005  # the last test changes it to this value
-    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     init_workspace(ws)
     out = sh(ws, "dvc", "repro")
     sh(ws, "git", "add", "-A")

@@ -359,10 +359,13 @@ def test_k_view_images_are_reused_when_only_captions_change(views_cache, tmp_pat
 def test_dvc_reruns_only_the_image_embeddings_when_patches_views_changes(tmp_path):
     """Real dvc on the real dvc.yaml: a new patches.views re-runs extract, which embeds only the
     new patch order (captions, selections and text are reused), never index."""
-    from pipeline.data.demo_data import make_workspace
+    from pipeline.data.demo_data import TINY_MODELS, make_workspace
+    from tests.conftest import fast_values, workspace_params
     from tests.test_dvc_pipeline import ROOT, ran, sh, skipped
 
-    ws = make_workspace(tmp_path / "ws", ROOT, code="link", n_real=8, n_fake_each=4, size=96)
+    values = {**TINY_MODELS, **fast_values(), "data.roots": ["data/demo"]}
+    ws = make_workspace(tmp_path / "ws", ROOT, code="link", params=workspace_params(),
+                        values=values, n_real=8, n_fake_each=4, size=96)
     sh(ws, "git", "init", "-q")
     sh(ws, "dvc", "init", "-q")
     sh(ws, "dvc", "repro", "extract")

@@ -17,29 +17,31 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 from PIL import Image
+
+from pipeline.config import edit_params_text
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "motorcycle_left",
           "immunohistochemistry", "retina", "cat", "color")
 GENERATORS = ("tconv", "nn_conv", "bilinear")
-DEMO_OVERRIDES = {
-    "data": {"roots": ["data/demo"], "num_workers": 2},
-    "clip": {"arch": "tiny", "pretrained": "", "batch_size": 64},
-    "caption": {"model": "tiny", "max_new_tokens": 12, "batch_size": 32},
-    "compute": {"precision": "fp32", "shard_size": 128, "num_workers": 0},
-    "protocol": {"train_sources": ["real", "tconv"], "test_sources": [],
-                 "degradations": ["jpeg30", "resize64", "blur3"]},
-    "train": {"epochs": 40, "batch_size": 64, "lr": 1e-3, "nsnet_k": 8, "hidden_dim": 256},
+# The built-in random backbones (no download): what the demo and the tests must change.
+TINY_MODELS = {"clip.arch": "tiny", "clip.pretrained": "", "caption.model": "tiny"}
+# The demo workspace is the project's params.yaml with only these values changed: the tiny
+# models, the demo data, and the demo's protocol (train on real + tconv, test on all three
+# generators, three degradations, a decision threshold and calibration fit on validation).
+DEMO_VALUES = {
+    **TINY_MODELS,
+    "data.roots": ["data/demo"],
+    "protocol.train_sources": ["real", "tconv"],
+    "protocol.degradations": ["jpeg30", "resize64", "blur3"],
+    "evaluate.threshold": "val_acc",
+    "evaluate.calibration": "platt",
 }
-
-# The demo workspace also shows a calibrated decision (kept out of DEMO_OVERRIDES, which the
-# tests reuse for their tiny sets, where a validation split may lack a class).
-DEMO_WORKSPACE_OVERRIDES = {"evaluate": {"threshold": "val_acc", "calibration": "platt"}}
 
 
 def _photos() -> list[np.ndarray]:
@@ -128,12 +130,16 @@ DVCIGNORE = "# compiled Python changes when code runs: not a dependency\n__pycac
 
 
 def make_workspace(workspace: str | Path, project: str | Path, code: str = "link",
+                   params: str | None = None, values: dict[str, Any] | None = None,
                    **image_kw: int) -> Path:
     """A self-contained DVC workspace: the project's dvc.yaml, demo params, demo images.
 
     ``code="link"`` symlinks the project's ``pipeline/`` and ``stages/`` into the workspace
     (the code deps of dvc.yaml); ``code="copy"`` copies them, so a test can edit the copy and
     run it (with the workspace first on ``PYTHONPATH``) without touching the project.
+    The workspace's ``params.yaml`` is ``params`` (the text of a params file; default: the
+    project's own ``params.yaml``) with ``values`` (default ``DEMO_VALUES``; dotted keys)
+    set, its comments kept.
     """
     workspace, project = Path(workspace).absolute(), Path(project).absolute()
     workspace.mkdir(parents=True, exist_ok=True)
@@ -147,14 +153,12 @@ def make_workspace(workspace: str | Path, project: str | Path, code: str = "link
                             ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         else:
             raise ValueError(f"code must be 'link' or 'copy', not {code!r}")
-    raw = yaml.safe_load((project / "params.yaml").read_text())
-    for overrides in (DEMO_OVERRIDES, DEMO_WORKSPACE_OVERRIDES):
-        for section, values in overrides.items():
-            raw.setdefault(section, {}).update(values)
+    values = DEMO_VALUES if values is None else values
+    text = (project / "params.yaml").read_text() if params is None else params
+    changed = ", ".join(values)
     (workspace / "params.yaml").write_text(
-        "# Demo parameters: the project's params.yaml with tiny random backbones and demo data.\n"
-        + yaml.safe_dump(raw, sort_keys=False)
-    )
+        f"# The demo: the project's params.yaml with these values changed: {changed}.\n"
+        + edit_params_text(text, values))
     # metrics/ and plots/ (cache: false) stay in git so `dvc exp run` commits them and
     # `dvc exp show` / `dvc metrics diff` can compare experiments. data/ is not ignored here:
     # `dvc add data/demo` tracks the images (data/demo.dvc in git, the files in DVC's cache)
