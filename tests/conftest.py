@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,45 @@ from pipeline.data.demo_data import TINY_MODELS, make_demo_images
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for the network
+
+# ----------------------------------------------------------------------------- params.yaml guard
+# The repository's params.yaml is the user's to edit (the README says so), so no test may
+# depend on it: an open of it in the test process is recorded and fails the test, unless the
+# test is marked `reads_repo_params` (only a validity check is). Commands run by CliRunner in
+# the project folder without --params would read it too, and are caught the same way.
+REPO_PARAMS = os.path.abspath(ROOT / "params.yaml")
+# One guard per process (this file is imported as `conftest` and as `tests.conftest`).
+_guard = sys.__dict__.setdefault("_nsnet_repo_params_guard", {"allowed": False, "reads": []})
+
+
+def _watch_params_yaml(event: str, args: tuple) -> None:
+    if event != "open" or _guard["allowed"] or isinstance(args[0], int):
+        return
+    try:
+        path = os.fsdecode(args[0])
+    except TypeError:
+        return
+    if path.endswith("params.yaml") and os.path.abspath(path) == REPO_PARAMS:
+        _guard["reads"].append(path)
+        raise PermissionError(f"a test read the repository's params.yaml ({path}); use "
+                              "tests.conftest.default_raw() or a copy")
+
+
+if not _guard.get("hooked"):
+    _guard["hooked"] = True
+    sys.addaudithook(_watch_params_yaml)
+
+
+@pytest.fixture(autouse=True)
+def _no_repo_params_reads(request: pytest.FixtureRequest):
+    """Fail a test that read the repository's params.yaml (see ``_watch_params_yaml``)."""
+    _guard["allowed"] = request.node.get_closest_marker("reads_repo_params") is not None
+    _guard["reads"].clear()
+    yield
+    reads, _guard["allowed"] = list(_guard["reads"]), False
+    _guard["reads"].clear()
+    assert not reads, f"this test read the repository's params.yaml: {reads}"
+
 
 # Small, fast settings for the tests' small image sets (on top of the tiny models).
 FAST = {

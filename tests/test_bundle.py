@@ -104,7 +104,9 @@ def test_broken_config_is_refused_naming_file_and_key(tmp_path, what, key, value
     assert str(tmp_path / CONFIG) in str(err.value)
     image = tmp_path / "x.png"
     Image.new("RGB", (64, 64)).save(image)
-    res = CliRunner().invoke(main, ["predict", str(image), "--model", str(tmp_path)])
+    (tmp_path / "defaults.yaml").write_text("{}\n")  # not the user's params.yaml
+    res = CliRunner().invoke(main, ["predict", str(image), "--model", str(tmp_path),
+                                    "--params", str(tmp_path / "defaults.yaml")])
     assert res.exit_code == 1 and message in res.output and "Traceback" not in res.output
 
 

@@ -120,5 +120,5 @@ def test_cli_writes_png_and_json(chain, fakes, tmp_path):
     assert out.exists() and (tmp_path / "why.json").exists()
     assert "P(generated)" in res.output and "toward generated" in res.output
     res = CliRunner().invoke(main, ["explain", str(tmp_path / "missing.png"), "--model",
-                                    str(bundle)])
+                                    str(bundle), "--params", str(empty_params(tmp_path))])
     assert res.exit_code == 1 and "missing" in res.output

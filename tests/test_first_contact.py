@@ -22,7 +22,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from pipeline.atomic import write_json, write_text
-from pipeline.config import HEAD_CHOICES, ParamsError, load_params, params_from_dict
+from pipeline.config import HEAD_CHOICES, ParamsError, params_from_dict
 from pipeline.data.manifest import read_manifest
 from pipeline.heads.bundle import CONFIG, load_bundle, save_bundle
 from pipeline.heads.detectors import BASELINE_HEADS, HEADS, build_head
@@ -69,7 +69,6 @@ def test_verdict_rule():
 
 def test_uncertain_band_param_is_validated():
     assert params_from_dict({}).evaluate.uncertain_band == 0.05
-    assert load_params(PROJECT / "params.yaml").evaluate.uncertain_band == 0.05
     for bad in (-0.01, 0.6, "wide", float("nan")):
         with pytest.raises(ParamsError, match="evaluate.uncertain_band"):
             params_from_dict({"evaluate": {"uncertain_band": bad}})
@@ -112,7 +111,8 @@ def test_explain_says_uncertain_in_picture_and_json(bundle, images, tmp_path):
     assert png.stat().st_size > 0
 
 
-def test_predict_cli_counts_uncertain(bundle, images, tmp_path):
+def test_predict_cli_counts_uncertain(bundle, images, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no params.yaml here: the built-in defaults
     res = CliRunner().invoke(main, ["predict", images[0], "--model", str(bundle),
                                     "--set", "compute.device=cpu"])
     assert res.exit_code == 0, res.output
@@ -193,15 +193,16 @@ def test_every_option_has_help_text():
 
 
 def _fails(args: list[str], *wants: str, cwd: Path | None = None) -> str:
+    """Run in ``cwd`` (default: an empty folder, so no params.yaml is read)."""
+    import tempfile
+
     runner = CliRunner()
-    if cwd:
-        old = os.getcwd()
-        os.chdir(cwd)
+    old = os.getcwd()
+    os.chdir(cwd or tempfile.mkdtemp(prefix="nsnet-fails-"))
     try:
         res = runner.invoke(main, args)
     finally:
-        if cwd:
-            os.chdir(old)
+        os.chdir(old)
     assert res.exit_code == 1, res.output
     assert res.exception is None or isinstance(res.exception, SystemExit), res.exception
     assert "Traceback" not in res.output
@@ -252,7 +253,6 @@ def test_readme_documents_the_code_defaults():
     defaults = params_from_dict({})
     assert f"| `data.roots` | `[{defaults.data.roots[0].path}]` |" in readme
     assert f"| `evaluate.uncertain_band` | {defaults.evaluate.uncertain_band:g} |" in readme
-    assert load_params(PROJECT / "params.yaml").data.roots == defaults.data.roots
 
 
 def test_minimal_bundle_still_loads(tmp_path):

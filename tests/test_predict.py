@@ -118,5 +118,6 @@ def test_cli_prints_a_table_and_writes_jsonl(built_cache, bundle, tmp_path):
     row = json.loads(out.read_text().splitlines()[0])
     assert row["status"] == "ok" and 0 <= row["prob"] <= 1 and row["caption"]
     assert Path(first).name in res.output and "1 scored" in res.output
-    res = CliRunner().invoke(main, ["predict", first, "--model", str(tmp_path / "nope")])
+    res = CliRunner().invoke(main, ["predict", first, "--model", str(tmp_path / "nope"),
+                                    "--params", str(empty_params(tmp_path))])
     assert res.exit_code == 1 and "not a model bundle" in res.output

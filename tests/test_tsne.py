@@ -17,7 +17,7 @@ from pipeline.heads.bundle import load_bundle
 from pipeline.heads.train_stage import run_train
 from pipeline.reports.tsne_stage import before_after, run_tsne, subsample
 from stages.cli import main
-from tests.conftest import ROOT, tiny_raw, write_params
+from tests.conftest import ROOT, default_raw, tiny_raw, write_params
 
 
 def _params(built_cache, head: str, points: int = 40):
@@ -88,7 +88,7 @@ def test_dvc_declares_the_figure_stage_and_plots():
     assert tsne["cmd"].split()[:2] == ["nsnet", "tsne"] and "plots/tsne.png" in tsne["cmd"]
     assert {"cache/manifest.parquet", "cache/features", "models/detector"} <= set(tsne["deps"])
     assert tsne["plots"] == [{"plots/tsne.png": {"cache": False}}]
-    assert "figures" in yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert "figures" in default_raw()
     declared = {next(iter(p)) if isinstance(p, dict) else p
                 for s in stages.values() for p in s.get("plots", [])}
     assert {"plots/roc.csv", "plots/pr.csv", "plots/confusion.csv", "plots/train_log.csv",
