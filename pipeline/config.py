@@ -506,6 +506,23 @@ def apply_overrides(raw: dict[str, Any], overrides: typing.Iterable[str]) -> dic
     return out
 
 
+def source_line(path: str | Path | None, overrides: typing.Iterable[str] = (),
+                cwd: str | Path = ".") -> str:
+    """The one line a command prints about its parameters: which file (or that none was found,
+    where it looked, and any params.yaml in a folder above), plus the ``--set`` overrides."""
+    sets = "".join(f" --set {o}" for o in overrides)
+    if path is not None:
+        return f"params: {path}{sets}"
+    here = Path(cwd).absolute()
+    if (here / "params.yaml").is_file():
+        return f"params: params.yaml{sets}"
+    above = next((d for d in here.parents if (d / "params.yaml").is_file()), None)
+    hint = (f"{above} has one: run from there, or pass --params FILE" if above else
+            "run from your workspace, or pass --params FILE")
+    where = f"{here}" if above else f"{here} or above"
+    return f"params: no params.yaml in {where}: built-in defaults{sets} ({hint})"
+
+
 def load_params(path: str | Path = "params.yaml", overrides: typing.Iterable[str] = (),
                 required: bool = False) -> Params:
     """Read, override and validate a params file.

@@ -40,7 +40,9 @@ def load(params_file: str | None, overrides: tuple[str, ...], decoding: bool = F
     commands that run decoding worker processes, ``scheduler`` for a dask cluster); torch's
     thread count is then set."""
     from pipeline import runtime
+    from pipeline.config import source_line
 
+    click.secho(source_line(params_file, overrides), err=True, dim=True)
     if params_file is None:
         params = load_params("params.yaml", overrides)
     else:

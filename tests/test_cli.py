@@ -155,7 +155,9 @@ def test_bad_param_exits_1_with_one_clear_message(tmp_path, monkeypatch, args, n
     assert needle in res.output
     assert "ParamsError" in res.output
     assert "Traceback" not in res.output
-    assert len(res.output.strip().splitlines()) == 1
+    # the params line, then one error line
+    assert res.output.strip().splitlines()[0].startswith("params: params.yaml --set ")
+    assert len(res.output.strip().splitlines()) == 2
     assert not (tmp_path / "cache").exists()  # validation happens before any work
 
 

@@ -218,7 +218,56 @@ def test_named_params_file_must_exist(tmp_path):
 
 def test_missing_default_params_file_means_defaults(tmp_path):
     out = _fails(["index"], "data root data/images does not exist", cwd=tmp_path)
-    assert "params" not in out
+    assert f"params: no params.yaml in {tmp_path} or above: built-in defaults" in out
+
+
+# Every command that reads params, with arguments that get it past option parsing.
+PARAM_COMMANDS = {name: [] for name in ("index", "audit", "extract", "train", "evaluate",
+                                        "compare", "degrade", "evaluate-views", "tsne")}
+PARAM_COMMANDS.update(predict=["missing.png"], explain=["missing.png"])
+
+
+def test_every_params_command_loads_through_the_one_loader():
+    """`stages.common.load` prints the params line; every command with --params calls it
+    (serve too, which this file cannot start)."""
+    import inspect
+
+    with_params = {name for name, cmd in main.commands.items()
+                   if "--params" in {o for p in cmd.params for o in p.opts}}
+    assert with_params == set(PARAM_COMMANDS) | {"serve"}
+    for name in with_params:
+        source = inspect.getsource(main.commands[name].callback.__wrapped__)
+        assert "load(params_file, overrides" in source, name
+
+
+@pytest.mark.parametrize("name", sorted(PARAM_COMMANDS))
+def test_every_command_says_once_which_params_file_it_uses(tmp_path, name):
+    """From a subfolder of a workspace: one line, up front, says that no params.yaml is here,
+    that the built-in defaults are used and where the workspace's file is."""
+    assert "--params" in {o for p in main.commands[name].params for o in p.opts}
+    sub = tmp_path / "ws" / "data"
+    sub.mkdir(parents=True)
+    (tmp_path / "ws" / "params.yaml").write_text("seed: 1\n")
+    old = os.getcwd()
+    os.chdir(sub)
+    try:
+        res = CliRunner().invoke(main, [name, *PARAM_COMMANDS[name], "--set", "seed=2"])
+    finally:
+        os.chdir(old)
+    assert "Traceback" not in res.output
+    lines = [line for line in res.output.splitlines() if line.startswith("params: ")]
+    assert lines == [f"params: no params.yaml in {sub}: built-in defaults --set seed=2 "
+                     f"({tmp_path / 'ws'} has one: run from there, or pass --params FILE)"], \
+        res.output
+    assert res.output.startswith("params: ")  # up front, before any other output
+
+
+def test_the_params_line_names_the_file_in_use(tmp_path):
+    from pipeline.config import source_line
+
+    (tmp_path / "params.yaml").write_text("seed: 1\n")
+    assert source_line(None, (), tmp_path) == "params: params.yaml"
+    assert source_line("other.yaml", ("a=1",), tmp_path) == "params: other.yaml --set a=1"
 
 
 def test_set_with_broken_yaml_is_one_message(tmp_path):
