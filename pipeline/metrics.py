@@ -178,6 +178,14 @@ def format_table(result: dict[str, Any], title: str = "", decision: str = "") ->
     return "\n".join(lines)
 
 
+def aligned(rows: list[list[str]], right: tuple[int, ...] = (), gap: int = 2) -> list[str]:
+    """Rows of cells as text lines, each column as wide as its widest cell, ``gap`` spaces
+    between columns (columns in ``right`` right-aligned), so no two columns ever touch."""
+    widths = [max(len(r[i]) for r in rows if i < len(r)) for i in range(max(map(len, rows)))]
+    return [(" " * gap).join(c.rjust(widths[i]) if i in right else c.ljust(widths[i])
+                             for i, c in enumerate(r)).rstrip() for r in rows]
+
+
 def pct(v: float | None) -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"
 

@@ -263,3 +263,33 @@ def test_audit_runs_with_the_shipped_defaults_on_more_than_256_images(tmp_path):
     params = load_params(params_file)
     assert params.data.num_workers == "auto"
     assert run_audit(params, manifest, tmp_path / "again.json")["n"] == 300
+
+
+def test_audit_table_columns_never_run_together_on_mixed_data(tmp_path):
+    """Mixed sizes, modes and formats make long cells (`191x191 5%, 256x256 4%`): every
+    column is as wide as its widest cell, so each row splits into the same 8 cells."""
+    import re
+
+    rng = np.random.default_rng(3)
+    root = tmp_path / "images"
+    for folder, n in (("real", 24), ("fake/a_generator_with_a_long_name", 24)):
+        (root / folder).mkdir(parents=True)
+        for i in range(n):
+            side = int(rng.choice([191, 200, 256, 300, 333]))
+            img = _image(rng, 64).resize((side, side))
+            img = img.convert(str(rng.choice(["RGB", "L", "RGBA", "P"])))
+            ext = "jpg" if img.mode in ("RGB", "L") and i % 2 else "png"
+            img.save(root / folder / f"{i:03d}.{ext}")
+    text = _audit(tmp_path, root)["text"]
+    lines = text.splitlines()
+    table = lines[1:lines.index(next(x for x in lines if x.startswith("metadata")))]
+    header = table[0]
+    starts = [m.start() for m in re.finditer(r"\S+(?: \S+)*", header)]
+    assert len(starts) == 8 and len(table) == 5  # 2 labels, 2 sources (real, generator)
+    assert max(len(c) for row in table for c in re.split(r"\s{2,}", row)) > 12  # long cells
+    for row in table[1:]:
+        cells = re.split(r"\s{2,}", row.strip())
+        assert len(cells) == 8, row
+        # left-aligned text columns start where their header starts
+        for col in (2, 4, 5):
+            assert row[starts[col]] != " " and row[starts[col] - 2:starts[col]] == "  ", row

@@ -37,6 +37,7 @@ from pipeline import runtime
 from pipeline.atomic import write_json
 from pipeline.config import Params, parse_degradation
 from pipeline.data.manifest import read_manifest
+from pipeline.metrics import aligned
 from pipeline.provenance import base_provenance
 
 # ITU-T T.81 Annex K tables (natural order, as PIL's ``img.quantization``), used by libjpeg.
@@ -342,16 +343,15 @@ def _public(res: dict[str, Any]) -> dict[str, Any]:
 
 
 def format_audit(res: dict[str, Any], train: pd.DataFrame) -> str:
-    """The terminal report: one row per label and per source, then the classifier verdict."""
-    lines = [f"audit: {res['n']} images, headers only ({res['header_seconds']:.1f} s)"
-             + (f", {res['errors']} unreadable since index" if res["errors"] else ""),
-             f"{'group':<18}{'n':>7}  {'format':<18}{'JPEG q':>8}  {'size':<20}{'mode':<12}"
-             f"{'EXIF':>6}{'ICC':>6}"]
+    """The terminal report: one row per label and per source (columns as wide as their
+    widest entry), then the classifier verdict."""
+    rows = [["group", "n", "format", "JPEG q", "size", "mode", "EXIF", "ICC"]]
     for kind in ("per_label", "per_source"):
         for name, g in res[kind].items():
             q = "-" if g["jpeg_quality_median"] is None else f"{g['jpeg_quality_median']:.0f}"
-            lines.append(f"{kind[4:] + ' ' + name:<18}{g['n']:>7}  {g['_formats_text']:<18}"
-                         f"{q:>8}  {g['_sizes_text']:<20}{g['_modes_text']:<12}"
-                         f"{100 * g['exif_share']:>5.0f}%{100 * g['icc_share']:>5.0f}%")
-    lines.append(warning_text(res, train))
-    return "\n".join(lines)
+            rows.append([f"{kind[4:]} {name}", str(g["n"]), g["_formats_text"], q,
+                         g["_sizes_text"], g["_modes_text"], f"{100 * g['exif_share']:.0f}%",
+                         f"{100 * g['icc_share']:.0f}%"])
+    head = (f"audit: {res['n']} images, headers only ({res['header_seconds']:.1f} s)"
+            + (f", {res['errors']} unreadable since index" if res["errors"] else ""))
+    return "\n".join([head, *aligned(rows, right=(1, 3, 6, 7)), warning_text(res, train)])
