@@ -16,7 +16,13 @@ from pipeline.data.manifest import read_manifest
 from pipeline.extraction.cached_features import load_features
 from pipeline.heads.train_stage import run_train
 from pipeline.heads.training_loop import predict_proba
-from pipeline.inference.predict import expand_inputs, load_chain, predict_paths, write_results
+from pipeline.inference.predict import (
+    expand_inputs,
+    format_results,
+    load_chain,
+    predict_paths,
+    write_results,
+)
 from pipeline.inference.verdict import verdict
 from stages.cli import main
 from tests.conftest import read_part
@@ -121,3 +127,20 @@ def test_cli_prints_a_table_and_writes_jsonl(built_cache, bundle, tmp_path):
     res = CliRunner().invoke(main, ["predict", first, "--model", str(tmp_path / "nope"),
                                     "--params", str(empty_params(tmp_path))])
     assert res.exit_code == 1 and "not a model bundle" in res.output
+
+
+def test_table_keeps_its_columns_with_long_paths():
+    long = "/data/" + "/".join(["a_rather_long_folder_name"] * 5) + "/photo_0001.jpg"
+    df = pd.DataFrame([
+        {"path": "x.png", "status": "ok", "prob": 0.9, "label": "generated", "caption": "a cat",
+         "error": ""},
+        {"path": long, "status": "ok", "prob": 0.1, "label": "real", "caption": "a dog",
+         "error": ""},
+        {"path": "broken.jpg", "status": "corrupt", "prob": float("nan"), "label": "",
+         "caption": "", "error": "truncated"}])
+    lines = format_results(df).splitlines()
+    at = lines[0].index("caption / status")
+    assert [line[at:] for line in lines[1:]] == ["a cat", "a dog", "[corrupt] truncated"]
+    assert all(line[at - 2:at] == "  " for line in lines)
+    assert "…" in lines[2] and lines[2].split()[2].endswith("/photo_0001.jpg")
+    assert max(len(line) for line in lines) < 100

@@ -43,6 +43,7 @@ from pipeline.heads.bundle import load_bundle
 from pipeline.heads.decision import Decision
 from pipeline.heads.training_loop import combine_views, view_logits
 from pipeline.inference.verdict import FAKE, REAL, UNCERTAIN, verdict
+from pipeline.metrics import aligned
 
 AMP = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 RESULT_COLUMNS = ["path", "status", "prob", "label", "caption", "id", "width", "height", "error",
@@ -333,14 +334,23 @@ def write_results(df: pd.DataFrame, out: str | Path) -> Path:
     return out
 
 
-def format_results(df: pd.DataFrame, max_caption: int = 48) -> str:
-    """A terminal table: probability, label and caption, or the reason a file was skipped."""
-    lines = [f"{'prob':>6}  {'label':<9}  {'path':<40}  caption / status"]
+def short_path(path: str, width: int) -> str:
+    """``path`` cut to ``width`` characters from the left (``…/dir/name.png``): the file name,
+    the part that tells images apart, stays."""
+    return path if len(path) <= width else "…" + path[-(width - 1):]
+
+
+def format_results(df: pd.DataFrame, max_caption: int = 48, max_path: int = 48) -> str:
+    """A terminal table: probability, label and caption, or the reason a file was skipped.
+
+    Columns are as wide as their widest cell; paths longer than ``max_path`` are shortened
+    from the left (the full paths are in ``--out``)."""
+    rows = [["prob", "label", "path", "caption / status"]]
     for r in df.itertuples(index=False):
-        path = r.path
+        path = short_path(r.path, max_path)
         if r.status == "ok":
             cap = r.caption if len(r.caption) <= max_caption else r.caption[:max_caption - 1] + "…"
-            lines.append(f"{r.prob:6.3f}  {r.label:<9}  {path:<40}  {cap}")
+            rows.append([f"{r.prob:.3f}", r.label, path, cap])
         else:
-            lines.append(f"{'-':>6}  {'skipped':<9}  {path:<40}  [{r.status}] {r.error}")
-    return "\n".join(lines)
+            rows.append(["-", "skipped", path, f"[{r.status}] {r.error}"])
+    return "\n".join(aligned(rows, right=(0,)))
