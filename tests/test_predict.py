@@ -144,3 +144,20 @@ def test_table_keeps_its_columns_with_long_paths():
     assert all(line[at - 2:at] == "  " for line in lines)
     assert "…" in lines[2] and lines[2].split()[2].endswith("/photo_0001.jpg")
     assert max(len(line) for line in lines) < 100
+
+
+def test_jsonl_has_plain_slashes_and_null_for_no_error(tmp_path):
+    df = pd.DataFrame([
+        {"path": "data/real/a.png", "status": "ok", "prob": 0.25, "label": "real",
+         "caption": "a/b", "id": "1", "width": 64, "height": 64, "error": "",
+         "semantic_share": 0.5},
+        {"path": "data/x.txt", "status": "unsupported_format", "prob": float("nan"),
+         "label": "", "caption": "", "id": "", "width": -1, "height": -1,
+         "error": "not an image", "semantic_share": float("nan")}])
+    out = write_results(df, tmp_path / "r.jsonl")
+    text = out.read_text()
+    assert "\\/" not in text and '"data/real/a.png"' in text
+    rows = [json.loads(line) for line in text.splitlines()]
+    assert rows[0]["error"] is None and rows[1]["error"] == "not an image"
+    assert rows[1]["prob"] is None and rows[1]["semantic_share"] is None
+    assert rows[0]["prob"] == 0.25 and rows[0]["width"] == 64

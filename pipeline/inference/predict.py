@@ -12,6 +12,7 @@ logits are combined as the bundle says (``views.average``), as ``nsnet evaluate`
 from __future__ import annotations
 
 import glob
+import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -328,10 +329,24 @@ def write_results(df: pd.DataFrame, out: str | Path) -> Path:
         if suffix == ".csv":
             df.to_csv(tmp, index=False)
         elif suffix == ".jsonl":
-            df.to_json(tmp, orient="records", lines=True)
+            tmp.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n"
+                                   for row in json_rows(df)), encoding="utf-8")
         else:
             df.to_parquet(tmp, index=False)
     return out
+
+
+def json_rows(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """Result rows as plain JSON values: no number is NaN (null instead), and a row without
+    an error has ``error: null``, not ``""``."""
+    rows = []
+    for row in df.to_dict(orient="records"):
+        clean = {k: (None if isinstance(v, float) and v != v else
+                     v.item() if isinstance(v, np.generic) else v) for k, v in row.items()}
+        if clean.get("error") == "":
+            clean["error"] = None
+        rows.append(clean)
+    return rows
 
 
 def short_path(path: str, width: int) -> str:
