@@ -38,6 +38,8 @@ def predict(params_file: str | None, overrides: tuple[str, ...], paths: tuple[st
     P.check_out_path(out)
     unlisted: list = []
     files = P.expand_inputs(paths, unlisted)
+    if not files and not unlisted:
+        raise click.ClickException(f"predict: no files found in {', '.join(paths)}")
     chain = P.load_chain(model_dir, params.compute.device, params.compute.precision, threshold)
     with tqdm(total=len(files), desc="predict", unit="img", dynamic_ncols=True) as bar:
         batch = batch_size or runtime.caption_batch(params.caption.batch_size, chain.clip.device)
@@ -52,6 +54,8 @@ def predict(params_file: str | None, overrides: tuple[str, ...], paths: tuple[st
     n_unsure = int((df.loc[ok, "label"] == "uncertain").sum())
     views = (f"; {chain.views} patch-order views, {chain.view_average}"
              if chain.views > 1 else "")
+    if not ok.any():
+        raise click.ClickException(f"predict: nothing could be scored: {P.skipped_summary(df)}")
     echo_summary(f"predict: {int(ok.sum())} scored ({n_fake} generated, {n_unsure} uncertain "
                  f"at threshold {chain.threshold:g} ± {chain.band:g}{views}), "
-                 f"{int((~ok).sum())} skipped" + (f" -> {out}" if out else ""))
+                 f"{P.skipped_summary(df)}" + (f" -> {out}" if out else ""))

@@ -161,3 +161,17 @@ def test_jsonl_has_plain_slashes_and_null_for_no_error(tmp_path):
     assert rows[0]["error"] is None and rows[1]["error"] == "not an image"
     assert rows[1]["prob"] is None and rows[1]["semantic_share"] is None
     assert rows[0]["prob"] == 0.25 and rows[0]["width"] == 64
+
+
+def test_predict_exits_non_zero_when_nothing_could_be_scored(bundle, tmp_path):
+    params = ["--params", str(empty_params(tmp_path)), "--set", "compute.device=cpu"]
+    res = CliRunner().invoke(main, ["predict", str(tmp_path / "missing.png"), "--model",
+                                    str(bundle), *params])
+    assert res.exit_code == 1, res.output
+    assert "missing.png" in res.output and "[missing]" in res.output  # the table still shows
+    assert "nothing could be scored: 1 skipped (missing: 1)" in res.output
+    assert "Traceback" not in res.output
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    res = CliRunner().invoke(main, ["predict", str(empty), "--model", str(bundle), *params])
+    assert res.exit_code == 1 and "no files found" in res.output, res.output

@@ -355,6 +355,13 @@ def short_path(path: str, width: int) -> str:
     return path if len(path) <= width else "…" + path[-(width - 1):]
 
 
+def skipped_summary(df: pd.DataFrame) -> str:
+    """``3 skipped (corrupt: 1, missing: 2)``."""
+    bad = df.loc[df["status"] != "ok", "status"].value_counts().sort_index()
+    why = ", ".join(f"{k}: {int(v)}" for k, v in bad.items())
+    return f"{int(bad.sum())} skipped" + (f" ({why})" if why else "")
+
+
 def format_results(df: pd.DataFrame, max_caption: int = 48, max_path: int = 48) -> str:
     """A terminal table: probability, label and caption, or the reason a file was skipped.
 
