@@ -186,6 +186,12 @@ def aligned(rows: list[list[str]], right: tuple[int, ...] = (), gap: int = 2) ->
                              for i, c in enumerate(r)).rstrip() for r in rows]
 
 
+def threshold_text(t: float) -> str:
+    """A decision threshold as every command prints it: the 4 decimals that metrics.json
+    keeps (``rounded``), trailing zeros dropped: 0.191785 -> ``0.1918``, 0.5 -> ``0.5``."""
+    return f"{float(t):.4f}".rstrip("0").rstrip(".")
+
+
 def pct(v: float | None) -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"
 

@@ -27,11 +27,13 @@ def evaluate(params_file: str | None, overrides: tuple[str, ...], manifest: str,
     """Accuracy (at 0.5, at the bundle's threshold, oracle), real/fake accuracy, AP, AUC,
     ECE and per-format accuracy on val and test, per source and mean."""
     from pipeline.evaluation.evaluate_stage import format_evaluation, run_evaluate
+    from pipeline.metrics import threshold_text
 
     params = load(params_file, overrides)
     res = run_evaluate(params, manifest, features, model_dir, out, plots_dir, details)
     protocol = res["protocol"]
     if protocol["title"]:
         click.echo(f"protocol.preset {protocol['preset']}: {protocol['title']} "
-                   f"[{protocol['reference']}]; fake = prob > {res['threshold']:g}")
+                   f"[{protocol['reference']}]; "
+                   f"fake = prob > {threshold_text(res['threshold'])}")
     click.echo(format_evaluation(res))

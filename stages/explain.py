@@ -28,6 +28,7 @@ def explain(params_file: str | None, overrides: tuple[str, ...], image: str, mod
     from pipeline.data.images import display_path
     from pipeline.inference.explain import explain_image, read_image, write_report
     from pipeline.inference.predict import load_chain
+    from pipeline.metrics import threshold_text
 
     params = load(params_file, overrides)
     decoded = read_image(image, params.data.max_image_pixels)  # bad files fail before models load
@@ -35,7 +36,8 @@ def explain(params_file: str | None, overrides: tuple[str, ...], image: str, mod
     ex = explain_image(chain, image, params.data.max_image_pixels, decoded)
     png, js = write_report(ex, out or f"{Path(image).stem}.explain.png", k)
     click.echo(f"{display_path(Path(image).name)}: P(generated) = {ex.prob:.3f} -> {ex.label} "
-               f"(threshold {ex.threshold:g} ± {ex.uncertain_band:g}, head {ex.head})")
+               f"(threshold {threshold_text(ex.threshold)} ± {ex.uncertain_band:g}, "
+               f"head {ex.head})")
     if chain.views > 1:
         click.echo(f"patch-order views: {chain.views}, combined by {chain.view_average}; a "
                    "patch's contribution occludes it in every view")

@@ -33,6 +33,7 @@ def predict(params_file: str | None, overrides: tuple[str, ...], paths: tuple[st
 
     from pipeline import runtime
     from pipeline.inference import predict as P
+    from pipeline.metrics import threshold_text
 
     params = load(params_file, overrides)
     P.check_out_path(out)
@@ -57,5 +58,5 @@ def predict(params_file: str | None, overrides: tuple[str, ...], paths: tuple[st
     if not ok.any():
         raise click.ClickException(f"predict: nothing could be scored: {P.skipped_summary(df)}")
     echo_summary(f"predict: {int(ok.sum())} scored ({n_fake} generated, {n_unsure} uncertain "
-                 f"at threshold {chain.threshold:g} ± {chain.band:g}{views}), "
+                 f"at threshold {threshold_text(chain.threshold)} ± {chain.band:g}{views}), "
                  f"{P.skipped_summary(df)}" + (f" -> {out}" if out else ""))

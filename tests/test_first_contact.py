@@ -430,3 +430,43 @@ def test_tsne_says_which_direction_of_the_silhouette_is_better(built_cache, tmp_
                                     "--out", str(tmp_path / "tsne.png")])
     assert res.exit_code == 0, res.output
     assert "higher = real and generated further apart" in res.output
+
+
+# ----------------------------------------------------------------------------- one threshold text
+
+
+def test_threshold_is_printed_the_same_way_everywhere(bundle, images, built_cache, tmp_path,
+                                                       monkeypatch):
+    """predict, explain, the explanation picture and evaluate print a threshold with the 4
+    decimals that metrics.json keeps: 0.191785 reads 0.1918 everywhere."""
+    from pipeline.metrics import rounded, threshold_text
+
+    assert threshold_text(0.191785) == "0.1918" and threshold_text(0.5) == "0.5"
+    for t in (0.191785, 0.5, 0.0001, 0.99999, 0.123):
+        assert float(threshold_text(t)) == rounded(t)
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    for f in bundle.iterdir():
+        (odd / f.name).write_bytes(f.read_bytes())
+    config = json.loads((odd / CONFIG).read_text())
+    config["threshold"] = config["decision"]["threshold"] = 0.191785
+    (odd / CONFIG).write_text(json.dumps(config))
+    monkeypatch.chdir(tmp_path)
+    raw = json.loads(json.dumps(built_cache.params.to_dict()))
+    (tmp_path / "params.yaml").write_text(json.dumps(raw))
+    runner = CliRunner()
+    outs = {
+        "predict": runner.invoke(main, ["predict", images[0], "--model", str(odd)]),
+        "explain": runner.invoke(main, ["explain", images[0], "--model", str(odd), "--out",
+                                        str(tmp_path / "why.png")]),
+        "evaluate": runner.invoke(main, ["evaluate", "--manifest", str(built_cache.manifest),
+                                         "--embeddings", str(built_cache.embeddings),
+                                         "--model", str(odd), "--out",
+                                         str(tmp_path / "m.json"), "--plots",
+                                         str(tmp_path / "plots")]),
+    }
+    for name, res in outs.items():
+        assert res.exit_code == 0, (name, res.output)
+        assert "0.1918" in res.output and "0.191785" not in res.output, (name, res.output)
+        assert "0.192 " not in res.output, (name, res.output)
+    assert json.loads((tmp_path / "m.json").read_text())["threshold"] == 0.1918

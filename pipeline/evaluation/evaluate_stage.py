@@ -34,6 +34,7 @@ from pipeline.metrics import (
     reliability_bins,
     roc_curve,
     rounded,
+    threshold_text,
 )
 from pipeline.provenance import base_provenance, fingerprint
 
@@ -195,7 +196,8 @@ def format_evaluation(out: dict[str, Any]) -> str:
     """What ``nsnet evaluate`` prints: per split, the per-generator table, the calibration
     (ECE before -> after) and the accuracy per file format."""
     d = out.get("decision") or {}
-    desc = (f"{out['threshold']:.3g} (evaluate.threshold={d.get('rule', out['threshold'])}, "
+    desc = (f"{threshold_text(out['threshold'])} (evaluate.threshold="
+            f"{d.get('rule', out['threshold'])}, "
             f"calibration {d.get('calibration', 'none')})")
     blocks = []
     for split in ("val", "test"):

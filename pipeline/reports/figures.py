@@ -16,6 +16,7 @@ from matplotlib.colors import TwoSlopeNorm  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
 from pipeline.atomic import atomic_path  # noqa: E402
+from pipeline.metrics import threshold_text  # noqa: E402
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -137,7 +138,7 @@ def explanation_figure(ex: Explanation, k: int = 5) -> plt.Figure:
             color=VERDICT_COLOURS.get(ex.label, "#555555"), transform=ax.transAxes)
     n_low = sum(p.band == "low" for p in ex.top(k, 1))
     lines = [
-        f"P(generated) = {ex.prob:.3f}   (threshold {ex.threshold:g}"
+        f"P(generated) = {ex.prob:.3f}   (threshold {threshold_text(ex.threshold)}"
         + (f" ± {ex.uncertain_band:g})" if ex.uncertain_band else ")"),
         *(["too close to the threshold to call"] if ex.label == "uncertain" else []),
         f"head: {ex.head}",
