@@ -36,9 +36,11 @@ def evaluate_degraded(params_file: str | None, overrides: tuple[str, ...], manif
     note = f"; {note}" if note else ""
     if per_source:
         for name, res in results.items():
-            click.echo(format_table(res, f"\n[{name}] test (%{note})"))
-    click.echo(format_degraded_table(results, f"\nmean over generators per degradation "
-                                              f"(%{note})"))
+            if name != "clean":  # `nsnet evaluate` prints the clean table
+                click.echo(format_table(res, f"\n[{name}] test (%{note})"))
+    click.echo(format_degraded_table(results, f"mean over generators per degradation "
+                                              f"(%{note}); per generator: "
+                                              f"{metrics_dir}/details/degradations.json"))
 
 
 def _renamed(old: str, message: str) -> click.Command:

@@ -172,3 +172,29 @@ def test_evaluate_degraded_reports_metrics_per_degradation(degraded_workspace, t
     table = format_degraded_table(results)
     assert table.splitlines()[0].split() == ["degradation", "acc", "real", "fake", "AP"]
     assert [line.split()[0] for line in table.splitlines()[1:]] == list(results)
+
+
+def test_evaluate_degraded_prints_one_summary_and_never_the_clean_table_again(
+        degraded_workspace, tmp_path):
+    """`nsnet evaluate` prints the clean table; evaluate-degraded prints one row per
+    degradation, and with --per-source the degraded copies' tables only."""
+    from click.testing import CliRunner
+
+    from stages.cli import main
+    from tests.conftest import write_params
+
+    work, params, _, _ = degraded_workspace
+    params_file = write_params(tmp_path / "p.yaml", json.loads(json.dumps(params.to_dict())))
+    args = ["evaluate-degraded", "--params", str(params_file), "--manifest", str(work.manifest),
+            "--features", str(work.features), "--model",
+            str(work.workdir / "models" / "detector"), "--metrics", str(tmp_path / "m")]
+    out = CliRunner().invoke(main, args)
+    assert out.exit_code == 0, out.output
+    lines = out.stdout.strip().splitlines()
+    assert lines[0].startswith("mean over generators per degradation (%)")
+    assert [line.split()[0] for line in lines[1:]] == ["degradation", "clean", "jpeg30",
+                                                        "resize64"]
+    out = CliRunner().invoke(main, [*args, "--per-source"])
+    assert out.exit_code == 0, out.output
+    assert "[jpeg30] test" in out.stdout and "[resize64] test" in out.stdout
+    assert "[clean]" not in out.stdout and out.stdout.count("mean over generators") == 1
