@@ -47,4 +47,6 @@ def explain(params_file: str | None, overrides: tuple[str, ...], image: str, mod
     for p in ex.top(k, 1):
         click.echo(f"  {p.contribution:+.4f}  at ({p.row},{p.col})  {p.band} entropy "
                    f"{p.entropy:.2f}")
+    if ex.warning:
+        click.secho(f"warning: {ex.warning}", fg="yellow", err=True)
     echo_summary(f"explain: report {display_path(png)}, data {display_path(js)}")

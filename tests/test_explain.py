@@ -122,3 +122,32 @@ def test_cli_writes_png_and_json(chain, fakes, tmp_path):
     res = CliRunner().invoke(main, ["explain", str(tmp_path / "missing.png"), "--model",
                                     str(bundle), "--params", str(empty_params(tmp_path))])
     assert res.exit_code == 1 and "missing" in res.output
+
+
+def test_explain_warns_when_the_selection_saw_no_content(chain, explained, tmp_path):
+    """A large photo in a black border with faint specks (JPEG ringing): the lowest and the
+    highest spectral entropies are all border patches, so every contribution is ~0. The CLI,
+    the JSON and the picture say so; an ordinary image gets no warning."""
+    from skimage import data
+
+    rng = np.random.default_rng(0)
+    img = np.zeros((900, 1200, 3), np.uint8)
+    img[:, 600:] = (rng.random((900, 600, 1)) < 0.1).astype(np.uint8) * 2
+    img[300:600, 450:750] = data.astronaut()[:300, :300]
+    path = tmp_path / "bordered.png"
+    Image.fromarray(img).save(path)
+    bundle = tmp_path / "b"
+    from pipeline.heads.bundle import save_bundle
+
+    save_bundle(bundle, chain.head, {k: v for k, v in chain.config.items()
+                                     if k != "format_version"})
+    res = CliRunner().invoke(main, ["explain", str(path), "--model", str(bundle), "--out",
+                                    str(tmp_path / "why.png"), "--params",
+                                    str(empty_params(tmp_path))])
+    assert res.exit_code == 0, res.output
+    assert "warning: all 49 selected patches are flat" in res.output
+    report = json.loads((tmp_path / "why.json").read_text())
+    assert report["warning"].startswith("all 49 selected patches are flat")
+    assert max(p["contrast"] for p in report["patches"]) < 2.0
+    assert all(ex.warning == "" for ex in explained)  # ordinary images: no warning
+    assert all(max(p.contrast for p in ex.patches) > 2.0 for ex in explained)

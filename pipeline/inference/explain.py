@@ -18,7 +18,13 @@ import torch
 
 from pipeline.data.images import ImageError, ImageInfo, decode_file, display_path
 from pipeline.data.manifest import content_id
-from pipeline.extraction.patch_selection import PatchSpec, composite, view_cells, view_orders
+from pipeline.extraction.patch_selection import (
+    LUMA,
+    PatchSpec,
+    composite,
+    view_cells,
+    view_orders,
+)
 from pipeline.heads.training_loop import combine_views
 from pipeline.inference.predict import (
     Chain,
@@ -58,6 +64,28 @@ def score_composites(chain: Chain, composites: np.ndarray, text: torch.Tensor,
 def semantic_removed(chain: Chain, image: torch.Tensor, text: torch.Tensor) -> float:
     """``||x - Px|| / ||x||`` for the feature the head sees (0 for the UFD probe)."""
     return float(semantic_shares(chain, image, text)[0])
+
+
+# A patch whose luma varies less than this (standard deviation, of 255) is flat: a uniform
+# colour such as a black border, where occluding it cannot change anything.
+FLAT_STD = 2.0
+
+
+def patch_contrast(rgb: np.ndarray, cells: np.ndarray, size: int) -> np.ndarray:
+    """Standard deviation of the luma of each selected patch (cells in patch units)."""
+    luma = rgb.astype(np.float32) @ np.asarray(LUMA, np.float32)
+    return np.array([float(luma[r * size:(r + 1) * size, c * size:(c + 1) * size].std())
+                     for r, c in np.asarray(cells, dtype=int)])
+
+
+def content_warning(contrast: np.ndarray) -> str:
+    """A warning when every selected patch is flat (the selection saw no content), else ""."""
+    if len(contrast) and bool((contrast < FLAT_STD).all()):
+        return (f"all {len(contrast)} selected patches are flat (luma std < {FLAT_STD:g} of "
+                "255, e.g. a uniform border): the patch selection saw none of the image's "
+                "content, so the verdict and the contributions say little about it; crop the "
+                "border and explain again")
+    return ""
 
 
 def _bands(entropy: np.ndarray, n_low: int) -> list[str]:
@@ -103,15 +131,17 @@ def explain_array(chain: Chain, rgb: np.ndarray, image_id: str, name: str) -> Ex
     prob = float(chain.prob(np.array([base]))[0])  # calibrated, as predict and evaluate
     probs = chain.prob(logits)
     bands = _bands(sel.entropy, chain.spec.n_low)
+    contrast = patch_contrast(rgb, sel.cells, chain.spec.size)
     patches = [PatchReport(k, int(sel.cells[k, 0]) * chain.spec.size,
                            int(sel.cells[k, 1]) * chain.spec.size, float(sel.entropy[k]),
-                           bands[k], float(base - logits[k]), float(prob - probs[k]))
+                           bands[k], float(base - logits[k]), float(prob - probs[k]),
+                           float(contrast[k]))
                for k in range(chain.spec.count)]
     return Explanation(name, image_id, width, height, float(prob),
                        verdict(prob, chain.threshold, chain.band), chain.threshold, base,
                        feats.captions[0], chain.kind,
                        semantic_removed(chain, first_view(feats.image), feats.text), patches,
-                       sel.composite, rgb, chain.spec, chain.band)
+                       sel.composite, rgb, chain.spec, chain.band, content_warning(contrast))
 
 
 def _view_attribution(chain: Chain, rgb: np.ndarray, image_id: str, cells: np.ndarray,

@@ -23,6 +23,7 @@ class PatchReport:
     band: str  # "low" (smooth) or "high" (textured) spectral entropy
     contribution: float  # logit(original) - logit(occluded); > 0 pushed toward generated
     delta_prob: float  # prob(original) - prob(occluded)
+    contrast: float = 0.0  # standard deviation of the patch's luma (0-255); ~0 = flat
 
 
 @dataclass
@@ -43,6 +44,7 @@ class Explanation:
     image: np.ndarray = field(repr=False)
     spec: PatchSpec = field(repr=False, default_factory=PatchSpec)
     uncertain_band: float = 0.0  # |prob - threshold| < band is "uncertain"
+    warning: str = ""  # e.g. the selection saw no image content (only a flat border)
 
     def top(self, k: int = 5, sign: int = 1) -> list[PatchReport]:
         """The ``k`` patches that pushed most toward generated (sign=1) or real (sign=-1)."""
@@ -55,7 +57,7 @@ class Explanation:
 
         return {"path": self.path, "id": self.id, "width": self.width, "height": self.height,
                 "prob_generated": self.prob, "label": self.label, "threshold": self.threshold,
-                "uncertain_band": self.uncertain_band,
+                "uncertain_band": self.uncertain_band, "warning": self.warning or None,
                 "logit": self.logit, "caption": self.caption, "head": self.head,
                 "semantic_removed": self.semantic_removed,
                 "attribution": "occlusion: each grid tile replaced by the composite's mean "

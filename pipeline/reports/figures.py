@@ -141,6 +141,7 @@ def explanation_figure(ex: Explanation, k: int = 5) -> plt.Figure:
         f"P(generated) = {ex.prob:.3f}   (threshold {threshold_text(ex.threshold)}"
         + (f" ± {ex.uncertain_band:g})" if ex.uncertain_band else ")"),
         *(["too close to the threshold to call"] if ex.label == "uncertain" else []),
+        *(textwrap.wrap("WARNING: " + ex.warning, 44) if ex.warning else []),
         f"head: {ex.head}",
         "",
         "caption (BLIP):",
