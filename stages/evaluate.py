@@ -20,14 +20,20 @@ from stages.common import features_option, friendly_errors, load, params_options
                    "provenance [default: details/<name> beside --out, i.e. "
                    "metrics/details/metrics.json].")
 @click.option("--plots", "plots_dir", default="plots", show_default=True,
-              help="Folder for roc.csv, pr.csv and confusion.csv.")
+              help="Folder for the curves: roc, pr, confusion and reliability as CSV (DVC "
+                   "plots) and as PNG pictures (viewable offline), and train_log.png.")
+@click.option("--train-log", default="plots/train_log.csv", show_default=True,
+              help="Training log (`nsnet train --log`) drawn as <plots>/train_log.png; "
+                   "skipped when absent.")
 @friendly_errors
 def evaluate(params_file: str | None, overrides: tuple[str, ...], manifest: str, features: str,
-             model_dir: str, out: str, details: str | None, plots_dir: str) -> None:
+             model_dir: str, out: str, details: str | None, plots_dir: str,
+             train_log: str) -> None:
     """Accuracy (at 0.5, at the bundle's threshold, oracle), real/fake accuracy, AP, AUC,
     ECE and per-format accuracy on val and test, per source and mean."""
     from pipeline.evaluation.evaluate_stage import format_evaluation, run_evaluate
     from pipeline.metrics import threshold_text
+    from pipeline.reports.curves import draw_evaluation
 
     params = load(params_file, overrides)
     res = run_evaluate(params, manifest, features, model_dir, out, plots_dir, details)
@@ -37,3 +43,4 @@ def evaluate(params_file: str | None, overrides: tuple[str, ...], manifest: str,
                    f"[{protocol['reference']}]; "
                    f"fake = prob > {threshold_text(res['threshold'])}")
     click.echo(format_evaluation(res))
+    draw_evaluation(plots_dir, train_log, res["model"]["best_epoch"])

@@ -26,13 +26,15 @@ from tests.conftest import fast_values, workspace_params
 
 ROOT = Path(__file__).resolve().parents[1]
 FEATURE_STAGES = ("scan", "index", "extract")
+PNGS = ("plots/roc.png", "plots/pr.png", "plots/confusion.png", "plots/reliability.png",
+        "plots/train_log.png", "plots/tsne.png")
 TRAIN_SIDE = ("train", "evaluate", "compare")
 FEATURE_OUTS = ("cache/manifest.parquet", "cache/index_report.json", "cache/listing.parquet")
 OUTS = ("cache/manifest.parquet", "cache/index_report.json", "cache/listing.parquet",
         "models/detector/config.json",
         "models/detector/model.safetensors", "plots/train_log.csv", "metrics/metrics.json",
         "plots/roc.csv", "plots/pr.csv", "plots/confusion.csv", "metrics/compare.json",
-        "metrics/audit.json", "plots/reliability.csv")
+        "metrics/audit.json", "plots/reliability.csv", *PNGS)
 GIT_ID = {"GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@localhost",
           "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@localhost"}
 
@@ -274,8 +276,11 @@ def test_metrics_and_plots_show(workspace, tmp_path):
     out_dir = tmp_path / "plots_html"
     sh(ws, "dvc", "plots", "show", "-o", str(out_dir))
     html = (out_dir / "index.html").read_text()
-    for name in ("roc.csv", "pr.csv", "confusion.csv", "train_log.csv", "reliability"):
+    for name in ("roc.csv", "pr.csv", "confusion.csv", "train_log.csv"):
         assert name in html, name
+    for png in PNGS:  # every curve also as a picture, copied beside the page
+        static = f"static/workspace_{png.replace('/', '_')}"
+        assert f'<img src="{static}">' in html and (out_dir / static).stat().st_size, png
     assert data["metrics/audit.json"]["data"]["metadata_auc"] <= 0.8
     audit = json.loads((ws / "metrics/details/audit.json").read_text())
     assert audit["classifier"]["warning"] is False
@@ -364,3 +369,43 @@ def test_code_edits_rerun_exactly_the_stages_that_run_that_code(workspace):
     out = sh(ws, "dvc", "repro")
     assert ran(out) == {"scan", "train", "evaluate", "evaluate_degraded", "compare", "tsne"}, out
     assert _up_to_date(sh(ws, "dvc", "status"))
+
+
+@pytest.mark.slow
+def test_plots_page_shows_every_picture_with_the_network_blocked(workspace, tmp_path):
+    """`dvc plots show` loads its chart library from a CDN, so offline its CSV plots are blank;
+    the PNG pictures must show anyway. Headless Chromium, network emulated offline: the CDN
+    script is not there, and every picture is decoded and visibly drawn (screenshot)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from tests.test_serve import browser_driver
+
+    ws, _ = workspace
+    out_dir = tmp_path / "plots_html"
+    sh(ws, "dvc", "plots", "show", "-o", str(out_dir))
+    browser = browser_driver()
+    try:
+        browser.execute_cdp_cmd("Network.enable", {})
+        browser.execute_cdp_cmd("Network.emulateNetworkConditions", {
+            "offline": True, "latency": 0, "downloadThroughput": 0, "uploadThroughput": 0})
+        browser.get((out_dir / "index.html").as_uri())
+        assert browser.execute_script("return typeof vegaEmbed") == "undefined"  # offline
+        images = browser.execute_script(
+            "return Array.from(document.images).map(i => [i.getAttribute('src'), i.complete,"
+            " i.naturalWidth])")
+        shown = {src.split("workspace_plots_")[-1]: (done, width) for src, done, width in images}
+        assert set(shown) >= {Path(p).name for p in PNGS}, images
+        for name, (done, width) in shown.items():
+            assert done and width > 200, (name, done, width)
+        from selenium.webdriver.common.by import By
+
+        for element in browser.find_elements(By.TAG_NAME, "img"):
+            browser.execute_script("arguments[0].scrollIntoView()", element)
+            shot = np.asarray(Image.open(io.BytesIO(element.screenshot_as_png)).convert("L"))
+            assert shot.std() > 10, element.get_attribute("src")  # a drawn picture, not blank
+        browser.save_screenshot(str(tmp_path / "plots_offline.png"))
+    finally:
+        browser.quit()
