@@ -264,12 +264,13 @@ def test_metrics_and_plots_show(workspace, tmp_path):
     metrics = json.loads(sh(ws, "dvc", "metrics", "show", "--json"))
     data = metrics[""]["data"]
     test_mean = data["metrics/metrics.json"]["data"]
-    assert set(test_mean) == {"acc", "real_acc", "fake_acc", "ap", "threshold"}
+    assert set(test_mean) == {"acc", "ap", "threshold"}
     assert 0.0 <= test_mean["acc"] <= 1.0
-    assert set(data["metrics/compare.json"]["data"]) == {"composite_probe_ap", "nsnet_ap",
-                                                          "advanced_ap"}
-    assert set(data) == {"metrics/metrics.json", "metrics/compare.json",
-                         "metrics/degradations.json", "metrics/audit.json"}  # not details
+    assert set(data["metrics/degradations.json"]["data"]) == {"degraded_ap"}
+    assert set(data) == {"metrics/metrics.json", "metrics/degradations.json",
+                         "metrics/audit.json"}  # not details, not every head's AP
+    compare = json.loads((ws / "metrics/compare.json").read_text())
+    assert set(compare) == {"composite_probe_ap", "nsnet_ap", "advanced_ap"}
     details = json.loads((ws / "metrics/details/metrics.json").read_text())
     assert details["test"]["mean"]["acc"] == pytest.approx(test_mean["acc"], abs=1e-4)
     assert "metrics/metrics.json" in sh(ws, "dvc", "metrics", "show")
@@ -295,7 +296,7 @@ def test_metrics_show_fits_in_200_columns(workspace):
     out = sh(ws, "dvc", "metrics", "show")
     widths = [len(line) for line in out.splitlines()]
     assert widths and max(widths) <= 200, out
-    for name in ("acc", "real_acc", "fake_acc", "ap", "advanced_ap", "clean_ap"):
+    for name in ("acc", "ap", "threshold", "degraded_ap", "metadata_auc"):
         assert name in out.split(), out
 
 
@@ -333,6 +334,50 @@ def test_train_param_change_reruns_only_train_evaluate_compare(workspace):
     metrics = revs[0]["data"]["metrics"]["metrics/metrics.json"]
     assert "error" not in metrics, metrics
     assert metrics["data"]["acc"] is not None
+
+
+def on_a_terminal(ws: Path, *cmd: str, columns: int = 120) -> str:
+    """Run a command on a pseudo-terminal ``columns`` wide (as a person sees it); the text
+    without colour codes."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
+    env = {**_env(), "COLUMNS": str(columns), "TERM": "xterm"}
+    proc = subprocess.Popen(cmd, cwd=ws, env=env, stdin=slave, stdout=slave, stderr=slave,
+                            close_fds=True)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # the other side closed
+            break
+        if not data:
+            break
+        chunks.append(data)
+    assert proc.wait(300) == 0, b"".join(chunks).decode(errors="replace")
+    os.close(master)
+    text = b"".join(chunks).decode(errors="replace").replace("\r", "")
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
+
+
+@pytest.mark.slow
+def test_exp_show_only_changed_shows_the_changed_parameter_in_120_columns(workspace):
+    """After `dvc exp run -S train.lr=0.0005` (the test above), the comparison a person runs
+    fits a 120-column terminal with the parameter that changed in view: the DVC metrics are
+    few and short (acc, ap, threshold, degraded_ap)."""
+    ws, _ = workspace
+    out = on_a_terminal(ws, "dvc", "exp", "show", "--only-changed", "--no-pager")
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert max(len(line) for line in lines) <= 120, out
+    header = next(line for line in lines if "Experiment" in line)
+    for column in ("ap", "threshold", "train.lr"):  # acc may not change on this tiny set
+        assert column in header.split(), out
+    assert any("0.0005" in line for line in lines), out
 
 
 def _edit(path: Path, old: str = "", new: str = "") -> None:
