@@ -18,6 +18,11 @@ function el(tag, attrs, text) {
   return node;
 }
 
+// A threshold as `nsnet predict` and `nsnet evaluate` print it: 4 decimals, no trailing zeros.
+function thresholdText(t) {
+  return String(Number(Number(t).toFixed(4)));
+}
+
 async function describeModel() {
   try {
     const res = await fetch("/v1/model", { headers: headers() });
@@ -32,7 +37,7 @@ async function describeModel() {
       return;
     }
     const info = await res.json();
-    $("model").textContent = `model: ${info.head} head, threshold ${info.threshold}`;
+    $("model").textContent = `model: ${info.head} head, threshold ${thresholdText(info.threshold)}`;
   } catch (err) {
     $("model").textContent = "cannot reach the server: " + err;
   }
@@ -100,6 +105,10 @@ async function upload(files) {
   }
   $("status").textContent = res.ok ? `${results.length} image(s) scored`
                                    : `error ${res.status}: ${body.detail}`;
+  if (res.ok && tokenInput.value.trim()) {  // the token was accepted: no more asking for it
+    document.querySelector('label[for="token"]').textContent = "Access token (accepted):";
+    if (!$("model").textContent.startsWith("model:")) describeModel();
+  }
   const byName = new Map(files.map((f) => [f.name, f]));
   const batch = document.createDocumentFragment();  // newest request on top, in upload order
   results.forEach((r, i) => batch.appendChild(card(r, byName.get(r.name) || files[i])));
