@@ -5,6 +5,13 @@ BIN := $(VENV)/bin
 # The tested dependency versions (`make lock` refreshes them); CONSTRAINTS= installs unpinned.
 CONSTRAINTS ?= constraints.txt
 DEMO ?= demo-run
+# TORCH=cpu: torch and torchvision from PyTorch's CPU-only wheel index, then the rest as usual:
+# about 200 MB instead of the 4 GB of CUDA libraries that torch pulls on Linux x86_64 (a laptop,
+# CI). The versions are the pinned ones; `make test TORCH=cpu` runs the same suite.
+TORCH ?=
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH_PINS = $(or $(if $(CONSTRAINTS),$(shell grep -E '^(torch|torchvision)==' $(CONSTRAINTS))),\
+  torch torchvision)
 export DVC_NO_ANALYTICS := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 
@@ -13,6 +20,8 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 $(BIN)/nsnet: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
+	$(if $(filter cpu,$(TORCH)),$(BIN)/python -m pip install --no-deps --index-url \
+	  $(TORCH_CPU_INDEX) $(TORCH_PINS))
 	$(BIN)/python -m pip install $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e '.[dev]'
 	touch $@
 
@@ -62,9 +71,12 @@ lock:
 	{ echo "# Tested dependency versions: \`make install\` uses them (pip -c). Refresh with"; \
 	  echo "# \`make lock\`. Made on Python $$($(BIN)/python -c 'import platform; \
 	print(platform.python_version(), platform.system(), platform.machine())')."; \
-	  $(BIN)/python -m pip freeze --exclude-editable | grep -v -i '^nsnet=='; } > $(CONSTRAINTS).tmp
+	  $(BIN)/python -m pip freeze --exclude-editable | grep -v -i '^nsnet==' | \
+	  sed -E 's/\+[A-Za-z0-9.]+$$//'; } > $(CONSTRAINTS).tmp
 	mv $(CONSTRAINTS).tmp $(CONSTRAINTS)
 	@echo "wrote $(CONSTRAINTS): $$(grep -c '==' $(CONSTRAINTS)) pinned packages"
+	@grep -q '^nvidia-' $(CONSTRAINTS) || echo "note: no CUDA wheels pinned (a CPU-only venv);" \
+	  "lock from a default install to pin them for GPU machines"
 
 # The web page's test drives Debian's chromium through chromedriver. Installed here when missing
 # and we are root with apt-get (as on CI); otherwise that test fails loudly, unless

@@ -13,8 +13,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CONSTRAINTS = ROOT / "constraints.txt"
-# Wheels that only some platforms pull in (torch's CUDA stack on Linux x86_64).
+# Wheels that only some platforms pull in (torch's CUDA stack on Linux x86_64), and that the
+# CPU-only route (`make install TORCH=cpu`) leaves out.
 PLATFORM_ONLY = re.compile(r"^(nvidia-|cuda-|triton$)")
+
+
+def same_release(installed: str, pinned: str) -> bool:
+    """``2.14.1+cpu`` (PyTorch's CPU-only build, a local version label) is release ``2.14.1``,
+    as pip's ``==2.14.1`` matches it (PEP 440)."""
+    return installed.split("+", 1)[0] == pinned
 
 
 def _norm(name: str) -> str:
@@ -41,7 +48,7 @@ def test_installed_versions_match_the_constraints_file():
             if not PLATFORM_ONLY.match(name):
                 absent.append(name)
             continue
-        if got != pinned:
+        if not same_release(got, pinned):
             wrong.append(f"{name} {got} (pinned {pinned})")
     assert not wrong and not absent, (
         f"installed versions differ from constraints.txt: {wrong}; pinned but not installed: "
@@ -56,3 +63,32 @@ def test_constraints_pin_every_installed_dependency_but_not_the_project():
     installed = {_norm(d.metadata["Name"]) for d in distributions()}
     unpinned = sorted(installed - set(pinned) - {"nsnet", "pip", "setuptools", "wheel"})
     assert not unpinned, f"installed but not in constraints.txt (run `make lock`): {unpinned}"
+
+
+def test_a_cpu_build_is_the_pinned_release():
+    assert same_release("2.14.1+cpu", "2.14.1") and same_release("2.14.1", "2.14.1")
+    assert not same_release("2.14.2+cpu", "2.14.1") and not same_release("2.14", "2.14.1")
+
+
+def test_cpu_route_installs_the_pinned_torch_from_the_cpu_index_first():
+    """`make install TORCH=cpu`: torch and torchvision at their pinned versions from the CPU
+    wheel index (no CUDA wheels), then the project with the constraints as on the default
+    route; `make lock` strips the +cpu label so the file stays valid for both."""
+    import subprocess
+
+    def dry(*args: str) -> str:
+        return subprocess.run(["make", "-n", "-B", *args, "BIN=/venv/bin"], cwd=ROOT,
+                              capture_output=True, text=True, timeout=60).stdout
+
+    pins_ = pins()
+    cpu = dry("install", "TORCH=cpu")
+    first = next(line for line in cpu.splitlines() if "--index-url" in line)
+    assert "--no-deps" in first and "download.pytorch.org/whl/cpu" in first
+    assert f"torch=={pins_['torch']}" in first and f"torchvision=={pins_['torchvision']}" in first
+    assert cpu.index(first) < cpu.index("-c constraints.txt -e '.[dev]'")
+    assert "--index-url" not in dry("install")  # the default route: PyPI's wheels
+    lock = dry("lock")
+    sed = re.search(r"sed -E '([^']+)'", lock).group(1)  # lock drops local version labels
+    out = subprocess.run(["sed", "-E", sed], input="torch==2.14.1+cpu\nnumpy==2.4.6\n",
+                         capture_output=True, text=True, timeout=30).stdout
+    assert out == "torch==2.14.1\nnumpy==2.4.6\n"
