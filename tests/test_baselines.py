@@ -283,6 +283,7 @@ def test_the_old_head_name_ufd_explains_the_rename():
 
 @pytest.mark.parametrize("heads, message", [("ufd", "renamed 'composite_probe'"),
                                             ("nsnet,rine", "clip_layers recipe")])
-def test_compare_refuses_renamed_and_pending_heads(heads, message):
+def test_compare_refuses_renamed_and_pending_heads(heads, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # not the repository's params.yaml (the user's file)
     res = CliRunner().invoke(main, ["compare", "--heads", heads])
     assert res.exit_code != 0 and message in res.output, res.output
