@@ -15,7 +15,7 @@ TORCH_PINS = $(or $(if $(CONSTRAINTS),$(shell grep -E '^(torch|torchvision)==' $
 export DVC_NO_ANALYTICS := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: install browser demo test lint clean-demo check-open-clip lock
+.PHONY: install browser demo test lint clean-demo check-open-clip lock docs
 
 $(BIN)/nsnet: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -93,6 +93,13 @@ browser:
 	  echo "WARNING: chromium/chromedriver missing and not root: the browser test will fail" \
 	    "(install them, or set NSNET_SKIP_BROWSER_TESTS=1)"; \
 	fi
+
+# The documentation the code determines: the command and parameter references (seconds), then
+# every output block of the README and docs/ by running the real commands (minutes; the
+# `make test` block only with `tools/gen_docs.py outputs --only test`).
+docs: install
+	$(BIN)/python tools/gen_docs.py references
+	$(BIN)/python tools/gen_docs.py outputs
 
 lint: install
 	$(BIN)/ruff check .

@@ -617,3 +617,103 @@ def _block_end(lines: list[str], row: int, depth: int) -> int:
                 len(lines[i]) - len(lines[i].lstrip(" ")) <= depth:
             return i
     return len(lines)
+
+
+# ----------------------------------------------------------------------------- what each key means
+# One line or a few per key, the source of the parameter reference (docs/parameters.md, written
+# by `make docs` from these and the dataclasses above; tests/test_docs.py checks that every key
+# has one and that the committed page is what the code generates).
+PARAM_DOCS: dict[str, str] = {
+    "seed": "seed of the figures' subsampling and of the audit's folds and forest (training "
+            "has its own `train.seed`)",
+    "data.roots": "folders to scan; an entry is a path or `{path, role, layout}`: role `auto` "
+                  "(the layout's split, else by content hash) \\| `train` (train/val only) \\| "
+                  "`test` (all test); layout `\"\"` = `data.layout` (see "
+                  "[benchmarks](benchmarks.md))",
+    "data.layout": "how labels, sources and splits are read from the folders (see "
+                   "[usage](usage.md#using-your-own-images))",
+    "data.split": "train/val/test shares by content hash when the layout has no split (must "
+                  "sum to 1)",
+    "data.split.train": "share of images in the training split",
+    "data.split.val": "share of images in the validation split (model selection, decision)",
+    "data.split.test": "share of images in the test split",
+    "data.max_image_pixels": "decompression-bomb guard: larger images (width x height) are "
+                             "recorded as `too_large`",
+    "data.strict": "any unreadable or skipped file is an error",
+    "data.num_workers": "processes that hash and decode during `index` and read headers "
+                        "during `audit`; `auto` = all cores",
+    "data.skip_lists": "text files listing images to leave out (GenImage's "
+                       "`corrupted_files/*.txt`, `improper_png_header/*.txt`); listed files get "
+                       "status `skip_listed`",
+    "protocol.preset": "a paper's protocol: its training sources, official test rows and real "
+                       "pools (see [benchmarks](benchmarks.md)); with a preset leave "
+                       "`train_sources`/`test_sources` empty",
+    "protocol.train_sources": "sources (generators) trained and validated on; `[]` = all",
+    "protocol.test_sources": "sources tested on; `[]` = all",
+    "protocol.degradations": "test-time views for `nsnet degrade`: `jpeg<q>`, `resize<n>`, "
+                             "`blur<sigma>`, e.g. GenImage's `[jpeg65, jpeg30, resize112, "
+                             "resize64, blur3, blur5]`",
+    "protocol.train_reencode": "`\"\"` or `jpeg<q>`: `nsnet extract` re-encodes every train/val "
+                               "image as JPEG quality q (removes a format shortcut; test images "
+                               "as they are; see [robustness](robustness.md#shortcut-audit))",
+    "patches.size": "patch side in pixels (images are never resized)",
+    "patches.n_low": "lowest spectral-entropy patches kept (`n_low + n_high` must be a square)",
+    "patches.n_high": "highest spectral-entropy patches kept",
+    "patches.keep_composites": "also write the 224 px composites to `cache/composites.h5` "
+                               "(150 KB per image, view 0, to look at; not a DVC output)",
+    "patches.views": "K fixed patch orders per image, each embedded by CLIP (the reference's "
+                     "shuffle, cached): view 0 seeded by the image id, view k by (id, k); see "
+                     "[heads](heads.md#patch-order-views)",
+    "clip.arch": "open_clip architecture, or `tiny` (random, built in, no download)",
+    "clip.pretrained": "open_clip tag or a local checkpoint file (`\"\"` with `tiny`)",
+    "clip.batch_size": "images per CLIP forward; `auto` = 512 / 256 / 64 on GPUs with >= 40 / "
+                       "16 / less GiB, 32 on CPU",
+    "caption.model": "BLIP captioner: Hugging Face id, local folder, or `tiny`",
+    "caption.max_new_tokens": "caption length limit (reference code: 40)",
+    "caption.batch_size": "images per BLIP generate call; `auto` = 256 / 192 / 96 / 32 on GPUs "
+                          "with >= 80 / 40 / 16 / less GiB, 16 on CPU",
+    "compute.device": "`auto` (a GPU if visible) \\| `cpu` \\| `cuda` \\| `cuda:N` for "
+                      "extraction and inference",
+    "compute.precision": "autocast dtype on GPU (`fp32` \\| `fp16` \\| `bf16`); CPU runs fp32",
+    "compute.num_workers": "decoding worker processes of `extract` and `degrade`; `auto` = "
+                           "cores - 1 (at most 32)",
+    "compute.torch_threads": "torch threads of the main process; `auto` = on a CPU the cores "
+                             "the workers leave free and other processes do not use (1-minute "
+                             "load average), at least 1; up to 4 with a GPU",
+    "compute.shard_size": "images per resumable shard of the extraction",
+    "compute.scheduler": "dask scheduler address (`tcp://host:8786`); `\"\"` = in-process "
+                         "(see [scaling](scaling.md))",
+    "train.head": "the head `dvc repro` trains (see [heads](heads.md))",
+    "train.epochs": "training epochs; the one with the best validation AP is kept",
+    "train.batch_size": "rows per step (the ragged last batch is dropped: SupCon needs pairs)",
+    "train.lr": "Adam learning rate (authors' notebook)",
+    "train.weight_decay": "Adam weight decay",
+    "train.temperature": "SupCon temperature (authors' notebook)",
+    "train.bce_weight": "λ in (1-λ)·SupCon + λ·BCE: the authors' SupCon + 0.2·BCE, rescaled",
+    "train.align_weight": "`advanced`: weight of MSE(mapper(t), x), the authors' 0.3 on the "
+                          "same scale; 0 = off",
+    "train.hidden_dim": "hidden width of the head MLP and of the mapper MLP",
+    "train.proj_dim": "size of the contrastive embedding",
+    "train.dropout": "dropout in the head",
+    "train.nsnet_k": "`nsnet`: caption directions removed (capped at min(n, d))",
+    "train.normalize": "L2-normalise features for `nsnet`/`advanced` (the probe always uses "
+                       "raw features)",
+    "train.balance": "weight BCE by n_real / n_fake so unequal classes do not bias the head",
+    "train.seed": "initialisation, shuffling and dropout",
+    "train.device": "`auto` \\| `cpu` \\| `cuda[:i]` for training",
+    "evaluate.threshold": "a number in [0, 1], or a rule applied on the validation split at "
+                          "train time: `val_acc`, `val_eer`, `val_fpr:<x>`; fake iff prob > "
+                          "threshold (see [decisions](decisions.md))",
+    "evaluate.calibration": "fit on the validation logits at train time, stored in the bundle "
+                            "(see [decisions](decisions.md))",
+    "evaluate.view_average": "with `patches.views` > 1, how an image's K view logits become "
+                             "one: the mean logit \\| the logit of the mean probability \\| "
+                             "view 0 only",
+    "evaluate.uncertain_band": "`predict`/`explain` call an image `uncertain` within this of "
+                               "the threshold (stored in the bundle)",
+    "audit.warn_auc": "`nsnet audit` warns when a classifier on file metadata alone exceeds "
+                      "this cross-validated AUC",
+    "audit.folds": "cross-validation folds of that classifier",
+    "figures.tsne_points": "images subsampled for `nsnet tsne`",
+    "figures.tsne_perplexity": "t-SNE perplexity (clipped to (n - 1) / 3 for small sets)",
+}
