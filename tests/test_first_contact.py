@@ -297,11 +297,11 @@ def test_explain_reports_a_bad_image_before_loading_models(tmp_path):
     assert "not a model bundle" not in out
 
 
-def test_readme_documents_the_code_defaults():
-    readme = (PROJECT / "README.md").read_text()
+def test_parameter_reference_documents_the_code_defaults():
+    reference = (PROJECT / "docs" / "parameters.md").read_text()
     defaults = params_from_dict({})
-    assert f"| `data.roots` | `[{defaults.data.roots[0].path}]` |" in readme
-    assert f"| `evaluate.uncertain_band` | {defaults.evaluate.uncertain_band:g} |" in readme
+    assert f"| `data.roots` | `[{defaults.data.roots[0].path}]` |" in reference
+    assert f"| `evaluate.uncertain_band` | `{defaults.evaluate.uncertain_band:g}` |" in reference
 
 
 def test_minimal_bundle_still_loads(tmp_path):

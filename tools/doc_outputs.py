@@ -1,0 +1,260 @@
+"""The recipes behind the docs' output blocks: real commands in fresh workspaces.
+
+Each recipe returns the text of one ``<!-- output: NAME -->`` block: the command line(s) as a
+user types them (``$ ...``) and what they print, progress bars left out and long runs abridged
+(``...`` marks a cut). ``tools/gen_docs.py outputs`` runs them and writes the blocks; the slow
+test in tests/test_docs.py runs them again and compares the blocks' shape. Recipes marked slow
+(``make test``) run only when named with ``--only``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+RECIPES: dict[str, Callable[[Context], str]] = {}
+SLOW = {"test"}
+ORDER = ("demo", "evaluate", "metrics-show", "predict", "explain", "audit-shortcut",
+         "exp-show", "compare-views", "test")  # later recipes change the demo workspace
+
+
+def recipe(name: str) -> Callable[[Callable[[Context], str]], Callable[[Context], str]]:
+    def add(fn: Callable[[Context], str]) -> Callable[[Context], str]:
+        RECIPES[name] = fn
+        return fn
+    return add
+
+
+def env() -> dict[str, str]:
+    out = {**os.environ, "HF_HUB_OFFLINE": "1", "DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(ROOT),
+           "GIT_AUTHOR_NAME": "docs", "GIT_AUTHOR_EMAIL": "docs@localhost",
+           "GIT_COMMITTER_NAME": "docs", "GIT_COMMITTER_EMAIL": "docs@localhost"}
+    out["PATH"] = f"{BIN}{os.pathsep}{out.get('PATH', '')}"
+    out["PYTHONUNBUFFERED"] = "1"  # stdout and stderr in the order a terminal shows them
+    out.pop("COLUMNS", None)
+    return out
+
+
+def clean(text: str) -> list[str]:
+    """Terminal output as lines: the last state of each carriage-return-updated line, colour
+    codes and progress bars (``|████|``) removed."""
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
+    lines = []
+    for raw in text.split("\n"):
+        line = raw.split("\r")[-1].rstrip()
+        if re.search(r"\d+%\|", line) or ("\r" in raw and not line):
+            continue  # a progress bar, or what is left of one
+        lines.append(line)
+    while lines and not lines[-1]:
+        lines.pop()
+    return lines
+
+
+class Context:
+    """A temporary folder, the demo workspace made by `make demo`, and the demo's output."""
+
+    def __init__(self) -> None:
+        self.tmp = Path(tempfile.mkdtemp(prefix="nsnet-docs-"))
+        self.ws = self.tmp / "demo-run"
+        self.demo_lines: list[str] = []
+
+    def run(self, *cmd: str, cwd: Path | None = None, ok: bool = True) -> list[str]:
+        res = subprocess.run(cmd, cwd=cwd or self.ws, env=env(), stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, timeout=3600)
+        out = res.stdout
+        if ok and res.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} exited {res.returncode}:\n{out}")
+        return [line.replace(str(self.tmp) + "/", "") for line in clean(out)]
+
+    def close(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def pick(lines: list[str], *patterns: str) -> list[str]:
+    return [line for line in lines if any(re.match(p, line) for p in patterns)]
+
+
+def block(lines: list[str], start: str, stop: str, include_stop: bool = True) -> list[str]:
+    """The lines from the first match of ``start`` to the next match of ``stop``."""
+    i = next(k for k, line in enumerate(lines) if re.match(start, line))
+    j = next(k for k in range(i + 1, len(lines)) if re.match(stop, lines[k]))
+    return lines[i:j + 1 if include_stop else j]
+
+
+# ----------------------------------------------------------------------------- the demo
+@recipe("demo")
+def demo(ctx: Context) -> str:
+    """`make demo`, abridged to each stage's summary (the full output is about 150 lines)."""
+    venv = BIN.parent.relative_to(ROOT) if BIN.parent.is_relative_to(ROOT) else BIN.parent
+    ctx.demo_lines = ctx.run("make", "-o", f"{venv}/bin/nsnet", "demo", f"DEMO={ctx.ws}",
+                             cwd=ROOT)
+    lines = ctx.demo_lines
+    out = ["$ make demo", "..."]
+    stages = [i for i, line in enumerate(lines) if line.startswith("Running stage")]
+    keep = {
+        "index": (r"index: ",), "audit": (r"audit: ", r"no metadata shortcut", r"WARNING"),
+        "extract": (r"extract: ",), "train": (r"train: ",), "views": (r"view ",),
+        "tsne": (r"tsne: ",),
+    }
+    for n, i in enumerate(stages):
+        stage = re.match(r"Running stage '([\w-]+)'", lines[i]).group(1)
+        part = lines[i + 1:stages[n + 1] if n + 1 < len(stages) else len(lines)]
+        out.append(lines[i])
+        if stage == "evaluate":
+            out += block(part, r"\[\w+\] test", r"per format")
+        elif stage == "evaluate_views":
+            out += block(part, r"mean over generators per view", r"^$|^Updating|^Running",
+                         False)
+        elif stage == "compare":
+            out += block(part, r"\s+\S+\s+\|", r"nsnet: top-")
+        else:
+            out += pick(part, *keep.get(stage, ()))
+    out += [line for line in lines if line.startswith("Demo done")]
+    return "\n".join(out)
+
+
+@recipe("evaluate")
+def evaluate(ctx: Context) -> str:
+    """The demo's `nsnet evaluate` (test split): the per-generator table with its decision."""
+    part = block(ctx.demo_lines, r"Running stage 'evaluate'", r"Running stage")
+    return "\n".join(["$ nsnet evaluate", *block(part, r"\[\w+\] test", r"per format")])
+
+
+@recipe("metrics-show")
+def metrics_show(ctx: Context) -> str:
+    return "\n".join(["$ dvc metrics show", *[x for x in ctx.run("dvc", "metrics", "show")
+                                              if x.strip()]])
+
+
+@recipe("exp-show")
+def exp_show(ctx: Context) -> str:
+    """An experiment, then the comparison on a 120-column terminal (as a person sees it)."""
+    ran = ctx.run("dvc", "exp", "run", "-S", "train.lr=0.0005")
+    ran = [x for x in ran if x.startswith("Running stage") or "didn't change" in x]
+    table = terminal(ctx.ws, "dvc", "exp", "show", "--only-changed", "--no-pager")
+    return "\n".join(["$ dvc exp run -S train.lr=0.0005", *ran, "...",
+                      "$ dvc exp show --only-changed", *[x for x in table if x.strip()]])
+
+
+def terminal(cwd: Path, *cmd: str, columns: int = 120) -> list[str]:
+    """``cmd``'s output on a pseudo-terminal ``columns`` wide."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
+    proc = subprocess.Popen(cmd, cwd=cwd, env={**env(), "TERM": "xterm"}, stdin=slave,
+                            stdout=slave, stderr=slave, close_fds=True)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    proc.wait(600)
+    os.close(master)
+    return clean(b"".join(chunks).decode(errors="replace"))
+
+
+# ----------------------------------------------------------------------------- new images
+@recipe("predict")
+def predict(ctx: Context) -> str:
+    new = ctx.ws / "new"
+    new.mkdir(exist_ok=True)
+    for src in ("fake/tconv/tconv_0007.png", "fake/bilinear/bilinear_0003.png",
+                "real/real_0010.png"):
+        shutil.copy(ctx.ws / "data/demo" / src, new / Path(src).name)
+    (new / "empty.jpg").write_bytes(b"")
+    (new / "notes.png").write_text("not an image\n")
+    (new / "IMG_0001.heic").write_bytes(b"\0" * 64)
+    lines = ctx.run("nsnet", "predict", "new/", "--out", "results.csv")
+    return "\n".join(["$ nsnet predict new/ --out results.csv", *lines])
+
+
+@recipe("explain")
+def explain(ctx: Context) -> str:
+    lines = ctx.run("nsnet", "explain", "data/demo/fake/tconv/tconv_0004.png", "--out",
+                    "report.png")
+    return "\n".join(["$ nsnet explain data/demo/fake/tconv/tconv_0004.png --out report.png",
+                      *lines])
+
+
+@recipe("compare-views")
+def compare_views(ctx: Context) -> str:
+    """Patch-order views side by side (re-embeds the demo's images with 4 views)."""
+    ctx.run("nsnet", "extract", "--set", "patches.views=4")
+    lines = ctx.run("nsnet", "compare", "--set", "patches.views=4", "--views", "1,4",
+                    "--heads", "composite_probe,advanced", "--out", "/dev/null")
+    return "\n".join(["$ nsnet extract --set patches.views=4          # images only",
+                      "$ nsnet compare --set patches.views=4 --views 1,4 "
+                      "--heads composite_probe,advanced", *lines])
+
+
+# ----------------------------------------------------------------------------- the audit
+@recipe("audit-shortcut")
+def audit_shortcut(ctx: Context) -> str:
+    """A tree whose reals are JPEG (quality 90) and whose fakes are PNG."""
+    import numpy as np
+    from PIL import Image
+
+    work = ctx.tmp / "shortcut"
+    rng = np.random.default_rng(0)
+    for folder, fmt in (("real", "jpg"), ("fake/gen", "png")):
+        (work / "data/images" / folder).mkdir(parents=True)
+        for i in range(30):
+            base = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+            img = Image.fromarray(base).resize((64, 64), Image.Resampling.BILINEAR)
+            img.save(work / "data/images" / folder / f"{i:03d}.{fmt}",
+                     **({"quality": 90} if fmt == "jpg" else {}))
+    (work / "params.yaml").write_text("data: {roots: [data/images]}\n")
+    ctx.run("nsnet", "index", cwd=work)
+    first = ctx.run("nsnet", "audit", cwd=work)
+    second = ctx.run("nsnet", "audit", "--set", "protocol.train_reencode=jpeg95", cwd=work)
+    return "\n".join(["$ nsnet audit", *first,
+                      "$ nsnet audit --set protocol.train_reencode=jpeg95 | tail -1",
+                      *pick(second, r"with protocol.train_reencode=")])
+
+
+# ----------------------------------------------------------------------------- the tests
+@recipe("test")
+def test(ctx: Context) -> str:
+    """`make test` (the whole suite: about 15 minutes on 2 cores), first and last lines."""
+    venv = BIN.parent.relative_to(ROOT) if BIN.parent.is_relative_to(ROOT) else BIN.parent
+    lines = ctx.run("make", "-o", f"{venv}/bin/nsnet", "test", cwd=ROOT)
+    lines = [x for x in lines if x.strip() and not x.startswith("make")]
+    return "\n".join(["$ make test", *lines[:3], "...", lines[-1]])
+
+
+def run(names: list[str]) -> dict[str, str]:
+    """Run the named recipes (in workspace order; ``demo`` first when any needs it)."""
+    unknown = sorted(set(names) - set(RECIPES))
+    if unknown:
+        raise SystemExit(f"no recipe for output block(s) {unknown}: add them to "
+                         "tools/doc_outputs.py")
+    todo = [n for n in ORDER if n in names]
+    ctx = Context()
+    try:
+        needs_demo = any(n not in ("audit-shortcut", "test") for n in todo)
+        if needs_demo and "demo" not in todo:
+            todo.insert(0, "demo")
+        results = {}
+        for name in todo:
+            print(f"docs: running recipe {name}", file=sys.stderr)
+            results[name] = RECIPES[name](ctx)
+        return {n: results[n] for n in names if n in results}
+    finally:
+        ctx.close()
