@@ -4,7 +4,12 @@ changed, and the test suite does not depend on what the user wrote in it."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 
+import pytest
 import yaml
 
 from pipeline.config import edit_params_text, params_from_dict
@@ -63,3 +68,43 @@ def test_editing_keeps_comments_and_falls_back_to_a_correct_file():
     assert yaml.safe_load(out) == {"data": {"roots": ["b"]}}
     out = edit_params_text("seed: 0\n", {"train.epochs": 3})  # an absent section is added
     assert yaml.safe_load(out) == {"seed": 0, "train": {"epochs": 3}}
+
+
+# The edits the README and docs/usage.md describe (own folders, a preset, the head, the
+# decision, the backbones), all at once.
+README_EDITS = {"data.roots": ["data/mine"], "protocol.preset": "genimage",
+                "train.head": "nsnet", "train.epochs": 50, "evaluate.threshold": "val_acc",
+                "evaluate.calibration": "platt", "clip.arch": "ViT-B-16",
+                "caption.max_new_tokens": 20}
+SUITE_IN_COPY = ("tests/test_config.py", "tests/test_first_contact.py", "tests/test_cli.py",
+                 "tests/test_docs.py", "tests/test_user_params.py")
+
+
+@pytest.mark.slow
+def test_the_suite_holds_after_the_readme_edits_of_params_yaml(tmp_path):
+    """A copy of the project whose params.yaml is edited as the README says: the tests that
+    deal with parameters, the CLI and the docs pass there (the whole suite cannot read the
+    file: conftest's guard fails any test that opens it)."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others",
+                             "--exclude-standard"], cwd=ROOT, capture_output=True,
+                            check=True).stdout.decode().split("\0")
+    copy = tmp_path / "project"
+    for rel in filter(None, listed):
+        if (ROOT / rel).is_file() and rel != "params.yaml":  # the user's own: not read here
+            (copy / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, copy / rel)
+    shipped = subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=ROOT, capture_output=True,
+                             text=True).stdout  # the committed file, as a clone has it
+    params = copy / "params.yaml"
+    params.write_text(edit_params_text(shipped or yaml.safe_dump(default_raw()), README_EDITS))
+    edited = params_from_dict(yaml.safe_load(params.read_text()))
+    assert (edited.data.roots[0].path, edited.train.head) == ("data/mine", "nsnet")
+    if shipped:
+        assert "# folders to scan" in params.read_text()  # edited in place, comments kept
+    env = {k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"}
+    env.update(PYTHONPATH=str(copy), HF_HUB_OFFLINE="1")
+    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m",
+                          "not slow", *SUITE_IN_COPY], cwd=copy, env=env, capture_output=True,
+                         text=True, timeout=1800)
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
+    assert " passed" in res.stdout.splitlines()[-1]
