@@ -32,7 +32,7 @@ install: $(BIN)/nsnet
 # workspaces, which reuse the feature store (no image is decoded, no model runs).
 # cache.type hardlink,symlink: the images (dvc add) and the feature store's segments exist once
 # on disk, in DVC's cache, linked into each workspace (see docs/feature-store.md).
-DVC := PATH=$(CURDIR)/$(BIN):$$PATH $(CURDIR)/$(BIN)/dvc
+DVC := PATH=$(abspath $(BIN)):$$PATH $(abspath $(BIN))/dvc
 GIT_DEMO := git -c user.name=demo -c user.email=demo@localhost
 demo: install
 	rm -rf $(DEMO)

@@ -46,7 +46,7 @@ def env() -> dict[str, str]:
 def clean(text: str) -> list[str]:
     """Terminal output as lines: the last state of each carriage-return-updated line, colour
     codes and progress bars (``|████|``) removed."""
-    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text).replace("\r\n", "\n")
     lines = []
     for raw in text.split("\n"):
         line = raw.split("\r")[-1].rstrip()
@@ -78,6 +78,14 @@ class Context:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+def make(target: str) -> list[str]:
+    """``make TARGET`` with this interpreter's venv, never (re)installing it: the Makefile's
+    ``$(BIN)`` is set to it and its install target marked as old (``-o``)."""
+    if not (BIN / "nsnet").exists():
+        raise SystemExit(f"{BIN / 'nsnet'} not found: run the docs with the project's venv")
+    return ["make", f"BIN={BIN}", "-o", f"{BIN}/nsnet", target]
+
+
 def pick(lines: list[str], *patterns: str) -> list[str]:
     return [line for line in lines if any(re.match(p, line) for p in patterns)]
 
@@ -93,9 +101,7 @@ def block(lines: list[str], start: str, stop: str, include_stop: bool = True) ->
 @recipe("demo")
 def demo(ctx: Context) -> str:
     """`make demo`, abridged to each stage's summary (the full output is about 150 lines)."""
-    venv = BIN.parent.relative_to(ROOT) if BIN.parent.is_relative_to(ROOT) else BIN.parent
-    ctx.demo_lines = ctx.run("make", "-o", f"{venv}/bin/nsnet", "demo", f"DEMO={ctx.ws}",
-                             cwd=ROOT)
+    ctx.demo_lines = ctx.run(*make("demo"), f"DEMO={ctx.ws}", cwd=ROOT)
     lines = ctx.demo_lines
     out = ["$ make demo", "..."]
     stages = [i for i, line in enumerate(lines) if line.startswith("Running stage")]
@@ -153,8 +159,9 @@ def terminal(cwd: Path, *cmd: str, columns: int = 120) -> list[str]:
 
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
-    proc = subprocess.Popen(cmd, cwd=cwd, env={**env(), "TERM": "xterm"}, stdin=slave,
-                            stdout=slave, stderr=slave, close_fds=True)
+    proc = subprocess.Popen(cmd, cwd=cwd, env={**env(), "TERM": "xterm",
+                                               "COLUMNS": str(columns)},
+                            stdin=slave, stdout=slave, stderr=slave, close_fds=True)
     os.close(slave)
     chunks = []
     while True:
@@ -165,9 +172,11 @@ def terminal(cwd: Path, *cmd: str, columns: int = 120) -> list[str]:
         if not data:
             break
         chunks.append(data)
-    proc.wait(600)
+    text = b"".join(chunks).decode(errors="replace")
+    if proc.wait(600) != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{text}")
     os.close(master)
-    return clean(b"".join(chunks).decode(errors="replace"))
+    return clean(text)
 
 
 # ----------------------------------------------------------------------------- new images
@@ -233,8 +242,7 @@ def audit_shortcut(ctx: Context) -> str:
 @recipe("test")
 def test(ctx: Context) -> str:
     """`make test` (the whole suite: about 15 minutes on 2 cores), first and last lines."""
-    venv = BIN.parent.relative_to(ROOT) if BIN.parent.is_relative_to(ROOT) else BIN.parent
-    lines = ctx.run("make", "-o", f"{venv}/bin/nsnet", "test", cwd=ROOT)
+    lines = ctx.run(*make("test"), cwd=ROOT)
     lines = [x for x in lines if x.strip() and not x.startswith("make")]
     return "\n".join(["$ make test", *lines[:3], "...", lines[-1]])
 
