@@ -692,6 +692,9 @@ PARAM_DOCS: dict[str, str] = {
     "train.bce_weight": "λ in (1-λ)·SupCon + λ·BCE: the authors' SupCon + 0.2·BCE, rescaled",
     "train.align_weight": "`advanced`: weight of MSE(mapper(t), x), the authors' 0.3 on the "
                           "same scale; 0 = off",
+    "train.mapper": "`advanced`: how the semantic direction removed from each image feature "
+                    "is made and trained (see [shortcut](shortcut.md#the-mapper-variants-"
+                    "trainmapper-advanced-head))",
     "train.hidden_dim": "hidden width of the head MLP and of the mapper MLP",
     "train.proj_dim": "size of the contrastive embedding",
     "train.dropout": "dropout in the head",

@@ -60,8 +60,10 @@ def test_no_command_output_is_written_by_hand():
             body = text.splitlines()[start:end]
             assert body[0] == "```text" and body[-1] == "```", f"{page.name}: {name}"
         for start, body in fenced_blocks(text):
-            shows_output = any(line.startswith("$ ") for line in body) and any(
-                line and not line.startswith(("$ ", "#")) for line in body)
+            printed = [line for prev, line in zip(["", *body], body, strict=False)
+                       if line and not line.startswith(("$ ", "#"))
+                       and not prev.rstrip().endswith("\\")]  # not a command's next line
+            shows_output = any(line.startswith("$ ") for line in body) and bool(printed)
             assert not shows_output or start in inside, (
                 f"{page.name}:{start + 1}: command output written by hand; put it in a "
                 "recipe of tools/doc_outputs.py between <!-- output: NAME --> markers")

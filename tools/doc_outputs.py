@@ -22,8 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 RECIPES: dict[str, Callable[[Context], str]] = {}
 SLOW = {"test"}
-ORDER = ("demo", "evaluate", "metrics-show", "predict", "explain", "audit-shortcut",
-         "exp-show", "compare-views", "test")  # later recipes change the demo workspace
+# Later recipes change the demo workspace, so they run in this order.
+ORDER = ("demo", "evaluate", "metrics-show", "predict", "explain", "serve", "serve-detect",
+         "audit-shortcut", "exp-show", "compare-views", "test")
 
 
 def recipe(name: str) -> Callable[[Callable[[Context], str]], Callable[[Context], str]]:
@@ -65,6 +66,8 @@ class Context:
         self.tmp = Path(tempfile.mkdtemp(prefix="nsnet-docs-"))
         self.ws = self.tmp / "demo-run"
         self.demo_lines: list[str] = []
+        self.server: subprocess.Popen | None = None  # `nsnet serve`, for serve-detect
+        self.url = ""
 
     def run(self, *cmd: str, cwd: Path | None = None, ok: bool = True) -> list[str]:
         res = subprocess.run(cmd, cwd=cwd or self.ws, env=env(), stdout=subprocess.PIPE,
@@ -75,6 +78,8 @@ class Context:
         return [line.replace(str(self.tmp) + "/", "") for line in clean(out)]
 
     def close(self) -> None:
+        if self.server is not None and self.server.poll() is None:
+            self.server.terminate()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
@@ -202,6 +207,63 @@ def explain(ctx: Context) -> str:
                       *lines])
 
 
+@recipe("serve")
+def serve(ctx: Context) -> str:
+    """`nsnet serve` in the demo workspace: its first lines until the model is ready; then the
+    `serve-detect` recipe posts three files to it, and the server is stopped."""
+    import socket
+    import time
+
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    ctx.server = subprocess.Popen(["nsnet", "serve", "--model", "models/detector", "--port",
+                                   str(port)], cwd=ctx.ws, env=env(), stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True)
+    ctx.url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(ctx.url + "/readyz", timeout=5).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    else:
+        raise RuntimeError("nsnet serve did not get ready in 5 minutes")
+    lines = []
+    while not any("/readyz" in x and "200" in x for x in lines):
+        lines.append(ctx.server.stdout.readline().rstrip())
+    shown = [x for x in lines if "/readyz" not in x or "200" in x or "503" in x][:6]
+    return "\n".join([f"$ nsnet serve --model models/detector --port {port}", *shown])
+
+
+@recipe("serve-detect")
+def serve_detect(ctx: Context) -> str:
+    """Three files posted to the server that `serve` started (one result per line)."""
+    import json
+
+    try:
+        files = ["data/demo/real/real_0000.png", "data/demo/fake/tconv/tconv_0000.png",
+                 "params.yaml"]
+        out = subprocess.run(["curl", "-s", *[a for f in files for a in ("-F", f"file=@{f}")],
+                              f"{ctx.url}/v1/detect"], cwd=ctx.ws, capture_output=True,
+                             text=True, timeout=300, check=True).stdout
+    finally:
+        ctx.server.terminate()
+        ctx.server.wait(60)
+    answer = json.loads(out)
+    results = answer.pop("results")
+    head = json.dumps(answer)[:-1] + ', "results": ['
+    rows = [f"  {json.dumps(r)}," for r in results]
+    rows[-1] = rows[-1][:-1] + "]}"
+    port = ctx.url.rsplit(":", 1)[1]
+    return "\n".join([f"$ curl -s -F file=@real_0000.png -F file=@tconv_0000.png "
+                      f"-F file=@params.yaml http://127.0.0.1:{port}/v1/detect", head, *rows])
+
+
 @recipe("compare-views")
 def compare_views(ctx: Context) -> str:
     """Patch-order views side by side (re-embeds the demo's images with 4 views)."""
@@ -259,6 +321,8 @@ def run(names: list[str]) -> dict[str, str]:
         needs_demo = any(n not in ("audit-shortcut", "test") for n in todo)
         if needs_demo and "demo" not in todo:
             todo.insert(0, "demo")
+        if "serve-detect" in todo and "serve" not in todo:
+            todo.insert(todo.index("serve-detect"), "serve")
         results = {}
         for name in todo:
             print(f"docs: running recipe {name}", file=sys.stderr)
