@@ -69,14 +69,14 @@ def test_every_curve_has_labelled_axes_and_a_title():
 def test_evaluate_draws_every_curve_as_a_png(built_cache, tmp_path):
     params = dataclasses.replace(built_cache.params, train=dataclasses.replace(
         built_cache.params.train, epochs=3, device="cpu"))
-    run_train(params, built_cache.manifest, built_cache.embeddings, tmp_path / "model",
+    run_train(params, built_cache.manifest, built_cache.features, tmp_path / "model",
               tmp_path / "plots" / "train_log.csv")
     import json
 
     params_file = write_params(tmp_path / "p.yaml", json.loads(json.dumps(params.to_dict())))
     res = CliRunner().invoke(main, ["evaluate", "--params", str(params_file), "--manifest",
-                                    str(built_cache.manifest), "--embeddings",
-                                    str(built_cache.embeddings), "--model",
+                                    str(built_cache.manifest), "--features",
+                                    str(built_cache.features), "--model",
                                     str(tmp_path / "model"), "--out", str(tmp_path / "m.json"),
                                     "--plots", str(tmp_path / "plots"), "--train-log",
                                     str(tmp_path / "plots" / "train_log.csv")])

@@ -222,8 +222,9 @@ def test_missing_default_params_file_means_defaults(tmp_path):
 
 
 # Every command that reads params, with arguments that get it past option parsing.
-PARAM_COMMANDS = {name: [] for name in ("index", "audit", "extract", "train", "evaluate",
-                                        "compare", "degrade", "evaluate-views", "tsne")}
+PARAM_COMMANDS = {name: [] for name in ("scan", "index", "audit", "extract", "train",
+                                        "evaluate", "compare", "evaluate-degraded", "cache",
+                                        "tsne")}
 PARAM_COMMANDS.update(predict=["missing.png"], explain=["missing.png"])
 
 
@@ -460,7 +461,7 @@ def test_threshold_is_printed_the_same_way_everywhere(bundle, images, built_cach
         "explain": runner.invoke(main, ["explain", images[0], "--model", str(odd), "--out",
                                         str(tmp_path / "why.png")]),
         "evaluate": runner.invoke(main, ["evaluate", "--manifest", str(built_cache.manifest),
-                                         "--embeddings", str(built_cache.embeddings),
+                                         "--features", str(built_cache.features),
                                          "--model", str(odd), "--out",
                                          str(tmp_path / "m.json"), "--plots",
                                          str(tmp_path / "plots")]),

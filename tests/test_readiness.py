@@ -86,7 +86,7 @@ def test_train_says_what_is_missing_before_reading_features(tmp_path):
     root = _tree(tmp_path / "images", {"real": 30})
     assert _index(tmp_path, root, "--no-check-training").exit_code == 0
     res = CliRunner().invoke(main, ["train", "--params", str(tmp_path / "params.yaml"),
-                                    "--manifest", str(tmp_path / "m.parquet"), "--embeddings",
+                                    "--manifest", str(tmp_path / "m.parquet"), "--features",
                                     str(tmp_path / "absent.h5"), "--out", str(tmp_path / "m"),
                                     "--log", str(tmp_path / "log.csv")])
     assert res.exit_code == 1, res.output
