@@ -21,11 +21,20 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.data.demo_data import make_demo_images, make_workspace
+from pipeline.data.demo_data import DEMO_VALUES, make_demo_images, make_workspace
+from tests.conftest import workspace_params
 from tests.test_dvc_pipeline import ROOT, _env, init_workspace, ran, sh, skipped
 
 pytestmark = pytest.mark.slow
 IMAGES = {"n_real": 16, "n_fake_each": 8, "size": 96}
+# The demo's values on the code's defaults (never the user's params.yaml), with the small fixed
+# batches and workers these comparisons were written for (a grown store must score exactly
+# like a from-scratch one).
+WS = {"params": workspace_params(), "values": {
+    **DEMO_VALUES, "data.num_workers": 2, "clip.batch_size": 64, "caption.batch_size": 32,
+    "caption.max_new_tokens": 12, "compute.precision": "fp32", "compute.shard_size": 128,
+    "compute.num_workers": 0, "train.batch_size": 64, "train.lr": 1e-3, "train.nsnet_k": 8,
+    "train.hidden_dim": 256}}
 
 
 def _tune(ws: Path, **extra: dict) -> None:
@@ -68,7 +77,7 @@ def commit(ws: Path, message: str) -> None:
 def grown(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A workspace after its first `dvc repro`, committed."""
     base = tmp_path_factory.mktemp("incremental")
-    ws = make_workspace(base / "ws", ROOT, code="link", **IMAGES)
+    ws = make_workspace(base / "ws", ROOT, code="link", **WS, **IMAGES)
     _tune(ws)
     init_workspace(ws)
     first = sh(ws, "dvc", "repro")
@@ -122,7 +131,7 @@ def test_adding_images_reads_and_computes_only_them(grown):
 
 def test_grown_workspace_scores_like_a_from_scratch_run(grown):
     ws, base = grown["ws"], grown["base"]
-    scratch = make_workspace(base / "scratch", ROOT, code="link", **IMAGES)
+    scratch = make_workspace(base / "scratch", ROOT, code="link", **WS, **IMAGES)
     _tune(scratch)
     for path in grown["added"]:
         dest = scratch / path.relative_to(ws)
@@ -180,7 +189,7 @@ def test_queued_head_only_experiments_reuse_the_store(grown):
 def test_a_symlinked_data_folder_is_seen_by_the_next_repro(tmp_path):
     outside = tmp_path / "lab-share" / "demo"
     make_demo_images(outside, **IMAGES)
-    ws = make_workspace(tmp_path / "ws", ROOT, code="link", n_real=1, n_fake_each=1, size=96)
+    ws = make_workspace(tmp_path / "ws", ROOT, code="link", **WS, n_real=1, n_fake_each=1, size=96)
     shutil.rmtree(ws / "data" / "demo")
     (ws / "data" / "demo").symlink_to(outside, target_is_directory=True)
     _tune(ws)
@@ -234,7 +243,7 @@ def _whole_reads(ws: Path, data: Path, *cmd: str) -> float:
 
 @pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
 def test_a_fresh_repro_reads_each_image_at_most_twice(tmp_path):
-    ws = make_workspace(tmp_path / "ws", ROOT, code="link", **IMAGES)
+    ws = make_workspace(tmp_path / "ws", ROOT, code="link", **WS, **IMAGES)
     _tune(ws)
     init_workspace(ws)
     reads = _whole_reads(ws, ws / "data" / "demo", "dvc", "repro", "extract")
