@@ -87,8 +87,8 @@ class FeatureSet:
 
     def subset(self, mask: np.ndarray) -> FeatureSet:
         idx = torch.from_numpy(np.flatnonzero(mask))
-        return FeatureSet(self.frame[mask].reset_index(drop=True), _take(self.image, idx),
-                          _take(self.text, idx), self.provenance)
+        return FeatureSet(self.frame[mask].reset_index(drop=True), take_rows(self.image, idx),
+                          take_rows(self.text, idx), self.provenance)
 
     @property
     def labels(self) -> torch.Tensor:
@@ -125,7 +125,9 @@ class FeatureSet:
         return len(self.frame)
 
 
-def _take(rows: Rows, idx: torch.Tensor) -> Rows:
+def take_rows(rows: Rows, idx: torch.Tensor) -> Rows:
+    """Rows ``idx`` (repeats allowed) of in-RAM or memory-mapped features, without reading a
+    mapped cache: a ``MappedRows`` comes back as a new index into the same array."""
     if isinstance(rows, MappedRows):
         return MappedRows(rows.base, rows.index[idx], rows.views)
     return rows[idx]

@@ -109,7 +109,7 @@ class UnivFD(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | None = None) -> HeadOutput:
         x = x.float()
-        return HeadOutput(self.fc(x).squeeze(-1), None, x)
+        return HeadOutput(self.fc(x).squeeze(-1), None, x, prepared=x)
 
     def loss(self, out: HeadOutput, y: torch.Tensor) -> torch.Tensor:
         """``nn.BCEWithLogitsLoss()`` (mean over the batch)."""
@@ -178,7 +178,7 @@ class RINE(nn.Module):
                              f"(recipe clip_layers), got {tuple(x.shape)}")
         g = self.proj1(x.float())
         z = self.proj2((torch.softmax(self.alpha, dim=1) * g).sum(dim=1))
-        return HeadOutput(self.head(z).squeeze(-1), z, z)
+        return HeadOutput(self.head(z).squeeze(-1), z, z, prepared=z)  # nothing removed
 
     def loss(self, out: HeadOutput, y: torch.Tensor) -> torch.Tensor:
         """``BCEWithLogitsLoss(reduction="sum")`` + ``factor`` x SupCon of the normalised ``z``
@@ -204,7 +204,7 @@ class Cozzolino(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | None = None) -> HeadOutput:
         x = F.normalize(x.float(), dim=-1)
-        return HeadOutput(self.fc(x).squeeze(-1), None, x)
+        return HeadOutput(self.fc(x).squeeze(-1), None, x, prepared=x)
 
     def loss(self, out: HeadOutput, y: torch.Tensor) -> torch.Tensor:
         """Linear SVM (the paper): mean hinge ``max(0, 1 - s f(x))`` with s = +1 fake, -1 real;

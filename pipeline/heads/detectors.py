@@ -67,7 +67,7 @@ class CompositeProbe(_Base):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | None = None) -> HeadOutput:
         x = self._prep(x)
-        return HeadOutput(self.linear(x).squeeze(-1), None, x)
+        return HeadOutput(self.linear(x).squeeze(-1), None, x, prepared=x)
 
 
 class NSNet(_Base):
@@ -84,9 +84,10 @@ class NSNet(_Base):
         self.basis = basis.to(self.basis.device, torch.float32).contiguous()
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | None = None) -> HeadOutput:
-        xp = project_out_subspace(self._prep(x), self.basis)
+        x = self._prep(x)
+        xp = project_out_subspace(x, self.basis)
         logit, emb = self.head(xp)
-        return HeadOutput(logit, emb, xp)
+        return HeadOutput(logit, emb, xp, prepared=x)
 
 
 class SemanticMapper(nn.Module):
@@ -149,7 +150,7 @@ class AdvancedNSNet(_Base):
         else:
             xp = project_out_direction(x, f.detach() if self.mapper_kind == "detached" else f)
         logit, emb = self.head(xp)
-        return HeadOutput(logit, emb, xp, f)
+        return HeadOutput(logit, emb, xp, f, prepared=x)
 
 
 # train.* keys a head is built from (stored in a bundle's head.hparams)

@@ -138,7 +138,7 @@ def semantic_shares(chain: Chain, image: torch.Tensor, text: torch.Tensor) -> np
     device = next(chain.head.parameters()).device
     x, t = image.to(device).float(), text.to(device).float()
     out = chain.head(x, t)
-    x = chain.head._prep(x)
+    x = out.prepared
     return ((x - out.projected).norm(dim=1) / x.norm(dim=1).clamp_min(1e-12)).cpu().numpy()
 
 

@@ -29,8 +29,9 @@ def before_after(model: torch.nn.Module, fs: FeatureSet, batch_size: int = 4096
     for i in range(0, len(fs), batch_size):
         x = fs.image[i:i + batch_size].to(device).float()
         t = fs.text[i:i + batch_size].to(device).float()
-        xs.append(model._prep(x).cpu())
-        ps.append(model(x, t).projected.cpu())
+        out = model(x, t)
+        xs.append(out.prepared.cpu())
+        ps.append(out.projected.cpu())
     return torch.cat(xs).numpy(), torch.cat(ps).numpy()
 
 
