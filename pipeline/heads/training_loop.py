@@ -53,8 +53,9 @@ def _check_finite(name: str, rows: Rows) -> None:
     bad = sum(int((~torch.isfinite(b)).flatten(1).any(dim=1).sum()) for b in iter_blocks(rows))
     if bad:
         raise TrainingDiverged(
-            f"{name} contain NaN/inf values ({bad} rows): the feature cache is broken; "
-            "rebuild it with `nsnet embed` (or `dvc repro`)."
+            f"{name} contain NaN/inf values ({bad} rows): the feature store holds broken "
+            "features; delete the parts `nsnet cache` lists as used (folders under "
+            "cache/features/) and rerun `nsnet extract` (or `dvc repro`)."
         )
 
 

@@ -2,7 +2,7 @@
 
 ``load_chain(bundle)`` rebuilds, from the bundle's ``config.json`` alone, the exact chain that
 made the training features: patch selection with the bundle's patch spec (grid order seeded by
-the content hash, as in ``nsnet patches``), a BLIP caption of the whole image, CLIP embeddings
+the content hash, as ``nsnet extract`` seeds it), a BLIP caption of the whole image, CLIP embeddings
 of composite and caption, and the head. Embeddings are rounded through float16 like the
 feature cache, so an image scores the same here as in ``nsnet evaluate``. A head trained on K
 patch-order views (``patches.views``) gets the same K composites of each image, and their
