@@ -115,7 +115,8 @@ class FeatureSet:
             image: Rows = MappedRows(self.image.base, self.image.index, k)
         else:
             image = self.image[:, 0] if k == 1 else self.image[:, :k]
-        return FeatureSet(self.frame, image, self.text, {**self.provenance, "views": k})
+        patches = {**self.provenance.get("patches", {}), "views": k}
+        return FeatureSet(self.frame, image, self.text, {**self.provenance, "patches": patches})
 
     @property
     def mapped(self) -> bool:
@@ -265,19 +266,22 @@ def _dim(store: FeatureStore, settings: ExtractSettings, treatments: list[str]) 
 
 def _provenance(store: FeatureStore, settings: ExtractSettings, parts: PartSet,
                 degradation: str) -> dict[str, Any]:
-    """What made the features: the settings, the CLIP that embedded them (from the part's
-    ``part.json``) and the keys of the parts read."""
+    """What made the features, each setting spelled once, as in params.yaml (``clip.arch``,
+    ``caption.model``, ``patches.views``, ``protocol.train_reencode``...): the settings, the
+    facts of the CLIP that embedded them under ``clip`` (weights, preprocessing, width: from the
+    part's ``part.json``; a part converted from the previous layout has none), the
+    degradation and the keys of the parts read."""
     made = store.part(parts.images[0]).info().get("provenance", {})
-    clip = {k: made[k] for k in ("clip_arch", "clip_pretrained", "weights", "weights_blake2b",
-                                 "open_clip", "mean", "std", "image_size", "embed_dim")
-            if k in made}
     prov = settings.provenance()
-    return {**prov, **clip, "blip_model": settings.caption.model,
-            "patch_spec": settings.patches.as_dict(), "views": settings.views,
-            "train_reencode": settings.train_reencode,
-            "degradation": degradation,
+    prov["clip"].update({k: made[k] for k in CLIP_FACTS if k in made})
+    return {**prov, "degradation": degradation,
             "parts": {t: {kind: p.key for kind, p in settings.parts(t).by_kind().items()}
                       for t in sorted({parts.treatment, settings.treatment("train")})}}
+
+
+# What the part.json of an image part says about the CLIP model beyond its settings.
+CLIP_FACTS = ("weights", "weights_blake2b", "open_clip", "mean", "std", "image_size",
+              "embed_dim")
 
 
 def select(fs: FeatureSet, split: str | list[str], sources: list[str] | None = None) -> FeatureSet:

@@ -30,7 +30,7 @@ def training_sets(params: Params, fs: FeatureSet) -> tuple[FeatureSet, FeatureSe
 
     The sources are the preset's training sources (those present) or
     ``protocol.train_sources`` ([] = all)."""
-    made_with = fs.provenance.get("train_reencode", "") or ""
+    made_with = fs.provenance.get("protocol", {}).get("train_reencode", "") or ""
     if params.protocol.train_reencode != made_with:
         raise ValueError(
             f"protocol.train_reencode={params.protocol.train_reencode!r} but the features were "
@@ -54,7 +54,8 @@ def _preset_info(params: Params, train: FeatureSet) -> dict[str, Any]:
 def bundle_config(params: Params, kind: str, result: TrainResult, fs: FeatureSet,
                   train: FeatureSet, dim: int, decision: Decision | None = None,
                   decision_report: dict[str, Any] | None = None) -> dict[str, Any]:
-    prov = fs.provenance
+    prov = fs.provenance  # spelled as params.yaml (pipeline.extraction.cached_features)
+    clip, caption = prov.get("clip", {}), prov.get("caption", {})
     decision = decision or Decision()
     return {
         "head": {"kind": kind, "dim": dim,
@@ -65,12 +66,13 @@ def bundle_config(params: Params, kind: str, result: TrainResult, fs: FeatureSet
         "views": {"count": fs.n_views, "average": params.evaluate.view_average},
         "uncertain_band": params.evaluate.uncertain_band,
         "backbones": {
-            "clip": {k: prov.get(k) for k in ("clip_arch", "clip_pretrained", "weights",
-                                               "weights_blake2b", "mean", "std", "image_size",
-                                               "embed_dim")},
-            "blip": {"model": prov.get("blip_model"),
+            "clip": {"clip_arch": clip.get("arch"), "clip_pretrained": clip.get("pretrained"),
+                     **{k: clip.get(k) for k in ("weights", "weights_blake2b", "mean", "std",
+                                                 "image_size", "embed_dim")}},
+            "blip": {"model": caption.get("model"),
                      "max_new_tokens": params.caption.max_new_tokens},
-            "patches": prov.get("patch_spec"),
+            "patches": {k: v for k, v in prov.get("patches", {}).items() if k != "views"}
+            or None,
         },
         "training": {
             "params": dataclasses.asdict(params.train),
