@@ -34,6 +34,7 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 
 from pipeline.backbones.clip import ClipBackbone, load_clip
+from pipeline.backbones.precision import autocast
 
 __all__ = [
     "COZZOLINO_ARCH", "COZZOLINO_PRETRAINED", "CROP", "RINE_TRAIN", "UNIVFD_TRAIN", "Augment",
@@ -246,12 +247,6 @@ def _check_layers(clip: ClipBackbone, layers: Sequence[int] | None) -> tuple[int
     return chosen
 
 
-def _autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None or device.type != "cuda":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type="cuda", dtype=dtype)
-
-
 @contextlib.contextmanager
 def _cls_of_ln2(clip: ClipBackbone, layers: tuple[int, ...]) -> Iterator[dict[int, torch.Tensor]]:
     """Forward hooks on the chosen blocks' ``ln_2`` keeping only the class token (RINE's
@@ -286,7 +281,7 @@ def image_tower(clip: ClipBackbone, pixels: np.ndarray, layers: Sequence[int] | 
     """
     chosen = _check_layers(clip, layers)
     x = _normalised(clip, pixels)
-    with _cls_of_ln2(clip, chosen) as seen, _autocast(clip.device, amp_dtype):
+    with _cls_of_ln2(clip, chosen) as seen, autocast(clip.device, amp_dtype):
         embedding = clip.model.encode_image(x).float()
     return embedding, torch.stack([seen[i] for i in chosen], dim=1)
 
@@ -300,7 +295,7 @@ def clip_crop_embeddings(clip: ClipBackbone, pixels: np.ndarray,
     ViT-L/14 (d = 768): 1,536 bytes per view in fp16, 3,072 in fp32.
     """
     x = _normalised(clip, pixels)
-    with _autocast(clip.device, amp_dtype):
+    with autocast(clip.device, amp_dtype):
         return clip.model.encode_image(x).float()
 
 
@@ -341,10 +336,20 @@ def cozzolino_features(clip: ClipBackbone, pixels: np.ndarray,
     seen: list[torch.Tensor] = []
     handle = visual.ln_post.register_forward_hook(lambda _m, _i, out: seen.append(out))
     try:
-        with _autocast(clip.device, amp_dtype):
+        with autocast(clip.device, amp_dtype):
             clip.model.encode_image(x)
     finally:
         handle.remove()
     out = seen[0].float()
     pooled = out[:, 0] if out.ndim == 3 else out  # ln_post on all tokens, or after pooling
     return torch.nn.functional.normalize(pooled, dim=-1)
+
+
+# The code that defines each recipe's cached feature (``pipeline.provenance.code_fingerprint``).
+_CROP_PIXELS = (center_crop, _pad_to, resize_shorter, _jpeg, draw_view, _prepare, apply_view,
+                view_draws, view_seed, crop_views, CROP)
+CLIP_CROP_CODE = (*_CROP_PIXELS, UNIVFD_TRAIN, _normalised, clip_crop_embeddings)
+CLIP_LAYERS_CODE = (*_CROP_PIXELS, RINE_TRAIN, _normalised, _blocks, _check_layers, _cls_of_ln2,
+                    image_tower, clip_layers)
+COZZOLINO_CODE = (cozzolino_pixels, center_crop, _pad_to, resize_shorter, _normalised,
+                  cozzolino_features, load_cozzolino)

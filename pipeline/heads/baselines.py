@@ -173,6 +173,8 @@ class RINE(nn.Module):
         return torch.softmax(self.alpha, dim=1)[0]
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | None = None) -> HeadOutput:
+        if x.dim() == 2 and x.shape[1] == self.n_layers * self.dim:  # the store's flat rows
+            x = x.reshape(len(x), self.n_layers, self.dim)
         if x.dim() != 3 or tuple(x.shape[1:]) != (self.n_layers, self.dim):
             raise ValueError(f"the rine head reads (B, {self.n_layers}, {self.dim}) class tokens "
                              f"(recipe clip_layers), got {tuple(x.shape)}")
