@@ -80,6 +80,7 @@ def bundle_config(params: Params, kind: str, result: TrainResult, fs: FeatureSet
             "params": dataclasses.asdict(params.train),
             "protocol": dataclasses.asdict(params.protocol),
             "n_train": len(train), "train_sources": sorted(set(train.frame["source"])),
+            "recipe": recipe,
             "train_ids": fingerprint(train.frame["id"].tolist()),
             **_preset_info(params, train),
             "features": fingerprint(prov),
