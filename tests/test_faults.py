@@ -26,6 +26,7 @@ from pipeline.atomic import atomic_path, write_json
 from pipeline.data.demo_data import make_demo_images
 from pipeline.data.manifest import read_manifest
 from pipeline.extraction.extract_stage import run_extract
+from pipeline.heads.train_stage import run_train
 from stages.cli import main
 from tests.conftest import (
     ROOT,
@@ -243,12 +244,14 @@ def test_train_and_evaluate_refuse_embeddings_of_another_clip(tmp_path, built_ca
     res = CliRunner().invoke(main, ["train", *common, "--out", str(model), "--log",
                                     str(tmp_path / "log.csv")])
     assert res.exit_code == 1 and "StoreError" in res.output
-    assert "no features made with the current settings (clip ViT-B-32" in res.output
+    assert "no image features made with the current settings (clip ViT-B-32" in res.output
     assert not model.exists()
+    # A bundle of the store's CLIP, evaluated with params naming another CLIP: refused too.
+    run_train(built_cache.params, work.manifest, work.features, model, tmp_path / "l.csv")
     metrics = tmp_path / "metrics.json"
     res = CliRunner().invoke(main, ["evaluate", *common, "--model", str(model), "--out",
                                     str(metrics), "--plots", str(tmp_path / "plots")])
-    assert res.exit_code == 1 and "clip ViT-B-32" in res.output
+    assert res.exit_code == 1 and "clip ViT-B-32" in res.output, res.output
     assert not metrics.exists()
 
 
