@@ -327,9 +327,9 @@ def recipe_cpu(ws: Path, n: int) -> dict[str, float]:
         t["clip_crop view 0"] += time.process_time() - c
         for key, spec_ in (("clip_crop view (training)", R.UNIVFD_TRAIN),
                            ("clip_layers view (training)", R.RINE_TRAIN)):
-            draw = R.view_draws(rgb, "ab" * 16, 2, spec_)[0]
+            draw = R.augment_draws(rgb, "ab" * 16, 2, spec_)[0]
             c = time.process_time()
-            R.apply_view(rgb, spec_, draw)
+            R.apply_augment(rgb, spec_, draw)
             t[key] += time.process_time() - c
         c = time.process_time()
         R.cozzolino_pixels(rgb)
@@ -366,24 +366,24 @@ def print_recipes(cpu: dict[str, float], tiny: dict[str, float], args: argparse.
     for k, v in tiny.items():
         print(f"| {k} | {v:.0f} | {vitl.get(k, 0)} |")
     n, train = GENIMAGE, GENIMAGE / 8  # GenImage trains on SD v1.4: ~1/8 of its images
-    crop_views, layer_views = 9, 2  # recipes.crop_views, recipes.layers_views defaults
+    crop_set, layer_crops = 9, 2  # 1 + recipes.crop_augmentations, 1 + layer_augmentations
     ns = n * (vitl["selection"] + vitl["caption"] + vitl["image"] + vitl["text"])
-    extra = (n * vitl["clip_crop"] + train * (crop_views - 1) * vitl["clip_crop"]
-             + n * vitl["clip_layers"] + train * (layer_views - 1) * vitl["clip_layers"]
+    extra = (n * vitl["clip_crop"] + train * (crop_set - 1) * vitl["clip_crop"]
+             + n * vitl["clip_layers"] + train * (layer_crops - 1) * vitl["clip_layers"]
              + n * vitl["cozzolino"])
     gpu_ns = n * (1 / args.caption_rate + 1 / args.image_rate + 1 / args.text_rate)
     # every crop view is one more image-tower pass; view 0 of clip_crop and clip_layers share
     # one; Cozzolino et al.'s backbone is another ViT-L/14 image tower
-    passes = n * 1 + train * (crop_views - 1) + train * (layer_views - 1) + n
+    passes = n * 1 + train * (crop_set - 1) + train * (layer_crops - 1) + n
     gpu_all = gpu_ns + passes / args.image_rate
-    print(f"\n| GenImage, 2.6 M images (crop views: {crop_views} for UnivFD, {layer_views} for "
+    print(f"\n| GenImage, 2.6 M images (crops: {crop_set} for UnivFD, {layer_crops} for "
           f"RINE, augmented views for the ~{train / 1e6:.2f} M training images only) | "
           "store GB | GPU hours (stated rates) |")
     print("| --- | ---: | ---: |")
     print(f"| NS-Net only (composite recipe) | {ns / 1e9:.1f} | {gpu_ns / 3600:.2f} |")
     print(f"| all heads (+ clip_crop, clip_layers with all 24 blocks, cozzolino) | "
           f"{(ns + extra) / 1e9:.1f} | {gpu_all / 3600:.2f} |")
-    layers8 = extra - (n + train * (layer_views - 1)) * vitl["clip_layers"] * (1 - 8 / b)
+    layers8 = extra - (n + train * (layer_crops - 1)) * vitl["clip_layers"] * (1 - 8 / b)
     print(f"| all heads, clip_layers keeping 8 of 24 blocks (recipes.layers) | "
           f"{(ns + layers8) / 1e9:.1f} | {gpu_all / 3600:.2f} |")
 
@@ -396,7 +396,7 @@ def recipes_table(base: Path, args: argparse.Namespace) -> None:
     raw["compare"] = {"heads": ["composite_probe", "nsnet", "advanced", "univfd", "rine",
                                 "cozzolino"]}
     raw["recipes"] = {"cozzolino_arch": args.arch, "cozzolino_pretrained": args.pretrained,
-                      "crop_views": 3, "layers_views": 2}
+                      "crop_augmentations": 2, "layer_augmentations": 1}
     (ws / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     run_stage("index", ws)
     run_stage("extract", ws)

@@ -197,8 +197,8 @@ class RecipeParams:
     """The inputs of the paper baseline heads (``pipeline.backbones.recipes``), extracted only
     when ``train.head`` or ``compare.heads`` names a head that reads them."""
 
-    crop_views: int = field(default=9, metadata=_check(1, 64))
-    layers_views: int = field(default=2, metadata=_check(1, 64))
+    crop_augmentations: int = field(default=8, metadata=_check(0, 64))
+    layer_augmentations: int = field(default=1, metadata=_check(0, 64))
     layers: list[int] | str = "all"
     cozzolino_arch: str = "ViT-L-14"
     cozzolino_pretrained: str = "commonpool_xl_s13b_b90k"

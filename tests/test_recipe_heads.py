@@ -25,7 +25,7 @@ from pipeline.data.images import open_image
 from pipeline.evaluation.compare_stage import format_comparison, run_compare
 from pipeline.evaluation.evaluate_stage import run_evaluate
 from pipeline.extraction import image_pass
-from pipeline.extraction.cached_features import load_features, training_views
+from pipeline.extraction.cached_features import load_features, training_crops
 from pipeline.extraction.extract_stage import plan_extract, run_extract
 from pipeline.heads.bundle import load_bundle
 from pipeline.heads.train_stage import run_train
@@ -35,8 +35,8 @@ from tests.conftest import read_part, tiny_raw, write_params
 
 ALL = ["composite_probe", "nsnet", "advanced", "univfd", "rine", "cozzolino"]
 BASELINES = ("univfd", "rine", "cozzolino")
-RECIPES = {"cozzolino_arch": "tiny", "cozzolino_pretrained": "", "crop_views": 3,
-           "layers_views": 2}
+RECIPES = {"cozzolino_arch": "tiny", "cozzolino_pretrained": "", "crop_augmentations": 2,
+           "layer_augmentations": 1}
 
 
 def _raw(root, heads=ALL, **sections):
@@ -95,7 +95,7 @@ def test_view_0_is_the_test_time_crop_and_training_views_exist_for_training_imag
     coz = read_part(ws.features, ws.params, "cozzolino", ids)["emb"].astype(np.float32)
     np.testing.assert_allclose(np.linalg.norm(coz, axis=1), 1.0, atol=2e-3)  # unit vectors
     train = rows[rows["split"] == "train"]
-    views = training_views(ws.params, ws.features, "clip_crop", train)
+    views = training_crops(ws.params, ws.features, "clip_crop", train)
     assert tuple(views.shape) == (len(train), 2, 128)  # views 1 and 2 of each training image
     assert not torch.equal(views[:, 0], views[:, 1])
     from tests.conftest import part_of

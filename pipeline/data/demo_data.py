@@ -44,7 +44,7 @@ DEMO_WORKSPACE_OVERRIDES = {
     "evaluate": {"threshold": "val_acc", "calibration": "platt"},
     # every head side by side, each on its own recipe, from one extraction
     "compare": {"heads": ["composite_probe", "nsnet", "advanced", "univfd", "rine", "cozzolino"]},
-    "recipes": {"crop_views": 3, "layers_views": 2},
+    "recipes": {"crop_augmentations": 2, "layer_augmentations": 1},
 }
 
 

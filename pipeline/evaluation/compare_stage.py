@@ -43,20 +43,20 @@ def run_compare(params: Params, manifest: str | Path, features: str | Path,
     """
     heads = tuple(params.compare.heads) if heads is None else heads
     loaded: dict[str, tuple[Any, Any]] = {}
-    columns: list[tuple[str, str, Any, Any]] = []  # (name, head, features, training views)
+    columns: list[tuple[str, str, Any, Any]] = []  # (name, head, features, training crops)
     for kind in heads:
         recipe = HEAD_RECIPES[kind]
         if recipe not in loaded:
             loaded[recipe] = head_features(params, manifest, features, kind)
-        fs, train_views = loaded[recipe]
+        fs, train_crops = loaded[recipe]
         if recipe == "composite" and views:
             columns += [(f"{kind} K={k}", kind, fs.first_views(k), None) for k in views]
         else:
-            columns.append((kind, kind, fs, train_views))
+            columns.append((kind, kind, fs, train_crops))
     results: dict[str, Any] = {}
     with epoch_bar(sum(epochs_of(params, kind) for _, kind, _, _ in columns), "compare") as bar:
-        for name, kind, fs, train_views in columns:
-            result, config = train_head(params, kind, fs, bar=bar, train_views=train_views)
+        for name, kind, fs, train_crops in columns:
+            result, config = train_head(params, kind, fs, bar=bar, train_crops=train_crops)
             metrics, _ = evaluate_sets(params, fs, result.model, Decision.from_bundle(config))
             results[name] = {"test": metrics.get("test"), "val": metrics.get("val"),
                              "training": config["training"], "views": fs.n_views,

@@ -125,7 +125,7 @@ class FeatureSet:
         return FeatureSet(self.frame, image, self.text, {**self.provenance, "patches": patches})
 
     def with_image(self, image: Rows) -> FeatureSet:
-        """The same rows with other image features (e.g. a recipe's training views)."""
+        """The same rows with other image features (e.g. a recipe's training crops)."""
         if len(image) != len(self.frame):
             raise ValueError(f"{len(image)} feature rows for {len(self.frame)} images")
         return FeatureSet(self.frame, image, self.text, self.provenance)
@@ -207,9 +207,9 @@ def load_features(params: Params, manifest: str | Path, store: str | Path,
 
     ``composite`` (NS-Net's input): the composite's CLIP embedding in each of
     ``patches.views`` patch orders, (n, d) or (n, K, d), and the caption's embedding (n, d).
-    ``clip_crop`` / ``clip_layers`` / ``cozzolino`` (the baselines' inputs): view 0 (the
+    ``clip_crop`` / ``clip_layers`` / ``cozzolino`` (the baselines' inputs): crop 0 (the
     test-time crop) of each image, (n, d) (``clip_layers``: its (L, D) class tokens flattened
-    to (n, L * D)), and no text (n, 0); the training views come from ``training_views``.
+    to (n, L * D)), and no text (n, 0); the training crops come from ``training_crops``.
 
     The parts read are the ones the params name (backbone, captions, patch selection, views,
     each row's treatment), so features made with other settings are never mixed in; an image
@@ -240,14 +240,14 @@ def load_features(params: Params, manifest: str | Path, store: str | Path,
     return FeatureSet(frame, image, text, prov)
 
 
-def training_views(params: Params, store: str | Path, recipe: str, frame: pd.DataFrame
+def training_crops(params: Params, store: str | Path, recipe: str, frame: pd.DataFrame
                    ) -> Rows | None:
-    """The augmented training views (1..K-1) of a cropped recipe for ``frame``'s rows (training
-    images), (n, K - 1, F) ((n, F) for one); None when the recipe keeps only view 0 (K = 1) or
+    """The augmented training crops (1..K-1) of a cropped recipe for ``frame``'s rows (training
+    images), (n, K - 1, F) ((n, F) for one); None when the recipe keeps only crop 0 (K = 1) or
     has none."""
     settings = ExtractSettings.from_params(params).with_recipes(recipe)
-    k = {CLIP_CROP: settings.recipe.crop_views,
-         CLIP_LAYERS: settings.recipe.layers_views}.get(recipe, 1)
+    k = {CLIP_CROP: settings.recipe.crops,
+         CLIP_LAYERS: settings.recipe.layer_crops}.get(recipe, 1)
     if k < 2:
         return None
     fs_store = _open(store)

@@ -43,9 +43,9 @@ from pipeline.extraction.settings import (
     TEXT,
     ExtractRuntime,
     ExtractSettings,
+    crop_kind,
     image_kind,
     kind_base,
-    view_kind,
 )
 from pipeline.provenance import ProvenanceMismatch, base_provenance
 
@@ -166,7 +166,8 @@ def _image_pass(shard: Shard, models: dict[str, Any], amp: torch.dtype | None,
     resize = blip.resizer if blip is not None else None
     plan = PassPlan(settings.patches, rt.max_pixels, select=SELECTION in shard.kinds,
                     views=shard.views, keep_view0=COMPOSITE in shard.kinds, blip=resize,
-                    crop_views=shard.views_of(CLIP_CROP), layer_views=shard.views_of(CLIP_LAYERS),
+                    crop_indices=shard.views_of(CLIP_CROP),
+                    layer_indices=shard.views_of(CLIP_LAYERS),
                     cozzolino=COZZOLINO in shard.kinds)
     built = plan.composites
     batch_size = rt.caption_batch if blip is not None else rt.clip_batch
@@ -193,7 +194,7 @@ def _image_pass(shard: Shard, models: dict[str, Any], amp: torch.dtype | None,
 def _recipes(shard: Shard, models: dict[str, Any], batch: dict[str, torch.Tensor],
              amp: torch.dtype | None, out: dict[str, list[Any]]) -> None:
     """The baseline recipes of one batch: ``clip_crop`` embeddings, ``clip_layers`` class
-    tokens (view 0 of both, the same center crop, in one forward pass) and ``cozzolino``."""
+    tokens (crop 0 of both, the same center crop, in one forward pass) and ``cozzolino``."""
     from pipeline.backbones import recipes
 
     rt, spec = shard.runtime, shard.settings.recipe
@@ -210,18 +211,18 @@ def _recipes(shard: Shard, models: dict[str, Any], batch: dict[str, torch.Tensor
     if shared:
         pixels = batch[CLIP_CROP][:, crops.index(0)].numpy()
         emb, toks = chunks(pixels, lambda p: recipes.image_tower(clip, p, layers, amp))
-        out[view_kind(CLIP_CROP, 0)].extend(emb.astype(np.float16))
-        out[view_kind(CLIP_LAYERS, 0)].extend(toks.astype(np.float16))
+        out[crop_kind(CLIP_CROP, 0)].extend(emb.astype(np.float16))
+        out[crop_kind(CLIP_LAYERS, 0)].extend(toks.astype(np.float16))
     for view in crops:
         if not (shared and view == 0):
             pixels = batch[CLIP_CROP][:, crops.index(view)].numpy()
             (emb,) = chunks(pixels, lambda p: recipes.clip_crop_embeddings(clip, p, amp))
-            out[view_kind(CLIP_CROP, view)].extend(emb.astype(np.float16))
+            out[crop_kind(CLIP_CROP, view)].extend(emb.astype(np.float16))
     for view in tokens:
         if not (shared and view == 0):
             pixels = batch[CLIP_LAYERS][:, tokens.index(view)].numpy()
             (toks,) = chunks(pixels, lambda p: recipes.clip_layers(clip, p, layers, amp))
-            out[view_kind(CLIP_LAYERS, view)].extend(toks.astype(np.float16))
+            out[crop_kind(CLIP_LAYERS, view)].extend(toks.astype(np.float16))
     if COZZOLINO in shard.kinds:
         pixels = batch[COZZOLINO].numpy()
         (feat,) = chunks(pixels, lambda p: recipes.cozzolino_features(models[COZZOLINO], p, amp))

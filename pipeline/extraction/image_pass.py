@@ -63,8 +63,8 @@ class PassPlan:
     views: tuple[int, ...] = (0,)  # patch orders whose composites CLIP embeds (or () )
     keep_view0: bool = False  # also hand back view 0's composite (patches.keep_composites)
     blip: Any = None  # a BlipResize when captions are computed
-    crop_views: tuple[int, ...] = ()  # clip_crop views (UniversalFakeDetect's crops)
-    layer_views: tuple[int, ...] = ()  # clip_layers views (RINE's crops)
+    crop_indices: tuple[int, ...] = ()  # clip_crop crops (UniversalFakeDetect's)
+    layer_indices: tuple[int, ...] = ()  # clip_layers crops (RINE's)
     cozzolino: bool = False  # Cozzolino et al.'s resized center crop
 
     @property
@@ -112,11 +112,11 @@ class ImagePass(torch.utils.data.Dataset):
             item["composite"] = np.stack([composite(rgb, orders[k], plan.spec) for k in wanted])
         if plan.blip is not None:
             item["blip"] = plan.blip.resize(rgb)
-        for key, views, spec in (("clip_crop", plan.crop_views, recipes.UNIVFD_TRAIN),
-                                 ("clip_layers", plan.layer_views, recipes.RINE_TRAIN)):
-            if views:
-                crops = recipes.crop_views(rgb, work.image_id, max(views) + 1, spec)
-                item[key] = crops[list(views)]
+        for key, wanted, spec in (("clip_crop", plan.crop_indices, recipes.UNIVFD_TRAIN),
+                                  ("clip_layers", plan.layer_indices, recipes.RINE_TRAIN)):
+            if wanted:
+                crops = recipes.crop_set(rgb, work.image_id, max(wanted) + 1, spec)
+                item[key] = crops[list(wanted)]
         if plan.cozzolino:
             item["cozzolino"] = recipes.cozzolino_pixels(rgb)
         return item

@@ -107,9 +107,9 @@ def missing_kinds(settings: ExtractSettings, store: FeatureStore, rows: pd.DataF
                   sample_row: np.ndarray, sample_treat: np.ndarray) -> dict[str, np.ndarray]:
     """Work kind -> boolean mask of the samples that need it and whose part lacks the id.
 
-    Every sample needs every requested kind, except the augmented views of the cropped
+    Every sample needs every requested kind, except the augmented crops of the cropped
     recipes (``clip_crop:<k>``, ``clip_layers:<k>``, k > 0), which only training images need
-    (the heads validate and test on view 0, the test-time crop)."""
+    (the heads validate and test on crop 0, the test-time crop)."""
     ids = encode_ids(rows["id"].tolist())
     kinds = list(settings.parts("").by_kind())
     out = {k: np.zeros(len(sample_row), dtype=bool) for k in kinds}
@@ -118,7 +118,7 @@ def missing_kinds(settings: ExtractSettings, store: FeatureStore, rows: pd.DataF
     for treatment in sorted(set(sample_treat)):
         sel = np.flatnonzero(sample_treat == treatment)
         for kind, part in settings.parts(treatment).by_kind().items():
-            wanted = sel[training[sel]] if settings.training_views(kind) else sel
+            wanted = sel[training[sel]] if settings.training_crops(kind) else sel
             out[kind][wanted] = ~store.part(part).index().contains(ids[sample_row[wanted]])
     # No dependency needs handling here: an image part's key includes its selection's key and
     # a text part's key its caption's, so a new selection or caption makes those parts (other

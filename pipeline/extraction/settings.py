@@ -38,9 +38,10 @@ def image_kind(view: int) -> str:
     return f"{IMAGE}:{view}"
 
 
-def view_kind(recipe: str, view: int) -> str:
-    """The work kind of view ``view`` of a cropped recipe (``clip_crop:0``, ``clip_layers:1``)."""
-    return f"{recipe}:{view}"
+def crop_kind(recipe: str, crop: int) -> str:
+    """The work kind of crop ``crop`` of a cropped recipe (``clip_crop:0``, ``clip_layers:1``;
+    crop 0 is the test-time center crop, the others the training augmentation's)."""
+    return f"{recipe}:{crop}"
 
 
 def kind_base(kind: str) -> str:
@@ -58,7 +59,7 @@ class PartSet:
 
     The composite recipe (NS-Net's input: selection, caption, the composite's embedding in each
     patch order, the caption's embedding) and the baseline recipes (``clip_crop`` and
-    ``clip_layers`` views, ``cozzolino``); ``by_kind`` lists those the params request.
+    ``clip_layers`` crops, ``cozzolino``); ``by_kind`` lists those the params request.
     """
 
     treatment: str
@@ -67,8 +68,8 @@ class PartSet:
     images: tuple[Part, ...]  # one per patch-order view, view 0 first
     text: Part
     composite: Part | None  # only with patches.keep_composites
-    clip_crop: tuple[Part, ...]  # view 0 = the test-time crop, then UnivFD's training views
-    clip_layers: tuple[Part, ...]  # view 0 = the test-time crop, then RINE's training views
+    clip_crop: tuple[Part, ...]  # crop 0 = the test-time crop, then UnivFD's training crops
+    clip_layers: tuple[Part, ...]  # crop 0 = the test-time crop, then RINE's training crops
     cozzolino: Part
     recipes: tuple[str, ...]  # the requested recipes
 
@@ -82,9 +83,9 @@ class PartSet:
             if self.composite is not None:
                 out[COMPOSITE] = self.composite
         if CLIP_CROP in self.recipes:
-            out.update({view_kind(CLIP_CROP, k): p for k, p in enumerate(self.clip_crop)})
+            out.update({crop_kind(CLIP_CROP, k): p for k, p in enumerate(self.clip_crop)})
         if CLIP_LAYERS in self.recipes:
-            out.update({view_kind(CLIP_LAYERS, k): p for k, p in enumerate(self.clip_layers)})
+            out.update({crop_kind(CLIP_LAYERS, k): p for k, p in enumerate(self.clip_layers)})
         if COZZOLINO in self.recipes:
             out[COZZOLINO] = self.cozzolino
         return out
@@ -111,8 +112,8 @@ class CaptionSpec:
 class RecipeSpec:
     """The baseline recipes' settings (``recipes.*``)."""
 
-    crop_views: int  # recipes.crop_views (clip_crop: view 0 + UnivFD's training views)
-    layers_views: int  # recipes.layers_views (clip_layers: view 0 + RINE's training views)
+    crops: int  # clip_crop: crop 0 (test-time) + recipes.crop_augmentations
+    layer_crops: int  # clip_layers: crop 0 + recipes.layer_augmentations
     layers: tuple[int, ...] | str  # recipes.layers: block indices, or "all"
     cozzolino: ClipSpec  # recipes.cozzolino_arch, recipes.cozzolino_pretrained
 
@@ -147,7 +148,7 @@ class ExtractSettings:
             train_reencode=params.protocol.train_reencode,
             degradations=tuple(params.protocol.degradations),
             recipes=tuple(requested_recipes(params)),
-            recipe=RecipeSpec(r.crop_views, r.layers_views,
+            recipe=RecipeSpec(1 + r.crop_augmentations, 1 + r.layer_augmentations,
                               r.layers if isinstance(r.layers, str) else tuple(r.layers),
                               ClipSpec(r.cozzolino_arch, r.cozzolino_pretrained)),
         )
@@ -156,9 +157,9 @@ class ExtractSettings:
         """The same settings asking for ``recipes`` (e.g. a reader of one head's input)."""
         return dataclasses.replace(self, recipes=tuple(r for r in RECIPES if r in recipes))
 
-    def training_views(self, kind: str) -> bool:
-        """Whether a work kind exists for training images only (the augmented views of the
-        cropped recipes; view 0, the test-time crop, exists for every image)."""
+    def training_crops(self, kind: str) -> bool:
+        """Whether a work kind exists for training images only (the augmented crops of the
+        cropped recipes; crop 0, the test-time crop, exists for every image)."""
         return kind_base(kind) in (CLIP_CROP, CLIP_LAYERS) and kind_view(kind) > 0
 
     def treatment(self, split: str) -> str:
@@ -205,15 +206,15 @@ class ExtractSettings:
         precision = {"compute": {"precision": self.precision}}
         base = {"treatment": treatment, "clip": asdict(self.clip), **precision}
         crop = tuple(Part(CLIP_CROP, {
-            **base, "view": k, "augment": "univfd" if k else "center_crop",
+            **base, "crop": k, "augment": "univfd" if k else "center_crop",
             "code": code_fingerprint(*CLIP_CROP_CODE, *IMAGE_CODE, *pixel_code)})
-            for k in range(self.recipe.crop_views))
+            for k in range(self.recipe.crops))
         layers = self.recipe.layers if isinstance(self.recipe.layers, str) \
             else list(self.recipe.layers)
         tokens = tuple(Part(CLIP_LAYERS, {
-            **base, "view": k, "augment": "rine" if k else "center_crop", "layers": layers,
+            **base, "crop": k, "augment": "rine" if k else "center_crop", "layers": layers,
             "code": code_fingerprint(*CLIP_LAYERS_CODE, *IMAGE_CODE, *pixel_code)})
-            for k in range(self.recipe.layers_views))
+            for k in range(self.recipe.layer_crops))
         cozzolino = Part(COZZOLINO, {
             "treatment": treatment, "backbone": asdict(self.recipe.cozzolino), **precision,
             "code": code_fingerprint(*COZZOLINO_CODE, *IMAGE_CODE, *pixel_code)})
@@ -227,8 +228,9 @@ class ExtractSettings:
                 "patches": {**self.patches.as_dict(), "views": self.views},
                 "protocol": {"train_reencode": self.train_reencode,
                              "degradations": list(self.degradations)},
-                "recipes": {"requested": list(self.recipes), "crop_views": r.crop_views,
-                            "layers_views": r.layers_views,
+                "recipes": {"requested": list(self.recipes),
+                            "crop_augmentations": r.crops - 1,
+                            "layer_augmentations": r.layer_crops - 1,
                             "layers": r.layers if isinstance(r.layers, str) else list(r.layers),
                             "cozzolino_arch": r.cozzolino.arch,
                             "cozzolino_pretrained": r.cozzolino.pretrained}}

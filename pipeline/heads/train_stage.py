@@ -18,7 +18,7 @@ from pipeline.extraction.cached_features import (
     Rows,
     load_features,
     select,
-    training_views,
+    training_crops,
 )
 from pipeline.heads.bundle import save_bundle
 from pipeline.heads.decision import Decision, fit_decision
@@ -127,14 +127,14 @@ TrainViews = Callable[[pd.DataFrame], "Rows | None"]
 
 def train_head(params: Params, kind: str, fs: FeatureSet,
                on_epoch: EpochCallback | None = None, bar: tqdm | None = None,
-               train_views: TrainViews | None = None) -> tuple[TrainResult, dict[str, Any]]:
+               train_crops: TrainViews | None = None) -> tuple[TrainResult, dict[str, Any]]:
     """Fit one head on the protocol's rows; ``bar`` (if given) advances once per epoch.
 
-    ``fs`` holds the features of the head's recipe; ``train_views(frame)`` (the cropped
-    recipes) gives the training rows' augmented views, which the head trains on instead of the
-    test-time crop, one drawn per image per epoch (validation and test read view 0)."""
+    ``fs`` holds the features of the head's recipe; ``train_crops(frame)`` (the cropped
+    recipes) gives the training rows' augmented crops, which the head trains on instead of the
+    test-time crop, one drawn per image per epoch (validation and test read crop 0)."""
     train, val = training_sets(params, fs)
-    views = train_views(train.frame) if train_views is not None else None
+    views = train_crops(train.frame) if train_crops is not None else None
     if views is not None:
         train = train.with_image(views)
 
@@ -158,11 +158,11 @@ def train_head(params: Params, kind: str, fs: FeatureSet,
 
 def head_features(params: Params, manifest: str | Path, features: str | Path, kind: str
                   ) -> tuple[FeatureSet, TrainViews | None]:
-    """The features of ``kind``'s recipe, and its training views (the cropped recipes)."""
+    """The features of ``kind``'s recipe, and its training crops (the cropped recipes)."""
     recipe = HEAD_RECIPES[kind]
     fs = load_features(params, manifest, features, recipe=recipe)
     if recipe in ("clip_crop", "clip_layers"):
-        return fs, lambda frame: training_views(params, features, recipe, frame)
+        return fs, lambda frame: training_crops(params, features, recipe, frame)
     return fs, None
 
 

@@ -216,7 +216,7 @@ def compute_features(chain: Chain, images: Sequence[np.ndarray], ids: Sequence[s
 
 
 def _recipe_features(chain: Chain, images: Sequence[np.ndarray]) -> torch.Tensor:
-    """A baseline's input: the test-time crop (view 0), through the backbone as in extract."""
+    """A baseline's input: the test-time crop (crop 0), through the backbone as in extract."""
     from pipeline.backbones import recipes
 
     if chain.recipe == "cozzolino":
