@@ -131,6 +131,26 @@ def test_sigkill_during_extract_resumes_to_the_same_cache(tmp_path, reference, s
         assert made == part_of(reference.features, params, kind).info()["settings"]
 
 
+def test_ctrl_c_during_extract_says_a_rerun_resumes(tmp_path, reference, small_images):
+    """SIGINT (Ctrl-C) mid-run: exit 130 with one line saying what was kept and that a rerun
+    resumes (no "Aborted!", no traceback); the rerun computes only what is missing."""
+    cwd = _workspace(tmp_path, reference, small_images, "manifest.parquet")
+    proc = nsnet(["extract"], cwd)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and proc.poll() is None and len(committed(cwd)) < 2:
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted after" in err and "committed to the store" in err, err
+    assert "rerun of `nsnet extract` (or `dvc repro`) resumes" in err, err
+    assert "Traceback" not in err and "Aborted!" not in err
+    done = len(committed(cwd))
+    err = _resume(cwd)
+    total = len(read_manifest(reference.manifest, only_ok=True))
+    assert f"selection {total - done}," in err, err
+
+
 # ----------------------------------------------------------------------------- write errors
 
 
