@@ -74,7 +74,7 @@ def dxd_forward(model: AdvancedNSNet, x: torch.Tensor, t: torch.Tensor) -> HeadO
         rows.append(x[i] @ p_i)
     xp = torch.stack(rows)
     logit, emb = model.head(xp)
-    return HeadOutput(logit, emb, xp, f)
+    return HeadOutput(logit, emb, xp, f, prepared=x)
 
 
 def time_steps(step: Callable[[], None], steps: int, device: torch.device) -> float:

@@ -7,7 +7,7 @@ Data flows one way, and the subpackages follow it::
     pipeline.backbones   the frozen CLIP and BLIP models (real weights or tiny random ones)
     pipeline.extraction  patch selection, captions, embeddings -> the feature store
     pipeline.heads       UFD / NS-Net / Advanced NS-Net heads, training loop, bundles
-    pipeline.evaluation  metrics per source, degraded views, head comparison
+    pipeline.evaluation  metrics per source, degraded test copies, head comparison
     pipeline.reports     figures and records people read (explanations, t-SNE)
     pipeline.inference   scoring and explaining new images with a trained bundle (Detector)
     pipeline.serving     the detector as an HTTP service and web page (nsnet serve)

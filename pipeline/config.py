@@ -47,8 +47,12 @@ RENAMED_HEAD_HELP = {
            "not UniversalFakeDetect. UniversalFakeDetect's own probe (CLIP embedding of the "
            "center-cropped image) is the head 'univfd'",
 }
-# Heads whose feature recipe the feature store does not compute yet (head -> recipe).
-PENDING_HEADS = {"univfd": "clip_crop", "rine": "clip_layers", "cozzolino": "cozzolino"}
+# The feature recipe each head reads (= each head class's ``recipe``, tested): ``composite`` is
+# the patch composite's CLIP embedding with the caption's (NS-Net's input); the others are the
+# inputs of the paper baselines (pipeline.backbones.recipes).
+HEAD_RECIPES = {"composite_probe": "composite", "nsnet": "composite", "advanced": "composite",
+                "univfd": "clip_crop", "rine": "clip_layers", "cozzolino": "cozzolino"}
+DEFAULT_COMPARE_HEADS = ("composite_probe", "nsnet", "advanced")
 # How the advanced head makes its semantic direction (= pipeline.heads.detectors.MAPPERS, tested)
 MAPPER_CHOICES = ("end_to_end", "identity", "detached", "regression", "regression_real",
                   "regression_within")
@@ -184,6 +188,23 @@ class FigureParams:
 
 
 @dataclass
+class CompareParams:
+    heads: list[str] = field(default_factory=lambda: list(DEFAULT_COMPARE_HEADS))
+
+
+@dataclass
+class RecipeParams:
+    """The inputs of the paper baseline heads (``pipeline.backbones.recipes``), extracted only
+    when ``train.head`` or ``compare.heads`` names a head that reads them."""
+
+    crop_augmentations: int = field(default=8, metadata=_check(0, 64))
+    layer_augmentations: int = field(default=1, metadata=_check(0, 64))
+    layers: list[int] | str = "all"
+    cozzolino_arch: str = "ViT-L-14"
+    cozzolino_pretrained: str = "commonpool_xl_s13b_b90k"
+
+
+@dataclass
 class Params:
     seed: int = field(default=0, metadata=_check(0))
     data: DataParams = field(default_factory=DataParams)
@@ -196,6 +217,8 @@ class Params:
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     audit: AuditParams = field(default_factory=AuditParams)
     figures: FigureParams = field(default_factory=FigureParams)
+    compare: CompareParams = field(default_factory=CompareParams)
+    recipes: RecipeParams = field(default_factory=RecipeParams)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -290,11 +313,34 @@ def check_value(key: str, value: Any, cls: type, name: str) -> Any:
     return _coerce(key, value, typing.get_type_hints(cls)[name], f.metadata)
 
 
-def pending_head_message(key: str, head: str) -> str:
-    """Why ``head`` cannot be trained yet: its recipe is not in the feature store."""
-    ready = ", ".join(h for h in HEAD_CHOICES if h not in PENDING_HEADS)
-    return (f"{key}: {head!r} reads the {PENDING_HEADS[head]} recipe, which the feature store "
-            f"does not compute yet (docs/baselines.md); heads trainable now: {ready}")
+def requested_recipes(p: Params) -> list[str]:
+    """The feature recipes the params' heads read (``train.head`` and ``compare.heads``), in a
+    fixed order: what ``nsnet extract`` computes."""
+    wanted = {HEAD_RECIPES[h] for h in (p.train.head, *p.compare.heads)}
+    return [r for r in ("composite", "clip_crop", "clip_layers", "cozzolino") if r in wanted]
+
+
+def _check_compare(p: Params) -> None:
+    heads = p.compare.heads
+    if not heads:
+        raise ParamsError("compare.heads: name at least one head, e.g. [composite_probe, nsnet, "
+                          "advanced]")
+    for i, head in enumerate(heads):
+        if head in RENAMED_HEAD_HELP:
+            raise ParamsError(f"compare.heads[{i}]: {RENAMED_HEAD_HELP[head]}")
+        if head not in HEAD_CHOICES:
+            raise ParamsError(f"compare.heads[{i}]: {head!r} is not one of "
+                              f"{', '.join(HEAD_CHOICES)}")
+    if len(set(heads)) != len(heads):
+        raise ParamsError(f"compare.heads: heads repeat in {heads}")
+    layers = p.recipes.layers
+    if isinstance(layers, str):
+        if layers != "all":
+            raise ParamsError(f"recipes.layers: {layers!r} is neither 'all' nor a list of block "
+                              "indices (0-based), e.g. [11, 17, 23]")
+    elif not layers or any(i < 0 for i in layers) or layers != sorted(set(layers)):
+        raise ParamsError(f"recipes.layers: {layers!r}: give increasing, distinct block indices "
+                          ">= 0 (0-based), or 'all'")
 
 
 DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
@@ -322,8 +368,6 @@ def _cross_checks(p: Params) -> None:
             f"patches.views: {p.patches.views} distinct orders of "
             f"{p.patches.n_low + p.patches.n_high} patches do not exist"
         )
-    if p.train.head in PENDING_HEADS:
-        raise ParamsError(pending_head_message("train.head", p.train.head))
     if not p.data.roots:
         raise ParamsError("data.roots: at least one image folder is required")
     for i, root in enumerate(p.data.roots):
@@ -337,6 +381,7 @@ def _cross_checks(p: Params) -> None:
                     "sources and test rows; leave train_sources and test_sources empty ([])"
                 )
     _check_degradations(p)
+    _check_compare(p)
     _check_threshold(p.evaluate.threshold)
     _check_reencode(p.protocol.train_reencode)
 
@@ -650,9 +695,10 @@ PARAM_DOCS: dict[str, str] = {
                        "`train_sources`/`test_sources` empty",
     "protocol.train_sources": "sources (generators) trained and validated on; `[]` = all",
     "protocol.test_sources": "sources tested on; `[]` = all",
-    "protocol.degradations": "test-time views for `nsnet degrade`: `jpeg<q>`, `resize<n>`, "
+    "protocol.degradations": "degraded copies of the test set (`nsnet extract` computes them, "
+                             "`nsnet evaluate-degraded` scores them): `jpeg<q>`, `resize<n>`, "
                              "`blur<sigma>`, e.g. GenImage's `[jpeg65, jpeg30, resize112, "
-                             "resize64, blur3, blur5]`",
+                             "resize64, blur3, blur5]` (see [robustness](robustness.md))",
     "protocol.train_reencode": "`\"\"` or `jpeg<q>`: `nsnet extract` re-encodes every train/val "
                                "image as JPEG quality q (removes a format shortcut; test images "
                                "as they are; see [robustness](robustness.md#shortcut-audit))",
@@ -675,15 +721,17 @@ PARAM_DOCS: dict[str, str] = {
     "compute.device": "`auto` (a GPU if visible) \\| `cpu` \\| `cuda` \\| `cuda:N` for "
                       "extraction and inference",
     "compute.precision": "autocast dtype on GPU (`fp32` \\| `fp16` \\| `bf16`); CPU runs fp32",
-    "compute.num_workers": "decoding worker processes of `extract` and `degrade`; `auto` = "
-                           "cores - 1 (at most 32)",
+    "compute.num_workers": "decoding worker processes of `extract`; `auto` = cores - 1 (at "
+                           "most 32)",
     "compute.torch_threads": "torch threads of the main process; `auto` = on a CPU the cores "
                              "the workers leave free and other processes do not use (1-minute "
                              "load average), at least 1; up to 4 with a GPU",
     "compute.shard_size": "images per resumable shard of the extraction",
     "compute.scheduler": "dask scheduler address (`tcp://host:8786`); `\"\"` = in-process "
                          "(see [scaling](scaling.md))",
-    "train.head": "the head `dvc repro` trains (see [heads](heads.md))",
+    "train.head": "the head `dvc repro` trains: the NS-Net family on patch composites and "
+                  "captions, or a paper baseline on its own recipe (see [heads](heads.md), "
+                  "[baselines](baselines.md))",
     "train.epochs": "training epochs; the one with the best validation AP is kept",
     "train.batch_size": "rows per step (the ragged last batch is dropped: SupCon needs pairs)",
     "train.lr": "Adam learning rate (authors' notebook)",
@@ -719,4 +767,19 @@ PARAM_DOCS: dict[str, str] = {
     "audit.folds": "cross-validation folds of that classifier",
     "figures.tsne_points": "images subsampled for `nsnet tsne`",
     "figures.tsne_perplexity": "t-SNE perplexity (clipped to (n - 1) / 3 for small sets)",
+    "compare.heads": "heads `nsnet compare` trains side by side, each on its recipe, from one "
+                     "extraction; `nsnet extract` computes the recipes of these and of "
+                     "`train.head` only (see [baselines](baselines.md))",
+    "recipes.crop_augmentations": "`univfd` (clip_crop): crops of UniversalFakeDetect's "
+                                  "training augmentation per training image, beside crop 0 "
+                                  "(the test-time center crop every image has; 1.5 KB per crop "
+                                  "at ViT-L/14)",
+    "recipes.layer_augmentations": "`rine` (clip_layers): crops of RINE's training "
+                                   "augmentation per training image, beside crop 0",
+    "recipes.layers": "`rine`: CLIP blocks whose class token is kept: `all` (RINE) or 0-based "
+                      "indices, e.g. `[11, 17, 23]` (2 KB per block per crop at ViT-L/14)",
+    "recipes.cozzolino_arch": "`cozzolino`: its open_clip backbone (CommonPool-XL ViT-L/14), "
+                              "or `tiny`",
+    "recipes.cozzolino_pretrained": "`cozzolino`: open_clip tag or a local checkpoint file "
+                                    "(`\"\"` with `tiny`)",
 }

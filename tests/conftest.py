@@ -26,8 +26,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for the networ
 # ----------------------------------------------------------------------------- params.yaml guard
 # The repository's params.yaml is the user's to edit (the README says so), so no test may
 # depend on it: an open of it in the test process is recorded and fails the test, unless the
-# test is marked `reads_repo_params` (only a validity check is). Commands run by CliRunner in
-# the project folder without --params would read it too, and are caught the same way.
+# test is marked `reads_repo_params` (only a validity check and the check of the names its
+# comments point at are). Commands run by CliRunner in the project folder without --params
+# would read it too, and are caught the same way.
 REPO_PARAMS = os.path.abspath(ROOT / "params.yaml")
 # One guard per process (this file is imported as `conftest` and as `tests.conftest`).
 _guard = sys.__dict__.setdefault("_nsnet_repo_params_guard", {"allowed": False, "reads": []})

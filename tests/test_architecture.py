@@ -129,3 +129,126 @@ def test_stage_commands_are_thin() -> None:
         for fn in (n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)):
             body = fn.end_lineno - fn.body[0].lineno + 1
             assert body <= 40, f"{path.name}:{fn.name} has {body} lines; move logic to pipeline/"
+
+
+# --- Private names stay in their room -------------------------------------------------------
+# A room is one subpackage of the flow, one foundation module, the facade, or `stages`. A name
+# that starts with one underscore belongs to its room: another room that needs it gets a public
+# name (e.g. `take_rows`), or the object returns what is needed (e.g. `HeadOutput.prepared`).
+
+
+def room_of(module: str) -> str:
+    """``pipeline.heads.detectors`` -> ``pipeline.heads``; a foundation module is its own room;
+    every ``stages`` module shares one."""
+    if module == "stages" or module.startswith("stages."):
+        return "stages"
+    for _, prefixes in LAYERS:
+        for prefix in prefixes:
+            if module == prefix or module.startswith(prefix + "."):
+                return prefix
+    return module  # the facade
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def private_definitions(trees: dict[str, ast.AST]) -> dict[str, set[str]]:
+    """``_name`` -> the rooms that define it (functions, classes, methods, module or class
+    assignments, ``self._x = ...`` attributes, dataclass fields)."""
+    found: dict[str, set[str]] = {}
+    for module, tree in trees.items():
+        for node in ast.walk(tree):
+            names: list[str] = []
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                names = [node.name]
+            elif isinstance(node, ast.Assign | ast.AnnAssign | ast.AugAssign):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                for target in targets:
+                    for t in ast.walk(target):
+                        if isinstance(t, ast.Name):
+                            names.append(t.id)
+                        elif isinstance(t, ast.Attribute):
+                            names.append(t.attr)
+            for name in names:
+                if _private(name):
+                    found.setdefault(name, set()).add(room_of(module))
+    return found
+
+
+def private_crossings(trees: dict[str, ast.AST]) -> list[str]:
+    """Every place where a module uses another room's underscore name: ``from m import _x``,
+    ``anything._x`` or ``getattr(anything, "_x")`` where ``_x`` is defined only in other rooms
+    of ours (``self._x`` and names defined in the module's own room are its own business;
+    third-party privates are not ours to police)."""
+    defined = private_definitions(trees)
+    bad = []
+    for module, tree in trees.items():
+        room = room_of(module)
+        for node in ast.walk(tree):
+            where = f"{module}:{getattr(node, 'lineno', '?')}"
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 and \
+                    node.module.split(".")[0] in ("pipeline", "stages"):
+                for alias in node.names:
+                    if _private(alias.name) and room_of(node.module) != room:
+                        bad.append(f"{where} imports {alias.name} from {node.module}")
+                continue
+            attr = None
+            if isinstance(node, ast.Attribute) and not (
+                    isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")):
+                attr = node.attr
+            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and \
+                    node.func.id in ("getattr", "hasattr", "setattr") and len(node.args) > 1 \
+                    and isinstance(node.args[1], ast.Constant) and \
+                    isinstance(node.args[1].value, str):
+                attr = node.args[1].value
+            if attr and _private(attr) and attr in defined and room not in defined[attr]:
+                rooms = ", ".join(sorted(defined[attr]))
+                bad.append(f"{where} uses .{attr}, private to {rooms}")
+    return sorted(set(bad))
+
+
+def code_trees() -> dict[str, ast.AST]:
+    paths = {**modules(), **{module_name(p): p for p in sorted((ROOT / "stages").glob("*.py"))}}
+    return {m: ast.parse(p.read_text(), str(p)) for m, p in paths.items()}
+
+
+def test_no_module_uses_another_rooms_private_names() -> None:
+    bad = private_crossings(code_trees())
+    assert not bad, ("a room uses another room's underscore names; give the thing a public "
+                     "name (or return what is needed):\n" + "\n".join(bad))
+
+
+def test_the_private_name_check_sees_imports_attributes_and_getattr() -> None:
+    """The checker on a small made-up package: each kind of crossing is found, the own room's
+    names, ``self._x`` and unknown (third-party) privates are not."""
+    sources = {
+        "pipeline.heads.detectors": "class H:\n    def _prep(self, x):\n        return x\n"
+                                    "    def forward(self, x):\n        return self._prep(x)\n",
+        "pipeline.heads.bundle": "def _digest(b):\n    return b\n"
+                                 "def load(h):\n    return h._prep(1)\n",
+        "pipeline.extraction.cached_features": "_CACHE = {}\ndef _take(rows, idx):\n"
+                                               "    return rows\n",
+        "pipeline.evaluation.protocol_rows":
+            "from pipeline.extraction.cached_features import _take, FeatureSet\n"
+            "from pipeline.extraction import cached_features as cf\n"
+            "import sys\n"
+            "def rows(chain, r):\n"
+            "    sys._getframe(0)\n"
+            "    getattr(cf, '_CACHE')\n"
+            "    return chain.head._prep(r), cf._take(r, 0)\n",
+        "stages.train": "from pipeline.heads.bundle import _digest\n",
+    }
+    bad = private_crossings({m: ast.parse(s) for m, s in sources.items()})
+    assert bad == [
+        "pipeline.evaluation.protocol_rows:1 imports _take from "
+        "pipeline.extraction.cached_features",
+        "pipeline.evaluation.protocol_rows:6 uses ._CACHE, private to "
+        "pipeline.extraction",
+        "pipeline.evaluation.protocol_rows:7 uses ._prep, private to pipeline.heads",
+        "pipeline.evaluation.protocol_rows:7 uses ._take, private to pipeline.extraction",
+        "stages.train:1 imports _digest from pipeline.heads.bundle",
+    ]
+    assert room_of("pipeline.config") == "pipeline.config"
+    assert room_of("pipeline.heads.bundle") == "pipeline.heads" and room_of("stages.cli") == \
+        "stages"

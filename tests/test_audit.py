@@ -205,7 +205,8 @@ def test_extract_reencodes_train_and_val_images_only(tmp_path):
     manifest, store = cache / "manifest.parquet", cache / "features"
     build_index(params, manifest, cache / "index_report.json")
     run_extract(params, manifest, store)
-    assert load_features(params, manifest, store).provenance["train_reencode"] == "jpeg70"
+    assert load_features(params, manifest, store).provenance["protocol"]["train_reencode"] == \
+        "jpeg70"
     rows = read_manifest(manifest, only_ok=True)
     assert set(rows["split"]) == {"train", "val", "test"}
     spec = PatchSpec.of(params.patches)
@@ -230,7 +231,7 @@ def test_extract_reencodes_train_and_val_images_only(tmp_path):
     plain = tiny_params(root, train={"epochs": 1})
     summary = run_extract(plain, manifest, store)
     assert summary.computed == int(train.sum())  # the training images, as they are
-    assert load_features(plain, manifest, store).provenance["train_reencode"] == ""
+    assert load_features(plain, manifest, store).provenance["protocol"]["train_reencode"] == ""
     again = entropies(plain, lambda s: "")
     train = (rows["split"] != "test").to_numpy()
     assert not np.allclose(again[train], entropy[train])

@@ -93,12 +93,12 @@ def test_chain_outputs_are_aligned_and_carry_provenance(chain):
     caps = read_part(chain / "cache/features", params, "caption", ids)["caption"]
     assert len(caps) == len(ids) and all(len(c) > 0 for c in caps)
     cap = part_of(chain / "cache/features", params, "caption").info()
-    assert cap["part"] == "caption" and cap["provenance"]["blip_model"] == "tiny"
+    assert cap["part"] == "caption" and cap["provenance"]["caption"]["model"] == "tiny"
     for kind in ("image:0", "text"):
         emb = read_part(chain / "cache/features", params, kind, ids)["emb"]
         assert emb.shape[0] == len(ids)
     emb_prov = part_of(chain / "cache/features", params, "image:0").info()["provenance"]
-    assert emb_prov["stage"] == "extract" and emb_prov["clip_arch"] == "tiny"
+    assert emb_prov["stage"] == "extract" and emb_prov["clip"]["arch"] == "tiny"
     assert emb_prov["patches"] == patch_prov["patches"]
     bundle = json.loads((chain / "models/detector/config.json").read_text())
     assert bundle["head"]["kind"] == "advanced"

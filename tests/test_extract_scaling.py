@@ -30,6 +30,8 @@ from pipeline.extraction.image_pass import ImagePass, ImageWork, PassPlan, batch
 from pipeline.extraction.patch_selection import PatchSpec, select_batch
 from pipeline.extraction.plan import Shard
 from pipeline.extraction.settings import ExtractRuntime, ExtractSettings
+from pipeline.heads.bundle import load_bundle
+from pipeline.heads.train_stage import run_train
 from tests.conftest import part_of, read_part, tiny_params
 
 SPEC = PatchSpec()
@@ -348,3 +350,24 @@ def test_a_cache_of_the_previous_layout_is_converted_without_recomputing(built_c
     summary = run_extract(params, other / "cache" / "manifest.parquet",
                           other / "cache" / "features")
     assert summary.missing == {"caption": summary.images, "text": summary.images}
+
+
+def test_a_converted_store_trains_a_bundle_that_names_its_backbones(built_cache, tmp_path):
+    """Converted parts carry no CLIP model facts: the backbones a bundle records come from the
+    settings the features were read with (clip.arch, caption.model, patches), so the bundle
+    loads and names the chain that made its features."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    shutil.copy(built_cache.manifest, cache / "manifest.parquet")
+    write_legacy(built_cache, cache)
+    manifest, store = cache / "manifest.parquet", cache / "features"
+    run_extract(built_cache.params, manifest, store)
+    params = copy.deepcopy(built_cache.params)
+    params.train.epochs = 1
+    run_train(params, manifest, store, tmp_path / "model", tmp_path / "log.csv")
+    _, config = load_bundle(tmp_path / "model")
+    p = built_cache.params
+    assert config["backbones"]["clip"]["clip_arch"] == p.clip.arch
+    assert config["backbones"]["clip"]["clip_pretrained"] == p.clip.pretrained
+    assert config["backbones"]["blip"]["model"] == p.caption.model
+    assert config["backbones"]["patches"] == PatchSpec.of(p.patches).as_dict()

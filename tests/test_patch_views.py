@@ -161,7 +161,7 @@ def test_changing_views_embeds_only_the_new_orders(built_cache, views_cache):
     one = load_features(built_cache.params, built_cache.manifest, built_cache.features)
     fs = load_features(views_cache.params, views_cache.manifest, views_cache.features)
     n, d = one.image.shape
-    assert fs.image.shape == (n, K, d) and fs.provenance["views"] == K
+    assert fs.image.shape == (n, K, d) and fs.provenance["patches"]["views"] == K
     assert torch.equal(fs.image[:, 0], one.image)  # view 0 bit for bit
     assert torch.equal(fs.text, one.text)  # the caption's embedding is shared
     for k in range(1, K):

@@ -59,11 +59,12 @@ def render_commands() -> str:
              "`--set \"protocol.train_sources=[real, tconv]\"`); every `auto` is resolved for "
              "the machine. The parameters are in [parameters.md](parameters.md).", "",
              "| command | what it does |", "| --- | --- |"]
-    for name, command in main.commands.items():
+    shown = {name: cmd for name, cmd in main.commands.items() if not cmd.hidden}
+    for name, command in shown.items():
         short = command.get_short_help_str(limit=200).replace("|", "\\|")
         lines.append(f"| [`nsnet {name}`](#nsnet-{name}) | {short} |")
     lines += ["", "```text", _help(main, "nsnet"), "```"]
-    for name, command in main.commands.items():
+    for name, command in shown.items():  # a refused old name is hidden, as in --help
         lines += ["", f"## nsnet {name}", "", "```text", _help(command, f"nsnet {name}"),
                   "```"]
     return "\n".join(lines) + "\n"
@@ -92,8 +93,14 @@ def _values(tp: Any, meta: typing.Mapping[str, Any]) -> str:
         (item,) = typing.get_args(tp)[:1]
         return "list of " + ("folders" if dataclasses.is_dataclass(item) else "strings")
     names = {bool: "true / false", int: "integer", float: "number", str: "string"}
+
+    def name(t: Any) -> str:
+        if typing.get_origin(t) in (list, tuple):  # e.g. recipes.layers: list[int] | str
+            return "list of " + names.get(typing.get_args(t)[0], "value") + "s"
+        return names.get(t, str(t))
+
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        parts.append(" or ".join(names.get(t, str(t)) for t in typing.get_args(tp)))
+        parts.append(" or ".join(name(t) for t in typing.get_args(tp)))
     else:
         parts.append(names.get(tp, str(tp)))
     lo, hi = meta.get("lo"), meta.get("hi")

@@ -46,6 +46,8 @@ class Captioner:
     model: Any
     processor: Any
     device: torch.device
+    # what identifies the loaded model beyond its setting (caption.model): the weights'
+    # revision or seed, the transformers release
     provenance: dict[str, Any] = field(default_factory=dict)
 
     @torch.inference_mode()
@@ -196,7 +198,7 @@ def load_blip(name: str, device: str = "auto") -> Captioner:
     else:
         model, processor, extra = _real(name)
     model.to(dev).eval().requires_grad_(False)
-    provenance = {"blip_model": name, **extra, "transformers": transformers.__version__}
+    provenance = {**extra, "transformers": transformers.__version__}  # beyond caption.model
     return Captioner(model=model, processor=processor, device=dev, provenance=provenance)
 
 

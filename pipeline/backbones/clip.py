@@ -45,6 +45,8 @@ class ClipBackbone:
     image_size: int
     embed_dim: int
     device: torch.device
+    # what identifies the loaded model beyond its settings (clip.arch, clip.pretrained): the
+    # weights' hash or source, the open_clip release, preprocessing and width
     provenance: dict[str, Any] = field(default_factory=dict)
 
     @torch.inference_mode()
@@ -218,9 +220,7 @@ def load_clip(arch: str, pretrained: str = "", device: str = "auto") -> ClipBack
     size = size[0] if isinstance(size, tuple | list) else int(size)
     embed_dim = int(model.text_projection.shape[1]) if hasattr(model, "text_projection") and \
         model.text_projection is not None else int(model.visual.output_dim)
-    provenance = {
-        "clip_arch": arch,
-        "clip_pretrained": pretrained,
+    provenance = {  # facts beyond the settings (clip.arch, clip.pretrained) it was loaded by
         **weights,
         "open_clip": open_clip_version(),
         "mean": list(mean),

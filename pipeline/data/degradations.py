@@ -10,7 +10,8 @@ Names (``protocol.degradations``):
 * ``blur<s>``    Gaussian blur with standard deviation ``s`` pixels (GenImage: 3, 5) on each
   channel, ``scipy.ndimage.gaussian_filter`` (kernel truncated at 4 sigma, reflected borders).
 
-Each function is a pure function of the pixels, so a degraded view is computed once and cached.
+Each function is a pure function of the pixels, so a degraded copy of an image is computed once
+(``nsnet extract``, from the image's one decode) and its features kept in the store.
 """
 
 from __future__ import annotations

@@ -30,10 +30,13 @@ PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "moto
           "immunohistochemistry", "retina", "cat", "color")
 GENERATORS = ("tconv", "nn_conv", "bilinear")
 # The built-in random backbones (no download): what the demo and the tests must change.
-TINY_MODELS = {"clip.arch": "tiny", "clip.pretrained": "", "caption.model": "tiny"}
+TINY_MODELS = {"clip.arch": "tiny", "clip.pretrained": "", "caption.model": "tiny",
+               "recipes.cozzolino_arch": "tiny", "recipes.cozzolino_pretrained": ""}
 # The demo workspace is the project's params.yaml with only these values changed: the tiny
-# models, the demo data, and the demo's protocol (train on real + tconv, test on all three
-# generators, three degradations, a decision threshold and calibration fit on validation).
+# models, the demo data, the demo's protocol (train on real + tconv, test on all three
+# generators, three degradations, a decision threshold and calibration fit on validation) and
+# every head side by side in `nsnet compare`, each on its own recipe, from one extraction
+# (2 augmented crops per training image for univfd instead of 8, to keep the demo short).
 DEMO_VALUES = {
     **TINY_MODELS,
     "data.roots": ["data/demo"],
@@ -41,6 +44,8 @@ DEMO_VALUES = {
     "protocol.degradations": ["jpeg30", "resize64", "blur3"],
     "evaluate.threshold": "val_acc",
     "evaluate.calibration": "platt",
+    "compare.heads": ["composite_probe", "nsnet", "advanced", "univfd", "rine", "cozzolino"],
+    "recipes.crop_augmentations": 2,
 }
 
 

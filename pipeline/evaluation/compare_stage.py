@@ -1,5 +1,11 @@
 """Train every head on the same cache and print one comparison table (per source + mean).
 
+Each head reads its own recipe of features from the one store (``pipeline.config.HEAD_RECIPES``:
+the NS-Net family the patch composites and captions, UniversalFakeDetect the center-cropped
+image's embedding, RINE the class tokens of every block, Cozzolino et al. a second backbone),
+so every column is its method as its paper runs it. Under ``protocol.preset`` the published
+numbers of each method on that benchmark stand beside ours (``paper``).
+
 With ``views`` (``nsnet compare --views 1,4``) each head is also trained and scored on the first
 k patch-order views of the cache for each k: k = 1 is view 0 only (a one-view cache's
 features), k > 1 draws one of k views per image per epoch and averages k at test time, so the
@@ -11,42 +17,53 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.atomic import write_json
-from pipeline.config import Params
+from pipeline.config import HEAD_RECIPES, Params
+from pipeline.data.presets import published_results
 from pipeline.evaluation.evaluate_stage import evaluate_sets
-from pipeline.extraction.cached_features import load_features
 from pipeline.heads.decision import Decision
-from pipeline.heads.detectors import HEADS
-from pipeline.heads.train_stage import epoch_bar, train_head
+from pipeline.heads.train_stage import epoch_bar, epochs_of, head_features, train_head
 from pipeline.metrics import compact, details_path, pct
 from pipeline.provenance import base_provenance
 
 METRICS = ("acc", "real_acc", "fake_acc", "ap")
+# Our head -> the method name of the presets' published tables (pipeline.data.presets).
+PAPER_METHOD = {"univfd": "univfd", "rine": "rine", "cozzolino": "cozzolino", "nsnet": "nsnet"}
 
 
 def run_compare(params: Params, manifest: str | Path, features: str | Path,
-                heads: tuple[str, ...] = tuple(HEADS), out_json: str | Path | None = None,
+                heads: tuple[str, ...] | None = None, out_json: str | Path | None = None,
                 views: tuple[int, ...] = (), details_json: str | Path | None = None
                 ) -> dict[str, Any]:
-    """Train and score each head; with ``views``, once per number of patch-order views
-    (columns ``<head> K=<k>``).
+    """Train and score each head (default ``compare.heads``) on its recipe; with ``views``, the
+    composite-recipe heads once per number of patch-order views (columns ``<head> K=<k>``).
 
     ``out_json`` (a DVC metrics file) gets each column's test AP (mean over generators) as
     ``<head>_ap`` (``<head>_k<k>_ap`` with views); ``details_json`` (default
     ``<dir>/details/<name>``) the full tables. Returns the details.
     """
-    full = load_features(params, manifest, features)
-    sets = {k: full.first_views(k) for k in views} or {0: full}  # checks k before training
+    heads = tuple(params.compare.heads) if heads is None else heads
+    loaded: dict[str, tuple[Any, Any]] = {}
+    columns: list[tuple[str, str, Any, Any]] = []  # (name, head, features, training crops)
+    for kind in heads:
+        recipe = HEAD_RECIPES[kind]
+        if recipe not in loaded:
+            loaded[recipe] = head_features(params, manifest, features, kind)
+        fs, train_crops = loaded[recipe]
+        if recipe == "composite" and views:
+            columns += [(f"{kind} K={k}", kind, fs.first_views(k), None) for k in views]
+        else:
+            columns.append((kind, kind, fs, train_crops))
     results: dict[str, Any] = {}
-    with epoch_bar(params.train.epochs * len(heads) * len(sets), "compare") as bar:
-        for kind in heads:
-            for k, fs in sets.items():
-                result, config = train_head(params, kind, fs, bar=bar)
-                metrics, _ = evaluate_sets(params, fs, result.model,
-                                           Decision.from_bundle(config))
-                results[f"{kind} K={k}" if k else kind] = {
-                    "test": metrics.get("test"), "val": metrics.get("val"),
-                    "training": config["training"], "views": fs.n_views}
+    with epoch_bar(sum(epochs_of(params, kind) for _, kind, _, _ in columns), "compare") as bar:
+        for name, kind, fs, train_crops in columns:
+            result, config = train_head(params, kind, fs, bar=bar, train_crops=train_crops)
+            metrics, _ = evaluate_sets(params, fs, result.model, Decision.from_bundle(config))
+            results[name] = {"test": metrics.get("test"), "val": metrics.get("val"),
+                             "training": config["training"], "views": fs.n_views,
+                             "recipe": HEAD_RECIPES[kind]}
     out = {"heads": results, "view_average": params.evaluate.view_average,
+           "preset": params.protocol.preset,
+           "published": published_columns(params.protocol.preset, [k for _, k, _, _ in columns]),
            "provenance": base_provenance()}
     if out_json:
         write_json(details_json or details_path(out_json), out)
@@ -55,6 +72,22 @@ def run_compare(params: Params, manifest: str | Path, features: str | Path,
             prefix = name.replace(" K=", "_k") + "_"
             summary.update(compact((res["test"] or {}).get("mean", {}), ("ap",), prefix))
         write_json(out_json, summary)
+    return out
+
+
+def published_columns(preset: str, heads: list[str]) -> dict[str, dict[str, Any]]:
+    """Per head, the published mean accuracy / AP on ``preset`` (percent, with the source and
+    whether the protocol is the preset's), when the preset carries one."""
+    if preset in ("", "none"):
+        return {}
+    out = {}
+    for head in dict.fromkeys(heads):
+        method = PAPER_METHOD.get(head)
+        found = published_results(preset, method) if method else []
+        if found:
+            p = found[0]
+            out[head] = {"acc": p.acc, "ap": p.ap, "title": p.title, "source": p.source,
+                         "same_protocol": p.same_protocol, "note": p.note}
     return out
 
 
@@ -80,6 +113,16 @@ def format_comparison(out: dict[str, Any], split: str = "test") -> str:
             m = tab["mean"] if src == "mean" else tab["per_source"].get(src, {})
             cells.append("".join(f"{pct(m.get(k)):>7}" for k in METRICS) + "|")
         lines.append(f"{mean_label if src == 'mean' else src:<18}" + "".join(cells))
+    published = out.get("published") or {}
+    base = {h: h.split(" K=")[0] for h in heads}
+    if published and split == "test":
+        cells = []
+        for h in heads:
+            p = published.get(base[h])
+            vals = {"acc": p["acc"] / 100 if p and p.get("acc") is not None else None,
+                    "ap": p["ap"] / 100 if p and p.get("ap") is not None else None}
+            cells.append("".join(f"{pct(vals.get(k)):>7}" for k in METRICS) + "|")
+        lines.append(f"{'paper (published)':<18}" + "".join(cells))
     lines.append("")
     lines.append(f"{split} split, %; mean = over sources. Best epoch (val AP): " + ", ".join(
         f"{h} {out['heads'][h]['training']['best_epoch']}" for h in heads) + ".")
@@ -88,6 +131,10 @@ def format_comparison(out: dict[str, Any], split: str = "test") -> str:
         lines.append(f"K = patch-order views per image: K=1 trains and scores view 0 only; K>1 "
                      f"trains on one random view per image per epoch and scores the "
                      f"{out.get('view_average', 'mean_logit')} of the K views.")
+    for head, p in published.items() if split == "test" else ():
+        same = "same protocol" if p.get("same_protocol") else "another protocol"
+        lines.append(f"paper: {head} = {p['title']}, {p['source']} ({same}"
+                     f"{'; ' + p['note'] if p.get('note') else ''}).")
     for h in heads:
         tr = out["heads"][h]["training"]
         if "explained_variance" in tr:

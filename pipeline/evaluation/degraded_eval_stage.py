@@ -15,7 +15,12 @@ from typing import Any
 
 from pipeline.atomic import write_json
 from pipeline.config import Params
-from pipeline.evaluation.evaluate_stage import bundle_decision, decision_table, score
+from pipeline.evaluation.evaluate_stage import (
+    bundle_decision,
+    bundle_recipe,
+    decision_table,
+    score,
+)
 from pipeline.evaluation.protocol_rows import (
     protocol_table,
     protocol_test_set,
@@ -31,14 +36,14 @@ SUMMARY_KEYS = ("acc", "real_acc", "fake_acc", "ap")
 
 
 def degraded_result(params: Params, model: Any, manifest: str | Path, features: str | Path,
-                    degradation: str = "", decision: Decision | None = None
-                    ) -> dict[str, Any]:
+                    degradation: str = "", decision: Decision | None = None,
+                    recipe: str = "composite") -> dict[str, Any]:
     """Per-source table of the protocol's test rows under ``degradation`` ("" = clean).
 
     Reals shared between generators come back from the manifest's duplicate rows
     (``pipeline.evaluation.protocol_rows``), exactly as in ``nsnet evaluate``.
     """
-    fs = with_duplicate_members(load_features(params, manifest, features, degradation),
+    fs = with_duplicate_members(load_features(params, manifest, features, degradation, recipe),
                                 manifest)
     test = protocol_test_set(params, fs)
     if not len(test):
@@ -56,9 +61,11 @@ def run_evaluate_degraded(params: Params, manifest: str | Path, features: str | 
     model, config = load_bundle(model_dir)
     decision = bundle_decision(params, config, model_dir)
     metrics_dir = Path(metrics_dir)
-    results = {"clean": degraded_result(params, model, manifest, features, "", decision)}
+    recipe = bundle_recipe(config)
+    results = {"clean": degraded_result(params, model, manifest, features, "", decision, recipe)}
     for name in params.protocol.degradations:
-        results[name] = degraded_result(params, model, manifest, features, name, decision)
+        results[name] = degraded_result(params, model, manifest, features, name, decision,
+                                        recipe)
     summary = {
         "head": config["head"]["kind"], "threshold": decision.threshold,
         "preset": params.protocol.preset,

@@ -108,6 +108,11 @@ def evaluate_sets(params: Params, fs: FeatureSet, model: Any, decision: Decision
     return results, pd.concat(scored, ignore_index=True) if scored else pd.DataFrame()
 
 
+def bundle_recipe(config: dict[str, Any]) -> str:
+    """The feature recipe a bundle's head reads (bundles from before recipes: composite)."""
+    return str(config["head"].get("recipe") or "composite")
+
+
 def bundle_decision(params: Params, config: dict[str, Any], model_dir: str | Path) -> Decision:
     """The bundle's decision, after checking it was made with the current evaluate.* params
     and patch-order views."""
@@ -157,8 +162,9 @@ def run_evaluate(params: Params, manifest: str | Path, features: str | Path,
     decision threshold; ``details_json`` (default ``<dir>/details/<name>``) gets every table, the
     model and provenance. Returns the details.
     """
-    fs = with_duplicate_members(load_features(params, manifest, features), manifest)
     model, config = load_bundle(model_dir)
+    fs = with_duplicate_members(load_features(params, manifest, features,
+                                              recipe=bundle_recipe(config)), manifest)
     decision = bundle_decision(params, config, model_dir)
     threshold = decision.threshold
     results, scored = evaluate_sets(params, fs, model, decision)

@@ -26,7 +26,7 @@ import torch
 from pipeline.config import Params
 from pipeline.data.manifest import read_manifest
 from pipeline.data.presets import Preset, get_preset, match_sources
-from pipeline.extraction.cached_features import FeatureSet, _take, select
+from pipeline.extraction.cached_features import FeatureSet, select, take_rows
 from pipeline.metrics import (
     TABLE_KEYS,
     binary_metrics,
@@ -61,7 +61,7 @@ def with_duplicate_members(fs: FeatureSet, manifest: str | Path) -> FeatureSet:
     idx = torch.from_numpy(np.r_[np.arange(len(frame)), np.asarray(extra_idx)].astype(np.int64))
     new_frame = pd.concat([frame, pd.DataFrame(extra_rows, columns=frame.columns)],
                           ignore_index=True)
-    return FeatureSet(new_frame, _take(fs.image, idx), _take(fs.text, idx), fs.provenance)
+    return FeatureSet(new_frame, take_rows(fs.image, idx), take_rows(fs.text, idx), fs.provenance)
 
 
 def preset_table(frame: pd.DataFrame, preset: Preset, threshold: float,

@@ -42,6 +42,7 @@ class ArtifactHead(nn.Module):
 
 class _Base(nn.Module):
     kind = "base"
+    recipe = "composite"  # the features it reads (pipeline.config.HEAD_RECIPES)
 
     def __init__(self, dim: int, normalize: bool) -> None:
         super().__init__()
@@ -67,7 +68,7 @@ class CompositeProbe(_Base):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | None = None) -> HeadOutput:
         x = self._prep(x)
-        return HeadOutput(self.linear(x).squeeze(-1), None, x)
+        return HeadOutput(self.linear(x).squeeze(-1), None, x, prepared=x)
 
 
 class NSNet(_Base):
@@ -84,9 +85,10 @@ class NSNet(_Base):
         self.basis = basis.to(self.basis.device, torch.float32).contiguous()
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | None = None) -> HeadOutput:
-        xp = project_out_subspace(self._prep(x), self.basis)
+        x = self._prep(x)
+        xp = project_out_subspace(x, self.basis)
         logit, emb = self.head(xp)
-        return HeadOutput(logit, emb, xp)
+        return HeadOutput(logit, emb, xp, prepared=x)
 
 
 class SemanticMapper(nn.Module):
@@ -149,17 +151,18 @@ class AdvancedNSNet(_Base):
         else:
             xp = project_out_direction(x, f.detach() if self.mapper_kind == "detached" else f)
         logit, emb = self.head(xp)
-        return HeadOutput(logit, emb, xp, f)
+        return HeadOutput(logit, emb, xp, f, prepared=x)
 
 
 # train.* keys a head is built from (stored in a bundle's head.hparams)
 HPARAM_KEYS = ("hidden_dim", "proj_dim", "dropout", "nsnet_k", "normalize", "mapper")
-HEADS: dict[str, type[_Base]] = {"composite_probe": CompositeProbe, "nsnet": NSNet,
-                                 "advanced": AdvancedNSNet}
-# Other papers' heads on their own recipes (clip_crop, clip_layers, cozzolino): build_head makes
-# them; they join HEADS once the feature store computes their recipes.
+# The NS-Net family, on the composite recipe (patch composites + captions).
+COMPOSITE_HEADS: dict[str, type[_Base]] = {"composite_probe": CompositeProbe, "nsnet": NSNet,
+                                           "advanced": AdvancedNSNet}
+# Other papers' heads, each on its own recipe (clip_crop, clip_layers, cozzolino).
 BASELINE_HEADS: dict[str, type[torch.nn.Module]] = {"univfd": UnivFD, "rine": RINE,
                                                     "cozzolino": Cozzolino}
+HEADS: dict[str, type[torch.nn.Module]] = {**COMPOSITE_HEADS, **BASELINE_HEADS}
 RENAMED_HEADS = {"ufd": "composite_probe"}  # old name -> current (old bundles still load)
 
 
@@ -184,7 +187,6 @@ def build_head(kind: str, dim: int, **hparams: object) -> torch.nn.Module:
         head = build_head("advanced", 768, hidden_dim=512, proj_dim=128)
         out = head(image_features, text_features)  # out.logit (fake > 0)
     """
-    known = {**HEADS, **BASELINE_HEADS}
-    if kind not in known:
-        raise ValueError(f"unknown head {kind!r}; choose one of {', '.join(known)}")
-    return known[kind](dim, **hparams)
+    if kind not in HEADS:
+        raise ValueError(f"unknown head {kind!r}; choose one of {', '.join(HEADS)}")
+    return HEADS[kind](dim, **hparams)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -10,16 +11,24 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from pipeline.atomic import atomic_path
-from pipeline.config import Params
+from pipeline.config import HEAD_RECIPES, Params
 from pipeline.data.presets import get_preset, preset_training, training_sources
-from pipeline.extraction.cached_features import FeatureSet, load_features, select
+from pipeline.extraction.cached_features import (
+    FeatureSet,
+    Rows,
+    load_features,
+    select,
+    training_crops,
+)
 from pipeline.heads.bundle import save_bundle
 from pipeline.heads.decision import Decision, fit_decision
+from pipeline.heads.head_training import HeadTraining
 from pipeline.heads.training_loop import (
     HPARAM_KEYS,
     EpochCallback,
     TrainResult,
     fit,
+    head_shape,
     predict_logits,
 )
 from pipeline.provenance import base_provenance, fingerprint
@@ -30,7 +39,7 @@ def training_sets(params: Params, fs: FeatureSet) -> tuple[FeatureSet, FeatureSe
 
     The sources are the preset's training sources (those present) or
     ``protocol.train_sources`` ([] = all)."""
-    made_with = fs.provenance.get("train_reencode", "") or ""
+    made_with = fs.provenance.get("protocol", {}).get("train_reencode", "") or ""
     if params.protocol.train_reencode != made_with:
         raise ValueError(
             f"protocol.train_reencode={params.protocol.train_reencode!r} but the features were "
@@ -54,28 +63,24 @@ def _preset_info(params: Params, train: FeatureSet) -> dict[str, Any]:
 def bundle_config(params: Params, kind: str, result: TrainResult, fs: FeatureSet,
                   train: FeatureSet, dim: int, decision: Decision | None = None,
                   decision_report: dict[str, Any] | None = None) -> dict[str, Any]:
-    prov = fs.provenance
+    prov = fs.provenance  # spelled as params.yaml (pipeline.extraction.cached_features)
     decision = decision or Decision()
+    recipe = HEAD_RECIPES[kind]
     return {
-        "head": {"kind": kind, "dim": dim,
+        "head": {"kind": kind, "dim": dim, "recipe": recipe,
+                 "row_shape": list(prov.get("row_shape") or [dim]),
                  "hparams": {k: getattr(params.train, k) for k in HPARAM_KEYS}},
         "threshold": decision.threshold,
         "decision": {**decision.to_json(), **(decision_report or {})},
         # patch-order views the head was trained on, and how scoring combines them
         "views": {"count": fs.n_views, "average": params.evaluate.view_average},
         "uncertain_band": params.evaluate.uncertain_band,
-        "backbones": {
-            "clip": {k: prov.get(k) for k in ("clip_arch", "clip_pretrained", "weights",
-                                               "weights_blake2b", "mean", "std", "image_size",
-                                               "embed_dim")},
-            "blip": {"model": prov.get("blip_model"),
-                     "max_new_tokens": params.caption.max_new_tokens},
-            "patches": prov.get("patch_spec"),
-        },
+        "backbones": backbones(params, prov, recipe),
         "training": {
             "params": dataclasses.asdict(params.train),
             "protocol": dataclasses.asdict(params.protocol),
             "n_train": len(train), "train_sources": sorted(set(train.frame["source"])),
+            "recipe": recipe,
             "train_ids": fingerprint(train.frame["id"].tolist()),
             **_preset_info(params, train),
             "features": fingerprint(prov),
@@ -86,16 +91,52 @@ def bundle_config(params: Params, kind: str, result: TrainResult, fs: FeatureSet
     }
 
 
+def backbones(params: Params, prov: dict[str, Any], recipe: str) -> dict[str, Any]:
+    """What ``predict`` must run to make the head's input: the backbone that made the features
+    (its settings and facts, from the features' provenance), and BLIP plus the patch spec (the
+    composite recipe) or the recipe's own settings."""
+    clip = prov.get("clip", {})
+    r = params.recipes
+    arch, pretrained = clip.get("arch"), clip.get("pretrained")
+    if recipe == "cozzolino":  # its own backbone made the features
+        arch, pretrained = r.cozzolino_arch, r.cozzolino_pretrained
+    facts = {"clip_arch": arch, "clip_pretrained": pretrained,
+             **{k: clip.get(k) for k in ("weights", "weights_blake2b", "mean", "std",
+                                         "image_size", "embed_dim")}}
+    if recipe == "composite":
+        return {"clip": facts,
+                "blip": {"model": prov.get("caption", {}).get("model"),
+                         "max_new_tokens": params.caption.max_new_tokens},
+                "patches": {k: v for k, v in prov.get("patches", {}).items() if k != "views"}
+                or None}
+    spec: dict[str, Any] = {"name": recipe}
+    if recipe == "clip_layers":
+        spec["layers"] = r.layers if isinstance(r.layers, str) else list(r.layers)
+    if recipe == "cozzolino":
+        spec["backbone"] = {"arch": r.cozzolino_arch, "pretrained": r.cozzolino_pretrained}
+    return {"clip": facts, "recipe": spec}
+
+
 def epoch_bar(total: int, desc: str) -> tqdm:
     """A progress bar over training epochs (shows the last validation AP)."""
     return tqdm(total=total, desc=desc, unit="epoch", dynamic_ncols=True, mininterval=0.5)
 
 
+TrainViews = Callable[[pd.DataFrame], "Rows | None"]
+
+
 def train_head(params: Params, kind: str, fs: FeatureSet,
-               on_epoch: EpochCallback | None = None, bar: tqdm | None = None
-               ) -> tuple[TrainResult, dict[str, Any]]:
-    """Fit one head on the protocol's rows; ``bar`` (if given) advances once per epoch."""
+               on_epoch: EpochCallback | None = None, bar: tqdm | None = None,
+               train_crops: TrainViews | None = None) -> tuple[TrainResult, dict[str, Any]]:
+    """Fit one head on the protocol's rows; ``bar`` (if given) advances once per epoch.
+
+    ``fs`` holds the features of the head's recipe; ``train_crops(frame)`` (the cropped
+    recipes) gives the training rows' augmented crops, which the head trains on instead of the
+    test-time crop, one drawn per image per epoch (validation and test read crop 0)."""
     train, val = training_sets(params, fs)
+    views = train_crops(train.frame) if train_crops is not None else None
+    if views is not None:
+        train = train.with_image(views)
 
     def epoch_done(row: dict[str, float]) -> None:
         if bar is not None:
@@ -111,14 +152,30 @@ def train_head(params: Params, kind: str, fs: FeatureSet,
         params.evaluate.threshold, params.evaluate.calibration,
         predict_logits(result.model, val.image, val.text,
                        average=params.evaluate.view_average), val.frame["label"].to_numpy())
-    return result, bundle_config(params, kind, result, fs, train, fs.dim,
+    return result, bundle_config(params, kind, result, fs, train, head_shape(kind, fs)[0],
                                  decision, report)
+
+
+def head_features(params: Params, manifest: str | Path, features: str | Path, kind: str
+                  ) -> tuple[FeatureSet, TrainViews | None]:
+    """The features of ``kind``'s recipe, and its training crops (the cropped recipes)."""
+    recipe = HEAD_RECIPES[kind]
+    fs = load_features(params, manifest, features, recipe=recipe)
+    if recipe in ("clip_crop", "clip_layers"):
+        return fs, lambda frame: training_crops(params, features, recipe, frame)
+    return fs, None
+
+
+def epochs_of(params: Params, kind: str) -> int:
+    """How many epochs ``kind`` trains for at most (its paper's, or ``train.epochs``)."""
+    return HeadTraining.of(kind, params.train).epochs
 
 
 def run_train(params: Params, manifest: str | Path, features: str | Path, out_dir: str | Path,
               log_csv: str | Path) -> dict[str, Any]:
     """Train ``train.head``; the per-epoch log (a DVC plots file) is rewritten every epoch."""
-    fs = load_features(params, manifest, features)
+    kind = params.train.head
+    fs, views = head_features(params, manifest, features, kind)
     rows: list[dict[str, float]] = []
 
     def log_epoch(row: dict[str, float]) -> None:
@@ -126,7 +183,7 @@ def run_train(params: Params, manifest: str | Path, features: str | Path, out_di
         with atomic_path(log_csv) as tmp:
             pd.DataFrame(rows).to_csv(tmp, index=False)
 
-    with epoch_bar(params.train.epochs, "train") as bar:
-        result, config = train_head(params, params.train.head, fs, log_epoch, bar)
+    with epoch_bar(epochs_of(params, kind), "train") as bar:
+        result, config = train_head(params, kind, fs, log_epoch, bar, views)
     save_bundle(out_dir, result.model, config)
     return config["training"]

@@ -29,8 +29,9 @@ def before_after(model: torch.nn.Module, fs: FeatureSet, batch_size: int = 4096
     for i in range(0, len(fs), batch_size):
         x = fs.image[i:i + batch_size].to(device).float()
         t = fs.text[i:i + batch_size].to(device).float()
-        xs.append(model._prep(x).cpu())
-        ps.append(model(x, t).projected.cpu())
+        out = model(x, t)
+        xs.append(out.prepared.cpu())
+        ps.append(out.projected.cpu())
     return torch.cat(xs).numpy(), torch.cat(ps).numpy()
 
 
@@ -69,8 +70,9 @@ def run_tsne(params: Params, manifest: str | Path, features: str | Path,
     """Draw the 2 x 2 t-SNE figure; return counts and the label separation before/after."""
     from pipeline.reports.figures import render_tsne
 
-    fs = load_features(params, manifest, features)
     model, config = load_bundle(model_dir)
+    fs = load_features(params, manifest, features,
+                       recipe=str(config["head"].get("recipe") or "composite"))
     keep = np.zeros(len(fs), bool)
     keep[subsample(len(fs), params.figures.tsne_points, params.seed)] = True
     fs = fs.subset(keep).first_views(1)  # one point per image: patch-order view 0
