@@ -312,7 +312,8 @@ def audit_shortcut(ctx: Context) -> str:
 def test(ctx: Context) -> str:
     """`make test` (the whole suite: about 15 minutes on 2 cores), first and last lines."""
     lines = ctx.run(*make("test"), cwd=ROOT)
-    lines = [x for x in lines if x.strip() and not x.startswith("make")]
+    lines = [x.replace(f"{BIN}/", ".venv/bin/") for x in lines  # as `make test` echoes them
+             if x.strip() and not x.startswith("make")]
     return "\n".join(["$ make test", *lines[:3], "...", lines[-1]])
 
 
