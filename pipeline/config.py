@@ -153,6 +153,8 @@ class TrainParams:
     normalize: bool = True
     balance: bool = True
     seed: int = field(default=0, metadata=_check(0))
+    # several seeds: every number becomes mean ± std over them; [] = the one train.seed
+    seeds: list[int] = field(default_factory=list)
     device: str = "auto"
 
 
@@ -183,6 +185,17 @@ class FigureParams:
     tsne_perplexity: float = field(default=30.0, metadata=_check(1.0, 1000.0))
 
 
+MATRIX_METRICS = ("acc", "ap", "real_acc", "fake_acc", "auc")
+
+
+@dataclass
+class MatrixParams:
+    """The cross-generator matrix (``nsnet matrix``): train on each source in turn."""
+
+    train_sources: list[str] = field(default_factory=list)  # [] = every generator with train
+    metric: str = field(default="acc", metadata=_check(choices=MATRIX_METRICS))  # heatmap cells
+
+
 @dataclass
 class Params:
     seed: int = field(default=0, metadata=_check(0))
@@ -196,6 +209,7 @@ class Params:
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     audit: AuditParams = field(default_factory=AuditParams)
     figures: FigureParams = field(default_factory=FigureParams)
+    matrix: MatrixParams = field(default_factory=MatrixParams)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -336,9 +350,18 @@ def _cross_checks(p: Params) -> None:
                     f"protocol.{key}: protocol.preset {p.protocol.preset!r} sets the training "
                     "sources and test rows; leave train_sources and test_sources empty ([])"
                 )
+    _check_seeds(p.train.seeds)
     _check_degradations(p)
     _check_threshold(p.evaluate.threshold)
     _check_reencode(p.protocol.train_reencode)
+
+
+def _check_seeds(seeds: list[int]) -> None:
+    for i, seed in enumerate(seeds):
+        if seed < 0:
+            raise ParamsError(f"train.seeds[{i}]: {seed} is out of range (must be >= 0)")
+    if len(set(seeds)) != len(seeds):
+        raise ParamsError(f"train.seeds: seeds repeat in {seeds}; each seed is one run")
 
 
 # ----------------------------------------------------------------------------- decision threshold

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +12,9 @@ from tqdm.auto import tqdm
 
 from pipeline.atomic import atomic_path
 from pipeline.config import Params
-from pipeline.data.presets import get_preset, preset_training, training_sources
-from pipeline.extraction.cached_features import FeatureSet, load_features, select
+from pipeline.data.experiment import Experiment, resolve_experiment, with_seed
+from pipeline.data.presets import preset_training
+from pipeline.extraction.cached_features import FeatureSet, load_features
 from pipeline.heads.bundle import save_bundle
 from pipeline.heads.decision import Decision, fit_decision
 from pipeline.heads.training_loop import (
@@ -24,12 +26,14 @@ from pipeline.heads.training_loop import (
 )
 from pipeline.provenance import base_provenance, fingerprint
 
+SEEDS_DIR = "seeds"  # models/detector/seeds/<seed>/: the bundles of train.seeds after the first
 
-def training_sets(params: Params, fs: FeatureSet) -> tuple[FeatureSet, FeatureSet]:
-    """Train and validation rows of the protocol (validation = same sources, val split).
 
-    The sources are the preset's training sources (those present) or
-    ``protocol.train_sources`` ([] = all)."""
+def training_sets(params: Params, fs: FeatureSet, experiment: Experiment | None = None
+                  ) -> tuple[FeatureSet, FeatureSet]:
+    """Train and validation rows of the experiment (validation = same sources, val split):
+    the preset's training sources (those present) or ``protocol.train_sources`` ([] = all).
+    Without ``experiment`` it is resolved from ``params`` and ``fs``'s rows."""
     made_with = fs.provenance.get("protocol", {}).get("train_reencode", "") or ""
     if params.protocol.train_reencode != made_with:
         raise ValueError(
@@ -37,13 +41,12 @@ def training_sets(params: Params, fs: FeatureSet) -> tuple[FeatureSet, FeatureSe
             f"computed with train_reencode={made_with!r}; rerun `nsnet extract` (or "
             "`dvc repro`) so that the training images are re-encoded as the params say"
         )
-    known = fs.frame.loc[fs.frame["split"].isin(["train", "val"]), "source"]
-    sources = training_sources(params, known)
-    return select(fs, "train", sources), select(fs, "val", sources)
+    exp = experiment or resolve_experiment(params, fs.frame)
+    return fs.subset(exp.train_mask(fs.frame)), fs.subset(exp.val_mask(fs.frame))
 
 
-def _preset_info(params: Params, train: FeatureSet) -> dict[str, Any]:
-    preset = get_preset(params.protocol.preset)
+def _preset_info(exp: Experiment, train: FeatureSet) -> dict[str, Any]:
+    preset = exp.preset
     if preset is None:
         return {}
     _, missing = preset_training(preset, set(train.frame["source"]))
@@ -53,9 +56,11 @@ def _preset_info(params: Params, train: FeatureSet) -> dict[str, Any]:
 
 def bundle_config(params: Params, kind: str, result: TrainResult, fs: FeatureSet,
                   train: FeatureSet, dim: int, decision: Decision | None = None,
-                  decision_report: dict[str, Any] | None = None) -> dict[str, Any]:
+                  decision_report: dict[str, Any] | None = None,
+                  experiment: Experiment | None = None) -> dict[str, Any]:
     prov = fs.provenance  # spelled as params.yaml (pipeline.extraction.cached_features)
     clip, caption = prov.get("clip", {}), prov.get("caption", {})
+    exp = experiment or resolve_experiment(params, fs.frame)
     decision = decision or Decision()
     return {
         "head": {"kind": kind, "dim": dim,
@@ -79,7 +84,7 @@ def bundle_config(params: Params, kind: str, result: TrainResult, fs: FeatureSet
             "protocol": dataclasses.asdict(params.protocol),
             "n_train": len(train), "train_sources": sorted(set(train.frame["source"])),
             "train_ids": fingerprint(train.frame["id"].tolist()),
-            **_preset_info(params, train),
+            **_preset_info(exp, train),
             "features": fingerprint(prov),
             "best_epoch": result.best_epoch, "best_val_ap": result.best_val_ap,
             **result.info,
@@ -94,10 +99,12 @@ def epoch_bar(total: int, desc: str) -> tqdm:
 
 
 def train_head(params: Params, kind: str, fs: FeatureSet,
-               on_epoch: EpochCallback | None = None, bar: tqdm | None = None
-               ) -> tuple[TrainResult, dict[str, Any]]:
-    """Fit one head on the protocol's rows; ``bar`` (if given) advances once per epoch."""
-    train, val = training_sets(params, fs)
+               on_epoch: EpochCallback | None = None, bar: tqdm | None = None,
+               experiment: Experiment | None = None) -> tuple[TrainResult, dict[str, Any]]:
+    """Fit one head (seed ``train.seed``) on the experiment's training rows (resolved from
+    ``params`` when not given); ``bar`` (if given) advances once per epoch."""
+    exp = experiment or resolve_experiment(params, fs.frame)
+    train, val = training_sets(params, fs, exp)
 
     def epoch_done(row: dict[str, float]) -> None:
         if bar is not None:
@@ -114,13 +121,23 @@ def train_head(params: Params, kind: str, fs: FeatureSet,
         predict_logits(result.model, val.image, val.text,
                        average=params.evaluate.view_average), val.frame["label"].to_numpy())
     return result, bundle_config(params, kind, result, fs, train, fs.dim,
-                                 decision, report)
+                                 decision, report, exp)
+
+
+def seed_dir(out_dir: str | Path, seed: int) -> Path:
+    """Where the bundle of a further seed of ``train.seeds`` goes."""
+    return Path(out_dir) / SEEDS_DIR / str(seed)
 
 
 def run_train(params: Params, manifest: str | Path, features: str | Path, out_dir: str | Path,
               log_csv: str | Path) -> dict[str, Any]:
-    """Train ``train.head``; the per-epoch log (a DVC plots file) is rewritten every epoch."""
+    """Train ``train.head`` once per seed of the experiment. The first seed's bundle is
+    ``out_dir`` (what predict, explain and serve load) and its per-epoch log ``log_csv`` (a
+    DVC plots file, rewritten every epoch); every further seed's bundle goes to
+    ``out_dir/seeds/<seed>`` for ``nsnet evaluate``. Returns the first seed's training
+    record, with ``seeds`` (each seed's best epoch and val AP) when there are several."""
     fs = load_features(params, manifest, features)
+    exp = resolve_experiment(params, manifest)
     rows: list[dict[str, float]] = []
 
     def log_epoch(row: dict[str, float]) -> None:
@@ -128,7 +145,18 @@ def run_train(params: Params, manifest: str | Path, features: str | Path, out_di
         with atomic_path(log_csv) as tmp:
             pd.DataFrame(rows).to_csv(tmp, index=False)
 
-    with epoch_bar(params.train.epochs, "train") as bar:
-        result, config = train_head(params, params.train.head, fs, log_epoch, bar)
-    save_bundle(out_dir, result.model, config)
-    return config["training"]
+    runs: dict[int, dict[str, Any]] = {}
+    with epoch_bar(params.train.epochs * exp.n_seeds, "train") as bar:
+        for i, seed in enumerate(exp.seeds):
+            result, config = train_head(with_seed(params, seed), params.train.head, fs,
+                                        log_epoch if i == 0 else None, bar, exp)
+            if i == 0:
+                save_bundle(out_dir, result.model, config)
+                shutil.rmtree(Path(out_dir) / SEEDS_DIR, ignore_errors=True)
+                first = config["training"]
+            else:
+                save_bundle(seed_dir(out_dir, seed), result.model, config)
+            runs[seed] = {"best_epoch": result.best_epoch, "best_val_ap": result.best_val_ap}
+    if exp.n_seeds > 1:
+        return {**first, "seeds": runs}
+    return first

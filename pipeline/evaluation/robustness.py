@@ -1,0 +1,42 @@
+"""Robustness curves: every head on the clean test set and on each degraded copy.
+
+Each head of the experiment is trained once per seed on the experiment's training rows (clean
+features, as ``nsnet compare``) and scored on the clean test rows and on their copies under
+every ``protocol.degradations`` entry (computed by ``nsnet extract`` in the feature store), as
+the robustness figures of GenImage and AIGIBench plot them: one line per method against the
+degradation's strength. ``nsnet evaluate-degraded`` scores the trained bundle alone; this
+compares the heads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import Params
+from pipeline.data.experiment import Experiment, with_seed
+from pipeline.evaluation.degraded_eval_stage import degraded_sets, degraded_table
+from pipeline.evaluation.seeds import over_seeds
+from pipeline.extraction.cached_features import load_features
+from pipeline.heads.decision import Decision
+from pipeline.heads.train_stage import train_head
+
+
+def robustness(params: Params, exp: Experiment, manifest: str | Path, features: str | Path,
+               heads: tuple[str, ...], bar: Any = None) -> dict[str, Any]:
+    """``{"heads", "degradations", "results": {head: {"clean" | name: table}}, "seeds"}``;
+    tables are means over the seeds with ``std`` beside them."""
+    fs = load_features(params, manifest, features)
+    sets = degraded_sets(params, exp, manifest, features)
+    results: dict[str, dict[str, Any]] = {}
+    for kind in heads:
+        runs: dict[str, dict[int, Any]] = {name: {} for name in sets}
+        for seed in exp.seeds:
+            result, config = train_head(with_seed(params, seed), kind, fs, bar=bar,
+                                        experiment=exp)
+            decision = Decision.from_bundle(config)
+            for name, test in sets.items():
+                runs[name][seed] = degraded_table(params, exp, result.model, test, decision)
+        results[kind] = {name: over_seeds(per) for name, per in runs.items()}
+    return {"heads": list(heads), "degradations": list(params.protocol.degradations),
+            "results": results, "seeds": list(exp.seeds), "preset": exp.preset_name}

@@ -1,0 +1,80 @@
+"""The ``matrix`` stage: the cross-generator matrix, its metrics file and its heatmap."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.atomic import write_json
+from pipeline.config import Params
+from pipeline.data.experiment import matrix_sources, resolve_experiment
+from pipeline.evaluation.matrix import MEAN, cross_generator, grid, unseen_summary
+from pipeline.extraction.cached_features import load_features
+from pipeline.heads.train_stage import epoch_bar
+from pipeline.metrics import details_path, pct_pm, rounded
+from pipeline.provenance import base_provenance
+from pipeline.reports.result_figures import render_matrix
+
+
+def run_matrix(params: Params, manifest: str | Path, features: str | Path,
+               out_json: str | Path, png: str | Path, details_json: str | Path | None = None,
+               heads: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Train every head on every matrix source, test on every test row; write the metrics
+    file (per head: the mean ``matrix.metric`` over the unseen cells, ``<head>_unseen_<m>``),
+    the full tables (``details_json``, default ``<dir>/details/<name>``) and the heatmap."""
+    exp = resolve_experiment(params, manifest, *([heads] if heads else []))
+    fs = load_features(params, manifest, features)
+    n = len(matrix_sources(exp, params.matrix.train_sources))  # fails before any training
+    with epoch_bar(params.train.epochs * len(exp.heads) * n * exp.n_seeds, "matrix") as bar:
+        matrix = cross_generator(params, exp, fs, exp.heads, bar)
+    matrix["provenance"] = base_provenance()
+    write_json(details_json or details_path(out_json), matrix)
+    write_json(out_json, matrix_summary(matrix))
+    render_matrix(matrix, png, params.matrix.metric)
+    return matrix
+
+
+def matrix_summary(matrix: dict[str, Any]) -> dict[str, Any]:
+    """The compact numbers: each head's mean ``metric`` over the cross-generator cells (the
+    training source tested on other sources), ``_std`` and ``n_seeds`` with several seeds."""
+    metric = matrix["metric"]
+    out: dict[str, Any] = {}
+    for head in matrix["heads"]:
+        mean, std = unseen_summary(matrix, head, metric)
+        out[f"{head}_unseen_{metric}"] = rounded(mean)
+        if std is not None:
+            out[f"{head}_unseen_{metric}_std"] = rounded(std)
+    if len(matrix.get("seeds") or ()) > 1:
+        out["n_seeds"] = len(matrix["seeds"])
+    return out
+
+
+def format_matrix(matrix: dict[str, Any], metric: str | None = None) -> str:
+    """Per head: rows = trained on, columns = tested on + row mean, cells in % (``mean±std``
+    over seeds); ``*`` marks a cell of the training source itself."""
+    metric = metric or matrix["metric"]
+    cols = matrix["columns"]
+    several = len(matrix.get("seeds") or ()) > 1
+    width = max(12 if several else 8, *(len(c) + 2 for c in [*cols, MEAN]))
+    name_w = max(12, *(len(s) + 2 for s in matrix["train_sources"]))
+    blocks = []
+    for head in matrix["heads"]:
+        values, std = grid(matrix, head, metric)
+        lines = [f"[{head}] test {metric} (%): rows = trained on, columns = tested on",
+                 f"{'trained on':<{name_w}}" + "".join(f"{c:>{width}}" for c in [*cols, MEAN])]
+        for i, src in enumerate(matrix["train_sources"]):
+            cells = []
+            for j, col in enumerate([*cols, MEAN]):
+                sd = None if std is None or np.isnan(std[i, j]) else float(std[i, j])
+                text = pct_pm(None if np.isnan(values[i, j]) else float(values[i, j]), sd)
+                seen = col in matrix["diagonal"].get(src, [])
+                cells.append(f"{text + ('*' if seen else ''):>{width}}")
+            lines.append(f"{src:<{name_w}}" + "".join(cells))
+        mean, sd = unseen_summary(matrix, head, metric)
+        lines.append(f"unseen mean (cells without *): {pct_pm(mean, sd)}")
+        blocks.append("\n".join(lines))
+    note = ("\n* the training source's own test row. mean = the row's mean over its test rows."
+            + (f" mean±std over {len(matrix['seeds'])} seeds (train.seeds)." if several else ""))
+    return "\n\n".join(blocks) + note
