@@ -289,7 +289,7 @@ def to_latex(tables: list[Table]) -> str:
                 quoted_started = True
                 body += ["\\midrule",
                          f"\\multicolumn{{{len(t.columns) + 1}}}{{l}}{{\\emph{{quoted "
-                         "(published, not measured here)}}}} \\\\"]
+                         "(published, not measured here)}} \\\\"]
             body.append(" & ".join([latex_escape(r.name), *_cells(t, r, True)]) + " \\\\")
         body += ["\\bottomrule", "\\end{tabular}"]
         if wide:
