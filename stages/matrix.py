@@ -35,8 +35,8 @@ def parse_heads(heads: str) -> tuple[str, ...] | None:
 @features_option
 @heads_option
 @click.option("--out", default="metrics/matrix.json", show_default=True,
-              help="Metrics JSON to write: each head's mean matrix.metric over the cells of "
-                   "sources it was not trained on (<head>_unseen_<metric>).")
+              help="Metrics JSON to write: each head's mean AP over the cells of sources it "
+                   "was not trained on (<head>_ap).")
 @click.option("--details", default=None,
               help="Full results to write: every cell's table [default: details/<name> "
                    "beside --out, i.e. metrics/details/matrix.json].")

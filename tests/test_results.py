@@ -69,8 +69,7 @@ def test_matrix_trains_on_each_generator_with_the_reals_and_tests_on_all(matrix_
            if g != t]
     assert unseen_mean(out, "nsnet", "acc") == pytest.approx(np.mean(off))
     summary = json.loads((work / "matrix.json").read_text())
-    assert summary == {f"{h}_unseen_acc": round(unseen_mean(out, h, "acc"), 4)
-                       for h in out["heads"]}
+    assert summary == {f"{h}_ap": round(unseen_mean(out, h, "ap"), 4) for h in out["heads"]}
     details = json.loads((work / "details" / "matrix.json").read_text())
     assert details["columns"] == tested
     text = format_matrix(out)
@@ -107,8 +106,7 @@ def test_matrix_sources_param_and_heads_option(built_cache, tmp_path):
         "--features", str(built_cache.features), "--heads", "composite_probe",
         "--out", str(tmp_path / "m.json"), "--plot", str(tmp_path / "m.png")])
     assert res.exit_code == 0, res.output
-    assert json.loads((tmp_path / "m.json").read_text()).keys() == {
-        "composite_probe_unseen_ap"}
+    assert json.loads((tmp_path / "m.json").read_text()).keys() == {"composite_probe_ap"}
     assert "[composite_probe] test ap (%)" in res.stdout
     raw["matrix"] = {"train_sources": ["real"], "metric": "acc"}
     write_params(params_file, raw)

@@ -22,8 +22,8 @@ def run_matrix(params: Params, manifest: str | Path, features: str | Path,
                out_json: str | Path, png: str | Path, details_json: str | Path | None = None,
                heads: tuple[str, ...] | None = None) -> dict[str, Any]:
     """Train every head on every matrix source, test on every test row; write the metrics
-    file (per head: the mean ``matrix.metric`` over the unseen cells, ``<head>_unseen_<m>``),
-    the full tables (``details_json``, default ``<dir>/details/<name>``) and the heatmap."""
+    file (per head: the mean AP over the unseen cells, ``<head>_ap``), the full tables
+    (``details_json``, default ``<dir>/details/<name>``) and the heatmap of ``matrix.metric``."""
     exp = resolve_experiment(params, manifest, *([heads] if heads else []))
     fs = load_features(params, manifest, features)
     n = len(matrix_sources(exp, params.matrix.train_sources))  # fails before any training
@@ -36,16 +36,19 @@ def run_matrix(params: Params, manifest: str | Path, features: str | Path,
     return matrix
 
 
+SUMMARY_METRIC = "ap"  # threshold-free; the column names compare.json uses (<head>_ap)
+
+
 def matrix_summary(matrix: dict[str, Any]) -> dict[str, Any]:
-    """The compact numbers: each head's mean ``metric`` over the cross-generator cells (the
-    training source tested on other sources), ``_std`` and ``n_seeds`` with several seeds."""
-    metric = matrix["metric"]
+    """The compact numbers: each head's mean AP over the cross-generator cells (trained on one
+    source, tested on another) as ``<head>_ap`` (the names, so the columns, of compare.json:
+    `dvc metrics show` stays narrow), ``_std`` and ``n_seeds`` with several seeds."""
     out: dict[str, Any] = {}
     for head in matrix["heads"]:
-        mean, std = unseen_summary(matrix, head, metric)
-        out[f"{head}_unseen_{metric}"] = rounded(mean)
+        mean, std = unseen_summary(matrix, head, SUMMARY_METRIC)
+        out[f"{head}_{SUMMARY_METRIC}"] = rounded(mean)
         if std is not None:
-            out[f"{head}_unseen_{metric}_std"] = rounded(std)
+            out[f"{head}_{SUMMARY_METRIC}_std"] = rounded(std)
     if len(matrix.get("seeds") or ()) > 1:
         out["n_seeds"] = len(matrix["seeds"])
     return out

@@ -145,7 +145,7 @@ def render_robustness(rob: dict[str, Any], out: str | Path) -> Path:
                     ax.set_title(kind if kind != "clean" else "clean")
         for r, metric in enumerate(("acc", "ap")):
             lo = lows[metric] if np.isfinite(lows[metric]) else 0.0
-            axes[r, 0].set_ylim(max(0.0, min(10 * np.floor((lo - 3) / 10), 90.0)), 101)
+            axes[r, 0].set_ylim(max(0.0, min(10 * np.floor((lo - 5) / 10), 90.0)), 101)
         legend_beside(fig, handles, heads, title="head (dotted: 50% accuracy, chance)")
         fig.suptitle(f"Robustness: mean over test rows under each degradation"
                      f"{_seeds_text(n_seeds)}", x=0.02, ha="left")

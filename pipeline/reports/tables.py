@@ -34,6 +34,7 @@ DASH = "–"
 class Cell:
     value: float | None = None  # a fraction (0.812), None = not available
     std: float | None = None
+    marked: bool = False  # printed in italics (the matrix: the training source's own row)
 
     def text(self, latex: bool = False) -> str:
         if self.value is None:
@@ -182,11 +183,13 @@ def matrix_tables(matrix: dict[str, Any], metric: str | None = None) -> list[Tab
         values, std = grid(matrix, head, metric)
         rows = []
         for i, src in enumerate(matrix["train_sources"]):
+            seen = matrix["diagonal"].get(src, [])
             rows.append(Row(src, [Cell(_num(values[i, j]),
-                                       None if std is None else _num(std[i, j]))
+                                       None if std is None else _num(std[i, j]),
+                                       j < len(cols) and cols[j] in seen)
                                   for j in range(len(cols) + 1)]))
-        notes = [f"Rows: trained on; columns: tested on; {MEAN} = the row's mean. Test "
-                 f"{METRICS.get(metric, metric)} (%)."]
+        notes = [f"Rows: trained on; columns: tested on; {MEAN} = the row's mean; italic: the "
+                 f"training source's own test row. Test {METRICS.get(metric, metric)} (%)."]
         if n_seeds > 1:
             notes.append(f"mean ± sample std over {n_seeds} seeds (train.seeds).")
         out.append(Table(f"matrix-{head}", f"Cross-generator matrix, {head}: test "
@@ -234,6 +237,10 @@ def _bold(text: str, latex: bool) -> str:
     return f"**{value}**" + (f" ± {rest}" if rest else "")
 
 
+def _italic(text: str, latex: bool) -> str:
+    return f"\\textit{{{text}}}" if latex else f"*{text}*"
+
+
 def _cells(table: Table, row: Row, latex: bool) -> list[str]:
     best = table.best()
     out = []
@@ -241,6 +248,8 @@ def _cells(table: Table, row: Row, latex: bool) -> list[str]:
         text = cell.text(latex)
         if best[j] is not None and cell.key == best[j]:
             text = _bold(text, latex)
+        if cell.marked and cell.value is not None:
+            text = _italic(text, latex)
         out.append(text)
     return out
 
