@@ -322,3 +322,25 @@ def test_style_series_colours_differ_and_text_reads_on_every_cell():
         text = to_rgb(text_colour(cmap(v)))
         text_lum = 0.2126 * text[0] + 0.7152 * text[1] + 0.0722 * text[2]
         assert abs(lum - text_lum) > 0.4, v  # black on light cells, white on dark ones
+
+
+def test_a_matrix_row_without_validation_fakes_decides_at_half():
+    import pandas as pd
+    import torch
+
+    from pipeline.data.experiment import resolve_experiment
+    from pipeline.evaluation.matrix import decision_for
+    from pipeline.extraction.cached_features import FeatureSet
+
+    rows = [(f"r{s}{i}", "real", s, 0) for s in ("train", "val", "test") for i in range(2)]
+    rows += [(f"t{s}{i}", "tconv", s, 1) for s in ("train", "test") for i in range(2)]
+    frame = pd.DataFrame(rows, columns=["id", "source", "split", "label"]).assign(path="")
+    fs = FeatureSet(frame, torch.zeros(len(frame), 4), torch.zeros(len(frame), 4), {})
+    raw = tiny_raw("unused", evaluate={"threshold": "val_acc", "calibration": "platt"})
+    params = params_from_dict(raw)
+    exp = resolve_experiment(params, frame).with_training(["tconv"])
+    changed, note = decision_for(params, exp, fs)
+    assert (changed.evaluate.threshold, changed.evaluate.calibration) == (0.5, "none")
+    assert note == "no fake validation images of tconv, real: decided at 0.5, uncalibrated"
+    fixed = params_from_dict(tiny_raw("unused"))  # 0.5, none: nothing to fit, no note
+    assert decision_for(fixed, exp, fs) == (fixed, "")

@@ -10,11 +10,12 @@ them, with its standard deviation. Only heads are trained; the cached features a
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
 
-from pipeline.config import Params
+from pipeline.config import Params, parse_threshold
 from pipeline.data.experiment import Experiment, matrix_sources, with_seed
 from pipeline.evaluation.evaluate_stage import evaluate_sets
 from pipeline.evaluation.protocol_rows import with_duplicate_members
@@ -24,6 +25,26 @@ from pipeline.heads.decision import Decision
 from pipeline.heads.train_stage import train_head
 
 MEAN = "mean"
+FALLBACK = "†"  # marks a row whose decision fell back to 0.5 (see ``decision_for``)
+
+
+def decision_for(params: Params, exp: Experiment, fs: FeatureSet) -> tuple[Params, str]:
+    """``params`` unchanged when the training sources' validation rows can fit the
+    decision (``evaluate.threshold`` rule, ``evaluate.calibration``); else params deciding
+    at 0.5 without calibration, and why. A single generator's validation split of a small
+    tree may hold no fakes: that row is then still trained and tested, at the fixed 0.5
+    the benchmarks' own code uses, and marked."""
+    fixed = parse_threshold(params.evaluate.threshold).kind == "fixed"
+    if fixed and params.evaluate.calibration == "none":
+        return params, ""
+    labels = set(fs.frame.loc[exp.val_mask(fs.frame), "label"].tolist())
+    if {0, 1} <= labels:
+        return params, ""
+    lacking = " and ".join(w for w, y in (("real", 0), ("fake", 1)) if y not in labels)
+    evaluate = dataclasses.replace(params.evaluate, threshold=0.5, calibration="none")
+    return (dataclasses.replace(params, evaluate=evaluate),
+            f"no {lacking} validation images of {', '.join(exp.train_sources or ())}: "
+            "decided at 0.5, uncalibrated")
 
 
 def train_and_test(params: Params, exp: Experiment, kind: str, fs: FeatureSet,
@@ -32,6 +53,7 @@ def train_and_test(params: Params, exp: Experiment, kind: str, fs: FeatureSet,
     """(each seed's test table, first seed's training record) of ``kind`` trained on
     ``exp``'s training rows of ``fs`` and scored on ``scored``."""
     runs, first = {}, {}
+    params, note = decision_for(params, exp, fs)
     for seed in exp.seeds:
         result, config = train_head(with_seed(params, seed), kind, fs, bar=bar, experiment=exp)
         metrics, _ = evaluate_sets(params, scored, result.model, Decision.from_bundle(config),
@@ -40,7 +62,7 @@ def train_and_test(params: Params, exp: Experiment, kind: str, fs: FeatureSet,
             raise ValueError("the cross-generator matrix needs test rows: the experiment has "
                              "none (protocol.test_sources, data.roots)")
         runs[seed] = metrics["test"]
-        first = first or config["training"]
+        first = first or {**config["training"], "decision_note": note}
     return runs, first
 
 
@@ -68,8 +90,8 @@ def cross_generator(params: Params, exp: Experiment, fs: FeatureSet, heads: tupl
             sub = exp.with_training([source])
             runs, training = train_and_test(params, sub, kind, fs, scored, bar)
             cells[kind][source] = {"test": over_seeds(runs), "training": {
-                "train_sources": training["train_sources"], "n_train": training["n_train"],
-                "best_epoch": training["best_epoch"], "best_val_ap": training["best_val_ap"]}}
+                k: training[k] for k in ("train_sources", "n_train", "best_epoch",
+                                         "best_val_ap", "decision_note")}}
             if len(runs) > 1:
                 cells[kind][source]["per_seed"] = runs
     tables = [c["test"] for row in cells.values() for c in row.values()]
@@ -136,3 +158,9 @@ def unseen_summary(matrix: dict[str, Any], head: str, metric: str) -> tuple[floa
     if not len(per):
         return float("nan"), float("nan")
     return float(per.mean()), float(per.std(ddof=1)) if len(per) > 1 else float("nan")
+
+
+def fallback_rows(matrix: dict[str, Any], head: str) -> dict[str, str]:
+    """{training source: why its decision fell back to 0.5} of one head."""
+    return {src: cell["training"]["decision_note"] for src, cell in
+            matrix["cells"][head].items() if cell["training"].get("decision_note")}

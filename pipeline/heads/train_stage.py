@@ -13,7 +13,6 @@ from tqdm.auto import tqdm
 from pipeline.atomic import atomic_path
 from pipeline.config import Params
 from pipeline.data.experiment import Experiment, resolve_experiment, with_seed
-from pipeline.data.presets import preset_training
 from pipeline.extraction.cached_features import FeatureSet, load_features
 from pipeline.heads.bundle import save_bundle
 from pipeline.heads.decision import Decision, fit_decision
@@ -45,13 +44,11 @@ def training_sets(params: Params, fs: FeatureSet, experiment: Experiment | None 
     return fs.subset(exp.train_mask(fs.frame)), fs.subset(exp.val_mask(fs.frame))
 
 
-def _preset_info(exp: Experiment, train: FeatureSet) -> dict[str, Any]:
-    preset = exp.preset
-    if preset is None:
+def _preset_info(exp: Experiment) -> dict[str, Any]:
+    if exp.preset is None:
         return {}
-    _, missing = preset_training(preset, set(train.frame["source"]))
-    return {"preset": preset.name, "preset_train_sources": list(preset.training),
-            "preset_train_missing": missing}
+    return {"preset": exp.preset.name, "preset_train_sources": list(exp.preset.training),
+            "preset_train_missing": list(exp.preset_missing)}
 
 
 def bundle_config(params: Params, kind: str, result: TrainResult, fs: FeatureSet,
@@ -84,7 +81,7 @@ def bundle_config(params: Params, kind: str, result: TrainResult, fs: FeatureSet
             "protocol": dataclasses.asdict(params.protocol),
             "n_train": len(train), "train_sources": sorted(set(train.frame["source"])),
             "train_ids": fingerprint(train.frame["id"].tolist()),
-            **_preset_info(exp, train),
+            **_preset_info(exp),
             "features": fingerprint(prov),
             "best_epoch": result.best_epoch, "best_val_ap": result.best_val_ap,
             **result.info,

@@ -10,7 +10,14 @@ import numpy as np
 from pipeline.atomic import write_json
 from pipeline.config import Params
 from pipeline.data.experiment import matrix_sources, resolve_experiment
-from pipeline.evaluation.matrix import MEAN, cross_generator, grid, unseen_summary
+from pipeline.evaluation.matrix import (
+    FALLBACK,
+    MEAN,
+    cross_generator,
+    fallback_rows,
+    grid,
+    unseen_summary,
+)
 from pipeline.extraction.cached_features import load_features
 from pipeline.heads.train_stage import epoch_bar
 from pipeline.metrics import details_path, pct_pm, rounded
@@ -61,10 +68,11 @@ def format_matrix(matrix: dict[str, Any], metric: str | None = None) -> str:
     cols = matrix["columns"]
     several = len(matrix.get("seeds") or ()) > 1
     width = max(12 if several else 8, *(len(c) + 2 for c in [*cols, MEAN]))
-    name_w = max(12, *(len(s) + 2 for s in matrix["train_sources"]))
+    name_w = max(12, *(len(s) + 4 for s in matrix["train_sources"]))
     blocks = []
     for head in matrix["heads"]:
         values, std = grid(matrix, head, metric)
+        fallback = fallback_rows(matrix, head)
         lines = [f"[{head}] test {metric} (%): rows = trained on, columns = tested on",
                  f"{'trained on':<{name_w}}" + "".join(f"{c:>{width}}" for c in [*cols, MEAN])]
         for i, src in enumerate(matrix["train_sources"]):
@@ -74,9 +82,11 @@ def format_matrix(matrix: dict[str, Any], metric: str | None = None) -> str:
                 text = pct_pm(None if np.isnan(values[i, j]) else float(values[i, j]), sd)
                 seen = col in matrix["diagonal"].get(src, [])
                 cells.append(f"{text + ('*' if seen else ''):>{width}}")
-            lines.append(f"{src:<{name_w}}" + "".join(cells))
+            name = f"{src} {FALLBACK}" if src in fallback else src
+            lines.append(f"{name:<{name_w}}" + "".join(cells))
         mean, sd = unseen_summary(matrix, head, metric)
         lines.append(f"unseen mean (cells without *): {pct_pm(mean, sd)}")
+        lines += [f"{FALLBACK} {src}: {why}" for src, why in fallback.items()]
         blocks.append("\n".join(lines))
     note = ("\n* the training source's own test row. mean = the row's mean over its test rows."
             + (f" mean±std over {len(matrix['seeds'])} seeds (train.seeds)." if several else ""))

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline.config import parse_degradation
-from pipeline.evaluation.matrix import MEAN, grid
+from pipeline.evaluation.matrix import FALLBACK, MEAN, fallback_rows, grid
 from pipeline.reports.style import (
     OKABE_ITO,
     SEQUENTIAL,
@@ -52,8 +52,11 @@ def render_matrix(matrix: dict[str, Any], out: str | Path, metric: str = "acc") 
                                  squeeze=False, layout="constrained")
         cmap = plt.get_cmap(SEQUENTIAL)
         image = None
+        notes: dict[str, str] = {}
         for ax, head in zip(axes[:, 0], heads, strict=True):
             values, std = grid(matrix, head, metric)
+            fallback = fallback_rows(matrix, head)
+            notes.update(fallback)
             image = ax.imshow(100 * values, cmap=cmap, vmin=0, vmax=100, aspect="auto")
             for i in range(len(rows)):
                 for j in range(len(labels)):
@@ -74,7 +77,8 @@ def render_matrix(matrix: dict[str, Any], out: str | Path, metric: str = "acc") 
             ax.axvline(len(cols) - 0.5, color="white", linewidth=4)
             ax.set_xticks(range(len(labels)), labels, rotation=30 if len(labels) > 5 else 0,
                           ha="right" if len(labels) > 5 else "center")
-            ax.set_yticks(range(len(rows)), rows)
+            ax.set_yticks(range(len(rows)), [f"{r} {FALLBACK}" if r in fallback else r
+                                             for r in rows])
             if head == heads[-1]:
                 ax.set_xlabel("tested on (test rows; mean = the row's mean)")
             ax.set_ylabel("trained on")
@@ -87,6 +91,9 @@ def render_matrix(matrix: dict[str, Any], out: str | Path, metric: str = "acc") 
         bar.set_label(f"{name} (%)")
         fig.suptitle(f"Cross-generator matrix: test {name} (%){_seeds_text(n_seeds)}\n"
                      "outlined: the training source's own test row", x=0.02, ha="left")
+        if notes:
+            fig.supxlabel("\n".join(f"{FALLBACK} {src}: {why}" for src, why in
+                                    sorted(notes.items())), x=0.02, ha="left", fontsize=9)
         return save(fig, out)
 
 

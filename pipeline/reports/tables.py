@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.data.presets import Published, published_results
-from pipeline.evaluation.matrix import MEAN, grid
+from pipeline.evaluation.matrix import FALLBACK, MEAN, fallback_rows, grid
 
 FORMATS = ("markdown", "latex", "csv")
 METRICS = {"acc": "accuracy", "ap": "AP"}
@@ -156,8 +156,7 @@ def main_tables(compare: dict[str, Any] | None, evaluate: dict[str, Any] | None,
                 for name, t in methods.items()]
         rows += [_quoted_row(p, metric, len(columns)) for p in quoted
                  if (p.acc if metric == "acc" else p.ap) is not None]
-        notes = [f"Test {METRICS.get(metric, metric)} (%) of the methods trained here "
-                 f"({origin}); {mean_label} = over the test rows."]
+        notes = [f"Methods trained here ({origin}); {mean_label} = over the test rows."]
         if n_seeds > 1:
             notes.append(f"mean ± sample std over {n_seeds} seeds (train.seeds).")
         if missing:
@@ -181,17 +180,19 @@ def matrix_tables(matrix: dict[str, Any], metric: str | None = None) -> list[Tab
     out = []
     for head in matrix["heads"]:
         values, std = grid(matrix, head, metric)
+        fallback = fallback_rows(matrix, head)
         rows = []
         for i, src in enumerate(matrix["train_sources"]):
             seen = matrix["diagonal"].get(src, [])
-            rows.append(Row(src, [Cell(_num(values[i, j]),
-                                       None if std is None else _num(std[i, j]),
-                                       j < len(cols) and cols[j] in seen)
-                                  for j in range(len(cols) + 1)]))
+            rows.append(Row(f"{src} {FALLBACK}" if src in fallback else src,
+                            [Cell(_num(values[i, j]), None if std is None else _num(std[i, j]),
+                                  j < len(cols) and cols[j] in seen)
+                             for j in range(len(cols) + 1)]))
         notes = [f"Rows: trained on; columns: tested on; {MEAN} = the row's mean; italic: the "
                  f"training source's own test row. Test {METRICS.get(metric, metric)} (%)."]
         if n_seeds > 1:
             notes.append(f"mean ± sample std over {n_seeds} seeds (train.seeds).")
+        notes += [f"{FALLBACK} {src}: {why}." for src, why in fallback.items()]
         out.append(Table(f"matrix-{head}", f"Cross-generator matrix, {head}: test "
                          f"{METRICS.get(metric, metric)} (%)", "Trained on", [*cols, MEAN],
                          rows, notes, bold_best=False))
