@@ -194,9 +194,8 @@ class EvaluationPlan:
 def plan_evaluate(params: Params, manifest: str | Path, features: str | Path,
                   model_dir: str | Path) -> EvaluationPlan:
     exp = resolve_experiment(params, manifest)
-    runs = load_seed_runs(params, exp, model_dir)  # bad bundles fail before features load
     fs = with_duplicate_members(load_features(params, manifest, features), exp)
-    return EvaluationPlan(exp, fs, runs)
+    return EvaluationPlan(exp, fs, load_seed_runs(params, exp, model_dir))
 
 
 def compute_evaluate(params: Params, plan: EvaluationPlan

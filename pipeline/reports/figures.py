@@ -37,6 +37,11 @@ VERDICT_COLOURS = {**LABEL_COLOURS, "uncertain": "#555555"}
 MIN_SCALE = 0.25
 
 
+def _save(fig: plt.Figure, out: str | Path, dpi: int) -> Path:
+    """``pipeline.reports.style.save`` (kept for the callers that used this module's)."""
+    return save(fig, out, dpi)
+
+
 def _norm(values: np.ndarray, floor: float = MIN_SCALE) -> TwoSlopeNorm:
     """Symmetric scale around 0 spanning the largest |value|, but at least ``floor``."""
     vmax = max(float(np.abs(values).max(initial=0.0)), floor)
