@@ -16,15 +16,17 @@ def heads_option(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def parse_heads(heads: str) -> tuple[str, ...] | None:
-    from pipeline.config import HEAD_CHOICES, PENDING_HEADS, pending_head_message
+    """``--heads a,b`` as a tuple (None: the experiment's heads); unknown names are refused."""
+    from pipeline.config import RENAMED_HEAD_HELP
+    from pipeline.data.experiment import TRAINABLE_HEADS
 
-    chosen = tuple(h.strip() for h in heads.split(",") if h.strip())
+    chosen = tuple(dict.fromkeys(h.strip() for h in heads.split(",") if h.strip()))
     for h in chosen:
-        if h in PENDING_HEADS:
-            raise click.BadParameter(pending_head_message("--heads", h))
-        if h not in HEAD_CHOICES:
-            raise click.BadParameter(f"unknown head {h!r}; choose from "
-                                     f"{[c for c in HEAD_CHOICES if c not in PENDING_HEADS]}")
+        if h in RENAMED_HEAD_HELP:
+            raise click.BadParameter(RENAMED_HEAD_HELP[h], param_hint="--heads")
+        if h not in TRAINABLE_HEADS:
+            raise click.BadParameter(f"{h!r} is not a head this store can train; choose from "
+                                     f"{', '.join(TRAINABLE_HEADS)}", param_hint="--heads")
     return chosen or None
 
 
