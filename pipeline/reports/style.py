@@ -1,4 +1,4 @@
-"""One style for every figure nsnet draws (t-SNE, explanation, matrix, robustness, curves).
+"""One style for every figure of the pipeline (t-SNE, explanation, matrix, robustness, curves).
 
 * Colours: the Okabe-Ito palette (Okabe & Ito 2008, "Color Universal Design"), safe for the
   common colour-vision deficiencies; series also differ by marker and line style, so a figure
