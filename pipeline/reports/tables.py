@@ -189,7 +189,7 @@ def matrix_tables(matrix: dict[str, Any], metric: str | None = None) -> list[Tab
                                   j < len(cols) and cols[j] in seen)
                              for j in range(len(cols) + 1)]))
         notes = [f"Rows: trained on; columns: tested on; {MEAN} = the row's mean; italic: the "
-                 f"training source's own test row. Test {METRICS.get(metric, metric)} (%)."]
+                 "training source's own test row."]
         if n_seeds > 1:
             notes.append(f"mean ± sample std over {n_seeds} seeds (train.seeds).")
         notes += [f"{FALLBACK} {src}: {why}." for src, why in fallback.items()]
@@ -307,6 +307,7 @@ def to_latex(tables: list[Table]) -> str:
         caption = latex_escape(" ".join([t.title + ".", *t.notes]))
         blocks.append("\n".join(["\\begin{table}[t]", "\\centering",
                                  f"\\caption{{{caption}}}", f"\\label{{tab:nsnet-{t.key}}}",
+                                 "\\smallskip",
                                  *body, "\\end{table}"]))
     return "\n\n".join(blocks) + "\n"
 
