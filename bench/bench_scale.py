@@ -15,6 +15,12 @@ and one GPU running BLIP and CLIP at the stated rates (``--caption-rate``, ``--i
 ``--text-rate``: measured on a GPU with ``--device cuda`` where one is available, otherwise
 assumptions that the table labels as such).
 
+With ``--recipes`` it prints each feature recipe's CPU cost per image (measured, one core: the
+pixels each recipe derives from the decoded image) and bytes per image in the store (measured
+with the tiny models, and exact at ViT-L/14 sizes), then the GenImage extrapolation of the
+extraction for "NS-Net only" (the composite recipe) against "all heads" (every baseline recipe
+too), at the stated GPU rates (``--recipes-only`` skips the other tables).
+
 With ``--views K`` it also extracts N images with ``patches.views: 1`` and ``K`` and prints the
 CPU ms per image of each part of the extraction (decode, patch selection, composites, BLIP
 resize, BLIP, CLIP image tower, CLIP text tower): only the image tower (and the cheap composites)
@@ -22,6 +28,7 @@ should grow with K (``--views-only`` skips the N / 4N tables).
 
     python bench/bench_scale.py --n 64            # about 2 minutes on a 2-core CPU
     python bench/bench_scale.py --n 64 --views 4 --views-only
+    python bench/bench_scale.py --n 64 --recipes-only
 """
 
 from __future__ import annotations
@@ -281,6 +288,121 @@ def cpu_side(ws: Path, n: int, args: argparse.Namespace) -> dict[str, dict[str, 
 # ----------------------------------------------------------------------------- report
 
 
+# ----------------------------------------------------------------------------- recipes
+
+# Bytes per image at ViT-L/14 (float16), by recipe; the crops' augmented views exist for the
+# training images only (GenImage's protocol trains on SD v1.4: about 1/8 of the images).
+VITL = {"embed": 768, "width": 1024, "blocks": 24}
+
+
+def recipe_cpu(ws: Path, n: int) -> dict[str, float]:
+    """CPU ms per image (one core) of each recipe's pixels from one decoded image."""
+    import torch
+
+    torch.set_num_threads(1)
+    from transformers import BlipImageProcessor
+
+    from pipeline.backbones import recipes as R
+    from pipeline.backbones.blip import BlipResize
+    from pipeline.data.images import open_image
+    from pipeline.extraction.patch_selection import PatchSpec, composite, select_cells
+
+    spec, resize = PatchSpec(), BlipResize(BlipImageProcessor())
+    t = dict.fromkeys(("decode", "composite (+ selection)", "blip resize", "clip_crop view 0",
+                       "clip_crop view (training)", "clip_layers view (training)",
+                       "cozzolino crop"), 0.0)
+    paths = sorted((ws / "data").rglob("*.png"))[:n] + sorted((ws / "data").rglob("*.jpg"))[:n]
+    for path in paths:
+        c = time.process_time()
+        rgb, _ = open_image(path)
+        t["decode"] += time.process_time() - c
+        c = time.process_time()
+        composite(rgb, select_cells(rgb, "ab" * 16, spec)[0], spec)
+        t["composite (+ selection)"] += time.process_time() - c
+        c = time.process_time()
+        resize.resize(rgb)
+        t["blip resize"] += time.process_time() - c
+        c = time.process_time()
+        R.center_crop(rgb)
+        t["clip_crop view 0"] += time.process_time() - c
+        for key, spec_ in (("clip_crop view (training)", R.UNIVFD_TRAIN),
+                           ("clip_layers view (training)", R.RINE_TRAIN)):
+            draw = R.augment_draws(rgb, "ab" * 16, 2, spec_)[0]
+            c = time.process_time()
+            R.apply_augment(rgb, spec_, draw)
+            t[key] += time.process_time() - c
+        c = time.process_time()
+        R.cozzolino_pixels(rgb)
+        t["cozzolino crop"] += time.process_time() - c
+    return {k: 1e3 * v / len(paths) for k, v in t.items()}
+
+
+def recipe_bytes(ws: Path) -> dict[str, float]:
+    """Bytes per stored row of each part kind in a tiny-model store (HDF5 overhead included)."""
+    out = {}
+    for kind_dir in sorted((ws / "cache" / "features").iterdir()):
+        rows = 0
+        size = 0
+        for seg in kind_dir.rglob("*.h5"):
+            size += seg.stat().st_size
+            rows += int(seg.name.rsplit("-", 1)[1].split(".")[0])
+        out[kind_dir.name] = size / max(rows, 1)
+    return out
+
+
+def print_recipes(cpu: dict[str, float], tiny: dict[str, float], args: argparse.Namespace
+                  ) -> None:
+    e, w, b = VITL["embed"], VITL["width"], VITL["blocks"]
+    vitl = {"selection": 49 * 12, "caption": 60, "image": 2 * e, "text": 2 * e,
+            "clip_crop": 2 * e, "clip_layers": 2 * w * b, "cozzolino": 2 * w}
+    print("\n## Feature recipes: CPU per image (one core) and bytes per image\n")
+    print("| pixels derived from the decoded image | CPU ms/img |")
+    print("| --- | ---: |")
+    for k, v in cpu.items():
+        print(f"| {k} | {v:.2f} |")
+    print("\n| store part | bytes per row, tiny models (HDF5 included) | bytes per row, "
+          "ViT-L/14 fp16 |")
+    print("| --- | ---: | ---: |")
+    for k, v in tiny.items():
+        print(f"| {k} | {v:.0f} | {vitl.get(k, 0)} |")
+    n, train = GENIMAGE, GENIMAGE / 8  # GenImage trains on SD v1.4: ~1/8 of its images
+    crop_set, layer_crops = 9, 2  # 1 + recipes.crop_augmentations, 1 + layer_augmentations
+    ns = n * (vitl["selection"] + vitl["caption"] + vitl["image"] + vitl["text"])
+    extra = (n * vitl["clip_crop"] + train * (crop_set - 1) * vitl["clip_crop"]
+             + n * vitl["clip_layers"] + train * (layer_crops - 1) * vitl["clip_layers"]
+             + n * vitl["cozzolino"])
+    gpu_ns = n * (1 / args.caption_rate + 1 / args.image_rate + 1 / args.text_rate)
+    # every crop view is one more image-tower pass; view 0 of clip_crop and clip_layers share
+    # one; Cozzolino et al.'s backbone is another ViT-L/14 image tower
+    passes = n * 1 + train * (crop_set - 1) + train * (layer_crops - 1) + n
+    gpu_all = gpu_ns + passes / args.image_rate
+    print(f"\n| GenImage, 2.6 M images (crops: {crop_set} for UnivFD, {layer_crops} for "
+          f"RINE, augmented views for the ~{train / 1e6:.2f} M training images only) | "
+          "store GB | GPU hours (stated rates) |")
+    print("| --- | ---: | ---: |")
+    print(f"| NS-Net only (composite recipe) | {ns / 1e9:.1f} | {gpu_ns / 3600:.2f} |")
+    print(f"| all heads (+ clip_crop, clip_layers with all 24 blocks, cozzolino) | "
+          f"{(ns + extra) / 1e9:.1f} | {gpu_all / 3600:.2f} |")
+    layers8 = extra - (n + train * (layer_crops - 1)) * vitl["clip_layers"] * (1 - 8 / b)
+    print(f"| all heads, clip_layers keeping 8 of 24 blocks (recipes.layers) | "
+          f"{(ns + layers8) / 1e9:.1f} | {gpu_all / 3600:.2f} |")
+
+
+def recipes_table(base: Path, args: argparse.Namespace) -> None:
+    import yaml
+
+    ws = workspace(base, args.n, args.size, args)
+    raw = yaml.safe_load((ws / "params.yaml").read_text())
+    raw["compare"] = {"heads": ["composite_probe", "nsnet", "advanced", "univfd", "rine",
+                                "cozzolino"]}
+    raw["recipes"] = {"cozzolino_arch": args.arch, "cozzolino_pretrained": args.pretrained,
+                      "crop_augmentations": 2, "layer_augmentations": 1}
+    (ws / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    run_stage("index", ws)
+    run_stage("extract", ws)
+    print_recipes(recipe_cpu(ws, min(16, args.n)), recipe_bytes(ws), args)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=64, help="images of the small run (then 4N)")
@@ -302,6 +424,9 @@ def main() -> None:
     ap.add_argument("--views", type=int, default=1,
                     help="also compare extraction by part at patches.views 1 and this K")
     ap.add_argument("--views-only", action="store_true", help="only the --views table")
+    ap.add_argument("--recipes", action="store_true",
+                    help="also the feature recipes' CPU cost, bytes and GenImage extrapolation")
+    ap.add_argument("--recipes-only", action="store_true", help="only the --recipes tables")
     ap.add_argument("--child", default="")
     ap.add_argument("--ws", default="")
     args = ap.parse_args()
@@ -311,6 +436,11 @@ def main() -> None:
     if args.child:
         child(args.child, Path(args.ws))
         return
+    if args.recipes or args.recipes_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            recipes_table(Path(tmp), args)
+        if args.recipes_only:
+            return
     if args.views > 1:
         with tempfile.TemporaryDirectory() as tmp:
             print_views(views_table(Path(tmp), args), args.n, args)

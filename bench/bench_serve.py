@@ -9,6 +9,10 @@ it, no request lost or answered twice), and the server's RSS over the run. Last,
 a hostile multipart body (``--hostile-fields`` tiny form fields) while another polls /healthz:
 how fast it is refused and how long /healthz takes meanwhile.
 
+With the demo bundle (no ``--model``), `predict`'s images/s is also measured for a bundle of
+every head (each trained on its own recipe of the demo's one feature store): a head that reads
+no caption is scored without BLIP, so only the advanced head pays for captioning.
+
     python bench/bench_serve.py                      # tiny demo bundle, 8 clients, 30 s
     python bench/bench_serve.py --model models/detector --images data/some_images \
         --clients 32 --seconds 60 --device cuda
@@ -62,14 +66,36 @@ def run(cmd: list[str], cwd: Path) -> None:
                    env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
+HEADS = ("composite_probe", "nsnet", "advanced", "univfd", "rine", "cozzolino")
+
+
 def demo_bundle(work: Path) -> tuple[Path, Path]:
-    """A tiny demo workspace trained with the real commands: (bundle, images)."""
+    """A tiny demo workspace trained with the real commands: (bundle, images). Its params list
+    every head in compare.heads, so `nsnet extract` computes every recipe."""
     ws = work / "ws"
     run(NSNET + ["demo-data", str(ws), "--workspace", "--project", str(ROOT), "--n-real", "48",
                  "--n-fake-each", "24"], ROOT)
     for stage in ("index", "extract", "train"):
         run(NSNET + [stage, "--set", "compute.device=cpu", "--set", "train.epochs=10"], ws)
     return ws / "models" / "detector", ws / "data" / "demo"
+
+
+def per_head_rates(ws: Path, files: list[Path], batch: int, device: str
+                   ) -> list[tuple[str, str, bool, float]]:
+    """(head, recipe, BLIP loaded, images/s of batched `predict`) for a bundle of every head."""
+    rows = []
+    for head in HEADS:
+        out = ws / "models" / head
+        run(NSNET + ["train", "--set", "compute.device=cpu", "--set", "train.epochs=3",
+                     "--set", f"train.head={head}", "--out", str(out), "--log",
+                     str(ws / f"{head}.csv")], ws)
+        chain = load_chain(out, device)
+        predict_paths(chain, files[:2], 2)  # warm-up
+        t0 = time.perf_counter()
+        predict_paths(chain, files, batch_size=batch)
+        rows.append((head, chain.recipe, chain.blip is not None,
+                     len(files) / (time.perf_counter() - t0)))
+    return rows
 
 
 def free_port() -> int:
@@ -181,6 +207,8 @@ def main(argv: list[str] | None = None) -> None:
         usable = (batched["status"] == "ok").tolist()  # the demo set has unusable files too
         files = [f for f, ok in zip(files, usable, strict=True) if ok]
         expected = dict(enumerate(batched["prob"][usable]))
+        heads = ([] if args.model else
+                 per_head_rates(Path(tmp) / "ws", files, args.max_batch, args.device))
 
         port = free_port()
         (Path(tmp) / "none.yaml").write_text("{}\n")  # no params: the options below say all
@@ -257,6 +285,12 @@ def main(argv: list[str] | None = None) -> None:
     print(f"| `nsnet serve`, {args.clients} concurrent clients, 1 image/request | "
           f"{len(latencies)} | {t_load:.1f} | {len(latencies) / t_load:.2f} | {p50:.0f} | "
           f"{p99:.0f} |")
+    if heads:
+        print(f"\n| `predict` per head (batches of {args.max_batch}) | recipe | BLIP runs | "
+              "images/s |")
+        print("| --- | --- | --- | ---: |")
+        for head, recipe, blip, rate in heads:
+            print(f"| {head} | {recipe} | {'yes' if blip else 'no'} | {rate:.2f} |")
     print(f"\nrequests sent {sent}, answered 200: {len(latencies)}, errors: {errors}, "
           f"answered twice: {twice}, wrong image or probability: {wrong}, "
           f"lost (no answer): {lost}")

@@ -47,8 +47,12 @@ RENAMED_HEAD_HELP = {
            "not UniversalFakeDetect. UniversalFakeDetect's own probe (CLIP embedding of the "
            "center-cropped image) is the head 'univfd'",
 }
-# Heads whose feature recipe the feature store does not compute yet (head -> recipe).
-PENDING_HEADS = {"univfd": "clip_crop", "rine": "clip_layers", "cozzolino": "cozzolino"}
+# The feature recipe each head reads (= each head class's ``recipe``, tested): ``composite`` is
+# the patch composite's CLIP embedding with the caption's (NS-Net's input); the others are the
+# inputs of the paper baselines (pipeline.backbones.recipes).
+HEAD_RECIPES = {"composite_probe": "composite", "nsnet": "composite", "advanced": "composite",
+                "univfd": "clip_crop", "rine": "clip_layers", "cozzolino": "cozzolino"}
+DEFAULT_COMPARE_HEADS = ("composite_probe", "nsnet", "advanced")
 # How the advanced head makes its semantic direction (= pipeline.heads.detectors.MAPPERS, tested)
 MAPPER_CHOICES = ("end_to_end", "identity", "detached", "regression", "regression_real",
                   "regression_within")
@@ -197,6 +201,23 @@ class MatrixParams:
 
 
 @dataclass
+class CompareParams:
+    heads: list[str] = field(default_factory=lambda: list(DEFAULT_COMPARE_HEADS))
+
+
+@dataclass
+class RecipeParams:
+    """The inputs of the paper baseline heads (``pipeline.backbones.recipes``), extracted only
+    when ``train.head`` or ``compare.heads`` names a head that reads them."""
+
+    crop_augmentations: int = field(default=8, metadata=_check(0, 64))
+    layer_augmentations: int = field(default=1, metadata=_check(0, 64))
+    layers: list[int] | str = "all"
+    cozzolino_arch: str = "ViT-L-14"
+    cozzolino_pretrained: str = "commonpool_xl_s13b_b90k"
+
+
+@dataclass
 class Params:
     seed: int = field(default=0, metadata=_check(0))
     data: DataParams = field(default_factory=DataParams)
@@ -209,6 +230,8 @@ class Params:
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     audit: AuditParams = field(default_factory=AuditParams)
     figures: FigureParams = field(default_factory=FigureParams)
+    compare: CompareParams = field(default_factory=CompareParams)
+    recipes: RecipeParams = field(default_factory=RecipeParams)
     matrix: MatrixParams = field(default_factory=MatrixParams)
 
     def to_dict(self) -> dict[str, Any]:
@@ -304,11 +327,34 @@ def check_value(key: str, value: Any, cls: type, name: str) -> Any:
     return _coerce(key, value, typing.get_type_hints(cls)[name], f.metadata)
 
 
-def pending_head_message(key: str, head: str) -> str:
-    """Why ``head`` cannot be trained yet: its recipe is not in the feature store."""
-    ready = ", ".join(h for h in HEAD_CHOICES if h not in PENDING_HEADS)
-    return (f"{key}: {head!r} reads the {PENDING_HEADS[head]} recipe, which the feature store "
-            f"does not compute yet (docs/baselines.md); heads trainable now: {ready}")
+def requested_recipes(p: Params) -> list[str]:
+    """The feature recipes the params' heads read (``train.head`` and ``compare.heads``), in a
+    fixed order: what ``nsnet extract`` computes."""
+    wanted = {HEAD_RECIPES[h] for h in (p.train.head, *p.compare.heads)}
+    return [r for r in ("composite", "clip_crop", "clip_layers", "cozzolino") if r in wanted]
+
+
+def _check_compare(p: Params) -> None:
+    heads = p.compare.heads
+    if not heads:
+        raise ParamsError("compare.heads: name at least one head, e.g. [composite_probe, nsnet, "
+                          "advanced]")
+    for i, head in enumerate(heads):
+        if head in RENAMED_HEAD_HELP:
+            raise ParamsError(f"compare.heads[{i}]: {RENAMED_HEAD_HELP[head]}")
+        if head not in HEAD_CHOICES:
+            raise ParamsError(f"compare.heads[{i}]: {head!r} is not one of "
+                              f"{', '.join(HEAD_CHOICES)}")
+    if len(set(heads)) != len(heads):
+        raise ParamsError(f"compare.heads: heads repeat in {heads}")
+    layers = p.recipes.layers
+    if isinstance(layers, str):
+        if layers != "all":
+            raise ParamsError(f"recipes.layers: {layers!r} is neither 'all' nor a list of block "
+                              "indices (0-based), e.g. [11, 17, 23]")
+    elif not layers or any(i < 0 for i in layers) or layers != sorted(set(layers)):
+        raise ParamsError(f"recipes.layers: {layers!r}: give increasing, distinct block indices "
+                          ">= 0 (0-based), or 'all'")
 
 
 DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
@@ -336,8 +382,6 @@ def _cross_checks(p: Params) -> None:
             f"patches.views: {p.patches.views} distinct orders of "
             f"{p.patches.n_low + p.patches.n_high} patches do not exist"
         )
-    if p.train.head in PENDING_HEADS:
-        raise ParamsError(pending_head_message("train.head", p.train.head))
     if not p.data.roots:
         raise ParamsError("data.roots: at least one image folder is required")
     for i, root in enumerate(p.data.roots):
@@ -352,6 +396,7 @@ def _cross_checks(p: Params) -> None:
                 )
     _check_seeds(p.train.seeds)
     _check_degradations(p)
+    _check_compare(p)
     _check_threshold(p.evaluate.threshold)
     _check_reencode(p.protocol.train_reencode)
 

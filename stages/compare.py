@@ -2,10 +2,7 @@
 
 import click
 
-from pipeline.config import HEAD_CHOICES, PENDING_HEADS, RENAMED_HEAD_HELP, pending_head_message
 from stages.common import features_option, friendly_errors, load, params_options
-
-HEADS = tuple(h for h in HEAD_CHOICES if h not in PENDING_HEADS)  # trainable on today's store
 
 
 @click.command("compare")
@@ -13,8 +10,10 @@ HEADS = tuple(h for h in HEAD_CHOICES if h not in PENDING_HEADS)  # trainable on
 @click.option("--manifest", default="cache/manifest.parquet", show_default=True,
               help="Manifest written by `nsnet index`.")
 @features_option
-@click.option("--heads", default=",".join(HEADS), show_default=True,
-              help="Comma-separated heads to train and compare.")
+@click.option("--heads", default=None,
+              help="Comma-separated heads to train and compare [default: compare.heads]; "
+                   "their feature recipes must be in the store (`nsnet extract` computes the "
+                   "recipes of compare.heads and train.head).")
 @click.option("--out", default="metrics/compare.json", show_default=True,
               help="Metrics JSON to write: each head's test AP as <head>_ap.")
 @click.option("--details", default=None,
@@ -25,20 +24,15 @@ HEADS = tuple(h for h in HEAD_CHOICES if h not in PENDING_HEADS)  # trainable on
                    "1,4 (view 0 only vs all 4 views of a patches.views: 4 cache).")
 @friendly_errors
 def compare(params_file: str | None, overrides: tuple[str, ...], manifest: str, features: str,
-            heads: str, out: str, details: str | None, views: str) -> None:
-    """Train each head on the protocol's training rows; print test acc/real/fake/AP (%)."""
+            heads: str | None, out: str, details: str | None, views: str) -> None:
+    """Train each head on the protocol's training rows, each on its own feature recipe from
+    the one store; print test acc/real/fake/AP (%), with the published numbers of the preset
+    in a `paper` column."""
     from pipeline.evaluation.compare_stage import format_comparison, run_compare
 
+    overrides = (*overrides, f"compare.heads=[{heads}]") if heads is not None else overrides
     params = load(params_file, overrides)
-    chosen = tuple(h.strip() for h in heads.split(",") if h.strip())
-    for h in chosen:
-        if h in RENAMED_HEAD_HELP:
-            raise click.BadParameter(RENAMED_HEAD_HELP[h])
-        if h in PENDING_HEADS:
-            raise click.BadParameter(pending_head_message("--heads", h))
-    unknown = [h for h in chosen if h not in HEADS]
-    if unknown:
-        raise click.BadParameter(f"unknown head(s) {unknown}; choose from {list(HEADS)}")
+    chosen = tuple(params.compare.heads)
     try:
         ks = tuple(dict.fromkeys(int(v) for v in views.split(",") if v.strip()))
     except ValueError:

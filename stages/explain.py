@@ -31,7 +31,8 @@ def explain(params_file: str | None, overrides: tuple[str, ...], image: str, mod
 
     params = load(params_file, overrides)
     decoded = read_image(image, params.data.max_image_pixels)  # bad files fail before models load
-    chain = load_chain(model_dir, params.compute.device, params.compute.precision, threshold)
+    chain = load_chain(model_dir, params.compute.device, params.compute.precision, threshold,
+                       captions=True)  # the report shows what the image shows
     ex = explain_image(chain, image, params.data.max_image_pixels, decoded)
     png, js = write_report(ex, out or f"{Path(image).stem}.explain.png", k)
     click.echo(f"{display_path(Path(image).name)}: P(generated) = {ex.prob:.3f} -> {ex.label} "

@@ -18,11 +18,14 @@ from stages.common import echo_summary, friendly_errors, load, params_options
 @click.option("--batch-size", type=click.IntRange(1), default=None,
               help="Images per batch [default: caption.batch_size].")
 @click.option("--quiet", is_flag=True, help="No table on the terminal.")
+@click.option("--captions", is_flag=True,
+              help="Also caption every image with BLIP when the head does not read captions "
+                   "(only the advanced head does; the others are scored without BLIP).")
 @friendly_errors
 def predict(params_file: str | None, overrides: tuple[str, ...], paths: tuple[str, ...],
             model_dir: str, out: str | None, threshold: float | None, batch_size: int | None,
-            quiet: bool) -> None:
-    """Probability that each image is generated, with its caption.
+            quiet: bool, captions: bool) -> None:
+    """Probability that each image is generated (with its caption where one is computed).
 
     PATHS are files, folders (searched recursively) or globs. Every file is listed: scored, or
     skipped with a reason. The label is "uncertain" when P is within the bundle's
@@ -38,7 +41,8 @@ def predict(params_file: str | None, overrides: tuple[str, ...], paths: tuple[st
     P.check_out_path(out)
     unlisted: list = []
     files = P.expand_inputs(paths, unlisted)
-    chain = P.load_chain(model_dir, params.compute.device, params.compute.precision, threshold)
+    chain = P.load_chain(model_dir, params.compute.device, params.compute.precision, threshold,
+                         captions)
     with tqdm(total=len(files), desc="predict", unit="img", dynamic_ncols=True) as bar:
         batch = batch_size or runtime.caption_batch(params.caption.batch_size, chain.clip.device)
         df = P.predict_paths(chain, files, batch, params.data.max_image_pixels, bar.update,

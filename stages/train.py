@@ -16,7 +16,9 @@ from stages.common import echo_summary, features_option, friendly_errors, load, 
 @friendly_errors
 def train(params_file: str | None, overrides: tuple[str, ...], manifest: str, features: str,
           out: str, log_csv: str) -> None:
-    """Train train.head (composite_probe | nsnet | advanced); keep the best epoch by val AP."""
+    """Train train.head on its feature recipe: the NS-Net family (composite_probe, nsnet,
+    advanced) with train.*, keeping the best epoch by validation AP; the baselines (univfd,
+    rine, cozzolino) as their papers train them."""
     from pipeline.heads.train_stage import run_train
 
     params = load(params_file, overrides)
@@ -24,7 +26,9 @@ def train(params_file: str | None, overrides: tuple[str, ...], manifest: str, fe
     extra = (f", semantic rank k={info['nsnet_k']} explains "
              f"{100 * info['explained_variance']:.1f}% of caption energy"
              if "nsnet_k" in info else "")
-    views = (f" x {info['views']} patch-order views (one drawn per epoch)"
+    what = ("patch-order" if info.get("recipe", "composite") == "composite"
+            else "augmented training")
+    views = (f" x {info['views']} {what} views (one drawn per epoch)"
              if info.get("views", 1) > 1 else "")
     echo_summary(f"train: {params.train.head} on {info['n_train']} images{views}, best epoch "
                  f"{info['best_epoch']} (val AP {info['best_val_ap']:.4f}){extra} -> {out}")

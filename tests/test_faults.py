@@ -26,6 +26,7 @@ from pipeline.atomic import atomic_path, write_json
 from pipeline.data.demo_data import make_demo_images
 from pipeline.data.manifest import read_manifest
 from pipeline.extraction.extract_stage import run_extract
+from pipeline.heads.train_stage import run_train
 from stages.cli import main
 from tests.conftest import (
     ROOT,
@@ -128,6 +129,26 @@ def test_sigkill_during_extract_resumes_to_the_same_cache(tmp_path, reference, s
             np.testing.assert_array_equal(got[key], want[key], err_msg=f"{kind}/{key}")
         made = part_of(store, params, kind).info()["settings"]
         assert made == part_of(reference.features, params, kind).info()["settings"]
+
+
+def test_ctrl_c_during_extract_says_a_rerun_resumes(tmp_path, reference, small_images):
+    """SIGINT (Ctrl-C) mid-run: exit 130 with one line saying what was kept and that a rerun
+    resumes (no "Aborted!", no traceback); the rerun computes only what is missing."""
+    cwd = _workspace(tmp_path, reference, small_images, "manifest.parquet")
+    proc = nsnet(["extract"], cwd)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and proc.poll() is None and len(committed(cwd)) < 2:
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted after" in err and "committed to the store" in err, err
+    assert "rerun of `nsnet extract` (or `dvc repro`) resumes" in err, err
+    assert "Traceback" not in err and "Aborted!" not in err
+    done = len(committed(cwd))
+    err = _resume(cwd)
+    total = len(read_manifest(reference.manifest, only_ok=True))
+    assert f"selection {total - done}," in err, err
 
 
 # ----------------------------------------------------------------------------- write errors
@@ -243,12 +264,14 @@ def test_train_and_evaluate_refuse_embeddings_of_another_clip(tmp_path, built_ca
     res = CliRunner().invoke(main, ["train", *common, "--out", str(model), "--log",
                                     str(tmp_path / "log.csv")])
     assert res.exit_code == 1 and "StoreError" in res.output
-    assert "no features made with the current settings (clip ViT-B-32" in res.output
+    assert "no image features made with the current settings (clip ViT-B-32" in res.output
     assert not model.exists()
+    # A bundle of the store's CLIP, evaluated with params naming another CLIP: refused too.
+    run_train(built_cache.params, work.manifest, work.features, model, tmp_path / "l.csv")
     metrics = tmp_path / "metrics.json"
     res = CliRunner().invoke(main, ["evaluate", *common, "--model", str(model), "--out",
                                     str(metrics), "--plots", str(tmp_path / "plots")])
-    assert res.exit_code == 1 and "clip ViT-B-32" in res.output
+    assert res.exit_code == 1 and "clip ViT-B-32" in res.output, res.output
     assert not metrics.exists()
 
 

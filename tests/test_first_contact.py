@@ -180,7 +180,7 @@ def test_help_does_not_import_torch():
 
 
 def test_head_choices_are_the_heads():
-    assert (*HEADS, *BASELINE_HEADS) == HEAD_CHOICES
+    assert tuple(HEADS) == HEAD_CHOICES and set(BASELINE_HEADS) <= set(HEADS)
 
 
 def test_every_option_has_help_text():

@@ -73,7 +73,7 @@ def _univfd_test_tensor(rgb: np.ndarray) -> torch.Tensor:
 @pytest.mark.parametrize("h, w", [(300, 260), (120, 400)])
 def test_view_0_is_univfds_test_transform(tiny, h, w):
     rgb = _image(h, w, seed=2)
-    views = R.crop_views(rgb, "ab12", 4)
+    views = R.crop_set(rgb, "ab12", 4)
     assert views.shape == (4, 224, 224, 3) and views.dtype == np.uint8
     np.testing.assert_array_equal(views[0], np.asarray(T.CenterCrop(224)(Image.fromarray(rgb))))
     with torch.inference_mode():
@@ -82,7 +82,7 @@ def test_view_0_is_univfds_test_transform(tiny, h, w):
                                rtol=1e-5, atol=1e-5)
 
 
-def _official_view(rgb: np.ndarray, spec: R.Augment, d: R.ViewDraw) -> np.ndarray:
+def _official_view(rgb: np.ndarray, spec: R.Augment, d: R.AugmentDraw) -> np.ndarray:
     """The training transform written as data/datasets.py / src/utils.py write it, on PIL."""
     img = Image.fromarray(rgb)
     if spec.resize_short:  # custom_resize: TF.resize(img, loadSize, interpolation=bilinear)
@@ -105,23 +105,23 @@ def _official_view(rgb: np.ndarray, spec: R.Augment, d: R.ViewDraw) -> np.ndarra
 @pytest.mark.parametrize("spec", [R.UNIVFD_TRAIN, R.RINE_TRAIN], ids=lambda s: s.name)
 def test_training_views_follow_the_official_transform(spec):
     rgb = _image(280, 310, seed=3)
-    views = R.crop_views(rgb, "c0ffee", 9, spec)
-    draws = R.view_draws(rgb, "c0ffee", 9, spec)
+    views = R.crop_set(rgb, "c0ffee", 9, spec)
+    draws = R.augment_draws(rgb, "c0ffee", 9, spec)
     assert len(draws) == 8
     assert {d.blur_sigma is None for d in draws} == {True, False}  # both branches exercised
     assert {d.jpeg is None for d in draws} == {True, False}
     for k, d in enumerate(draws, start=1):
         np.testing.assert_array_equal(views[k], _official_view(rgb, spec, d))
     # fixed functions of the image id: same id, same views; another id, other views
-    np.testing.assert_array_equal(views, R.crop_views(rgb, "c0ffee", 9, spec))
-    other = R.crop_views(rgb, "beef", 9, spec)
+    np.testing.assert_array_equal(views, R.crop_set(rgb, "c0ffee", 9, spec))
+    other = R.crop_set(rgb, "beef", 9, spec)
     assert not np.array_equal(views[1:], other[1:])
     np.testing.assert_array_equal(views[0], other[0])
 
 
 def test_draws_have_the_papers_probabilities_and_ranges():
-    def draws(spec: R.Augment) -> list[R.ViewDraw]:
-        return [R.draw_view(spec, 256, 300, R.view_seed(f"{i:x}", spec.name, 1))
+    def draws(spec: R.Augment) -> list[R.AugmentDraw]:
+        return [R.draw_augment(spec, 256, 300, R.augment_seed(f"{i:x}", spec.name, 1))
                 for i in range(2000)]
 
     u, r = draws(R.UNIVFD_TRAIN), draws(R.RINE_TRAIN)
@@ -138,14 +138,14 @@ def test_draws_have_the_papers_probabilities_and_ranges():
     assert {d.jpeg[1] for d in r if d.jpeg} == {30, 100}  # sample_discrete([30, 100])
 
 
-def test_small_images_are_padded_and_views_validated():
+def test_small_images_are_padded_and_the_crop_count_validated():
     rgb = _image(100, 150, seed=4)
-    views = R.crop_views(rgb, "01", 3, R.RINE_TRAIN)  # RINE does not resize: padded to 224
+    views = R.crop_set(rgb, "01", 3, R.RINE_TRAIN)  # RINE does not resize: padded to 224
     assert views.shape == (3, 224, 224, 3)
-    with pytest.raises(ValueError, match="views must be >= 1"):
-        R.crop_views(rgb, "01", 0)
+    with pytest.raises(ValueError, match="count must be >= 1"):
+        R.crop_set(rgb, "01", 0)
     with pytest.raises(ValueError, match="uint8 RGB"):
-        R.crop_views(rgb.astype(np.float32), "01", 1)
+        R.crop_set(rgb.astype(np.float32), "01", 1)
 
 
 def test_cozzolino_pixels_are_resize_224_bicubic_then_center_crop():

@@ -4,14 +4,14 @@ Every detector whose trainable part sits on a frozen backbone reads a fixed inpu
 the feature store can compute it once. Each recipe does what the official code does to the
 image before its frozen backbone (file and line citations in docs/baselines.md):
 
-* ``clip_crop`` (UniversalFakeDetect, Ojha et al. 2023): pixels ``crop_views(rgb, id, K)``
-  (view 0 = ``validate.py``'s test transform, a 224 center crop with no resize; views 1..K-1 =
-  ``data/datasets.py``'s training augmentation, seeded by (image id, view)), embedded by
+* ``clip_crop`` (UniversalFakeDetect, Ojha et al. 2023): pixels ``crop_set(rgb, id, K)``
+  (crop 0 = ``validate.py``'s test transform, a 224 center crop with no resize; crops 1..K-1 =
+  ``data/datasets.py``'s training augmentation, seeded by (image id, crop)), embedded by
   ``clip_crop_embeddings`` (CLIP's final projected image embedding, 768-d for ViT-L/14).
 * ``clip_layers`` (RINE, Koutlis & Papadopoulos 2024): ``clip_layers(clip, crops, layers)``, the
   class token of the output of ``ln_2`` of every chosen transformer block of the image tower, as
   ``src/models.py`` hooks it (``ln_2(x + attn(ln_1(x)))``, not the block output). Its pixels are
-  ``crop_views(..., spec=RINE_TRAIN)`` (the same center crop at test time).
+  ``crop_set(..., spec=RINE_TRAIN)`` (the same center crop at test time).
 * ``cozzolino`` (Cozzolino et al. 2024): ``cozzolino_features(load_cozzolino(), pixels)`` with
   ``pixels = cozzolino_pixels(rgb)``, the pre-projection feature of OpenCLIP ViT-L/14
   CommonPool-XL (after ``ln_post``), L2-normalised, on a bicubic shorter-side resize to 224 and a
@@ -34,12 +34,13 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 
 from pipeline.backbones.clip import ClipBackbone, load_clip
+from pipeline.backbones.precision import autocast
 
 __all__ = [
     "COZZOLINO_ARCH", "COZZOLINO_PRETRAINED", "CROP", "RINE_TRAIN", "UNIVFD_TRAIN", "Augment",
-    "ViewDraw", "all_layers", "apply_view", "center_crop", "clip_crop_embeddings", "clip_layers",
-    "cozzolino_features", "cozzolino_pixels", "crop_views", "draw_view", "image_tower",
-    "load_cozzolino", "resize_shorter", "view_draws", "view_seed",
+    "AugmentDraw", "all_layers", "apply_augment", "augment_draws", "augment_seed", "center_crop",
+    "clip_crop_embeddings", "clip_layers", "cozzolino_features", "cozzolino_pixels", "crop_set",
+    "draw_augment", "image_tower", "load_cozzolino", "resize_shorter",
 ]
 
 CROP = 224  # every recipe's input side (ViT-L/14)
@@ -78,8 +79,8 @@ RINE_TRAIN = Augment("rine", None, 0.5, (0.0, 3.0), 0.5, ("cv2", "pil"), (30, 10
 
 
 @dataclass(frozen=True)
-class ViewDraw:
-    """The random choices of one training view (None: that step was skipped)."""
+class AugmentDraw:
+    """The random choices of one training crop (None: that step was skipped)."""
 
     blur_sigma: float | None
     jpeg: tuple[str, int] | None  # (method, quality)
@@ -88,9 +89,9 @@ class ViewDraw:
     flip: bool
 
 
-def view_seed(image_id: str, recipe: str, view: int) -> int:
-    """A 63-bit seed of (image id, recipe, view index): views are fixed functions of the image."""
-    digest = hashlib.blake2b(f"{image_id}:{recipe}:{view}".encode(), digest_size=8).digest()
+def augment_seed(image_id: str, recipe: str, crop: int) -> int:
+    """A 63-bit seed of (image id, recipe, crop index): crops are fixed functions of the image."""
+    digest = hashlib.blake2b(f"{image_id}:{recipe}:{crop}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") >> 1
 
 
@@ -142,8 +143,8 @@ def _jpeg(rgb: np.ndarray, quality: int) -> np.ndarray:
         return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
 
 
-def draw_view(spec: Augment, height: int, width: int, seed: int) -> ViewDraw:
-    """The seeded choices of one training view of an image that is (height, width) after the
+def draw_augment(spec: Augment, height: int, width: int, seed: int) -> AugmentDraw:
+    """The seeded choices of one training crop of an image that is (height, width) after the
     resize (and padding) step; the order of the draws follows the official code."""
     rng = np.random.default_rng(seed)
     sigma = float(rng.uniform(*spec.blur_sigma)) if rng.random() < spec.blur_prob else None
@@ -153,7 +154,7 @@ def draw_view(spec: Augment, height: int, width: int, seed: int) -> ViewDraw:
         jpeg = (method, int(spec.jpeg_qualities[int(rng.integers(len(spec.jpeg_qualities)))]))
     top = int(rng.integers(0, height - spec.crop + 1))
     left = int(rng.integers(0, width - spec.crop + 1))
-    return ViewDraw(sigma, jpeg, top, left, bool(rng.random() < spec.flip_prob))
+    return AugmentDraw(sigma, jpeg, top, left, bool(rng.random() < spec.flip_prob))
 
 
 def _prepare(rgb: np.ndarray, spec: Augment) -> np.ndarray:
@@ -163,8 +164,8 @@ def _prepare(rgb: np.ndarray, spec: Augment) -> np.ndarray:
     return _pad_to(rgb, spec.crop)
 
 
-def apply_view(rgb: np.ndarray, spec: Augment, draw: ViewDraw) -> np.ndarray:
-    """One training view: ``spec``'s steps with the choices ``draw`` -> (crop, crop, 3) uint8."""
+def apply_augment(rgb: np.ndarray, spec: Augment, draw: AugmentDraw) -> np.ndarray:
+    """One training crop: ``spec``'s steps with the choices ``draw`` -> (crop, crop, 3) uint8."""
     _check_rgb(rgb)
     img = _prepare(rgb, spec).copy()
     if draw.blur_sigma is not None:  # per channel, in place on uint8, as the official code
@@ -178,26 +179,28 @@ def apply_view(rgb: np.ndarray, spec: Augment, draw: ViewDraw) -> np.ndarray:
     return np.ascontiguousarray(out)
 
 
-def view_draws(rgb: np.ndarray, image_id: str, views: int, spec: Augment) -> list[ViewDraw]:
-    """The draws of views 1..views-1 of one image (view 0 is the center crop, no draw)."""
+def augment_draws(rgb: np.ndarray, image_id: str, count: int, spec: Augment
+                  ) -> list[AugmentDraw]:
+    """The draws of crops 1..count-1 of one image (crop 0 is the center crop, no draw)."""
     h, w = _prepare(rgb, spec).shape[:2]
-    return [draw_view(spec, h, w, view_seed(image_id, spec.name, k)) for k in range(1, views)]
+    return [draw_augment(spec, h, w, augment_seed(image_id, spec.name, k))
+            for k in range(1, count)]
 
 
-def crop_views(rgb: np.ndarray, image_id: str, views: int = 1,
+def crop_set(rgb: np.ndarray, image_id: str, count: int = 1,
                spec: Augment = UNIVFD_TRAIN) -> np.ndarray:
-    """(views, 224, 224, 3) uint8 input pixels of one image, ready for CLIP.
+    """(count, 224, 224, 3) uint8 input pixels of one image, ready for CLIP.
 
     View 0 is the test-time transform of UniversalFakeDetect and RINE (``center_crop``, no
-    resize); view k > 0 applies ``spec`` (``UNIVFD_TRAIN`` or ``RINE_TRAIN``) with choices seeded
-    by (image id, ``spec.name``, k), so every view is a fixed function of the image. Cached as
-    pixels: 150,528 bytes per view; as a ViT-L/14 embedding see ``clip_crop_embeddings``.
+    resize); crop k > 0 applies ``spec`` (``UNIVFD_TRAIN`` or ``RINE_TRAIN``) with choices seeded
+    by (image id, ``spec.name``, k), so every crop is a fixed function of the image. Cached as
+    pixels: 150,528 bytes per crop; as a ViT-L/14 embedding see ``clip_crop_embeddings``.
     """
     _check_rgb(rgb)
-    if views < 1:
-        raise ValueError(f"views must be >= 1, got {views}")
+    if count < 1:
+        raise ValueError(f"count must be >= 1, got {count}")
     out = [center_crop(rgb, spec.crop)]
-    out += [apply_view(rgb, spec, d) for d in view_draws(rgb, image_id, views, spec)]
+    out += [apply_augment(rgb, spec, d) for d in augment_draws(rgb, image_id, count, spec)]
     return np.stack(out)
 
 
@@ -216,7 +219,7 @@ def _normalised(clip: ClipBackbone, pixels: np.ndarray) -> torch.Tensor:
         raise ValueError(f"expected (B, S, S, 3) uint8 pixels, got {pixels.dtype} {pixels.shape}")
     if pixels.shape[1:3] != (clip.image_size, clip.image_size):
         raise ValueError(f"pixels are {pixels.shape[1]}x{pixels.shape[2]}, the backbone reads "
-                         f"{clip.image_size}x{clip.image_size}: crop them first (crop_views)")
+                         f"{clip.image_size}x{clip.image_size}: crop them first (crop_set)")
     x = torch.from_numpy(np.ascontiguousarray(pixels)).to(clip.device)
     x = x.permute(0, 3, 1, 2).float().div_(255.0)
     mean = torch.tensor(clip.mean, device=clip.device).view(1, 3, 1, 1)
@@ -244,12 +247,6 @@ def _check_layers(clip: ClipBackbone, layers: Sequence[int] | None) -> tuple[int
     if not chosen or any(i < 0 or i >= n for i in chosen) or list(chosen) != sorted(set(chosen)):
         raise ValueError(f"layers must be increasing block indices in 0..{n - 1}, got {layers}")
     return chosen
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None or device.type != "cuda":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type="cuda", dtype=dtype)
 
 
 @contextlib.contextmanager
@@ -281,12 +278,12 @@ def image_tower(clip: ClipBackbone, pixels: np.ndarray, layers: Sequence[int] | 
     The embedding is CLIP's final projected image embedding (``encode_image``, not normalised;
     UniversalFakeDetect's input). ``layers`` holds, for each chosen block (0-based, increasing;
     None = all), the class token of that block's ``ln_2`` output, as RINE's ``src/models.py``
-    reads it. float32 on the backbone's device. ViT-L/14: 768 + L x 1024 values per view, i.e.
+    reads it. float32 on the backbone's device. ViT-L/14: 768 + L x 1024 values per crop, i.e.
     1,536 + 2,048 L bytes in fp16 (50,688 with all 24 blocks).
     """
     chosen = _check_layers(clip, layers)
     x = _normalised(clip, pixels)
-    with _cls_of_ln2(clip, chosen) as seen, _autocast(clip.device, amp_dtype):
+    with _cls_of_ln2(clip, chosen) as seen, autocast(clip.device, amp_dtype):
         embedding = clip.model.encode_image(x).float()
     return embedding, torch.stack([seen[i] for i in chosen], dim=1)
 
@@ -294,13 +291,13 @@ def image_tower(clip: ClipBackbone, pixels: np.ndarray, layers: Sequence[int] | 
 @torch.inference_mode()
 def clip_crop_embeddings(clip: ClipBackbone, pixels: np.ndarray,
                          amp_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """(B, 224, 224, 3) uint8 crops (``crop_views``) -> (B, d) float32 final projected CLIP
+    """(B, 224, 224, 3) uint8 crops (``crop_set``) -> (B, d) float32 final projected CLIP
     image embeddings, not normalised (UniversalFakeDetect's ``fc`` reads them raw).
 
-    ViT-L/14 (d = 768): 1,536 bytes per view in fp16, 3,072 in fp32.
+    ViT-L/14 (d = 768): 1,536 bytes per crop in fp16, 3,072 in fp32.
     """
     x = _normalised(clip, pixels)
-    with _autocast(clip.device, amp_dtype):
+    with autocast(clip.device, amp_dtype):
         return clip.model.encode_image(x).float()
 
 
@@ -309,7 +306,7 @@ def clip_layers(clip: ClipBackbone, pixels: np.ndarray, layers: Sequence[int] | 
     """(B, 224, 224, 3) uint8 crops -> (B, L, D) float32: per chosen block (0-based, increasing;
     None = all), the class token of ``ln_2(x + attn(ln_1(x)))``, RINE's hooked tensor.
 
-    ViT-L/14 with all 24 blocks (D = 1024): 24,576 values, 49,152 bytes per view in fp16
+    ViT-L/14 with all 24 blocks (D = 1024): 24,576 values, 49,152 bytes per crop in fp16
     (98,304 in fp32); each block kept costs 2,048 bytes in fp16.
     """
     return image_tower(clip, pixels, layers, amp_dtype)[1]
@@ -341,10 +338,20 @@ def cozzolino_features(clip: ClipBackbone, pixels: np.ndarray,
     seen: list[torch.Tensor] = []
     handle = visual.ln_post.register_forward_hook(lambda _m, _i, out: seen.append(out))
     try:
-        with _autocast(clip.device, amp_dtype):
+        with autocast(clip.device, amp_dtype):
             clip.model.encode_image(x)
     finally:
         handle.remove()
     out = seen[0].float()
     pooled = out[:, 0] if out.ndim == 3 else out  # ln_post on all tokens, or after pooling
     return torch.nn.functional.normalize(pooled, dim=-1)
+
+
+# The code that defines each recipe's cached feature (``pipeline.provenance.code_fingerprint``).
+_CROP_PIXELS = (center_crop, _pad_to, resize_shorter, _jpeg, draw_augment, _prepare, apply_augment,
+                augment_draws, augment_seed, crop_set, CROP)
+CLIP_CROP_CODE = (*_CROP_PIXELS, UNIVFD_TRAIN, _normalised, clip_crop_embeddings)
+CLIP_LAYERS_CODE = (*_CROP_PIXELS, RINE_TRAIN, _normalised, _blocks, _check_layers, _cls_of_ln2,
+                    image_tower, clip_layers)
+COZZOLINO_CODE = (cozzolino_pixels, center_crop, _pad_to, resize_shorter, _normalised,
+                  cozzolino_features, load_cozzolino)

@@ -30,6 +30,7 @@ GENERATORS = ("tconv", "nn_conv", "bilinear")
 DEMO_OVERRIDES = {
     "data": {"roots": ["data/demo"], "num_workers": 2},
     "clip": {"arch": "tiny", "pretrained": "", "batch_size": 64},
+    "recipes": {"cozzolino_arch": "tiny", "cozzolino_pretrained": ""},
     "caption": {"model": "tiny", "max_new_tokens": 12, "batch_size": 32},
     "compute": {"precision": "fp32", "shard_size": 128, "num_workers": 0},
     "protocol": {"train_sources": ["real", "tconv"], "test_sources": [],
@@ -39,7 +40,12 @@ DEMO_OVERRIDES = {
 
 # The demo workspace also shows a calibrated decision (kept out of DEMO_OVERRIDES, which the
 # tests reuse for their tiny sets, where a validation split may lack a class).
-DEMO_WORKSPACE_OVERRIDES = {"evaluate": {"threshold": "val_acc", "calibration": "platt"}}
+DEMO_WORKSPACE_OVERRIDES = {
+    "evaluate": {"threshold": "val_acc", "calibration": "platt"},
+    # every head side by side, each on its own recipe, from one extraction
+    "compare": {"heads": ["composite_probe", "nsnet", "advanced", "univfd", "rine", "cozzolino"]},
+    "recipes": {"crop_augmentations": 2, "layer_augmentations": 1},
+}
 
 
 def _photos() -> list[np.ndarray]:

@@ -28,11 +28,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.config import HEAD_CHOICES, PENDING_HEADS, Params
+from pipeline.config import HEAD_CHOICES, Params
 from pipeline.data.manifest import read_manifest
 from pipeline.data.presets import Preset, get_preset, match_sources, preset_training
 
-TRAINABLE_HEADS = tuple(h for h in HEAD_CHOICES if h not in PENDING_HEADS)
+TRAINABLE_HEADS = HEAD_CHOICES  # every head trains over the store (its recipe's features)
 TRAIN_SPLITS = ("train", "val")
 
 
@@ -186,7 +186,7 @@ def with_seed(params: Params, seed: int) -> Params:
 
 
 def resolve_experiment(params: Params, manifest: str | Path | pd.DataFrame,
-                       heads: tuple[str, ...] = TRAINABLE_HEADS) -> Experiment:
+                       heads: tuple[str, ...] | None = None) -> Experiment:
     """Decide the experiment from the params and the manifest (a path, its frame, or the
     frame of a ``FeatureSet``: usable rows only, so no duplicate members).
 
@@ -214,7 +214,8 @@ def resolve_experiment(params: Params, manifest: str | Path | pd.DataFrame,
             error = (f"protocol.preset {preset.name!r} trains on {', '.join(preset.training)}, "
                      f"but none of them is among the training sources found "
                      f"({', '.join(side) or 'none'}); check data.roots and the roots' roles")
-    return Experiment(preset, train, error, missing, test, seeds_of(params), tuple(heads),
+    heads = tuple(params.compare.heads) if heads is None else tuple(heads)
+    return Experiment(preset, train, error, missing, test, seeds_of(params), heads,
                       _counts(ok), _members(full))
 
 

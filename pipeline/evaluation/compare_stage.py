@@ -1,5 +1,11 @@
 """Train every head on the same cache and print one comparison table (per source + mean).
 
+Each head reads its own recipe of features from the one store (``pipeline.config.HEAD_RECIPES``:
+the NS-Net family the patch composites and captions, UniversalFakeDetect the center-cropped
+image's embedding, RINE the class tokens of every block, Cozzolino et al. a second backbone),
+so every column is its method as its paper runs it. Under ``protocol.preset`` the published
+numbers of each method on that benchmark stand beside ours (``paper``).
+
 With ``views`` (``nsnet compare --views 1,4``) each head is also trained and scored on the first
 k patch-order views of the cache for each k: k = 1 is view 0 only (a one-view cache's
 features), k > 1 draws one of k views per image per epoch and averages k at test time, so the
@@ -14,43 +20,60 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.atomic import write_json
-from pipeline.config import Params
+from pipeline.config import HEAD_RECIPES, Params
 from pipeline.data.experiment import Experiment, resolve_experiment, with_seed
+from pipeline.data.presets import published_results
 from pipeline.evaluation.evaluate_stage import evaluate_sets
 from pipeline.evaluation.protocol_rows import with_duplicate_members
 from pipeline.evaluation.seeds import over_seeds, seeds_note, std_of
-from pipeline.extraction.cached_features import FeatureSet, load_features
+from pipeline.extraction.cached_features import FeatureSet
 from pipeline.heads.decision import Decision
-from pipeline.heads.detectors import HEADS
-from pipeline.heads.train_stage import epoch_bar, train_head
-from pipeline.metrics import compact, details_path, pct_pm
+from pipeline.heads.train_stage import (
+    TrainViews,
+    epoch_bar,
+    epochs_of,
+    head_inputs,
+    train_head,
+)
+from pipeline.metrics import compact, details_path, pct, pct_pm
 from pipeline.provenance import base_provenance
 
 METRICS = ("acc", "real_acc", "fake_acc", "ap")
+# Our head -> the method name of the presets' published tables (pipeline.data.presets).
+PAPER_METHOD = {"univfd": "univfd", "rine": "rine", "cozzolino": "cozzolino", "nsnet": "nsnet"}
 
 
 def run_compare(params: Params, manifest: str | Path, features: str | Path,
-                heads: tuple[str, ...] = tuple(HEADS), out_json: str | Path | None = None,
+                heads: tuple[str, ...] | None = None, out_json: str | Path | None = None,
                 views: tuple[int, ...] = (), details_json: str | Path | None = None
                 ) -> dict[str, Any]:
-    """Train and score each head; with ``views``, once per number of patch-order views
-    (columns ``<head> K=<k>``).
+    """Train and score each head (default ``compare.heads``) on its recipe; with ``views``, the
+    composite-recipe heads once per number of patch-order views (columns ``<head> K=<k>``).
 
     ``out_json`` (a DVC metrics file) gets each column's test AP (mean over generators) as
     ``<head>_ap`` (``<head>_k<k>_ap`` with views); ``details_json`` (default
     ``<dir>/details/<name>``) the full tables. Returns the details.
     """
+    heads = tuple(params.compare.heads) if heads is None else heads
     exp = resolve_experiment(params, manifest, heads)
-    full = load_features(params, manifest, features)
-    sets = {k: full.first_views(k) for k in views} or {0: full}  # checks k before training
+    inputs = head_inputs(params, manifest, features)
+    columns: list[tuple[str, str, FeatureSet, TrainViews | None]] = []  # name, head, fs, crops
+    for kind in heads:
+        fs, train_crops = inputs(kind)
+        if HEAD_RECIPES[kind] == "composite" and views:  # checks k before training
+            columns += [(f"{kind} K={k}", kind, fs.first_views(k), None) for k in views]
+        else:
+            columns.append((kind, kind, fs, train_crops))
     results: dict[str, Any] = {}
-    with epoch_bar(params.train.epochs * len(heads) * len(sets) * exp.n_seeds, "compare") as bar:
-        for kind in heads:
-            for k, fs in sets.items():
-                results[f"{kind} K={k}" if k else kind] = head_over_seeds(
-                    params, exp, kind, fs, bar)
+    epochs = sum(epochs_of(params, kind) for _, kind, _, _ in columns) * exp.n_seeds
+    with epoch_bar(epochs, "compare") as bar:
+        for name, kind, fs, train_crops in columns:
+            results[name] = head_over_seeds(params, exp, kind, fs, bar, train_crops)
     out = {"heads": results, "order": list(results),  # the files sort keys; tables keep this
-           "view_average": params.evaluate.view_average, "provenance": base_provenance()}
+           "view_average": params.evaluate.view_average,
+           "preset": params.protocol.preset,
+           "published": published_columns(params.protocol.preset, [k for _, k, _, _ in columns]),
+           "provenance": base_provenance()}
     if exp.n_seeds > 1:
         out["seeds"] = list(exp.seeds)
     if out_json:
@@ -68,7 +91,7 @@ def run_compare(params: Params, manifest: str | Path, features: str | Path,
 
 
 def head_over_seeds(params: Params, exp: Experiment, kind: str, fs: FeatureSet,
-                    bar: Any = None) -> dict[str, Any]:
+                    bar: Any = None, train_crops: TrainViews | None = None) -> dict[str, Any]:
     """Train ``kind`` once per seed on the experiment's training rows and score val and test
     (duplicate members included, as ``nsnet evaluate``); tables are means over the seeds with
     ``std`` beside them, ``training`` is the first seed's record (with every seed's best epoch
@@ -77,7 +100,8 @@ def head_over_seeds(params: Params, exp: Experiment, kind: str, fs: FeatureSet,
     runs: dict[int, dict[str, Any]] = {}
     trained: dict[int, dict[str, Any]] = {}
     for seed in exp.seeds:
-        result, config = train_head(with_seed(params, seed), kind, fs, bar=bar, experiment=exp)
+        result, config = train_head(with_seed(params, seed), kind, fs, bar=bar,
+                                    train_crops=train_crops, experiment=exp)
         metrics, _ = evaluate_sets(params, scored, result.model, Decision.from_bundle(config),
                                    exp)
         runs[seed] = {"test": metrics.get("test"), "val": metrics.get("val")}
@@ -88,7 +112,23 @@ def head_over_seeds(params: Params, exp: Experiment, kind: str, fs: FeatureSet,
                                           for s, t in trained.items()}}
     tables = {split: over_seeds({s: r[split] for s, r in runs.items()})
               if all(r[split] for r in runs.values()) else None for split in ("test", "val")}
-    return {**tables, "training": training, "views": fs.n_views}
+    return {**tables, "training": training, "views": fs.n_views, "recipe": HEAD_RECIPES[kind]}
+
+
+def published_columns(preset: str, heads: list[str]) -> dict[str, dict[str, Any]]:
+    """Per head, the published mean accuracy / AP on ``preset`` (percent, with the source and
+    whether the protocol is the preset's), when the preset carries one."""
+    if preset in ("", "none"):
+        return {}
+    out = {}
+    for head in dict.fromkeys(heads):
+        method = PAPER_METHOD.get(head)
+        found = published_results(preset, method) if method else []
+        if found:
+            p = found[0]
+            out[head] = {"acc": p.acc, "ap": p.ap, "title": p.title, "source": p.source,
+                         "same_protocol": p.same_protocol, "note": p.note}
+    return out
 
 
 def format_comparison(out: dict[str, Any], split: str = "test") -> str:
@@ -118,9 +158,20 @@ def format_comparison(out: dict[str, Any], split: str = "test") -> str:
             cells.append("".join(f"{pct_pm(m.get(k), _std(sd, k, several)):>{cell}}"
                                  for k in METRICS) + "|")
         lines.append(f"{mean_label if src == 'mean' else src:<18}" + "".join(cells))
+    published = out.get("published") or {}
+    base = {h: h.split(" K=")[0] for h in heads}
+    if published and split == "test":
+        cells = []
+        for h in heads:
+            p = published.get(base[h])
+            vals = {"acc": p["acc"] / 100 if p and p.get("acc") is not None else None,
+                    "ap": p["ap"] / 100 if p and p.get("ap") is not None else None}
+            cells.append("".join(f"{pct(vals.get(k)):>{cell}}" for k in METRICS) + "|")
+        lines.append(f"{'paper (published)':<18}" + "".join(cells))
     lines.append("")
     first_seed = " of the first seed" if several else ""
-    lines.append(f"{split} split, %; mean = over sources. Best epoch (val AP){first_seed}: "
+    lines.append(f"{split} split, %; mean = over sources. Epoch kept (each head's selection "
+                 f"rule){first_seed}: "
                  + ", ".join(f"{h} {out['heads'][h]['training']['best_epoch']}" for h in heads)
                  + ".")
     if several:
@@ -131,6 +182,10 @@ def format_comparison(out: dict[str, Any], split: str = "test") -> str:
         lines.append(f"K = patch-order views per image: K=1 trains and scores view 0 only; K>1 "
                      f"trains on one random view per image per epoch and scores the "
                      f"{out.get('view_average', 'mean_logit')} of the K views.")
+    for head, p in published.items() if split == "test" else ():
+        same = "same protocol" if p.get("same_protocol") else "another protocol"
+        lines.append(f"paper: {head} = {p['title']}, {p['source']} ({same}"
+                     f"{'; ' + p['note'] if p.get('note') else ''}).")
     for h in heads:
         tr = out["heads"][h]["training"]
         if "explained_variance" in tr:

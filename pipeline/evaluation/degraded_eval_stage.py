@@ -16,7 +16,12 @@ from typing import Any
 from pipeline.atomic import write_json
 from pipeline.config import Params
 from pipeline.data.experiment import Experiment, resolve_experiment
-from pipeline.evaluation.evaluate_stage import decision_table, load_seed_runs, score
+from pipeline.evaluation.evaluate_stage import (
+    bundle_recipe,
+    decision_table,
+    load_seed_runs,
+    score,
+)
 from pipeline.evaluation.protocol_rows import (
     protocol_table,
     protocol_test_set,
@@ -33,10 +38,12 @@ CLEAN = "clean"
 
 
 def degraded_test_set(params: Params, exp: Experiment, manifest: str | Path,
-                      features: str | Path, degradation: str = "") -> FeatureSet:
+                      features: str | Path, degradation: str = "",
+                      recipe: str = "composite") -> FeatureSet:
     """The experiment's test rows under ``degradation`` ("" = clean), with the duplicate
     members that give shared reals back to every generator, exactly as in ``nsnet evaluate``."""
-    fs = with_duplicate_members(load_features(params, manifest, features, degradation), exp)
+    fs = with_duplicate_members(load_features(params, manifest, features, degradation, recipe),
+                                exp)
     test = protocol_test_set(exp, fs)
     if not len(test):
         raise ValueError(f"no test rows of protocol.test_sources in {manifest}")
@@ -44,10 +51,11 @@ def degraded_test_set(params: Params, exp: Experiment, manifest: str | Path,
 
 
 def degraded_sets(params: Params, exp: Experiment, manifest: str | Path,
-                  features: str | Path) -> dict[str, FeatureSet]:
-    """``clean`` and every ``protocol.degradations`` entry: its test rows' features."""
+                  features: str | Path, recipe: str = "composite") -> dict[str, FeatureSet]:
+    """``clean`` and every ``protocol.degradations`` entry: its test rows' features (of the
+    head's ``recipe``)."""
     names = {CLEAN: "", **{d: d for d in params.protocol.degradations}}
-    return {name: degraded_test_set(params, exp, manifest, features, d)
+    return {name: degraded_test_set(params, exp, manifest, features, d, recipe)
             for name, d in names.items()}
 
 
@@ -62,10 +70,11 @@ def degraded_table(params: Params, exp: Experiment, model: Any, test: FeatureSet
 
 def degraded_result(params: Params, model: Any, manifest: str | Path, features: str | Path,
                     degradation: str = "", decision: Decision | None = None,
-                    experiment: Experiment | None = None) -> dict[str, Any]:
+                    experiment: Experiment | None = None,
+                    recipe: str = "composite") -> dict[str, Any]:
     """Per-source table of the protocol's test rows under ``degradation`` ("" = clean)."""
     exp = experiment or resolve_experiment(params, manifest)
-    test = degraded_test_set(params, exp, manifest, features, degradation)
+    test = degraded_test_set(params, exp, manifest, features, degradation, recipe)
     return degraded_table(params, exp, model, test, decision or Decision())
 
 
@@ -75,7 +84,7 @@ def run_evaluate_degraded(params: Params, manifest: str | Path, features: str | 
     ± std over seeds when there are several) and the mean APs."""
     exp = resolve_experiment(params, manifest)
     runs = load_seed_runs(params, exp, model_dir)
-    sets = degraded_sets(params, exp, manifest, features)
+    sets = degraded_sets(params, exp, manifest, features, bundle_recipe(runs[0].config))
     results = {name: over_seeds({run.seed: degraded_table(params, exp, run.model, test,
                                                           run.decision) for run in runs})
                for name, test in sets.items()}

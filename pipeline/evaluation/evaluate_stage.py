@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.atomic import atomic_path, write_json
-from pipeline.config import Params
+from pipeline.config import HEAD_RECIPES, Params
 from pipeline.data.experiment import Experiment, resolve_experiment
 from pipeline.evaluation.protocol_rows import (
     protocol_table,
@@ -113,6 +113,11 @@ def evaluate_sets(params: Params, fs: FeatureSet, model: Any, decision: Decision
     return results, pd.concat(scored, ignore_index=True) if scored else pd.DataFrame()
 
 
+def bundle_recipe(config: dict[str, Any]) -> str:
+    """The feature recipe a bundle's head reads (bundles from before recipes: composite)."""
+    return str(config["head"].get("recipe") or "composite")
+
+
 def bundle_decision(params: Params, config: dict[str, Any], model_dir: str | Path) -> Decision:
     """The bundle's decision, after checking it was made with the current evaluate.* params
     and patch-order views."""
@@ -193,9 +198,16 @@ class EvaluationPlan:
 
 def plan_evaluate(params: Params, manifest: str | Path, features: str | Path,
                   model_dir: str | Path) -> EvaluationPlan:
+    """Resolve the experiment, load the features of ``train.head``'s recipe, then every seed's
+    bundle (a bundle of a head reading another recipe gets that recipe's features)."""
     exp = resolve_experiment(params, manifest)
-    fs = with_duplicate_members(load_features(params, manifest, features), exp)
-    return EvaluationPlan(exp, fs, load_seed_runs(params, exp, model_dir))
+    recipe = HEAD_RECIPES[params.train.head]
+    fs = load_features(params, manifest, features, recipe=recipe)
+    runs = load_seed_runs(params, exp, model_dir)
+    trained = bundle_recipe(runs[0].config)
+    if trained != recipe:
+        fs = load_features(params, manifest, features, recipe=trained)
+    return EvaluationPlan(exp, with_duplicate_members(fs, exp), runs)
 
 
 def compute_evaluate(params: Params, plan: EvaluationPlan

@@ -22,7 +22,7 @@ from pipeline.evaluation.protocol_rows import with_duplicate_members
 from pipeline.evaluation.seeds import over_seeds, std_of
 from pipeline.extraction.cached_features import FeatureSet
 from pipeline.heads.decision import Decision
-from pipeline.heads.train_stage import train_head
+from pipeline.heads.train_stage import HeadInputs, TrainViews, train_head
 
 MEAN = "mean"
 FALLBACK = "†"  # marks a row whose decision fell back to 0.5 (see ``decision_for``)
@@ -48,14 +48,16 @@ def decision_for(params: Params, exp: Experiment, fs: FeatureSet) -> tuple[Param
 
 
 def train_and_test(params: Params, exp: Experiment, kind: str, fs: FeatureSet,
-                   scored: FeatureSet, bar: Any = None
+                   scored: FeatureSet, bar: Any = None, train_crops: TrainViews | None = None
                    ) -> tuple[dict[int, dict[str, Any]], dict[str, Any]]:
     """(each seed's test table, first seed's training record) of ``kind`` trained on
-    ``exp``'s training rows of ``fs`` and scored on ``scored``."""
+    ``exp``'s training rows of ``fs`` (its augmented ``train_crops`` for the cropped recipes)
+    and scored on ``scored``."""
     runs, first = {}, {}
     params, note = decision_for(params, exp, fs)
     for seed in exp.seeds:
-        result, config = train_head(with_seed(params, seed), kind, fs, bar=bar, experiment=exp)
+        result, config = train_head(with_seed(params, seed), kind, fs, bar=bar,
+                                    train_crops=train_crops, experiment=exp)
         metrics, _ = evaluate_sets(params, scored, result.model, Decision.from_bundle(config),
                                    exp)
         if not metrics.get("test"):
@@ -73,22 +75,24 @@ def columns_of(tables: list[dict[str, Any]]) -> list[str]:
     return [r for r in order if all(r in t["per_source"] for t in tables)]
 
 
-def cross_generator(params: Params, exp: Experiment, fs: FeatureSet, heads: tuple[str, ...],
-                    bar: Any = None) -> dict[str, Any]:
-    """Every head trained on every matrix source, each tested on every test row.
+def cross_generator(params: Params, exp: Experiment, inputs: HeadInputs,
+                    heads: tuple[str, ...], bar: Any = None) -> dict[str, Any]:
+    """Every head trained on every matrix source, each tested on every test row; ``inputs``
+    gives each head its recipe's features (``pipeline.heads.train_stage.head_inputs``).
 
     Returns ``{"heads", "train_sources", "columns", "diagonal", "cells": {head: {source:
     {"test": table, "training": {...}}}}, "seeds"}``; ``diagonal[source]`` names the columns
     that hold the training source itself (seen, not cross-generator).
     """
     sources = matrix_sources(exp, params.matrix.train_sources)
-    scored = with_duplicate_members(fs, exp)
     cells: dict[str, dict[str, Any]] = {}
     for kind in heads:
+        fs, crops = inputs(kind)
+        scored = with_duplicate_members(fs, exp)
         cells[kind] = {}
         for source in sources:
             sub = exp.with_training([source])
-            runs, training = train_and_test(params, sub, kind, fs, scored, bar)
+            runs, training = train_and_test(params, sub, kind, fs, scored, bar, crops)
             cells[kind][source] = {"test": over_seeds(runs), "training": {
                 k: training[k] for k in ("train_sources", "n_train", "best_epoch",
                                          "best_val_ap", "decision_note")}}

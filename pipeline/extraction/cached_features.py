@@ -27,7 +27,13 @@ import torch
 from pipeline.cache_store import FeatureStore, Part, StoreError, encode_ids, require
 from pipeline.config import Params
 from pipeline.data.manifest import read_manifest
-from pipeline.extraction.settings import ExtractSettings, PartSet
+from pipeline.extraction.settings import (
+    CLIP_CROP,
+    CLIP_LAYERS,
+    COZZOLINO,
+    ExtractSettings,
+    PartSet,
+)
 
 
 class MappedRows:
@@ -118,6 +124,12 @@ class FeatureSet:
         patches = {**self.provenance.get("patches", {}), "views": k}
         return FeatureSet(self.frame, image, self.text, {**self.provenance, "patches": patches})
 
+    def with_image(self, image: Rows) -> FeatureSet:
+        """The same rows with other image features (e.g. a recipe's training crops)."""
+        if len(image) != len(self.frame):
+            raise ValueError(f"{len(image)} feature rows for {len(self.frame)} images")
+        return FeatureSet(self.frame, image, self.text, self.provenance)
+
     @property
     def mapped(self) -> bool:
         return isinstance(self.image, MappedRows)
@@ -190,41 +202,108 @@ def feature_rows(params: Params, manifest: str | Path, degradation: str = ""
 
 
 def load_features(params: Params, manifest: str | Path, store: str | Path,
-                  degradation: str = "") -> FeatureSet:
-    """Gather the manifest's image and text features from the store, in manifest order.
+                  degradation: str = "", recipe: str = "composite") -> FeatureSet:
+    """Gather the manifest's features of one recipe from the store, in manifest order.
 
-    The parts read are the ones the params name (CLIP, captions, patch selection, views and
+    ``composite`` (NS-Net's input): the composite's CLIP embedding in each of
+    ``patches.views`` patch orders, (n, d) or (n, K, d), and the caption's embedding (n, d).
+    ``clip_crop`` / ``clip_layers`` / ``cozzolino`` (the baselines' inputs): crop 0 (the
+    test-time crop) of each image, (n, d) (``clip_layers``: its (L, D) class tokens flattened
+    to (n, L * D)), and no text (n, 0); the training crops come from ``training_crops``.
+
+    The parts read are the ones the params name (backbone, captions, patch selection, views,
     each row's treatment), so features made with other settings are never mixed in; an image
     without them is a ``StoreError`` that says to run ``nsnet extract``.
     """
-    settings = ExtractSettings.from_params(params)
-    _refuse_previous_layout(Path(store))
-    fs_store = FeatureStore(require(store, "extract"))
-    fs_store.check_format()
+    settings = ExtractSettings.from_params(params).with_recipes(recipe)
+    fs_store = _open(store)
     rows, treatments = feature_rows(params, manifest, degradation)
-    n, k = len(rows), settings.views
     treats = np.asarray(treatments, dtype=object)
     ids = encode_ids(rows["id"].tolist())
+    n = len(rows)
     first = settings.parts(treatments[0] if n else settings.treatment("test"))
-    dim = _dim(fs_store, settings, treatments)
-    image, mapped = _allocate(fs_store, (n, k, dim) if k > 1 else (n, dim), "image")
-    text, text_mapped = _allocate(fs_store, (n, dim), "text")
-    for treatment in sorted(set(treatments)):
-        pick = np.flatnonzero(treats == treatment)
-        parts = settings.parts(treatment)
-        for view, part in enumerate(parts.images):
-            got = _gather(fs_store, part, ids[pick], treatment)
-            if k > 1:
-                image[pick, view] = got
-            else:
-                image[pick] = got
-        text[pick] = _gather(fs_store, parts.text, ids[pick], treatment)
-    image_rows = _rows(image, mapped)
+    if recipe == "composite":
+        k = settings.views
+        image = _gather_into(fs_store, settings, ids, treats, "image",
+                             [lambda ps, v=v: ps.images[v] for v in range(k)], k > 1)
+        text = _gather_into(fs_store, settings, ids, treats, "text", [lambda ps: ps.text])
+    elif recipe in (CLIP_CROP, CLIP_LAYERS, COZZOLINO):
+        image = _gather_into(fs_store, settings, ids, treats, recipe,
+                             [lambda ps: recipe_part(ps, recipe, 0)])
+        text = _rows(np.zeros((n, 0), np.float32), False)
+    else:
+        raise ValueError(f"unknown feature recipe {recipe!r}")
     columns = ["id", "label", "source", "split", "path"]
     columns += [c for c in ("format",) if c in rows]  # per-format metrics (shortcut check)
     frame = rows[columns].reset_index(drop=True)
-    prov = _provenance(fs_store, settings, first, degradation)
-    return FeatureSet(frame, image_rows, _rows(text, text_mapped), prov)
+    prov = _provenance(fs_store, settings, first, degradation, recipe)
+    return FeatureSet(frame, image, text, prov)
+
+
+def training_crops(params: Params, store: str | Path, recipe: str, frame: pd.DataFrame
+                   ) -> Rows | None:
+    """The augmented training crops (1..K-1) of a cropped recipe for ``frame``'s rows (training
+    images), (n, K - 1, F) ((n, F) for one); None when the recipe keeps only crop 0 (K = 1) or
+    has none."""
+    settings = ExtractSettings.from_params(params).with_recipes(recipe)
+    k = {CLIP_CROP: settings.recipe.crops,
+         CLIP_LAYERS: settings.recipe.layer_crops}.get(recipe, 1)
+    if k < 2:
+        return None
+    fs_store = _open(store)
+    ids = encode_ids(frame["id"].tolist())
+    treats = np.asarray([settings.treatment(s) for s in frame["split"]], dtype=object)
+    return _gather_into(fs_store, settings, ids, treats, recipe,
+                        [lambda ps, v=v: recipe_part(ps, recipe, v) for v in range(1, k)], k > 2)
+
+
+def recipe_part(parts: PartSet, recipe: str, view: int) -> Part:
+    """The part of ``recipe`` (``clip_crop``, ``clip_layers``, ``cozzolino``) for ``view``."""
+    if recipe == COZZOLINO:
+        return parts.cozzolino
+    return (parts.clip_crop if recipe == CLIP_CROP else parts.clip_layers)[view]
+
+
+def _open(store: str | Path) -> FeatureStore:
+    _refuse_previous_layout(Path(store))
+    fs_store = FeatureStore(require(store, "extract"))
+    fs_store.check_format()
+    return fs_store
+
+
+def _gather_into(store: FeatureStore, settings: ExtractSettings, ids: np.ndarray,
+                 treats: np.ndarray, name: str, views: list[Any], stacked: bool = False) -> Rows:
+    """Rows of the parts ``views[k](parts)`` (per treatment) for ``ids``: (n, F) for one view,
+    (n, K, F) when ``stacked``; multi-dimensional rows (clip_layers) are flattened."""
+    treatments = sorted(set(treats.tolist()))
+    width = _width(store, settings, treatments, views[0])
+    shape = (len(ids), len(views), width) if stacked else (len(ids), width)
+    out, mapped = _allocate(store, shape, name)
+    for treatment in treatments:
+        pick = np.flatnonzero(treats == treatment)
+        parts = settings.parts(treatment)
+        for v, part_of in enumerate(views):
+            got = _gather(store, part_of(parts), ids[pick], treatment).reshape(len(pick), -1)
+            if stacked:
+                out[pick, v] = got
+            else:
+                out[pick] = got
+    return _rows(out, mapped)
+
+
+def _width(store: FeatureStore, settings: ExtractSettings, treatments: list[str],
+           part_of: Any) -> int:
+    """Values per row of a part (from any treatment's segments)."""
+    for treatment in treatments or [""]:
+        shapes = store.part(part_of(settings.parts(treatment))).shapes()
+        if shapes:
+            return int(np.prod(shapes["emb"][0]))
+    under = [t for t in treatments if t]
+    raise StoreError(
+        f"{store.root} has no {part_of(settings.parts('')).name} features made with the current "
+        f"settings (clip {settings.clip.arch}"
+        f"{', images read under ' + ', '.join(under) if under else ''}); "
+        "run `nsnet extract` (or `dvc repro`)")
 
 
 def _refuse_previous_layout(store: Path) -> None:
@@ -250,31 +329,20 @@ def _gather(store: FeatureStore, part: Part, ids: np.ndarray, treatment: str) ->
         raise StoreError(f"{exc}.{what}{hint}") from None
 
 
-def _dim(store: FeatureStore, settings: ExtractSettings, treatments: list[str]) -> int:
-    """The embedding width, from any part the rows will be read from."""
-    for treatment in sorted(set(treatments)) or [""]:
-        parts = settings.parts(treatment)
-        shapes = store.part(parts.text).shapes() or store.part(parts.images[0]).shapes()
-        if shapes:
-            return int(shapes["emb"][0][-1])
-    under = [t for t in sorted(set(treatments)) if t]
-    raise StoreError(
-        f"{store.root} has no features made with the current settings (clip "
-        f"{settings.clip.arch}{', images read under ' + ', '.join(under) if under else ''}); "
-        "run `nsnet extract` (or `dvc repro`)")
-
-
 def _provenance(store: FeatureStore, settings: ExtractSettings, parts: PartSet,
-                degradation: str) -> dict[str, Any]:
+                degradation: str, recipe: str = "composite") -> dict[str, Any]:
     """What made the features, each setting spelled once, as in params.yaml (``clip.arch``,
     ``caption.model``, ``patches.views``, ``protocol.train_reencode``...): the settings, the
-    facts of the CLIP that embedded them under ``clip`` (weights, preprocessing, width: from the
-    part's ``part.json``; a part converted from the previous layout has none), the
-    degradation and the keys of the parts read."""
-    made = store.part(parts.images[0]).info().get("provenance", {})
+    facts of the backbone that embedded them under ``clip`` (weights, preprocessing, width: from
+    the part's ``part.json``; a part converted from the previous layout has none), the recipe
+    and its row shape, the degradation and the keys of the parts read."""
+    first = parts.images[0] if recipe == "composite" else recipe_part(parts, recipe, 0)
+    made = store.part(first).info().get("provenance", {})
     prov = settings.provenance()
     prov["clip"].update({k: made[k] for k in CLIP_FACTS if k in made})
-    return {**prov, "degradation": degradation,
+    shapes = store.part(first).shapes()
+    return {**prov, "degradation": degradation, "recipe": recipe,
+            "row_shape": list(shapes["emb"][0]) if shapes else [],
             "parts": {t: {kind: p.key for kind, p in settings.parts(t).by_kind().items()}
                       for t in sorted({parts.treatment, settings.treatment("train")})}}
 

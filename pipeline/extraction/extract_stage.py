@@ -35,12 +35,17 @@ from pipeline.extraction.image_pass import ImagePass, PassPlan, batches
 from pipeline.extraction.plan import ExtractPlan, Shard, make_plan
 from pipeline.extraction.settings import (
     CAPTION,
+    CLIP_CROP,
+    CLIP_LAYERS,
     COMPOSITE,
+    COZZOLINO,
     SELECTION,
     TEXT,
     ExtractRuntime,
     ExtractSettings,
+    crop_kind,
     image_kind,
+    kind_base,
 )
 from pipeline.provenance import ProvenanceMismatch, base_provenance
 
@@ -133,16 +138,23 @@ def compute_shard(shard: Shard, progress: Callable[[int], Any] | None = None) ->
     return shard.samples
 
 
-def _load(settings: ExtractSettings, device: str, kinds: set[str]) -> dict[str, Any]:
-    models: dict[str, Any] = {}
-    if any(k == TEXT or k.startswith("image:") for k in kinds):
-        from pipeline.backbones.clip import load_clip
+CLIP_KINDS = ("image", TEXT, CLIP_CROP, CLIP_LAYERS)  # computed by the main CLIP
 
+
+def _load(settings: ExtractSettings, device: str, kinds: set[str]) -> dict[str, Any]:
+    from pipeline.backbones.clip import load_clip
+
+    models: dict[str, Any] = {}
+    bases = {kind_base(k) for k in kinds}
+    if bases & set(CLIP_KINDS):
         models["clip"] = load_clip(settings.clip.arch, settings.clip.pretrained, device)
-    if CAPTION in kinds:
+    if CAPTION in bases:
         from pipeline.backbones.blip import load_blip
 
         models["blip"] = load_blip(settings.caption.model, device)
+    if COZZOLINO in bases:
+        spec = settings.recipe.cozzolino
+        models["cozzolino"] = load_clip(spec.arch, spec.pretrained, device)
     return models
 
 
@@ -153,7 +165,10 @@ def _image_pass(shard: Shard, models: dict[str, Any], amp: torch.dtype | None,
     blip = models.get("blip")
     resize = blip.resizer if blip is not None else None
     plan = PassPlan(settings.patches, rt.max_pixels, select=SELECTION in shard.kinds,
-                    views=shard.views, keep_view0=COMPOSITE in shard.kinds, blip=resize)
+                    views=shard.views, keep_view0=COMPOSITE in shard.kinds, blip=resize,
+                    crop_indices=shard.views_of(CLIP_CROP),
+                    layer_indices=shard.views_of(CLIP_LAYERS),
+                    cozzolino=COZZOLINO in shard.kinds)
     built = plan.composites
     batch_size = rt.caption_batch if blip is not None else rt.clip_batch
     for batch in batches(ImagePass(shard.images, plan), batch_size, rt.num_workers,
@@ -171,8 +186,47 @@ def _image_pass(shard: Shard, models: dict[str, Any], amp: torch.dtype | None,
                 _encode_images(models["clip"], comps, rt.clip_batch, amp))
         if COMPOSITE in shard.kinds:
             out[COMPOSITE].extend(batch["composite"][:, built.index(0)].numpy())
+        _recipes(shard, models, batch, amp, out)
         if progress:
             progress(n)
+
+
+def _recipes(shard: Shard, models: dict[str, Any], batch: dict[str, torch.Tensor],
+             amp: torch.dtype | None, out: dict[str, list[Any]]) -> None:
+    """The baseline recipes of one batch: ``clip_crop`` embeddings, ``clip_layers`` class
+    tokens (crop 0 of both, the same center crop, in one forward pass) and ``cozzolino``."""
+    from pipeline.backbones import recipes
+
+    rt, spec = shard.runtime, shard.settings.recipe
+    layers = None if spec.layers == "all" else list(spec.layers)
+    crops, tokens = shard.views_of(CLIP_CROP), shard.views_of(CLIP_LAYERS)
+    clip, bs = models.get("clip"), rt.clip_batch
+
+    def chunks(pixels: np.ndarray, fn: Callable[[np.ndarray], Any]) -> list[Any]:
+        got = [fn(pixels[i:i + bs]) for i in range(0, len(pixels), bs)]
+        return [np.concatenate([g[j].cpu().numpy() for g in got]) for j in range(len(got[0]))] \
+            if isinstance(got[0], tuple) else [np.concatenate([g.cpu().numpy() for g in got])]
+
+    shared = 0 in crops and 0 in tokens
+    if shared:
+        pixels = batch[CLIP_CROP][:, crops.index(0)].numpy()
+        emb, toks = chunks(pixels, lambda p: recipes.image_tower(clip, p, layers, amp))
+        out[crop_kind(CLIP_CROP, 0)].extend(emb.astype(np.float16))
+        out[crop_kind(CLIP_LAYERS, 0)].extend(toks.astype(np.float16))
+    for view in crops:
+        if not (shared and view == 0):
+            pixels = batch[CLIP_CROP][:, crops.index(view)].numpy()
+            (emb,) = chunks(pixels, lambda p: recipes.clip_crop_embeddings(clip, p, amp))
+            out[crop_kind(CLIP_CROP, view)].extend(emb.astype(np.float16))
+    for view in tokens:
+        if not (shared and view == 0):
+            pixels = batch[CLIP_LAYERS][:, tokens.index(view)].numpy()
+            (toks,) = chunks(pixels, lambda p: recipes.clip_layers(clip, p, layers, amp))
+            out[crop_kind(CLIP_LAYERS, view)].extend(toks.astype(np.float16))
+    if COZZOLINO in shard.kinds:
+        pixels = batch[COZZOLINO].numpy()
+        (feat,) = chunks(pixels, lambda p: recipes.cozzolino_features(models[COZZOLINO], p, amp))
+        out[COZZOLINO].extend(feat.astype(np.float16))
 
 
 def _encode_images(clip: Any, composites: np.ndarray, batch: int, amp: torch.dtype | None
@@ -224,13 +278,16 @@ def _arrays(kind: str, rows: list[Any]) -> dict[str, np.ndarray]:
         return {"caption": np.asarray(rows, dtype=object)}
     if kind == COMPOSITE:
         return {"composite": np.stack(rows).astype(np.uint8)}
-    return {"emb": np.stack(rows).astype(np.float16)}  # image:<view>, text
+    return {"emb": np.stack(rows).astype(np.float16)}  # image, text, the baseline recipes
 
 
 def _model_provenance(kind: str, models: dict[str, Any]) -> dict[str, Any]:
-    if kind == CAPTION:
+    base = kind_base(kind)
+    if base == CAPTION:
         return dict(models["blip"].provenance)
-    if kind == TEXT or kind.startswith("image:"):
+    if base == COZZOLINO:
+        return dict(models[COZZOLINO].provenance)
+    if base in CLIP_KINDS:
         return dict(models["clip"].provenance)
     return {}
 

@@ -4,7 +4,8 @@ A worker process reads an image's bytes, checks them against the manifest's cont
 decodes them once and, for each treatment the image is needed under (the file as it is,
 ``protocol.train_reencode``, each degradation), derives from those pixels what the models need:
 the patch selection (cells and entropies, a few hundred bytes), the 224 px composites of the
-requested patch orders for CLIP and the uint8 384 px resize for BLIP. Only those fixed-size
+requested patch orders for CLIP, the uint8 384 px resize for BLIP, and the baseline recipes'
+224 px crops (``pipeline.backbones.recipes``). Only those fixed-size
 arrays cross back to the main process, where the models run on the GPU while the workers decode
 the next images (``prefetch``).
 
@@ -23,6 +24,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from pipeline.backbones import recipes
 from pipeline.data import degradations
 from pipeline.data.images import decode_data, read_bytes
 from pipeline.data.manifest import content_id
@@ -61,6 +63,9 @@ class PassPlan:
     views: tuple[int, ...] = (0,)  # patch orders whose composites CLIP embeds (or () )
     keep_view0: bool = False  # also hand back view 0's composite (patches.keep_composites)
     blip: Any = None  # a BlipResize when captions are computed
+    crop_indices: tuple[int, ...] = ()  # clip_crop crops (UniversalFakeDetect's)
+    layer_indices: tuple[int, ...] = ()  # clip_layers crops (RINE's)
+    cozzolino: bool = False  # Cozzolino et al.'s resized center crop
 
     @property
     def composites(self) -> tuple[int, ...]:
@@ -107,6 +112,13 @@ class ImagePass(torch.utils.data.Dataset):
             item["composite"] = np.stack([composite(rgb, orders[k], plan.spec) for k in wanted])
         if plan.blip is not None:
             item["blip"] = plan.blip.resize(rgb)
+        for key, wanted, spec in (("clip_crop", plan.crop_indices, recipes.UNIVFD_TRAIN),
+                                  ("clip_layers", plan.layer_indices, recipes.RINE_TRAIN)):
+            if wanted:
+                crops = recipes.crop_set(rgb, work.image_id, max(wanted) + 1, spec)
+                item[key] = crops[list(wanted)]
+        if plan.cozzolino:
+            item["cozzolino"] = recipes.cozzolino_pixels(rgb)
         return item
 
 

@@ -22,20 +22,25 @@ from pipeline.data.manifest import file_paths
 from pipeline.extraction.image_pass import ImageWork
 from pipeline.extraction.settings import (
     CAPTION,
+    CLIP_CROP,
+    CLIP_LAYERS,
     COMPOSITE,
+    COZZOLINO,
     IMAGE,
+    PIXEL_KINDS,
     SELECTION,
     TEXT,
     ExtractRuntime,
     ExtractSettings,
+    kind_base,
+    kind_view,
 )
 
-KIND_ORDER = (SELECTION, CAPTION, COMPOSITE, IMAGE, TEXT)
+KIND_ORDER = (SELECTION, CAPTION, COMPOSITE, IMAGE, TEXT, CLIP_CROP, CLIP_LAYERS, COZZOLINO)
 
 
 def kind_rank(kind: str) -> tuple[int, int]:
-    base, _, view = kind.partition(":")
-    return KIND_ORDER.index(base), int(view or 0)
+    return KIND_ORDER.index(kind_base(kind)), kind_view(kind)
 
 
 @dataclass(frozen=True)
@@ -55,12 +60,17 @@ class Shard:
 
     @property
     def needs_pixels(self) -> bool:
-        return any(k.split(":")[0] in (SELECTION, CAPTION, IMAGE, COMPOSITE) for k in self.kinds)
+        return any(kind_base(k) in PIXEL_KINDS for k in self.kinds)
+
+    def views_of(self, base: str) -> tuple[int, ...]:
+        """The views of ``base`` (``image``: patch orders; ``clip_crop``, ``clip_layers``:
+        crops) that this shard computes."""
+        return tuple(kind_view(k) for k in self.kinds if kind_base(k) == base and ":" in k)
 
     @property
     def views(self) -> tuple[int, ...]:
         """The patch orders whose image embeddings this shard computes."""
-        return tuple(int(k.split(":")[1]) for k in self.kinds if k.startswith(IMAGE + ":"))
+        return self.views_of(IMAGE)
 
 
 @dataclass
@@ -95,14 +105,21 @@ def requested_samples(settings: ExtractSettings, rows: pd.DataFrame
 
 def missing_kinds(settings: ExtractSettings, store: FeatureStore, rows: pd.DataFrame,
                   sample_row: np.ndarray, sample_treat: np.ndarray) -> dict[str, np.ndarray]:
-    """Work kind -> boolean mask of the samples whose part lacks the image's id."""
+    """Work kind -> boolean mask of the samples that need it and whose part lacks the id.
+
+    Every sample needs every requested kind, except the augmented crops of the cropped
+    recipes (``clip_crop:<k>``, ``clip_layers:<k>``, k > 0), which only training images need
+    (the heads validate and test on crop 0, the test-time crop)."""
     ids = encode_ids(rows["id"].tolist())
     kinds = list(settings.parts("").by_kind())
     out = {k: np.zeros(len(sample_row), dtype=bool) for k in kinds}
+    training = (rows["split"].to_numpy()[sample_row] == "train") & \
+        (sample_treat == settings.treatment("train"))
     for treatment in sorted(set(sample_treat)):
         sel = np.flatnonzero(sample_treat == treatment)
         for kind, part in settings.parts(treatment).by_kind().items():
-            out[kind][sel] = ~store.part(part).index().contains(ids[sample_row[sel]])
+            wanted = sel[training[sel]] if settings.training_crops(kind) else sel
+            out[kind][wanted] = ~store.part(part).index().contains(ids[sample_row[wanted]])
     # No dependency needs handling here: an image part's key includes its selection's key and
     # a text part's key its caption's, so a new selection or caption makes those parts (other
     # directories) lack the id as well.

@@ -15,6 +15,7 @@ every part computed from them.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -25,8 +26,11 @@ from pipeline.extraction.patch_selection import LUMA, PatchSpec
 from pipeline.provenance import code_fingerprint
 
 SELECTION, CAPTION, IMAGE, TEXT, COMPOSITE = "selection", "caption", "image", "text", "composite"
-PIXEL_KINDS = (SELECTION, CAPTION, IMAGE, COMPOSITE)  # computed from decoded pixels
+CLIP_CROP, CLIP_LAYERS, COZZOLINO = "clip_crop", "clip_layers", "cozzolino"
+# Work kinds computed from decoded pixels (the rest, ``text``, from stored captions).
+PIXEL_KINDS = (SELECTION, CAPTION, IMAGE, COMPOSITE, CLIP_CROP, CLIP_LAYERS, COZZOLINO)
 TRAINING_SPLITS = ("train", "val")
+RECIPES = ("composite", CLIP_CROP, CLIP_LAYERS, COZZOLINO)  # = config.requested_recipes order
 
 
 def image_kind(view: int) -> str:
@@ -34,9 +38,29 @@ def image_kind(view: int) -> str:
     return f"{IMAGE}:{view}"
 
 
+def crop_kind(recipe: str, crop: int) -> str:
+    """The work kind of crop ``crop`` of a cropped recipe (``clip_crop:0``, ``clip_layers:1``;
+    crop 0 is the test-time center crop, the others the training augmentation's)."""
+    return f"{recipe}:{crop}"
+
+
+def kind_base(kind: str) -> str:
+    """``image:3`` -> ``image``; ``text`` -> ``text``."""
+    return kind.split(":")[0]
+
+
+def kind_view(kind: str) -> int:
+    return int(kind.split(":")[1]) if ":" in kind else 0
+
+
 @dataclass(frozen=True)
 class PartSet:
-    """The parts of one treatment: what an image under that treatment has in the store."""
+    """The parts of one treatment: what an image under that treatment has in the store.
+
+    The composite recipe (NS-Net's input: selection, caption, the composite's embedding in each
+    patch order, the caption's embedding) and the baseline recipes (``clip_crop`` and
+    ``clip_layers`` crops, ``cozzolino``); ``by_kind`` lists those the params request.
+    """
 
     treatment: str
     selection: Part
@@ -44,13 +68,26 @@ class PartSet:
     images: tuple[Part, ...]  # one per patch-order view, view 0 first
     text: Part
     composite: Part | None  # only with patches.keep_composites
+    clip_crop: tuple[Part, ...]  # crop 0 = the test-time crop, then UnivFD's training crops
+    clip_layers: tuple[Part, ...]  # crop 0 = the test-time crop, then RINE's training crops
+    cozzolino: Part
+    recipes: tuple[str, ...]  # the requested recipes
 
     def by_kind(self) -> dict[str, Part]:
-        """Work kind -> part (``selection``, ``caption``, ``image:<k>``, ``text``, ...)."""
-        out = {SELECTION: self.selection, CAPTION: self.caption, TEXT: self.text}
-        out.update({image_kind(k): p for k, p in enumerate(self.images)})
-        if self.composite is not None:
-            out[COMPOSITE] = self.composite
+        """Work kind -> part, for the requested recipes (``selection``, ``caption``,
+        ``image:<k>``, ``text``, ``clip_crop:<k>``, ...)."""
+        out: dict[str, Part] = {}
+        if "composite" in self.recipes:
+            out = {SELECTION: self.selection, CAPTION: self.caption, TEXT: self.text}
+            out.update({image_kind(k): p for k, p in enumerate(self.images)})
+            if self.composite is not None:
+                out[COMPOSITE] = self.composite
+        if CLIP_CROP in self.recipes:
+            out.update({crop_kind(CLIP_CROP, k): p for k, p in enumerate(self.clip_crop)})
+        if CLIP_LAYERS in self.recipes:
+            out.update({crop_kind(CLIP_LAYERS, k): p for k, p in enumerate(self.clip_layers)})
+        if COZZOLINO in self.recipes:
+            out[COZZOLINO] = self.cozzolino
         return out
 
 
@@ -72,6 +109,16 @@ class CaptionSpec:
 
 
 @dataclass(frozen=True)
+class RecipeSpec:
+    """The baseline recipes' settings (``recipes.*``)."""
+
+    crops: int  # clip_crop: crop 0 (test-time) + recipes.crop_augmentations
+    layer_crops: int  # clip_layers: crop 0 + recipes.layer_augmentations
+    layers: tuple[int, ...] | str  # recipes.layers: block indices, or "all"
+    cozzolino: ClipSpec  # recipes.cozzolino_arch, recipes.cozzolino_pretrained
+
+
+@dataclass(frozen=True)
 class ExtractSettings:
     """Every setting that changes a cached feature, spelled as in ``params.yaml``: the part
     keys, the provenance and the shard settings are derived from it."""
@@ -84,9 +131,14 @@ class ExtractSettings:
     precision: str  # compute.precision
     train_reencode: str  # protocol.train_reencode
     degradations: tuple[str, ...]  # protocol.degradations
+    recipes: tuple[str, ...] = ("composite",)  # what the heads of train.head, compare.heads read
+    recipe: RecipeSpec = RecipeSpec(9, 2, "all", ClipSpec("ViT-L-14", "commonpool_xl_s13b_b90k"))
 
     @classmethod
     def from_params(cls, params: Params) -> ExtractSettings:
+        from pipeline.config import requested_recipes
+
+        r = params.recipes
         return cls(
             patches=PatchSpec.of(params.patches), views=params.patches.views,
             keep_composites=params.patches.keep_composites,
@@ -95,7 +147,20 @@ class ExtractSettings:
             precision=params.compute.precision,
             train_reencode=params.protocol.train_reencode,
             degradations=tuple(params.protocol.degradations),
+            recipes=tuple(requested_recipes(params)),
+            recipe=RecipeSpec(1 + r.crop_augmentations, 1 + r.layer_augmentations,
+                              r.layers if isinstance(r.layers, str) else tuple(r.layers),
+                              ClipSpec(r.cozzolino_arch, r.cozzolino_pretrained)),
         )
+
+    def with_recipes(self, *recipes: str) -> ExtractSettings:
+        """The same settings asking for ``recipes`` (e.g. a reader of one head's input)."""
+        return dataclasses.replace(self, recipes=tuple(r for r in RECIPES if r in recipes))
+
+    def training_crops(self, kind: str) -> bool:
+        """Whether a work kind exists for training images only (the augmented crops of the
+        cropped recipes; crop 0, the test-time crop, exists for every image)."""
+        return kind_base(kind) in (CLIP_CROP, CLIP_LAYERS) and kind_view(kind) > 0
 
     def treatment(self, split: str) -> str:
         """The treatment of an image of ``split`` in the clean pass: training images are
@@ -130,15 +195,45 @@ class ExtractSettings:
         composite = (Part(COMPOSITE, {"selection_part": selection.key,
                                       "code": code_fingerprint(*ORDER_CODE)})
                      if self.keep_composites else None)
-        return PartSet(treatment, selection, caption, images, text, composite)
+        return PartSet(treatment, selection, caption, images, text, composite,
+                       *self._recipe_parts(treatment, pixel_code), recipes=self.recipes)
+
+    def _recipe_parts(self, treatment: str, pixel_code: tuple
+                      ) -> tuple[tuple[Part, ...], tuple[Part, ...], Part]:
+        from pipeline.backbones.clip import IMAGE_CODE
+        from pipeline.backbones.recipes import CLIP_CROP_CODE, CLIP_LAYERS_CODE, COZZOLINO_CODE
+
+        precision = {"compute": {"precision": self.precision}}
+        base = {"treatment": treatment, "clip": asdict(self.clip), **precision}
+        crop = tuple(Part(CLIP_CROP, {
+            **base, "crop": k, "augment": "univfd" if k else "center_crop",
+            "code": code_fingerprint(*CLIP_CROP_CODE, *IMAGE_CODE, *pixel_code)})
+            for k in range(self.recipe.crops))
+        layers = self.recipe.layers if isinstance(self.recipe.layers, str) \
+            else list(self.recipe.layers)
+        tokens = tuple(Part(CLIP_LAYERS, {
+            **base, "crop": k, "augment": "rine" if k else "center_crop", "layers": layers,
+            "code": code_fingerprint(*CLIP_LAYERS_CODE, *IMAGE_CODE, *pixel_code)})
+            for k in range(self.recipe.layer_crops))
+        cozzolino = Part(COZZOLINO, {
+            "treatment": treatment, "backbone": asdict(self.recipe.cozzolino), **precision,
+            "code": code_fingerprint(*COZZOLINO_CODE, *IMAGE_CODE, *pixel_code)})
+        return crop, tokens, cozzolino
 
     def provenance(self) -> dict[str, Any]:
         """The settings as provenance, spelled as in params.yaml."""
+        r = self.recipe
         return {"clip": asdict(self.clip), "caption": asdict(self.caption),
                 "compute": {"precision": self.precision},
                 "patches": {**self.patches.as_dict(), "views": self.views},
                 "protocol": {"train_reencode": self.train_reencode,
-                             "degradations": list(self.degradations)}}
+                             "degradations": list(self.degradations)},
+                "recipes": {"requested": list(self.recipes),
+                            "crop_augmentations": r.crops - 1,
+                            "layer_augmentations": r.layer_crops - 1,
+                            "layers": r.layers if isinstance(r.layers, str) else list(r.layers),
+                            "cozzolino_arch": r.cozzolino.arch,
+                            "cozzolino_pretrained": r.cozzolino.pretrained}}
 
 
 @dataclass(frozen=True)

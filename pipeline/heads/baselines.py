@@ -48,7 +48,7 @@ class PaperSettings:
     epochs: int  # the most epochs (an early-stopping rule may end sooner)
     early_stopping: str  # the rule, in words ("none": train all epochs, keep the last)
     threshold: float  # on sigmoid(logit): fake when >= threshold
-    train_views: int  # training-augmentation views to cache per image (view 0 is the test crop)
+    train_crops: int  # training-augmentation crops to cache per image (crop 0 is the test crop)
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -173,6 +173,8 @@ class RINE(nn.Module):
         return torch.softmax(self.alpha, dim=1)[0]
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | None = None) -> HeadOutput:
+        if x.dim() == 2 and x.shape[1] == self.n_layers * self.dim:  # the store's flat rows
+            x = x.reshape(len(x), self.n_layers, self.dim)
         if x.dim() != 3 or tuple(x.shape[1:]) != (self.n_layers, self.dim):
             raise ValueError(f"the rine head reads (B, {self.n_layers}, {self.dim}) class tokens "
                              f"(recipe clip_layers), got {tuple(x.shape)}")
@@ -219,7 +221,7 @@ SETTINGS: dict[str, PaperSettings] = {
         batch_size=256, epochs=100,
         early_stopping="Plateau on validation accuracy: patience 5 epochs, min gain 0.001 "
                        "(0.002 after a drop), lr / 10 at each plateau, stop below 1e-6",
-        threshold=0.5, train_views=8,
+        threshold=0.5, train_crops=8,
         sources={
             "optimizer": f"{UFD} networks/trainer.py:33-34 (--optim adam -> torch.optim.AdamW)",
             "lr": f"{UFD} options/train_options.py:19 (--lr 0.0001)",
@@ -230,14 +232,14 @@ SETTINGS: dict[str, PaperSettings] = {
             "early_stopping": f"{UFD} train.py:44,75-83 + options/train_options.py:7 "
                               "(--earlystop_epoch 5), trainer.py:45-50 (lr /= 10, min 1e-6)",
             "threshold": f"{UFD} validate.py:118-119 (acc at 0.5; README: acc with 0.5)",
-            "train_views": "ours: the official loader draws a fresh augmentation every epoch "
+            "train_crops": "ours: the official loader draws a fresh augmentation every epoch "
                            "(data/datasets.py:86-115); 8 cached views approximate that",
         }),
     "rine": PaperSettings(
         recipe="clip_layers", optimizer="adam", lr=1e-3, betas=(0.9, 0.999), weight_decay=0.0,
         batch_size=128, epochs=1,
         early_stopping="none (lr / 10 at epochs 6 and 11, unused with 1 epoch)",
-        threshold=0.5, train_views=1,
+        threshold=0.5, train_crops=1,
         sources={
             "optimizer": f"{RINE_REPO} src/utils.py:175 (torch.optim.Adam, default betas, "
                          "no weight decay)",
@@ -250,13 +252,13 @@ SETTINGS: dict[str, PaperSettings] = {
             "early_stopping": f"{RINE_REPO} scripts/best.py:7 (epochs_reduce_lr = [6, 11]), "
                               "src/utils.py:186-189; validation is logged, never selects",
             "threshold": f"{RINE_REPO} src/utils.py:272 (accuracy at sigmoid > 0.5)",
-            "train_views": "ours: one epoch sees one augmentation per image "
+            "train_crops": "ours: one epoch sees one augmentation per image "
                            "(src/utils.py:26-38)",
         }),
     "cozzolino": PaperSettings(
         recipe="cozzolino", optimizer="adam", lr=1e-3, betas=(0.9, 0.999), weight_decay=1e-4,
         batch_size=256, epochs=100, early_stopping="none: train all epochs, keep the last",
-        threshold=0.5, train_views=0,
+        threshold=0.5, train_crops=0,
         sources={
             "optimizer": f"ours: {GRIP} releases weights and test code only (no training code); "
                          "the paper's classifier is a linear SVM, solver not published",
@@ -267,7 +269,7 @@ SETTINGS: dict[str, PaperSettings] = {
             "epochs": "ours (no training code released)",
             "early_stopping": "ours (no training code released)",
             "threshold": f"{GRIP} README.md:42-43 (LLR > 0 = synthetic, i.e. sigmoid >= 0.5)",
-            "train_views": f"{GRIP} main.py:59-62 (one deterministic resize + center crop; no "
+            "train_crops": f"{GRIP} main.py:59-62 (one deterministic resize + center crop; no "
                            "augmentation is documented)",
         }),
 }

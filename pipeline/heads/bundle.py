@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save
 from pipeline.atomic import atomic_path, write_json
 from pipeline.config import (
     CALIBRATIONS,
+    HEAD_RECIPES,
     CaptionParams,
     ClipParams,
     EvaluateParams,
@@ -29,7 +30,7 @@ from pipeline.config import (
     build_section,
     check_value,
 )
-from pipeline.heads.detectors import BASELINE_HEADS, HEADS, HPARAM_KEYS, RENAMED_HEADS, build_head
+from pipeline.heads.detectors import HEADS, HPARAM_KEYS, RENAMED_HEADS, build_head
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -79,7 +80,7 @@ def validate_config(config: Any, where: str | Path = CONFIG) -> dict[str, Any]:
     head = config.get("head")
     if not isinstance(head, dict):
         raise fail("head", "missing or not a mapping (needs kind, dim, hparams)")
-    known, kind = [*HEADS, *BASELINE_HEADS], head.get("kind")
+    known, kind = list(HEADS), head.get("kind")
     if not isinstance(kind, str) or (kind not in known and kind not in RENAMED_HEADS):
         raise fail("head.kind", f"{head.get('kind')!r} is not one of {', '.join(known)}")
     dim = head.get("dim")
@@ -100,8 +101,9 @@ def validate_config(config: Any, where: str | Path = CONFIG) -> dict[str, Any]:
                         "uncertain_band")
         if config.get("decision"):
             _validate_decision(config["decision"])
+        _validate_head_recipe(head)
         if "backbones" in config:
-            _validate_backbones(config["backbones"])
+            _validate_backbones(config["backbones"], head.get("recipe", "composite"))
     except ParamsError as exc:
         raise BundleError(f"{where}: {exc}") from exc
     return config
@@ -135,18 +137,45 @@ def _validate_decision(d: Any) -> None:
     _number("decision.shift", d["shift"])
 
 
-def _validate_backbones(bb: Any) -> None:
+def _validate_head_recipe(head: dict[str, Any]) -> None:
+    """``head.recipe`` is the one its kind reads; ``head.row_shape`` fits ``head.dim``."""
+    kind = RENAMED_HEADS.get(head["kind"], head["kind"])
+    recipe = head.get("recipe", "composite")
+    if recipe != HEAD_RECIPES[kind]:
+        raise ParamsError(f"head.recipe: {recipe!r}, but the {kind} head reads "
+                          f"{HEAD_RECIPES[kind]!r}")
+    shape = head.get("row_shape", [head["dim"]])
+    if not isinstance(shape, list) or not shape or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape) \
+            or shape[-1] != head["dim"] or len(shape) > 2:
+        raise ParamsError(f"head.row_shape: {shape!r} is not [dim] or [blocks, dim] with "
+                          f"dim {head['dim']}")
+
+
+def _validate_backbones(bb: Any, recipe: str = "composite") -> None:
     if not isinstance(bb, dict):
         raise ParamsError(f"backbones: expected a mapping, got {type(bb).__name__}")
-    clip, blip, patches = bb.get("clip"), bb.get("blip"), bb.get("patches")
-    for key, value in (("backbones.clip", clip), ("backbones.blip", blip),
-                       ("backbones.patches", patches)):
-        if not isinstance(value, dict):
-            raise ParamsError(f"{key}: missing or not a mapping")
+    clip = bb.get("clip")
+    if not isinstance(clip, dict):
+        raise ParamsError("backbones.clip: missing or not a mapping")
     check_value("backbones.clip.clip_arch", clip.get("clip_arch"), ClipParams, "arch")
     if clip.get("clip_pretrained") is not None:
         check_value("backbones.clip.clip_pretrained", clip["clip_pretrained"], ClipParams,
                     "pretrained")
+    if recipe != "composite":
+        spec = bb.get("recipe")
+        if not isinstance(spec, dict) or spec.get("name") != recipe:
+            raise ParamsError(f"backbones.recipe: missing, or not the {recipe} recipe")
+        layers = spec.get("layers", "all")
+        if layers != "all" and (not isinstance(layers, list) or not all(
+                isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in layers)):
+            raise ParamsError(f"backbones.recipe.layers: {layers!r} is not 'all' or a list of "
+                              "block indices")
+        return
+    blip, patches = bb.get("blip"), bb.get("patches")
+    for key, value in (("backbones.blip", blip), ("backbones.patches", patches)):
+        if not isinstance(value, dict):
+            raise ParamsError(f"{key}: missing or not a mapping")
     check_value("backbones.blip.model", blip.get("model"), CaptionParams, "model")
     if "max_new_tokens" in blip:
         check_value("backbones.blip.max_new_tokens", blip["max_new_tokens"], CaptionParams,
@@ -202,7 +231,9 @@ def load_bundle(directory: str | Path, device: str | torch.device = "cpu"
         )
     head = config["head"]
     head["kind"] = RENAMED_HEADS.get(head["kind"], head["kind"])  # a `ufd` bundle: composite_probe
-    model = build_head(head["kind"], head["dim"], **head.get("hparams", {}))
+    shape = head.get("row_shape") or [head["dim"]]
+    extra = {"n_layers": shape[0]} if len(shape) == 2 else {}  # RINE: its blocks
+    model = build_head(head["kind"], head["dim"], **head.get("hparams", {}), **extra)
     try:
         state = load_file(str(weights))
         if "basis" in state:  # NS-Net: the basis width is data-dependent (k may be clipped)

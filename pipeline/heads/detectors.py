@@ -42,6 +42,7 @@ class ArtifactHead(nn.Module):
 
 class _Base(nn.Module):
     kind = "base"
+    recipe = "composite"  # the features it reads (pipeline.config.HEAD_RECIPES)
 
     def __init__(self, dim: int, normalize: bool) -> None:
         super().__init__()
@@ -155,12 +156,13 @@ class AdvancedNSNet(_Base):
 
 # train.* keys a head is built from (stored in a bundle's head.hparams)
 HPARAM_KEYS = ("hidden_dim", "proj_dim", "dropout", "nsnet_k", "normalize", "mapper")
-HEADS: dict[str, type[_Base]] = {"composite_probe": CompositeProbe, "nsnet": NSNet,
-                                 "advanced": AdvancedNSNet}
-# Other papers' heads on their own recipes (clip_crop, clip_layers, cozzolino): build_head makes
-# them; they join HEADS once the feature store computes their recipes.
+# The NS-Net family, on the composite recipe (patch composites + captions).
+COMPOSITE_HEADS: dict[str, type[_Base]] = {"composite_probe": CompositeProbe, "nsnet": NSNet,
+                                           "advanced": AdvancedNSNet}
+# Other papers' heads, each on its own recipe (clip_crop, clip_layers, cozzolino).
 BASELINE_HEADS: dict[str, type[torch.nn.Module]] = {"univfd": UnivFD, "rine": RINE,
                                                     "cozzolino": Cozzolino}
+HEADS: dict[str, type[torch.nn.Module]] = {**COMPOSITE_HEADS, **BASELINE_HEADS}
 RENAMED_HEADS = {"ufd": "composite_probe"}  # old name -> current (old bundles still load)
 
 
@@ -185,7 +187,6 @@ def build_head(kind: str, dim: int, **hparams: object) -> torch.nn.Module:
         head = build_head("advanced", 768, hidden_dim=512, proj_dim=128)
         out = head(image_features, text_features)  # out.logit (fake > 0)
     """
-    known = {**HEADS, **BASELINE_HEADS}
-    if kind not in known:
-        raise ValueError(f"unknown head {kind!r}; choose one of {', '.join(known)}")
-    return known[kind](dim, **hparams)
+    if kind not in HEADS:
+        raise ValueError(f"unknown head {kind!r}; choose one of {', '.join(HEADS)}")
+    return HEADS[kind](dim, **hparams)

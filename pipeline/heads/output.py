@@ -17,3 +17,12 @@ class HeadOutput:
     # when the head normalises): ``prepared - projected`` is what the head removed as semantic
     # (``pipeline.inference.predict.semantic_shares``, the t-SNE's "before" points)
     prepared: torch.Tensor = field(kw_only=True)
+
+    @property
+    def removed_share(self) -> torch.Tensor:
+        """``||x - Px|| / ||x||`` per row: the share of the input removed as semantic (0 for
+        heads that remove nothing)."""
+        x = self.prepared
+        if x.shape != self.projected.shape:
+            return torch.zeros(len(x))
+        return (x - self.projected).norm(dim=1) / x.norm(dim=1).clamp_min(1e-12)

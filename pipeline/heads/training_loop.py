@@ -26,7 +26,9 @@ import torch
 from pipeline.backbones.clip import resolve_device
 from pipeline.config import VIEW_AVERAGES, TrainParams
 from pipeline.extraction.cached_features import FeatureSet, Rows, iter_blocks
+from pipeline.heads.baselines import Plateau
 from pipeline.heads.detectors import FITTED_MAPPERS, HPARAM_KEYS, TRAINED_MAPPERS, build_head
+from pipeline.heads.head_training import HeadTraining
 from pipeline.heads.losses import bce_loss, supcon_loss
 from pipeline.heads.projection import semantic_basis
 from pipeline.heads.semantic_map import fit_semantic_map
@@ -139,8 +141,10 @@ EpochCallback = Callable[[dict[str, float]], None]
 def _prepare(kind: str, train: FeatureSet, tp: TrainParams, device: torch.device
              ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Build the head (seeded) and, for NS-Net, fit its semantic basis on the training captions
-    (an advanced head with a ``regression*`` mapper: its frozen map, on the training rows)."""
-    model = build_head(kind, train.dim, **{k: getattr(tp, k) for k in HPARAM_KEYS})
+    (an advanced head with a ``regression*`` mapper: its frozen map, on the training rows).
+    A baseline's input shape comes from its recipe (RINE: blocks x width)."""
+    dim, shape = head_shape(kind, train)
+    model = build_head(kind, dim, **shape, **{k: getattr(tp, k) for k in HPARAM_KEYS})
     info: dict[str, Any] = {}
     if kind == "nsnet":
         basis, explained = semantic_basis(train.text, tp.nsnet_k, normalize=tp.normalize)
@@ -154,6 +158,18 @@ def _prepare(kind: str, train: FeatureSet, tp: TrainParams, device: torch.device
         model.mapper.set_map(fitted)
         info = {"mapper_rows": len(rows), "mapper_r2": fitted.r2}
     return model.to(device), info
+
+
+def head_shape(kind: str, fs: FeatureSet) -> tuple[int, dict[str, int]]:
+    """``build_head``'s width for ``fs``'s features, and for RINE the number of transformer
+    blocks (its rows are (L, D) class tokens, flattened to L * D)."""
+    row = list(fs.provenance.get("row_shape") or [fs.dim])
+    if kind == "rine":
+        if len(row) != 2:
+            raise ValueError(f"the rine head reads (blocks, width) class tokens (recipe "
+                             f"clip_layers); these features have rows of shape {row}")
+        return row[1], {"n_layers": row[0]}
+    return fs.dim, {}
 
 
 def _on_device(rows: Rows, device: torch.device) -> Rows:
@@ -192,66 +208,115 @@ def fit(kind: str, train: FeatureSet, val: FeatureSet | None, tp: TrainParams,
                     view_average)
 
 
+@dataclass
+class _Best:
+    """The epoch kept so far: its selection score, number and weights."""
+
+    score: tuple[float, ...]
+    epoch: int
+    state: dict[str, torch.Tensor]
+    val_ap: float = float("nan")
+
+
+def _selection_score(select: str, epoch: int, m: dict[str, float] | None) -> tuple[float, ...]:
+    """Higher is better. ``best_val_ap`` breaks ties (AP saturates early) by accuracy."""
+    if m is None or select == "last":
+        return (float(epoch),)  # no validation rows (or the paper keeps the last epoch)
+    keys = ("ap", "acc") if select == "best_val_ap" else ("acc", "ap")
+    return tuple(-math.inf if math.isnan(m[k]) else m[k] for k in keys)
+
+
 def _fit(kind: str, train: FeatureSet, val: FeatureSet | None, tp: TrainParams,
          device: torch.device, history: list[dict[str, float]],
          on_epoch: EpochCallback | None, view_average: str) -> TrainResult:
+    spec = HeadTraining.of(kind, tp)
     model, info = _prepare(kind, train, tp, device)
-    opt = torch.optim.Adam(model.parameters(), lr=tp.lr, weight_decay=tp.weight_decay)
+    opt = spec.make_optimizer(model.parameters())
+    plateau = Plateau(spec.lr) if spec.plateau else None
     gen = torch.Generator().manual_seed(tp.seed)
-    x_all, t_all = _on_device(train.image, device), _on_device(train.text, device)
-    y_all = train.labels.to(device)
     n = len(train)
     n_fake = int(train.labels.sum())
-    pos_weight = torch.tensor((n - n_fake) / n_fake, device=device) if tp.balance else None
-    info["class_counts"] = {"real": n - n_fake, "fake": n_fake}
-    info["views"] = train.n_views
-    bs = min(tp.batch_size, n)
-    rows_device = x_all.device if isinstance(x_all, torch.Tensor) else torch.device("cpu")
-    y_val = val.frame["label"].to_numpy() if val is not None and len(val) else None
-    best = ((-math.inf, -math.inf), 0, copy.deepcopy(model.state_dict()))
-    for epoch in range(1, tp.epochs + 1):
-        model.train()
+    pos_weight = torch.tensor((n - n_fake) / n_fake, device=device) \
+        if tp.balance and not spec.own_loss else None
+    info.update(class_counts={"real": n - n_fake, "fake": n_fake}, views=train.n_views,
+                schedule=spec.as_dict())
+    rows = (_on_device(train.image, device), _on_device(train.text, device),
+            train.labels.to(device))
+    best = _Best((-math.inf,), 0, copy.deepcopy(model.state_dict()))
+    for epoch in range(1, spec.epochs + 1):
         t0 = time.perf_counter()
-        perm = torch.randperm(n, generator=gen).to(rows_device)
-        # one view per image per epoch (no draw with one view: the K = 1 stream is unchanged)
-        pick = torch.randint(train.n_views, (n,), generator=gen).to(rows_device) \
-            if train.n_views > 1 else None
-        total = torch.zeros((), device=device)
-        steps = 0
-        for i in range(0, n - bs + 1, bs):  # drop the ragged last batch (SupCon needs pairs)
-            idx = perm[i:i + bs]
-            view = None if pick is None else pick[idx]
-            x = _gather(x_all, idx, view).to(device, non_blocking=True).float()
-            t = t_all[idx].to(device, non_blocking=True).float()
-            y = y_all[idx.to(device)]
-            loss = head_loss(kind, model(x, t), y, x, tp, pos_weight)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.detach()
-            steps += 1
-        train_loss = float(total) / max(steps, 1)
-        if not math.isfinite(train_loss):
-            raise TrainingDiverged(
-                f"the training loss became {train_loss} in epoch {epoch}; lower train.lr or "
-                "check the features. No model was written."
-            )
-        row = {"epoch": epoch, "train_loss": train_loss}
-        score = (float(epoch), 0.0)  # no validation rows: keep the last epoch
-        if y_val is not None:
-            prob = predict_proba(model, val.image, val.text, average=view_average)
-            m = binary_metrics(y_val, prob)
-            p = np.clip(prob, 1e-7, 1 - 1e-7)
-            row.update(val_loss=float(-np.mean(y_val * np.log(p) + (1 - y_val) * np.log1p(-p))),
-                       val_ap=m["ap"], val_acc=m["acc"], val_auc=m["auc"])
-            # Best val AP; ties (AP saturates early) go to the more accurate epoch.
-            score = tuple(-math.inf if math.isnan(v) else v for v in (m["ap"], m["acc"]))
+        row = {"epoch": epoch, "train_loss": _train_epoch(kind, model, opt, rows, train.n_views,
+                                                          tp, spec, gen, pos_weight, epoch)}
+        m = _validate(model, val, view_average, row)
         row["epoch_seconds"] = time.perf_counter() - t0
         history.append(row)
         if on_epoch is not None:
             on_epoch(row)
-        if score > best[0]:
-            best = (score, epoch, copy.deepcopy(model.state_dict()))
-    model.load_state_dict(best[2])
+        score = _selection_score(spec.select, epoch, m)
+        if score > best.score:
+            best = _Best(score, epoch, copy.deepcopy(model.state_dict()),
+                         m["ap"] if m else float("nan"))
+        if plateau is not None and m is not None:
+            action = plateau.step(m["acc"])
+            if action == "stop":
+                break
+            if action == "drop_lr":
+                for group in opt.param_groups:
+                    group["lr"] = plateau.lr
+    model.load_state_dict(best.state)
     model.eval()
-    return TrainResult(model, history, best[1], best[0][0], info)
+    return TrainResult(model, history, best.epoch, best.val_ap, info)
+
+
+def _train_epoch(kind: str, model: torch.nn.Module, opt: torch.optim.Optimizer,
+                 rows: tuple[Rows, Rows, torch.Tensor], n_views: int, tp: TrainParams,
+                 spec: HeadTraining, gen: torch.Generator, pos_weight: torch.Tensor | None,
+                 epoch: int) -> float:
+    """One pass over the training rows in seeded order (one seeded view per image); the
+    mean loss. The ragged last batch is dropped (SupCon needs pairs)."""
+    model.train()
+    x_all, t_all, y_all = rows
+    device = y_all.device
+    n = len(y_all)
+    bs = min(spec.batch_size, n)
+    rows_device = x_all.device if isinstance(x_all, torch.Tensor) else torch.device("cpu")
+    perm = torch.randperm(n, generator=gen).to(rows_device)
+    # one view per image per epoch (no draw with one view: the K = 1 stream is unchanged)
+    pick = torch.randint(n_views, (n,), generator=gen).to(rows_device) \
+        if n_views > 1 else None
+    total = torch.zeros((), device=device)
+    steps = 0
+    for i in range(0, n - bs + 1, bs):
+        idx = perm[i:i + bs]
+        view = None if pick is None else pick[idx]
+        x = _gather(x_all, idx, view).to(device, non_blocking=True).float()
+        t = t_all[idx].to(device, non_blocking=True).float()
+        y = y_all[idx.to(device)]
+        out = model(x, t)
+        loss = model.loss(out, y) if spec.own_loss else head_loss(kind, out, y, x, tp, pos_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total += loss.detach()
+        steps += 1
+    train_loss = float(total) / max(steps, 1)
+    if not math.isfinite(train_loss):
+        raise TrainingDiverged(
+            f"the training loss became {train_loss} in epoch {epoch}; lower train.lr or "
+            "check the features. No model was written."
+        )
+    return train_loss
+
+
+def _validate(model: torch.nn.Module, val: FeatureSet | None, view_average: str,
+              row: dict[str, float]) -> dict[str, float] | None:
+    """Validation metrics of this epoch, recorded in ``row`` (None without validation rows)."""
+    if val is None or not len(val):
+        return None
+    y_val = val.frame["label"].to_numpy()
+    prob = predict_proba(model, val.image, val.text, average=view_average)
+    m = binary_metrics(y_val, prob)
+    p = np.clip(prob, 1e-7, 1 - 1e-7)
+    row.update(val_loss=float(-np.mean(y_val * np.log(p) + (1 - y_val) * np.log1p(-p))),
+               val_ap=m["ap"], val_acc=m["acc"], val_auc=m["auc"])
+    return m

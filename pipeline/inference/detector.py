@@ -100,7 +100,7 @@ class Detector:
 
     def decode(self, item: Item, name: str | None = None) -> Decoded:
         """A result row and the RGB array of one input (``None`` + a status if unusable)."""
-        min_side = self.chain.spec.size
+        min_side = self.chain.min_side
         if isinstance(item, (str, Path)):
             return _decode(Path(item), self.max_pixels, min_side)
         if isinstance(item, (bytes, bytearray, memoryview)):

@@ -87,6 +87,8 @@ def explain_image(chain: Chain, path: str | Path, max_pixels: int = 178_956_970,
 
 def explain_array(chain: Chain, rgb: np.ndarray, image_id: str, name: str) -> Explanation:
     """``explain_image`` of a decoded (H, W, 3) uint8 image whose content id is ``image_id``."""
+    if chain.recipe != "composite":
+        return _explain_crop(chain, rgb, image_id, name)
     height, width = rgb.shape[:2]
     if min(width, height) < chain.spec.size:
         raise ImageError("too_small", f"{name}: {width}x{height} is smaller than one "
@@ -112,6 +114,39 @@ def explain_array(chain: Chain, rgb: np.ndarray, image_id: str, name: str) -> Ex
                        feats.captions[0], chain.kind,
                        semantic_removed(chain, first_view(feats.image), feats.text), patches,
                        sel.composite, rgb, chain.spec, chain.band)
+
+
+CROP_GRID = PatchSpec(32, 24, 25)  # a baseline's 224 px crop as 7 x 7 tiles of 32 px
+
+
+def _explain_crop(chain: Chain, rgb: np.ndarray, image_id: str, name: str) -> Explanation:
+    """Occlusion over the 7 x 7 tiles of the crop a baseline head reads (the test-time center
+    crop, or Cozzolino et al.'s resized crop): the same attribution, on that head's input."""
+    from pipeline.backbones import recipes
+    from pipeline.extraction.patch_selection import patch_entropies, to_gray
+
+    crop = recipes.cozzolino_pixels(rgb) if chain.recipe == "cozzolino" \
+        else recipes.center_crop(rgb)
+    spec = CROP_GRID
+    feats = compute_features(chain, [crop], [image_id])
+    base = float(head_logits(chain, feats.image, feats.text)[0])
+    occluded = [occlude(crop, [k], spec) for k in range(spec.count)]
+    chunks = [occluded[i:i + 16] for i in range(0, len(occluded), 16)]
+    logits = np.concatenate([
+        head_logits(chain, compute_features(chain, c, [image_id] * len(c)).image,
+                    torch.zeros((len(c), 0))).numpy() for c in chunks])
+    prob = float(chain.prob(np.array([base]))[0])
+    probs = chain.prob(logits)
+    entropy = patch_entropies(to_gray(torch.from_numpy(crop)), spec.size).reshape(-1).numpy()
+    bands = _bands(entropy, spec.count // 2)
+    patches = [PatchReport(k, (k // spec.grid) * spec.size, (k % spec.grid) * spec.size,
+                           float(entropy[k]), bands[k], float(base - logits[k]),
+                           float(prob - probs[k])) for k in range(spec.count)]
+    height, width = rgb.shape[:2]
+    return Explanation(name, image_id, width, height, prob,
+                       verdict(prob, chain.threshold, chain.band), chain.threshold, base, "",
+                       chain.kind, semantic_removed(chain, feats.image, feats.text), patches,
+                       crop, crop, spec, chain.band, input_kind="crop")
 
 
 def _view_attribution(chain: Chain, rgb: np.ndarray, image_id: str, cells: np.ndarray,

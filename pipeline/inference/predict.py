@@ -44,22 +44,28 @@ from pipeline.heads.decision import Decision
 from pipeline.heads.training_loop import combine_views, view_logits
 from pipeline.inference.verdict import FAKE, REAL, UNCERTAIN, verdict
 
-AMP = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 RESULT_COLUMNS = ["path", "status", "prob", "label", "caption", "id", "width", "height", "error",
                   "semantic_share"]
 OUT_FORMATS = (".csv", ".jsonl", ".parquet")
 __all__ = ["FAKE", "REAL", "UNCERTAIN", "Chain", "load_chain", "predict_paths", "score_decoded"]
+# Heads that read the caption's embedding per image (the others are scored without BLIP).
+CAPTION_HEADS = ("advanced",)
 
 
 @dataclass
 class Chain:
-    """A bundle's head plus the backbones and settings that produce its input features."""
+    """A bundle's head plus the backbones and settings that produce its input features.
+
+    ``recipe`` says what the head reads (``composite``: patch composites and, for the advanced
+    head, captions; ``clip_crop`` / ``clip_layers`` / ``cozzolino``: the baselines' crops), and
+    only that is computed: BLIP runs only for a head that reads captions, or when ``captions``
+    was asked for (``nsnet explain``, ``predict --captions``)."""
 
     head: torch.nn.Module
     config: dict[str, Any]
-    spec: PatchSpec
-    clip: Any  # pipeline.backbones.clip.ClipBackbone
-    blip: Any  # pipeline.backbones.blip.Captioner
+    spec: PatchSpec | None  # the patch spec (composite recipe)
+    clip: Any  # pipeline.backbones.clip.ClipBackbone: the backbone that made the features
+    blip: Any  # pipeline.backbones.blip.Captioner, or None when no caption is computed
     max_new_tokens: int
     threshold: float
     amp: torch.dtype | None = None
@@ -67,6 +73,8 @@ class Chain:
     views: int = 1  # patch-order views the head was trained on (bundle ``views.count``)
     view_average: str = "mean_logit"  # how their logits are combined (``views.average``)
     band: float = 0.0  # the bundle's uncertain_band: within it of the threshold is "uncertain"
+    recipe: str = "composite"
+    layers: list[int] | None = None  # clip_layers: the blocks read (None = all)
 
     def prob(self, logits: torch.Tensor | np.ndarray) -> np.ndarray:
         """Calibrated P(generated) of head logits (the probability ``nsnet evaluate`` uses)."""
@@ -76,13 +84,24 @@ class Chain:
     def kind(self) -> str:
         return self.config["head"]["kind"]
 
+    @property
+    def reads_captions(self) -> bool:
+        return self.kind in CAPTION_HEADS
+
+    @property
+    def min_side(self) -> int:
+        """The smallest image side the head can score (one patch; crops pad smaller images)."""
+        return self.spec.size if self.spec is not None else 1
+
 
 def load_chain(model_dir: str | Path, device: str = "auto", precision: str = "fp32",
-               threshold: float | None = None) -> Chain:
-    """Load a bundle and the backbones its config names (CLIP arch/weights, BLIP, patches).
+               threshold: float | None = None, captions: bool = False) -> Chain:
+    """Load a bundle and the backbones its config names (CLIP arch/weights, and BLIP plus the
+    patch spec, or the recipe's crops and backbone).
 
     The chain computes exactly the features the head was trained on, so ``predict_paths`` on an
-    indexed image gives the probability ``nsnet evaluate`` gives it.
+    indexed image gives the probability ``nsnet evaluate`` gives it. ``captions``: also caption
+    the images with BLIP when the head does not read captions (a composite-recipe bundle).
 
     Raises ``FileNotFoundError``/``ValueError`` for a broken bundle and ``ModelUnavailable`` when
     a backbone's weights are missing.
@@ -94,27 +113,49 @@ def load_chain(model_dir: str | Path, device: str = "auto", precision: str = "fp
     """
     from pipeline.backbones.blip import load_blip
     from pipeline.backbones.clip import load_clip, resolve_device
+    from pipeline.backbones.precision import amp_dtype
 
     head, config = load_bundle(model_dir, resolve_device(device))
     bb = config.get("backbones") or {}
+    recipe = str(config["head"].get("recipe") or "composite")
     clip_cfg, blip_cfg, spec = bb.get("clip") or {}, bb.get("blip") or {}, bb.get("patches")
-    if not clip_cfg.get("clip_arch") or not blip_cfg.get("model") or not spec:
+    recipe_cfg = bb.get("recipe") or {}
+    if not clip_cfg.get("clip_arch") or (recipe == "composite" and (not blip_cfg.get("model")
+                                                                    or not spec)):
         raise ValueError(f"{model_dir}: the bundle's config.json does not name its backbones "
                          "(backbones.clip.clip_arch, backbones.blip.model, backbones.patches); "
                          "retrain it with `nsnet train`")
     clip = load_clip(clip_cfg["clip_arch"], clip_cfg.get("clip_pretrained") or "", device)
-    if clip.embed_dim != config["head"]["dim"]:
-        raise ValueError(f"CLIP {clip_cfg['clip_arch']} gives {clip.embed_dim}-d features but "
-                         f"the head expects {config['head']['dim']}-d")
-    blip = load_blip(blip_cfg["model"], device)
+    width = int(np.prod(config["head"].get("row_shape") or [config["head"]["dim"]]))
+    made = _feature_width(clip, recipe, recipe_cfg)
+    if made != width:
+        raise ValueError(f"CLIP {clip_cfg['clip_arch']} gives {made} values per image for the "
+                         f"{recipe} recipe but the head expects {width}")
+    caption = recipe == "composite" and (config["head"]["kind"] in CAPTION_HEADS or captions)
+    blip = load_blip(blip_cfg["model"], device) if caption else None
     decision = Decision.from_bundle(config)
     views = config.get("views") or {}  # bundles from before patch-order views: one view
-    return Chain(head, config, PatchSpec(**spec), clip, blip,
+    layers = recipe_cfg.get("layers")
+    return Chain(head, config, PatchSpec(**spec) if spec else None, clip, blip,
                  int(blip_cfg.get("max_new_tokens") or 40),
                  float(decision.threshold if threshold is None else threshold),
-                 AMP[precision], decision, int(views.get("count", 1)),
+                 amp_dtype(precision), decision, int(views.get("count", 1)),
                  str(views.get("average", "mean_logit")),
-                 float(config.get("uncertain_band", 0.0)))
+                 float(config.get("uncertain_band", 0.0)), recipe,
+                 None if layers in (None, "all") else [int(i) for i in layers])
+
+
+def _feature_width(clip: Any, recipe: str, recipe_cfg: dict[str, Any]) -> int:
+    """Values per image the backbone gives for ``recipe`` (the head's input width)."""
+    from pipeline.backbones import recipes
+
+    if recipe in ("composite", "clip_crop"):
+        return int(clip.embed_dim)
+    if recipe == "cozzolino":
+        return int(clip.model.visual.ln_post.normalized_shape[0])
+    layers = recipe_cfg.get("layers")
+    blocks = recipes.all_layers(clip) if layers in (None, "all") else layers
+    return len(blocks) * int(clip.model.visual.transformer.width)
 
 
 def as_cached(features: torch.Tensor) -> torch.Tensor:
@@ -133,27 +174,32 @@ def head_logits(chain: Chain, image: torch.Tensor, text: torch.Tensor) -> torch.
 def semantic_shares(chain: Chain, image: torch.Tensor, text: torch.Tensor) -> np.ndarray:
     """``||x - Px|| / ||x||`` per row: the share of the image feature removed as semantic.
 
-    ``x`` is the feature the head sees (normalised for nsnet/advanced); 0 for the UFD probe.
+    ``x`` is the feature the head sees (normalised for nsnet/advanced); 0 for the probes and
+    the baselines, which remove nothing.
     """
     device = next(chain.head.parameters()).device
-    x, t = image.to(device).float(), text.to(device).float()
-    out = chain.head(x, t)
-    x = out.prepared
-    return ((x - out.projected).norm(dim=1) / x.norm(dim=1).clamp_min(1e-12)).cpu().numpy()
+    out = chain.head(image.to(device).float(), text.to(device).float())
+    return out.removed_share.cpu().numpy()
 
 
 @dataclass
 class Features:
-    selections: list[Selection]
-    captions: list[str]
+    selections: list[Selection]  # composite recipe only ([] otherwise)
+    captions: list[str]  # "" where no caption was computed
     image: torch.Tensor  # (B, d) float32, cache-rounded; (B, K, d) with K patch-order views
-    text: torch.Tensor  # (B, d)
+    text: torch.Tensor  # (B, d), or (B, 0) when the head reads no caption
 
 
 def compute_features(chain: Chain, images: Sequence[np.ndarray], ids: Sequence[str]) -> Features:
-    """Patches, captions and CLIP features of decoded images (the training chain)."""
+    """The head's input features of decoded images, as the training chain made them (and the
+    captions, when the chain computes them)."""
+    if chain.recipe != "composite":
+        return Features([], [""] * len(images), _recipe_features(chain, images),
+                        torch.zeros((len(images), 0)))
+    assert chain.spec is not None
     selections = select_batch(list(images), list(ids), chain.spec)
-    captions = chain.blip.caption(list(images), chain.max_new_tokens, chain.amp)
+    captions = (chain.blip.caption(list(images), chain.max_new_tokens, chain.amp)
+                if chain.blip is not None else [""] * len(images))
     comps = np.stack([s.composite for s in selections])
     image = as_cached(chain.clip.encode_images(comps, chain.amp))
     if chain.views > 1:
@@ -162,8 +208,25 @@ def compute_features(chain: Chain, images: Sequence[np.ndarray], ids: Sequence[s
             [composite(rgb, c[k], chain.spec) for rgb, c in zip(images, cells, strict=True)]),
             chain.amp)) for k in range(1, chain.views)]
         image = torch.stack([image, *more], dim=1)
-    text = as_cached(chain.clip.encode_texts(captions, chain.amp))
+    if chain.blip is not None and chain.reads_captions:
+        text = as_cached(chain.clip.encode_texts(captions, chain.amp))
+    else:  # the head ignores per-image captions (nsnet's basis is fixed): no text tower
+        text = torch.zeros((len(images), int(chain.clip.embed_dim)))
     return Features(selections, captions, image, text)
+
+
+def _recipe_features(chain: Chain, images: Sequence[np.ndarray]) -> torch.Tensor:
+    """A baseline's input: the test-time crop (crop 0), through the backbone as in extract."""
+    from pipeline.backbones import recipes
+
+    if chain.recipe == "cozzolino":
+        pixels = np.stack([recipes.cozzolino_pixels(rgb) for rgb in images])
+        return as_cached(recipes.cozzolino_features(chain.clip, pixels, chain.amp))
+    crops = np.stack([recipes.center_crop(rgb) for rgb in images])
+    if chain.recipe == "clip_crop":
+        return as_cached(recipes.clip_crop_embeddings(chain.clip, crops, chain.amp))
+    tokens = recipes.clip_layers(chain.clip, crops, chain.layers, chain.amp)
+    return as_cached(tokens.flatten(1))
 
 
 def first_view(image: torch.Tensor) -> torch.Tensor:
@@ -276,7 +339,7 @@ def predict_paths(chain: Chain, paths: Sequence[str | Path], batch_size: int = 1
         row = new_row(w.path)
         row.update(status="unreadable", error=f"folder could not be listed: {w.error}")
         rows.append((row, None))
-    decoded = (_decode(Path(p), max_pixels, chain.spec.size) for p in paths)
+    decoded = (_decode(Path(p), max_pixels, chain.min_side) for p in paths)
     return score_decoded(chain, [*rows, *decoded] if rows else decoded, batch_size, progress)
 
 

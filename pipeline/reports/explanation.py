@@ -43,6 +43,8 @@ class Explanation:
     image: np.ndarray = field(repr=False)
     spec: PatchSpec = field(repr=False, default_factory=PatchSpec)
     uncertain_band: float = 0.0  # |prob - threshold| < band is "uncertain"
+    input_kind: str = "composite"  # "composite" (the selected patches) or "crop" (a baseline's
+    # 224 px crop in 7 x 7 tiles; then ``image`` is that crop and rows/cols are within it)
 
     def top(self, k: int = 5, sign: int = 1) -> list[PatchReport]:
         """The ``k`` patches that pushed most toward generated (sign=1) or real (sign=-1)."""
@@ -58,8 +60,9 @@ class Explanation:
                 "uncertain_band": self.uncertain_band,
                 "logit": self.logit, "caption": self.caption, "head": self.head,
                 "semantic_removed": self.semantic_removed,
-                "attribution": "occlusion: each grid tile replaced by the composite's mean "
-                               "colour; contribution = logit(original) - logit(occluded)",
+                "attribution": f"occlusion: each grid tile replaced by the {self.input_kind}'s "
+                               "mean colour; contribution = logit(original) - logit(occluded)",
+                "input": self.input_kind,
                 "patch_size": self.spec.size,
                 "top_generated": rows(self.top(k, 1)), "top_real": rows(self.top(k, -1)),
                 "patches": rows(self.patches)}

@@ -18,8 +18,7 @@ from pipeline.evaluation.matrix import (
     grid,
     unseen_summary,
 )
-from pipeline.extraction.cached_features import load_features
-from pipeline.heads.train_stage import epoch_bar
+from pipeline.heads.train_stage import epoch_bar, epochs_of, head_inputs
 from pipeline.metrics import details_path, pct_pm, rounded
 from pipeline.provenance import base_provenance
 from pipeline.reports.result_figures import render_matrix
@@ -32,10 +31,13 @@ def run_matrix(params: Params, manifest: str | Path, features: str | Path,
     file (per head: the mean AP over the unseen cells, ``<head>_ap``), the full tables
     (``details_json``, default ``<dir>/details/<name>``) and the heatmap of ``matrix.metric``."""
     exp = resolve_experiment(params, manifest, *([heads] if heads else []))
-    fs = load_features(params, manifest, features)
-    n = len(matrix_sources(exp, params.matrix.train_sources))  # fails before any training
-    with epoch_bar(params.train.epochs * len(exp.heads) * n * exp.n_seeds, "matrix") as bar:
-        matrix = cross_generator(params, exp, fs, exp.heads, bar)
+    inputs = head_inputs(params, manifest, features)
+    for head in exp.heads:  # every recipe's features load (or fail) before any training
+        inputs(head)
+    n = len(matrix_sources(exp, params.matrix.train_sources))
+    epochs = sum(epochs_of(params, head) for head in exp.heads)
+    with epoch_bar(epochs * n * exp.n_seeds, "matrix") as bar:
+        matrix = cross_generator(params, exp, inputs, exp.heads, bar)
     matrix["provenance"] = base_provenance()
     write_json(details_json or details_path(out_json), matrix)
     write_json(out_json, matrix_summary(matrix))

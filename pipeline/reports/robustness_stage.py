@@ -10,7 +10,7 @@ from pipeline.config import Params
 from pipeline.data.experiment import resolve_experiment
 from pipeline.evaluation.robustness import robustness
 from pipeline.evaluation.seeds import std_of
-from pipeline.heads.train_stage import epoch_bar
+from pipeline.heads.train_stage import epoch_bar, epochs_of
 from pipeline.metrics import pct_pm
 from pipeline.provenance import base_provenance
 from pipeline.reports.result_figures import render_robustness
@@ -22,7 +22,8 @@ def run_robustness(params: Params, manifest: str | Path, features: str | Path,
     """Train each head (per seed), score clean + every degradation, write the tables and the
     figure of accuracy and AP against each degradation's strength."""
     exp = resolve_experiment(params, manifest, *([heads] if heads else []))
-    with epoch_bar(params.train.epochs * len(exp.heads) * exp.n_seeds, "robustness") as bar:
+    epochs = sum(epochs_of(params, head) for head in exp.heads)
+    with epoch_bar(epochs * exp.n_seeds, "robustness") as bar:
         rob = robustness(params, exp, manifest, features, exp.heads, bar)
     rob["provenance"] = base_provenance()
     write_json(details_json, rob)

@@ -70,8 +70,9 @@ def run_tsne(params: Params, manifest: str | Path, features: str | Path,
     """Draw the 2 x 2 t-SNE figure; return counts and the label separation before/after."""
     from pipeline.reports.figures import render_tsne
 
-    fs = load_features(params, manifest, features)
     model, config = load_bundle(model_dir)
+    fs = load_features(params, manifest, features,
+                       recipe=str(config["head"].get("recipe") or "composite"))
     keep = np.zeros(len(fs), bool)
     keep[subsample(len(fs), params.figures.tsne_points, params.seed)] = True
     fs = fs.subset(keep).first_views(1)  # one point per image: patch-order view 0

@@ -259,7 +259,7 @@ def create_app(settings: ServeSettings, loader: Loader = load_detector) -> FastA
              responses=contract.model_responses(auth))
     async def model() -> dict[str, Any]:
         det = service.ready()
-        return {**det.describe(), "min_image_side": det.chain.spec.size,
+        return {**det.describe(), "min_image_side": det.chain.min_side,
                 "server": settings.limits(), "batching": service.batcher.stats.as_dict()}
 
     @app.post("/v1/detect", tags=["detector"],

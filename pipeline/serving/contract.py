@@ -54,12 +54,15 @@ DetectUnavailable = schemas.error_model(
 
 
 def bundle_patch_size(model_dir: str | Path) -> int | None:
-    """The bundle's patch size from its config.json, or None if it cannot be read (the server
-    then reports the load error at /readyz)."""
+    """The smallest image side the bundle scores, from its config.json: the patch size (the
+    composite recipe) or 1 (the baselines' crops pad smaller images); None if it cannot be read
+    (the server then reports the load error at /readyz)."""
     try:
         config = json.loads((Path(model_dir) / "config.json").read_text())
+        if (config["head"].get("recipe") or "composite") != "composite":
+            return 1
         return int(config["backbones"]["patches"]["size"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
 
 
