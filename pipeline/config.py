@@ -157,6 +157,8 @@ class TrainParams:
     normalize: bool = True
     balance: bool = True
     seed: int = field(default=0, metadata=_check(0))
+    # several seeds: every number becomes mean ± std over them; [] = the one train.seed
+    seeds: list[int] = field(default_factory=list)
     device: str = "auto"
 
 
@@ -185,6 +187,17 @@ class AuditParams:
 class FigureParams:
     tsne_points: int = field(default=2000, metadata=_check(10, 1_000_000))
     tsne_perplexity: float = field(default=30.0, metadata=_check(1.0, 1000.0))
+
+
+MATRIX_METRICS = ("acc", "ap", "real_acc", "fake_acc", "auc")
+
+
+@dataclass
+class MatrixParams:
+    """The cross-generator matrix (``nsnet matrix``): train on each source in turn."""
+
+    train_sources: list[str] = field(default_factory=list)  # [] = every generator with train
+    metric: str = field(default="acc", metadata=_check(choices=MATRIX_METRICS))  # heatmap cells
 
 
 @dataclass
@@ -219,6 +232,7 @@ class Params:
     figures: FigureParams = field(default_factory=FigureParams)
     compare: CompareParams = field(default_factory=CompareParams)
     recipes: RecipeParams = field(default_factory=RecipeParams)
+    matrix: MatrixParams = field(default_factory=MatrixParams)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -380,10 +394,19 @@ def _cross_checks(p: Params) -> None:
                     f"protocol.{key}: protocol.preset {p.protocol.preset!r} sets the training "
                     "sources and test rows; leave train_sources and test_sources empty ([])"
                 )
+    _check_seeds(p.train.seeds)
     _check_degradations(p)
     _check_compare(p)
     _check_threshold(p.evaluate.threshold)
     _check_reencode(p.protocol.train_reencode)
+
+
+def _check_seeds(seeds: list[int]) -> None:
+    for i, seed in enumerate(seeds):
+        if seed < 0:
+            raise ParamsError(f"train.seeds[{i}]: {seed} is out of range (must be >= 0)")
+    if len(set(seeds)) != len(seeds):
+        raise ParamsError(f"train.seeds: seeds repeat in {seeds}; each seed is one run")
 
 
 # ----------------------------------------------------------------------------- decision threshold
@@ -751,6 +774,11 @@ PARAM_DOCS: dict[str, str] = {
                        "raw features)",
     "train.balance": "weight BCE by n_real / n_fake so unequal classes do not bias the head",
     "train.seed": "initialisation, shuffling and dropout",
+    "train.seeds": "several seeds, e.g. `[0, 1, 2]`: `train`, `evaluate`, `evaluate-degraded`, "
+                   "`compare`, `matrix` and `robustness` run once per seed and report mean ± "
+                   "std (sample std) over them; `models/detector` is the first seed's bundle, "
+                   "the others in `models/detector/seeds/`; `[]` = `train.seed` alone (see "
+                   "[results](results.md#seeds-mean--standard-deviation))",
     "train.device": "`auto` \\| `cpu` \\| `cuda[:i]` for training",
     "evaluate.threshold": "a number in [0, 1], or a rule applied on the validation split at "
                           "train time: `val_acc`, `val_eer`, `val_fpr:<x>`; fake iff prob > "
@@ -767,6 +795,11 @@ PARAM_DOCS: dict[str, str] = {
     "audit.folds": "cross-validation folds of that classifier",
     "figures.tsne_points": "images subsampled for `nsnet tsne`",
     "figures.tsne_perplexity": "t-SNE perplexity (clipped to (n - 1) / 3 for small sets)",
+    "matrix.train_sources": "`nsnet matrix` trains on each of these sources in turn (with the "
+                            "train side's reals) and tests on every source; `[]` = every source "
+                            "with generated training images (see "
+                            "[results](results.md#the-cross-generator-matrix))",
+    "matrix.metric": "the number in the matrix heatmap's cells",
     "compare.heads": "heads `nsnet compare` trains side by side, each on its recipe, from one "
                      "extraction; `nsnet extract` computes the recipes of these and of "
                      "`train.head` only (see [baselines](baselines.md))",

@@ -13,8 +13,9 @@ from stages.common import features_option, friendly_errors, load, params_options
 @click.option("--model", "model_dir", default="models/detector", show_default=True,
               help="Model bundle directory (written by `nsnet train`).")
 @click.option("--out", default="metrics/metrics.json", show_default=True,
-              help="Metrics JSON to write: test mean acc, real_acc, fake_acc, ap (the numbers "
-                   "`dvc metrics show` lists).")
+              help="Metrics JSON to write: the test mean acc and ap and the decision threshold "
+                   "(the numbers `dvc metrics show` lists; with several train.seeds also their "
+                   "_std and n_seeds).")
 @click.option("--details", default=None,
               help="Full results to write: per-source tables of val and test, model, "
                    "provenance [default: details/<name> beside --out, i.e. "

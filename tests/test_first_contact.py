@@ -224,7 +224,7 @@ def test_missing_default_params_file_means_defaults(tmp_path):
 # Every command that reads params, with arguments that get it past option parsing.
 PARAM_COMMANDS = {name: [] for name in ("scan", "index", "audit", "extract", "train",
                                         "evaluate", "compare", "evaluate-degraded", "cache",
-                                        "tsne")}
+                                        "tsne", "matrix", "robustness")}
 PARAM_COMMANDS.update(predict=["missing.png"], explain=["missing.png"])
 
 

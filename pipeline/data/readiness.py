@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.config import Params, parse_threshold
-from pipeline.data.presets import training_sources
+from pipeline.data.experiment import resolve_experiment
 
 LABELS = {0: "real", 1: "generated"}
 
@@ -43,17 +43,19 @@ def training_problems(manifest: pd.DataFrame, params: Params) -> list[str]:
     """Why ``nsnet train`` would fail on this manifest (empty when it has what it needs)."""
     ok = manifest[manifest["status"] == "ok"]
     side = ok[ok["split"].isin(["train", "val"])]
-    try:
-        sources = training_sources(params, side["source"].astype(str))
+    known = sorted(set(side["source"].astype(str)))
+    missing = sorted(set(params.protocol.train_sources) - set(known))
+    if params.protocol.preset == "none" and missing:
+        return [f"protocol.train_sources names {', '.join(missing)}, not found among the "
+                f"training sources ({', '.join(known)})"]
+    try:  # the rows `nsnet train` will select (pipeline.data.experiment decides them)
+        exp = resolve_experiment(params, manifest)
     except ValueError as exc:
         return [str(exc)]
-    if sources:
-        missing = sorted(set(sources) - set(side["source"].astype(str)))
-        if missing:
-            return [f"protocol.train_sources names {', '.join(missing)}, not found among the "
-                    f"training sources ({', '.join(sorted(set(side['source'].astype(str))))})"]
-        side = side[side["source"].isin(sources)]
-    train, val = side[side["split"] == "train"], side[side["split"] == "val"]
+    if exp.train_error:
+        return [exp.train_error]
+    sources = list(exp.train_sources) if exp.train_sources is not None else None
+    train, val = side[exp.train_mask(side)], side[exp.val_mask(side)]
     problems = []
     if len(train) < 2 or not _both(train):
         problems.append(

@@ -19,11 +19,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from pipeline.reports.figures import _save  # noqa: E402
+from pipeline.reports.style import DPI, OKABE_ITO, save, styled  # noqa: E402
 
-# One colour per series, distinguishable in colour-blind vision and in grey-scale print.
-RAW, CALIBRATED, CURVE, DIAGONAL = "#d95f02", "#1b9e77", "#1f4e9c", "#888888"
-DPI = 110
+# The figure style's colours (pipeline.reports.style): one per series, colour-blind safe.
+RAW, CALIBRATED, CURVE = OKABE_ITO["vermillion"], OKABE_ITO["green"], OKABE_ITO["blue"]
+DIAGONAL = "#888888"
 NAMES = ("roc", "pr", "confusion", "reliability", "train_log")
 
 
@@ -127,7 +127,11 @@ def draw_evaluation(plots_dir: str | Path, train_log: str | Path | None = None,
                     best_epoch: int | None = None) -> list[Path]:
     """PNGs of the CSV plots in ``plots_dir`` (and of ``train_log``, with the bundle's
     ``best_epoch`` marked); returns those drawn."""
-    d = Path(plots_dir)
+    with styled():
+        return _draw(Path(plots_dir), train_log, best_epoch)
+
+
+def _draw(d: Path, train_log: str | Path | None, best_epoch: int | None) -> list[Path]:
     figures: dict[str, plt.Figure] = {}
     base = None
     if (d / "confusion.csv").exists():
@@ -142,4 +146,4 @@ def draw_evaluation(plots_dir: str | Path, train_log: str | Path | None = None,
         figures["reliability"] = reliability_figure(pd.read_csv(d / "reliability.csv"))
     if train_log is not None and Path(train_log).exists():
         figures["train_log"] = train_log_figure(pd.read_csv(train_log), best_epoch)
-    return [_save(fig, d / f"{name}.png", DPI) for name, fig in figures.items()]
+    return [save(fig, d / f"{name}.png", DPI) for name, fig in figures.items()]
