@@ -2,7 +2,7 @@
 
 import click
 
-from stages.common import friendly_errors
+from stages.common import echo_summary, friendly_errors
 
 
 @click.command("report")
@@ -38,3 +38,6 @@ def report(fmt: str, outs: tuple[str, ...], compare: str, evaluate: str, matrix:
         draw_curves(plots_dir, evaluate=evaluate)
     if not outs:
         click.echo(run_report(fmt, files), nl=False)
+    written = [*outs, *([f"{plots_dir}/curves.png"] if plots_dir else [])]
+    if written:  # one line saying where the tables went (nothing else is printed then)
+        echo_summary(f"report: {', '.join(written)}")

@@ -268,6 +268,7 @@ def test_report_is_deterministic_and_the_cli_writes_each_format(genimage_report,
     assert res.exit_code == 0, res.output
     assert (tmp_path / "t.md").read_text() == out["markdown"]
     assert (tmp_path / "t.tex").read_text() == out["latex"]
+    assert res.stdout == "" and f"report: {tmp_path / 't.md'}, {tmp_path / 't.tex'}" in res.output
     res = CliRunner().invoke(main, [*args, "--format", "csv"])
     assert res.exit_code == 0 and res.stdout == out["csv"]
     res = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "t.pdf")])

@@ -23,9 +23,8 @@ BIN = Path(sys.executable).parent
 RECIPES: dict[str, Callable[[Context], str]] = {}
 SLOW = {"test"}
 # Later recipes change the demo workspace, so they run in this order.
-ORDER = ("demo", "evaluate", "metrics-show", "predict", "explain", "cache", "serve",
-         "serve-detect",
-         "audit-shortcut", "exp-show", "compare-views", "test")
+ORDER = ("demo", "evaluate", "matrix", "report-tables", "metrics-show", "predict", "explain",
+         "cache", "serve", "serve-detect", "audit-shortcut", "exp-show", "compare-views", "test")
 
 
 def recipe(name: str) -> Callable[[Callable[[Context], str]], Callable[[Context], str]]:
@@ -115,6 +114,7 @@ def demo(ctx: Context) -> str:
         "scan": (r"scan: ",), "index": (r"index: ",),
         "audit": (r"audit: ", r"no metadata shortcut", r"WARNING"),
         "extract": (r"extract: ",), "train": (r"train: ",), "tsne": (r"tsne: ",),
+        "report": (r"report: ",),
     }
     for n, i in enumerate(stages):
         stage = re.match(r"Running stage '([\w-]+)'", lines[i]).group(1)
@@ -127,6 +127,10 @@ def demo(ctx: Context) -> str:
                          r"^$|^Updating|^Running|^Use `dvc push`|^To track", False)
         elif stage == "compare":
             out += block(part, r"\s+\S+\s+\|", r"nsnet: top-")
+        elif stage == "matrix":  # the first head's table; one per head follows
+            out += [*block(part, r"\[\w+\] test", r"unseen mean"), "..."]
+        elif stage == "robustness":  # accuracy; the AP table follows
+            out += [*block(part, r"test acc", r"test ap", include_stop=False), "..."]
         else:
             out += pick(part, *keep.get(stage, ()))
     out += [line for line in lines if line.startswith("Demo done")]
@@ -138,6 +142,22 @@ def evaluate(ctx: Context) -> str:
     """The demo's `nsnet evaluate` (test split): the per-generator table with its decision."""
     part = block(ctx.demo_lines, r"Running stage 'evaluate'", r"Running stage")
     return "\n".join(["$ nsnet evaluate", *block(part, r"\[\w+\] test", r"per format")])
+
+
+@recipe("matrix")
+def matrix(ctx: Context) -> str:
+    """The demo's `nsnet matrix` (stage `matrix`): the table of the head `nsnet`, one of six."""
+    part = block(ctx.demo_lines, r"Running stage 'matrix'", r"Running stage")
+    table = block(part, r"\[nsnet\] test", r"unseen mean")
+    return "\n".join(["$ nsnet matrix", "...", *table, "...",
+                       *[x for x in part if x.startswith("* the training source")]])
+
+
+@recipe("report-tables")
+def report_tables(ctx: Context) -> str:
+    """The first table of the demo's `reports/tables.md` (stage `report`)."""
+    lines = ctx.run("head", "-n", "12", "reports/tables.md")
+    return "\n".join(["$ head -n 12 reports/tables.md", *lines])
 
 
 @recipe("metrics-show")
