@@ -1,5 +1,7 @@
 """`nsnet evaluate`: metrics per source and curves for dvc plots."""
 
+from pathlib import Path
+
 import click
 
 from stages.common import features_option, friendly_errors, load, params_options
@@ -22,7 +24,8 @@ from stages.common import features_option, friendly_errors, load, params_options
                    "metrics/details/metrics.json].")
 @click.option("--plots", "plots_dir", default="plots", show_default=True,
               help="Folder for the curves: roc, pr, confusion and reliability as CSV (DVC "
-                   "plots) and as PNG pictures (viewable offline), and train_log.png.")
+                   "plots) and as PNG pictures (viewable offline), train_log.png, and "
+                   "curves.png (ROC, precision-recall and reliability side by side).")
 @click.option("--train-log", default="plots/train_log.csv", show_default=True,
               help="Training log (`nsnet train --log`) drawn as <plots>/train_log.png; "
                    "skipped when absent.")
@@ -33,8 +36,9 @@ def evaluate(params_file: str | None, overrides: tuple[str, ...], manifest: str,
     """Accuracy (at 0.5, at the bundle's threshold, oracle), real/fake accuracy, AP, AUC,
     ECE and per-format accuracy on val and test, per source and mean."""
     from pipeline.evaluation.evaluate_stage import format_evaluation, run_evaluate
-    from pipeline.metrics import threshold_text
+    from pipeline.metrics import details_path, threshold_text
     from pipeline.reports.curves import draw_evaluation
+    from pipeline.reports.report_stage import draw_curves
 
     params = load(params_file, overrides)
     res = run_evaluate(params, manifest, features, model_dir, out, plots_dir, details)
@@ -45,3 +49,5 @@ def evaluate(params_file: str | None, overrides: tuple[str, ...], manifest: str,
                    f"fake = prob > {threshold_text(res['threshold'])}")
     click.echo(format_evaluation(res))
     draw_evaluation(plots_dir, train_log, res["model"]["best_epoch"])
+    if (Path(plots_dir) / "roc.csv").exists():  # the three curves side by side, for a paper
+        draw_curves(plots_dir, evaluate=details or details_path(out))
