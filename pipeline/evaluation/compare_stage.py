@@ -20,7 +20,6 @@ from pipeline.atomic import write_json
 from pipeline.config import HEAD_RECIPES, Params
 from pipeline.data.presets import published_results
 from pipeline.evaluation.evaluate_stage import evaluate_sets
-from pipeline.heads.decision import Decision
 from pipeline.heads.train_stage import epoch_bar, epochs_of, head_features, train_head
 from pipeline.metrics import compact, details_path, pct
 from pipeline.provenance import base_provenance
@@ -57,9 +56,10 @@ def run_compare(params: Params, manifest: str | Path, features: str | Path,
     with epoch_bar(sum(epochs_of(params, kind) for _, kind, _, _ in columns), "compare") as bar:
         for name, kind, fs, train_crops in columns:
             result, config = train_head(params, kind, fs, bar=bar, train_crops=train_crops)
-            metrics, _ = evaluate_sets(params, fs, result.model, Decision.from_bundle(config))
+            metrics, _ = evaluate_sets(params, fs, result.model, config.decision.as_decision())
+            assert config.training is not None
             results[name] = {"test": metrics.get("test"), "val": metrics.get("val"),
-                             "training": config["training"], "views": fs.n_views,
+                             "training": config.training.to_json(), "patch_views": fs.n_views,
                              "recipe": HEAD_RECIPES[kind]}
     out = {"heads": results, "view_average": params.evaluate.view_average,
            "preset": params.protocol.preset,
@@ -126,7 +126,7 @@ def format_comparison(out: dict[str, Any], split: str = "test") -> str:
     lines.append("")
     lines.append(f"{split} split, %; mean = over sources. Best epoch (val AP): " + ", ".join(
         f"{h} {out['heads'][h]['training']['best_epoch']}" for h in heads) + ".")
-    multi = sorted({out["heads"][h].get("views", 1) for h in heads} - {1})
+    multi = sorted({out["heads"][h].get("patch_views", 1) for h in heads} - {1})
     if multi:
         lines.append(f"K = patch-order views per image: K=1 trains and scores view 0 only; K>1 "
                      f"trains on one random view per image per epoch and scores the "
@@ -137,7 +137,7 @@ def format_comparison(out: dict[str, Any], split: str = "test") -> str:
                      f"{'; ' + p['note'] if p.get('note') else ''}).")
     for h in heads:
         tr = out["heads"][h]["training"]
-        if "explained_variance" in tr:
+        if tr.get("explained_variance") is not None:
             lines.append(f"{h}: top-{tr['nsnet_k']} caption directions removed, explaining "
                          f"{100 * tr['explained_variance']:.1f}% of the captions' energy.")
     return "\n".join(lines)

@@ -17,7 +17,6 @@ from pipeline.atomic import write_json
 from pipeline.config import Params
 from pipeline.evaluation.evaluate_stage import (
     bundle_decision,
-    bundle_recipe,
     decision_table,
     score,
 )
@@ -61,13 +60,13 @@ def run_evaluate_degraded(params: Params, manifest: str | Path, features: str | 
     model, config = load_bundle(model_dir)
     decision = bundle_decision(params, config, model_dir)
     metrics_dir = Path(metrics_dir)
-    recipe = bundle_recipe(config)
+    recipe = config.head.recipe
     results = {"clean": degraded_result(params, model, manifest, features, "", decision, recipe)}
     for name in params.protocol.degradations:
         results[name] = degraded_result(params, model, manifest, features, name, decision,
                                         recipe)
     summary = {
-        "head": config["head"]["kind"], "threshold": decision.threshold,
+        "head": config.head.name, "threshold": decision.threshold,
         "preset": params.protocol.preset,
         "patch_views": params.patches.views, "view_average": params.evaluate.view_average,
         "degradations": results,

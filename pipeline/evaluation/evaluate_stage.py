@@ -19,6 +19,7 @@ from pipeline.evaluation.protocol_rows import (
 )
 from pipeline.extraction.cached_features import FeatureSet, load_features
 from pipeline.heads.bundle import load_bundle
+from pipeline.heads.bundle_config import BundleConfig
 from pipeline.heads.decision import Decision
 from pipeline.heads.training_loop import predict_logits
 from pipeline.metrics import (
@@ -102,17 +103,12 @@ def evaluate_sets(params: Params, fs: FeatureSet, model: Any, decision: Decision
     return results, pd.concat(scored, ignore_index=True) if scored else pd.DataFrame()
 
 
-def bundle_recipe(config: dict[str, Any]) -> str:
-    """The feature recipe a bundle's head reads (bundles from before recipes: composite)."""
-    return str(config["head"].get("recipe") or "composite")
-
-
-def bundle_decision(params: Params, config: dict[str, Any], model_dir: str | Path) -> Decision:
+def bundle_decision(params: Params, config: BundleConfig, model_dir: str | Path) -> Decision:
     """The bundle's decision, after checking it was made with the current evaluate.* params
     and patch-order views."""
     from pipeline.config import parse_threshold
 
-    decision = Decision.from_bundle(config)
+    decision = config.decision.as_decision()
     want = (parse_threshold(params.evaluate.threshold).text, params.evaluate.calibration)
     if (decision.rule, decision.calibration) != want:
         raise ValueError(
@@ -121,7 +117,7 @@ def bundle_decision(params: Params, config: dict[str, Any], model_dir: str | Pat
             f"evaluate.threshold={want[0]}, evaluate.calibration={want[1]}: the threshold and "
             "calibration are fit at training time; retrain with `nsnet train` (or `dvc repro`)"
         )
-    trained = int((config.get("views") or {}).get("count", 1))
+    trained = config.views.count
     if trained != params.patches.views:
         raise ValueError(
             f"{model_dir} was trained on {trained} patch-order view(s) per image but "
@@ -157,8 +153,11 @@ def run_evaluate(params: Params, manifest: str | Path, features: str | Path,
     model and provenance. Returns the details.
     """
     model, config = load_bundle(model_dir)
+    if config.training is None:
+        raise ValueError(f"{model_dir}: the bundle records no training (config.json has no "
+                         "training section); retrain it with `nsnet train`")
     fs = with_duplicate_members(load_features(params, manifest, features,
-                                              recipe=bundle_recipe(config)), manifest)
+                                              recipe=config.head.recipe), manifest)
     decision = bundle_decision(params, config, model_dir)
     threshold = decision.threshold
     results, scored = evaluate_sets(params, fs, model, decision)
@@ -184,10 +183,10 @@ def run_evaluate(params: Params, manifest: str | Path, features: str | Path,
                 "threshold_rule": "fake if prob > threshold (exactly the threshold is real)"}
     out = {**results, "protocol": protocol, "threshold": threshold,
            "decision": decision.to_json(),
-           "head": config["head"]["kind"],
-           "views": fs.n_views, "view_average": params.evaluate.view_average,
-           "model": {"features": config["training"]["features"],
-                     "best_epoch": config["training"]["best_epoch"]},
+           "head": config.head.name,
+           "patch_views": fs.n_views, "view_average": params.evaluate.view_average,
+           "model": {"features": config.training.features,
+                     "best_epoch": config.training.best_epoch},
            "scored_ids": fingerprint(scored["id"].tolist()) if len(scored) else "",
            "provenance": base_provenance()}
     write_json(details_json or details_path(metrics_json), out)
@@ -208,7 +207,7 @@ def format_evaluation(out: dict[str, Any]) -> str:
         if split not in out:
             continue
         res = out[split]
-        note = views_note(out.get("views", 1), out.get("view_average", "mean_logit"))
+        note = views_note(out.get("patch_views", 1), out.get("view_average", "mean_logit"))
         lines = [format_table(res, f"\n[{out['head']}] {split} (%"
                               + (f"; {note})" if note else ")"), desc)]
         cal = res.get("calibration")

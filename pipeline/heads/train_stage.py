@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
@@ -21,10 +22,22 @@ from pipeline.extraction.cached_features import (
     training_crops,
 )
 from pipeline.heads.bundle import save_bundle
+from pipeline.heads.bundle_config import (
+    Backbones,
+    BundleConfig,
+    BundleDecision,
+    CaptionFacts,
+    ClipFacts,
+    HeadConfig,
+    HeadSettings,
+    PatchesConfig,
+    RecipeFacts,
+    ViewsConfig,
+)
 from pipeline.heads.decision import Decision, fit_decision
 from pipeline.heads.head_training import HeadTraining
+from pipeline.heads.training_info import TrainingRecord
 from pipeline.heads.training_loop import (
-    HPARAM_KEYS,
     EpochCallback,
     TrainResult,
     fit,
@@ -56,65 +69,60 @@ def _preset_info(params: Params, train: FeatureSet) -> dict[str, Any]:
     if preset is None:
         return {}
     _, missing = preset_training(preset, set(train.frame["source"]))
-    return {"preset": preset.name, "preset_train_sources": list(preset.training),
-            "preset_train_missing": missing}
+    return {"preset": preset.name, "preset_train_sources": tuple(preset.training),
+            "preset_train_missing": tuple(missing)}
 
 
 def bundle_config(params: Params, kind: str, result: TrainResult, fs: FeatureSet,
                   train: FeatureSet, dim: int, decision: Decision | None = None,
-                  decision_report: dict[str, Any] | None = None) -> dict[str, Any]:
+                  decision_report: dict[str, Any] | None = None) -> BundleConfig:
+    """The config of the bundle of a head trained on ``train`` (rows of ``fs``)."""
     prov = fs.provenance  # spelled as params.yaml (pipeline.extraction.cached_features)
-    decision = decision or Decision()
     recipe = HEAD_RECIPES[kind]
-    return {
-        "head": {"kind": kind, "dim": dim, "recipe": recipe,
-                 "row_shape": list(prov.get("row_shape") or [dim]),
-                 "hparams": {k: getattr(params.train, k) for k in HPARAM_KEYS}},
-        "threshold": decision.threshold,
-        "decision": {**decision.to_json(), **(decision_report or {})},
+    return BundleConfig(
+        head=HeadConfig(name=kind, dim=dim, recipe=recipe,
+                        row_shape=tuple(prov.get("row_shape") or [dim]),
+                        train=HeadSettings.of(params.train)),
+        decision=BundleDecision.of(decision or Decision(), params.evaluate.uncertain_band,
+                                   decision_report),
         # patch-order views the head was trained on, and how scoring combines them
-        "views": {"count": fs.n_views, "average": params.evaluate.view_average},
-        "uncertain_band": params.evaluate.uncertain_band,
-        "backbones": backbones(params, prov, recipe),
-        "training": {
-            "params": dataclasses.asdict(params.train),
-            "protocol": dataclasses.asdict(params.protocol),
-            "n_train": len(train), "train_sources": sorted(set(train.frame["source"])),
-            "recipe": recipe,
-            "train_ids": fingerprint(train.frame["id"].tolist()),
-            **_preset_info(params, train),
-            "features": fingerprint(prov),
-            "best_epoch": result.best_epoch, "best_val_ap": result.best_val_ap,
-            **result.info,
-        },
-        "provenance": base_provenance(),
-    }
+        views=ViewsConfig(fs.n_views, params.evaluate.view_average),
+        backbones=backbones(params, prov, recipe),
+        training=TrainingRecord(
+            **result.info.as_kwargs(),
+            params=dataclasses.replace(params.train), protocol=copy.deepcopy(params.protocol),
+            n_train=len(train), train_sources=tuple(sorted(set(train.frame["source"]))),
+            recipe=recipe, train_ids=fingerprint(train.frame["id"].tolist()),
+            features=fingerprint(prov), best_epoch=result.best_epoch,
+            best_val_ap=result.best_val_ap, **_preset_info(params, train)),
+        provenance=base_provenance(),
+    )
 
 
-def backbones(params: Params, prov: dict[str, Any], recipe: str) -> dict[str, Any]:
+def backbones(params: Params, prov: dict[str, Any], recipe: str) -> Backbones:
     """What ``predict`` must run to make the head's input: the backbone that made the features
-    (its settings and facts, from the features' provenance), and BLIP plus the patch spec (the
-    composite recipe) or the recipe's own settings."""
+    (its settings and facts, from the features' provenance), and the captioner plus the patch
+    spec (the composite recipe) or the recipe's own settings."""
     clip = prov.get("clip", {})
     r = params.recipes
     arch, pretrained = clip.get("arch"), clip.get("pretrained")
     if recipe == "cozzolino":  # its own backbone made the features
         arch, pretrained = r.cozzolino_arch, r.cozzolino_pretrained
-    facts = {"clip_arch": arch, "clip_pretrained": pretrained,
-             **{k: clip.get(k) for k in ("weights", "weights_blake2b", "mean", "std",
-                                         "image_size", "embed_dim")}}
+    listed = {k: tuple(clip[k]) for k in ("mean", "std") if clip.get(k) is not None}
+    facts = ClipFacts(arch=arch, pretrained=pretrained or "",
+                      **{k: clip.get(k) for k in ("weights", "weights_blake2b", "open_clip",
+                                                  "image_size", "embed_dim")}, **listed)
     if recipe == "composite":
-        return {"clip": facts,
-                "blip": {"model": prov.get("caption", {}).get("model"),
-                         "max_new_tokens": params.caption.max_new_tokens},
-                "patches": {k: v for k, v in prov.get("patches", {}).items() if k != "views"}
-                or None}
-    spec: dict[str, Any] = {"name": recipe}
-    if recipe == "clip_layers":
-        spec["layers"] = r.layers if isinstance(r.layers, str) else list(r.layers)
-    if recipe == "cozzolino":
-        spec["backbone"] = {"arch": r.cozzolino_arch, "pretrained": r.cozzolino_pretrained}
-    return {"clip": facts, "recipe": spec}
+        patches = prov.get("patches") or {}
+        return Backbones(
+            clip=facts,
+            caption=CaptionFacts(prov.get("caption", {}).get("model"),
+                                 params.caption.max_new_tokens),
+            patches=PatchesConfig(**{k: patches[k] for k in ("size", "n_low", "n_high")})
+            if patches else None)
+    layers = r.layers if isinstance(r.layers, str) else tuple(r.layers)
+    return Backbones(clip=facts, recipe=RecipeFacts(recipe, layers if recipe == "clip_layers"
+                                                    else "all"))
 
 
 def epoch_bar(total: int, desc: str) -> tqdm:
@@ -127,7 +135,7 @@ TrainViews = Callable[[pd.DataFrame], "Rows | None"]
 
 def train_head(params: Params, kind: str, fs: FeatureSet,
                on_epoch: EpochCallback | None = None, bar: tqdm | None = None,
-               train_crops: TrainViews | None = None) -> tuple[TrainResult, dict[str, Any]]:
+               train_crops: TrainViews | None = None) -> tuple[TrainResult, BundleConfig]:
     """Fit one head on the protocol's rows; ``bar`` (if given) advances once per epoch.
 
     ``fs`` holds the features of the head's recipe; ``train_crops(frame)`` (the cropped
@@ -172,8 +180,9 @@ def epochs_of(params: Params, kind: str) -> int:
 
 
 def run_train(params: Params, manifest: str | Path, features: str | Path, out_dir: str | Path,
-              log_csv: str | Path) -> dict[str, Any]:
-    """Train ``train.head``; the per-epoch log (a DVC plots file) is rewritten every epoch."""
+              log_csv: str | Path) -> TrainingRecord:
+    """Train ``train.head`` and write its bundle; the per-epoch log (a DVC plots file) is
+    rewritten every epoch. Returns the bundle's training record."""
     kind = params.train.head
     fs, views = head_features(params, manifest, features, kind)
     rows: list[dict[str, float]] = []
@@ -186,4 +195,5 @@ def run_train(params: Params, manifest: str | Path, features: str | Path, out_di
     with epoch_bar(epochs_of(params, kind), "train") as bar:
         result, config = train_head(params, kind, fs, log_epoch, bar, views)
     save_bundle(out_dir, result.model, config)
-    return config["training"]
+    assert config.training is not None
+    return config.training
