@@ -8,7 +8,7 @@ DEMO ?= demo-run
 export DVC_NO_ANALYTICS := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: install browser demo test lint clean-demo check-open-clip lock
+.PHONY: install browser latex demo test lint clean-demo check-open-clip lock
 
 $(BIN)/nsnet: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -39,10 +39,11 @@ demo: install
 	  $(DVC) queue status && ! $(DVC) queue status | grep -q Failed && \
 	  $(DVC) exp show --only-changed --no-pager --drop 'Created|Executor|State'
 	@echo "Demo done (baseline run committed in $(DEMO), two experiments beside it): the" \
-	  "tables above are in $(DEMO)/metrics/details/*.json; try: cd $(DEMO) && dvc metrics" \
-	  "show / dvc plots show / nsnet cache / dvc exp show --only-changed"
+	  "tables above are in $(DEMO)/metrics/details/*.json, the paper's tables in" \
+	  "$(DEMO)/reports/tables.{md,tex,csv}, the figures in $(DEMO)/plots/*.png; try: cd" \
+	  "$(DEMO) && dvc metrics show / dvc plots show / nsnet cache / dvc exp show --only-changed"
 
-test: install browser
+test: install browser latex
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
 
@@ -80,6 +81,25 @@ browser:
 	else \
 	  echo "WARNING: chromium/chromedriver missing and not root: the browser test will fail" \
 	    "(install them, or set NSNET_SKIP_BROWSER_TESTS=1)"; \
+	fi
+
+# The report's LaTeX is compiled by a slow test when pdflatex and booktabs are present (Debian's
+# texlive-latex-base + texlive-latex-recommended, about 200 MB); installed here when missing and
+# we are root with apt-get, else that test skips and says why (NSNET_SKIP_LATEX=1: do not
+# install). Never fails the build.
+latex:
+	@if command -v pdflatex >/dev/null 2>&1 && kpsewhich booktabs.sty >/dev/null 2>&1; then \
+	  :; \
+	elif [ -n "$$NSNET_SKIP_LATEX" ]; then \
+	  echo "NSNET_SKIP_LATEX set: not installing texlive; the pdflatex test will skip"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing texlive-latex-base + texlive-latex-recommended for the LaTeX test"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  { apt-get update -q && apt-get install -y -q --no-install-recommends \
+	      texlive-latex-base texlive-latex-recommended; } || \
+	    echo "WARNING: could not install texlive; the pdflatex test will skip"; \
+	else \
+	  echo "NOTE: pdflatex/booktabs missing and not root: the pdflatex test will skip"; \
 	fi
 
 lint: install

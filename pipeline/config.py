@@ -160,6 +160,8 @@ class TrainParams:
     normalize: bool = True
     balance: bool = True
     seed: int = field(default=0, metadata=_check(0))
+    # several seeds: every number becomes mean ± std over them; [] = the one train.seed
+    seeds: list[int] = field(default_factory=list)
     device: str = "auto"
 
 
@@ -188,6 +190,17 @@ class AuditParams:
 class FigureParams:
     tsne_points: int = field(default=2000, metadata=_check(10, 1_000_000))
     tsne_perplexity: float = field(default=30.0, metadata=_check(1.0, 1000.0))
+
+
+MATRIX_METRICS = ("acc", "ap", "real_acc", "fake_acc", "auc")
+
+
+@dataclass
+class MatrixParams:
+    """The cross-generator matrix (``nsnet matrix``): train on each source in turn."""
+
+    train_sources: list[str] = field(default_factory=list)  # [] = every generator with train
+    metric: str = field(default="acc", metadata=_check(choices=MATRIX_METRICS))  # heatmap cells
 
 
 @dataclass
@@ -222,6 +235,7 @@ class Params:
     figures: FigureParams = field(default_factory=FigureParams)
     compare: CompareParams = field(default_factory=CompareParams)
     recipes: RecipeParams = field(default_factory=RecipeParams)
+    matrix: MatrixParams = field(default_factory=MatrixParams)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -351,6 +365,18 @@ def param_field(cls: type, name: str, default: Any = dataclasses.MISSING) -> Any
     return field(default=default, metadata=meta)
 
 
+def to_plain(record: Any) -> Any:
+    """A typed record (dataclasses, tuples) as plain JSON values (dicts, lists): what
+    ``build_section`` reads back into the same record."""
+    if dataclasses.is_dataclass(record) and not isinstance(record, type):
+        return {f.name: to_plain(getattr(record, f.name)) for f in dataclasses.fields(record)}
+    if isinstance(record, list | tuple):
+        return [to_plain(v) for v in record]
+    if isinstance(record, dict):
+        return {k: to_plain(v) for k, v in record.items()}
+    return record
+
+
 def check_value(key: str, value: Any, cls: type, name: str) -> Any:
     """Check ``value`` against field ``name`` of params dataclass ``cls`` (type and range)."""
     f = {f.name: f for f in dataclasses.fields(cls)}[name]
@@ -424,10 +450,19 @@ def _cross_checks(p: Params) -> None:
                     f"protocol.{key}: protocol.preset {p.protocol.preset!r} sets the training "
                     "sources and test rows; leave train_sources and test_sources empty ([])"
                 )
+    _check_seeds(p.train.seeds)
     _check_degradations(p)
     _check_compare(p)
     _check_threshold(p.evaluate.threshold)
     _check_reencode(p.protocol.train_reencode)
+
+
+def _check_seeds(seeds: list[int]) -> None:
+    for i, seed in enumerate(seeds):
+        if seed < 0:
+            raise ParamsError(f"train.seeds[{i}]: {seed} is out of range (must be >= 0)")
+    if len(set(seeds)) != len(seeds):
+        raise ParamsError(f"train.seeds: seeds repeat in {seeds}; each seed is one run")
 
 
 # ----------------------------------------------------------------------------- decision threshold

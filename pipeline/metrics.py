@@ -150,23 +150,31 @@ def format_table(result: dict[str, Any], title: str = "", decision: str = "") ->
     threshold (``decision`` describes it in the footnote), oracle (best threshold per row,
     chosen on its own test labels), AP, AUC. With a benchmark preset (``result["rows"]``) the
     rows are the preset's, in its order; a row without data reads ``missing`` and the mean says
-    over how many rows it was taken.
+    over how many rows it was taken. A result over several seeds (``std`` beside the means,
+    ``pipeline.evaluation.seeds``) prints ``mean±std`` in every cell.
     """
+    std = result.get("std")
+    width = 12 if std is not None else 9
     lines = [title] if title else []
-    lines.append(f"{'source':<22}{'n':>7}" + "".join(f"{h:>9}" for h in TABLE_HEADER))
+    lines.append(f"{'source':<22}{'n':>7}" + "".join(f"{h:>{width}}" for h in TABLE_HEADER))
     order = result.get("rows") or list(result["per_source"])
     missing = result.get("missing", {})
+
+    def line(name: str, m: dict[str, Any], s: dict[str, Any] | None) -> str:
+        sd = s or {}
+        cells = "".join(f"{pct_pm(m.get(k), sd.get(k) if std is not None else None):>{width}}"
+                        for k in TABLE_KEYS)
+        return f"{name:<22}{m.get('n', ''):>7}" + cells
+
     for name in order:
         if name in missing:
             lines.append(f"{name:<22}{'':>7}  missing: {missing[name]}")
             continue
-        m = result["per_source"][name]
-        lines.append(f"{name:<22}{m.get('n', ''):>7}" + "".join(f"{pct(m.get(k)):>9}"
-                                                             for k in TABLE_KEYS))
-    for name, m in ((result.get("mean_label", "mean"), {**result["mean"], "n": ""}),
-                    ("overall (pooled)", result["overall"])):
-        lines.append(f"{name:<22}{m.get('n', ''):>7}" + "".join(f"{pct(m.get(k)):>9}"
-                                                             for k in TABLE_KEYS))
+        lines.append(line(name, result["per_source"][name],
+                          ((std or {}).get("per_source") or {}).get(name)))
+    lines.append(line(result.get("mean_label", "mean"), {**result["mean"], "n": ""},
+                      (std or {}).get("mean")))
+    lines.append(line("overall (pooled)", result["overall"], (std or {}).get("overall")))
     if missing:
         lines.append(f"partial mean: {len(order) - len(missing)} of {len(order)} official rows "
                      f"(missing: {', '.join(missing)})")
@@ -175,11 +183,21 @@ def format_table(result: dict[str, Any], title: str = "", decision: str = "") ->
     lines.append(f"acc@0.5: uncalibrated probability at 0.5; acc/real/fake: at the decision "
                  f"threshold{' ' + decision if decision else ''}; oracle: best threshold of each "
                  "row chosen on its own test labels (not a usable detector)")
+    if std is not None:
+        lines.append(f"mean±std over {len(result.get('seeds') or ())} seeds (train.seeds; "
+                     "sample standard deviation)")
     return "\n".join(lines)
 
 
 def pct(v: float | None) -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"
+
+
+def pct_pm(v: float | None, std: float | None = None) -> str:
+    """``pct(v)``, followed by ``±std`` (percent) when a standard deviation is given."""
+    if std is None or pct(v) == "-":
+        return pct(v)
+    return f"{pct(v)}±{pct(std)}"
 
 
 # ----------------------------------------------------------------------------- calibration
@@ -248,9 +266,13 @@ def rounded(value: float | None, digits: int = 4) -> float | None:
 
 
 def compact(mean: dict[str, Any], keys: tuple[str, ...] = SUMMARY_KEYS,
-            prefix: str = "") -> dict[str, float | None]:
-    """``{prefix + key: rounded value}`` of a mean-over-generators row."""
-    return {f"{prefix}{k}": rounded(mean.get(k)) for k in keys}
+            prefix: str = "", std: dict[str, Any] | None = None) -> dict[str, float | None]:
+    """``{prefix + key: rounded value}`` of a mean-over-generators row; with ``std`` (over
+    seeds) also ``{prefix + key + "_std": ...}``."""
+    out = {f"{prefix}{k}": rounded(mean.get(k)) for k in keys}
+    if std is not None:
+        out.update({f"{prefix}{k}_std": rounded(std.get(k)) for k in keys})
+    return out
 
 
 def details_path(metrics_file: str | Path) -> Path:

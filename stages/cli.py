@@ -11,7 +11,10 @@ from stages.evaluate import evaluate
 from stages.explain import explain
 from stages.extract import extract
 from stages.index import index
+from stages.matrix import matrix
 from stages.predict import predict
+from stages.report import report
+from stages.robustness import robustness
 from stages.scan import scan
 from stages.serve import serve
 from stages.train import train
@@ -24,13 +27,14 @@ def main() -> None:
     """NS-Net / Advanced NS-Net detector of AI-generated images.
 
     Stages (usually driven by `dvc repro`): scan -> index -> audit -> extract -> train ->
-    evaluate. `nsnet cache` shows (and cleans) the feature store.
+    evaluate, plus compare, matrix, robustness and report for a paper's tables and figures.
+    `nsnet cache` shows (and cleans) the feature store.
     Every command reads params.yaml and accepts --set key=value overrides.
     """
 
 
-for command in (scan, index, audit, extract, train, evaluate, compare, demo_data,
-                evaluate_degraded, cache, degrade, evaluate_views):
+for command in (scan, index, audit, extract, train, evaluate, compare, matrix, robustness,
+                report, demo_data, evaluate_degraded, cache, degrade, evaluate_views):
     main.add_command(command)
 for command in (predict, explain, serve, tsne):
     main.add_command(command)

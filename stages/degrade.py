@@ -33,6 +33,9 @@ def evaluate_degraded(params_file: str | None, overrides: tuple[str, ...], manif
     params = load(params_file, overrides)
     results = run_evaluate_degraded(params, manifest, features, model_dir, metrics_dir)
     note = views_note(params.patches.views, params.evaluate.view_average)
+    if len(params.train.seeds) > 1:
+        note = "; ".join(n for n in (note, f"mean ± std over {len(params.train.seeds)} seeds")
+                         if n)
     note = f"; {note}" if note else ""
     if per_source:
         for name, res in results.items():

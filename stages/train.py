@@ -32,6 +32,14 @@ def train(params_file: str | None, overrides: tuple[str, ...], manifest: str, fe
              if info.crops > 1 else "")
     echo_summary(f"train: {params.train.head} on {info.n_train} images{views}, best epoch "
                  f"{info.best_epoch} (val AP {info.best_val_ap:.4f}){extra} -> {out}")
+    if info.seeds:
+        from pipeline.evaluation.seeds import over_seeds
+
+        agg = over_seeds(info.seeds)
+        echo_summary(f"train: {len(info.seeds)} seeds {list(info.seeds)}: best val AP "
+                     f"{agg['best_val_ap']:.4f} ± {agg['std']['best_val_ap']:.4f} (mean ± "
+                     f"sample std); {out} is seed {params.train.seeds[0]}'s bundle, the others "
+                     f"are in {out}/seeds/")
     if info.preset_train_missing:
         click.secho(f"note: protocol.preset {info.preset} trains on "
                     f"{len(info.preset_train_sources)} sources; not found in the training "

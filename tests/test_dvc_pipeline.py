@@ -31,7 +31,9 @@ OUTS = ("cache/manifest.parquet", "cache/index_report.json", "cache/listing.parq
         "models/detector/config.json",
         "models/detector/model.safetensors", "plots/train_log.csv", "metrics/metrics.json",
         "plots/roc.csv", "plots/pr.csv", "plots/confusion.csv", "metrics/compare.json",
-        "metrics/audit.json", "plots/reliability.csv")
+        "metrics/audit.json", "plots/reliability.csv", "metrics/matrix.json", "plots/matrix.png",
+        "metrics/details/robustness.json", "plots/robustness.png", "plots/curves.png",
+        "reports/tables.md", "reports/tables.tex", "reports/tables.csv")
 GIT_ID = {"GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@localhost",
           "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@localhost"}
 
@@ -262,18 +264,24 @@ def test_metrics_and_plots_show(workspace, tmp_path):
     assert set(test_mean) == {"acc", "real_acc", "fake_acc", "ap", "threshold"}
     assert 0.0 <= test_mean["acc"] <= 1.0
     assert set(data) == {"metrics/metrics.json", "metrics/degradations.json",
-                         "metrics/audit.json"}  # not details; compare.json is a plain output
+                         "metrics/audit.json"}  # not details; compare/matrix are plain outputs
     heads = ("composite_probe", "nsnet", "advanced", "univfd", "rine", "cozzolino")
     compared = json.loads((ws / "metrics/compare.json").read_text())
     assert set(compared) == {f"{h}_ap" for h in heads}  # every head, from one extraction
+    # the matrix's compact numbers share compare's column names (each head's unseen-cell AP)
+    matrix = json.loads((ws / "metrics/matrix.json").read_text())
+    assert set(matrix) == set(compared)
     details = json.loads((ws / "metrics/details/metrics.json").read_text())
     assert details["test"]["mean"]["acc"] == pytest.approx(test_mean["acc"], abs=1e-4)
     assert "metrics/metrics.json" in sh(ws, "dvc", "metrics", "show")
     out_dir = tmp_path / "plots_html"
     sh(ws, "dvc", "plots", "show", "-o", str(out_dir))
     html = (out_dir / "index.html").read_text()
-    for name in ("roc.csv", "pr.csv", "confusion.csv", "train_log.csv", "reliability"):
+    for name in ("roc.csv", "pr.csv", "confusion.csv", "train_log.csv", "reliability",
+                 "matrix.png", "robustness.png", "curves.png"):
         assert name in html, name
+    tables = (ws / "reports/tables.md").read_text()
+    assert tables.startswith("### Test accuracy (%)") and "Cross-generator matrix" in tables
     assert data["metrics/audit.json"]["data"]["metadata_auc"] <= 0.8
     audit = json.loads((ws / "metrics/details/audit.json").read_text())
     assert audit["classifier"]["warning"] is False
@@ -360,5 +368,6 @@ def test_code_edits_rerun_exactly_the_stages_that_run_that_code(workspace):
     sh(ws, "git", "commit", "-qm", "patch selection edited")
     _edit(ws / "pipeline/heads/detectors.py")
     out = sh(ws, "dvc", "repro")
-    assert ran(out) == {"scan", "train", "evaluate", "evaluate_degraded", "compare", "tsne"}, out
+    assert ran(out) == {"scan", "train", "evaluate", "evaluate_degraded", "compare", "matrix",
+                        "robustness", "report", "tsne"}, out
     assert _up_to_date(sh(ws, "dvc", "status"))

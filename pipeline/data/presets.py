@@ -36,7 +36,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from pipeline.config import PRESET_CHOICES, Params
+from pipeline.config import PRESET_CHOICES
 
 NONE = "none"
 
@@ -230,20 +230,3 @@ def match_sources(wanted: Iterable[str], known: Iterable[str]) -> tuple[list[str
 def preset_training(preset: Preset, known: Iterable[str]) -> tuple[list[str], list[str]]:
     """(the preset's training sources present in ``known``, those absent)."""
     return match_sources(preset.training, known)
-
-
-def training_sources(params: Params, known: Iterable[str]) -> list[str] | None:
-    """Sources to train and validate on: the preset's, else ``protocol.train_sources``
-    (None = all). Raises ``ValueError`` when a preset finds none of its training sources."""
-    preset = get_preset(params.protocol.preset)
-    if preset is None:
-        return params.protocol.train_sources or None
-    known = sorted(set(known))
-    found, _ = preset_training(preset, known)
-    if not found:
-        raise ValueError(
-            f"protocol.preset {preset.name!r} trains on {', '.join(preset.training)}, but none "
-            f"of them is among the training sources found ({', '.join(known) or 'none'}); check "
-            "data.roots and the roots' roles"
-        )
-    return found

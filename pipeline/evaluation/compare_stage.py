@@ -9,7 +9,10 @@ numbers of each method on that benchmark stand beside ours (``paper``).
 With ``views`` (``nsnet compare --views 1,4``) each head is also trained and scored on the first
 k patch-order views of the cache for each k: k = 1 is view 0 only (a one-view cache's
 features), k > 1 draws one of k views per image per epoch and averages k at test time, so the
-table shows what the reference's shuffling is worth on the same data."""
+table shows what the reference's shuffling is worth on the same data.
+
+With several ``train.seeds`` every head is trained once per seed (same cached features) and
+every number is the mean over the seeds, with its standard deviation beside it."""
 
 from __future__ import annotations
 
@@ -18,10 +21,20 @@ from typing import Any
 
 from pipeline.atomic import write_json
 from pipeline.config import HEAD_RECIPES, Params
+from pipeline.data.experiment import Experiment, resolve_experiment, with_seed
 from pipeline.data.presets import published_results
 from pipeline.evaluation.evaluate_stage import evaluate_sets
-from pipeline.heads.train_stage import epoch_bar, epochs_of, head_features, train_head
-from pipeline.metrics import compact, details_path, pct
+from pipeline.evaluation.protocol_rows import with_duplicate_members
+from pipeline.evaluation.seeds import over_seeds, seeds_note, std_of
+from pipeline.extraction.cached_features import FeatureSet
+from pipeline.heads.train_stage import (
+    TrainViews,
+    epoch_bar,
+    epochs_of,
+    head_inputs,
+    train_head,
+)
+from pipeline.metrics import compact, details_path, pct, pct_pm
 from pipeline.provenance import base_provenance
 
 METRICS = ("acc", "real_acc", "fake_acc", "ap")
@@ -41,38 +54,66 @@ def run_compare(params: Params, manifest: str | Path, features: str | Path,
     ``<dir>/details/<name>``) the full tables. Returns the details.
     """
     heads = tuple(params.compare.heads) if heads is None else heads
-    loaded: dict[str, tuple[Any, Any]] = {}
-    columns: list[tuple[str, str, Any, Any]] = []  # (name, head, features, training crops)
+    exp = resolve_experiment(params, manifest, heads)
+    inputs = head_inputs(params, manifest, features)
+    columns: list[tuple[str, str, FeatureSet, TrainViews | None]] = []  # name, head, fs, crops
     for kind in heads:
-        recipe = HEAD_RECIPES[kind]
-        if recipe not in loaded:
-            loaded[recipe] = head_features(params, manifest, features, kind)
-        fs, train_crops = loaded[recipe]
-        if recipe == "composite" and views:
+        fs, train_crops = inputs(kind)
+        if HEAD_RECIPES[kind] == "composite" and views:  # checks k before training
             columns += [(f"{kind} K={k}", kind, fs.first_views(k), None) for k in views]
         else:
             columns.append((kind, kind, fs, train_crops))
     results: dict[str, Any] = {}
-    with epoch_bar(sum(epochs_of(params, kind) for _, kind, _, _ in columns), "compare") as bar:
+    epochs = sum(epochs_of(params, kind) for _, kind, _, _ in columns) * exp.n_seeds
+    with epoch_bar(epochs, "compare") as bar:
         for name, kind, fs, train_crops in columns:
-            result, config = train_head(params, kind, fs, bar=bar, train_crops=train_crops)
-            metrics, _ = evaluate_sets(params, fs, result.model, config.decision.as_decision())
-            assert config.training is not None
-            results[name] = {"test": metrics.get("test"), "val": metrics.get("val"),
-                             "training": config.training.to_json(), "patch_views": fs.n_views,
-                             "recipe": HEAD_RECIPES[kind]}
-    out = {"heads": results, "view_average": params.evaluate.view_average,
+            results[name] = head_over_seeds(params, exp, kind, fs, bar, train_crops)
+    out = {"heads": results, "order": list(results),  # the files sort keys; tables keep this
+           "view_average": params.evaluate.view_average,
            "preset": params.protocol.preset,
            "published": published_columns(params.protocol.preset, [k for _, k, _, _ in columns]),
            "provenance": base_provenance()}
+    if exp.n_seeds > 1:
+        out["seeds"] = list(exp.seeds)
     if out_json:
         write_json(details_json or details_path(out_json), out)
         summary: dict[str, Any] = {}
         for name, res in results.items():
             prefix = name.replace(" K=", "_k") + "_"
-            summary.update(compact((res["test"] or {}).get("mean", {}), ("ap",), prefix))
+            test = res["test"] or {}
+            summary.update(compact(test.get("mean", {}), ("ap",), prefix,
+                                   std=std_of(test, "mean") if exp.n_seeds > 1 else None))
+        if exp.n_seeds > 1:
+            summary["n_seeds"] = exp.n_seeds
         write_json(out_json, summary)
     return out
+
+
+def head_over_seeds(params: Params, exp: Experiment, kind: str, fs: FeatureSet,
+                    bar: Any = None, train_crops: TrainViews | None = None) -> dict[str, Any]:
+    """Train ``kind`` once per seed on the experiment's training rows and score val and test
+    (duplicate members included, as ``nsnet evaluate``); tables are means over the seeds with
+    ``std`` beside them, ``training`` is the first seed's record (with every seed's best epoch
+    and val AP under ``seeds`` when there are several)."""
+    scored = with_duplicate_members(fs, exp)
+    runs: dict[int, dict[str, Any]] = {}
+    trained: dict[int, dict[str, Any]] = {}
+    for seed in exp.seeds:
+        result, config = train_head(with_seed(params, seed), kind, fs, bar=bar,
+                                    train_crops=train_crops, experiment=exp)
+        metrics, _ = evaluate_sets(params, scored, result.model, config.decision.as_decision(),
+                                   exp)
+        runs[seed] = {"test": metrics.get("test"), "val": metrics.get("val")}
+        assert config.training is not None
+        trained[seed] = config.training.to_json()
+    training = trained[exp.seeds[0]]
+    if exp.n_seeds > 1:
+        training = {**training, "seeds": {s: {k: t[k] for k in ("best_epoch", "best_val_ap")}
+                                          for s, t in trained.items()}}
+    tables = {split: over_seeds({s: r[split] for s, r in runs.items()})
+              if all(r[split] for r in runs.values()) else None for split in ("test", "val")}
+    return {**tables, "training": training, "patch_views": fs.n_views,
+            "recipe": HEAD_RECIPES[kind]}
 
 
 def published_columns(preset: str, heads: list[str]) -> dict[str, dict[str, Any]]:
@@ -93,17 +134,19 @@ def published_columns(preset: str, heads: list[str]) -> dict[str, dict[str, Any]
 
 def format_comparison(out: dict[str, Any], split: str = "test") -> str:
     """Rows = sources + mean; columns = acc / real / fake / AP for each head."""
-    heads = [h for h, r in out["heads"].items() if r.get(split)]
+    heads = [h for h in out.get("order") or out["heads"] if out["heads"][h].get(split)]
     if not heads:
         return f"(no {split} rows to compare)"
     first = out["heads"][heads[0]][split]
     sources = ([r for r in first["rows"] if r not in first.get("missing", {})]
                if first.get("rows") else
                sorted({s for h in heads for s in out["heads"][h][split]["per_source"]}))
-    width = 4 * 7
+    several = "seeds" in out
+    cell = 12 if several else 7
+    width = 4 * cell
     head_line = f"{'':<18}" + "".join(f"{h:^{width}}|" for h in heads)
     sub = f"{'source':<18}" + "".join(
-        "".join(f"{m.replace('_acc', ''):>7}" for m in METRICS) + "|" for _ in heads)
+        "".join(f"{m.replace('_acc', ''):>{cell}}" for m in METRICS) + "|" for _ in heads)
     lines = [head_line, sub]
     mean_label = first.get("mean_label", "mean")
     for src in [*sources, "mean"]:
@@ -111,7 +154,10 @@ def format_comparison(out: dict[str, Any], split: str = "test") -> str:
         for h in heads:
             tab = out["heads"][h][split]
             m = tab["mean"] if src == "mean" else tab["per_source"].get(src, {})
-            cells.append("".join(f"{pct(m.get(k)):>7}" for k in METRICS) + "|")
+            sd = (std_of(tab, "mean") if src == "mean" else std_of(tab, "per_source", src)) \
+                if several else None
+            cells.append("".join(f"{pct_pm(m.get(k), _std(sd, k, several)):>{cell}}"
+                                 for k in METRICS) + "|")
         lines.append(f"{mean_label if src == 'mean' else src:<18}" + "".join(cells))
     published = out.get("published") or {}
     base = {h: h.split(" K=")[0] for h in heads}
@@ -121,11 +167,17 @@ def format_comparison(out: dict[str, Any], split: str = "test") -> str:
             p = published.get(base[h])
             vals = {"acc": p["acc"] / 100 if p and p.get("acc") is not None else None,
                     "ap": p["ap"] / 100 if p and p.get("ap") is not None else None}
-            cells.append("".join(f"{pct(vals.get(k)):>7}" for k in METRICS) + "|")
+            cells.append("".join(f"{pct(vals.get(k)):>{cell}}" for k in METRICS) + "|")
         lines.append(f"{'paper (published)':<18}" + "".join(cells))
     lines.append("")
-    lines.append(f"{split} split, %; mean = over sources. Best epoch (val AP): " + ", ".join(
-        f"{h} {out['heads'][h]['training']['best_epoch']}" for h in heads) + ".")
+    first_seed = " of the first seed" if several else ""
+    lines.append(f"{split} split, %; mean = over sources. Epoch kept (each head's selection "
+                 f"rule){first_seed}: "
+                 + ", ".join(f"{h} {out['heads'][h]['training']['best_epoch']}" for h in heads)
+                 + ".")
+    if several:
+        lines.append(f"{seeds_note(out)} (train.seeds {out['seeds']}; sample standard "
+                     "deviation).")
     multi = sorted({out["heads"][h].get("patch_views", 1) for h in heads} - {1})
     if multi:
         lines.append(f"K = patch-order views per image: K=1 trains and scores view 0 only; K>1 "
@@ -141,3 +193,7 @@ def format_comparison(out: dict[str, Any], split: str = "test") -> str:
             lines.append(f"{h}: top-{tr['nsnet_k']} caption directions removed, explaining "
                          f"{100 * tr['explained_variance']:.1f}% of the captions' energy.")
     return "\n".join(lines)
+
+
+def _std(std: dict[str, Any] | None, key: str, several: bool) -> float | None:
+    return (std or {}).get(key) if several else None

@@ -15,9 +15,10 @@ from typing import Any
 
 from pipeline.atomic import write_json
 from pipeline.config import Params
+from pipeline.data.experiment import Experiment, resolve_experiment
 from pipeline.evaluation.evaluate_stage import (
-    bundle_decision,
     decision_table,
+    load_seed_runs,
     score,
 )
 from pipeline.evaluation.protocol_rows import (
@@ -25,66 +26,100 @@ from pipeline.evaluation.protocol_rows import (
     protocol_test_set,
     with_duplicate_members,
 )
-from pipeline.extraction.cached_features import load_features
-from pipeline.heads.bundle import load_bundle
+from pipeline.evaluation.seeds import over_seeds, std_of
+from pipeline.extraction.cached_features import FeatureSet, load_features
 from pipeline.heads.decision import Decision
-from pipeline.metrics import compact, pct
+from pipeline.metrics import compact, pct_pm
 from pipeline.provenance import base_provenance
 
 SUMMARY_KEYS = ("acc", "real_acc", "fake_acc", "ap")
+CLEAN = "clean"
 
 
-def degraded_result(params: Params, model: Any, manifest: str | Path, features: str | Path,
-                    degradation: str = "", decision: Decision | None = None,
-                    recipe: str = "composite") -> dict[str, Any]:
-    """Per-source table of the protocol's test rows under ``degradation`` ("" = clean).
-
-    Reals shared between generators come back from the manifest's duplicate rows
-    (``pipeline.evaluation.protocol_rows``), exactly as in ``nsnet evaluate``.
-    """
+def degraded_test_set(params: Params, exp: Experiment, manifest: str | Path,
+                      features: str | Path, degradation: str = "",
+                      recipe: str = "composite") -> FeatureSet:
+    """The experiment's test rows under ``degradation`` ("" = clean), with the duplicate
+    members that give shared reals back to every generator, exactly as in ``nsnet evaluate``."""
     fs = with_duplicate_members(load_features(params, manifest, features, degradation, recipe),
-                                manifest)
-    test = protocol_test_set(params, fs)
+                                exp)
+    test = protocol_test_set(exp, fs)
     if not len(test):
         raise ValueError(f"no test rows of protocol.test_sources in {manifest}")
-    decision = decision or Decision()
+    return test
+
+
+def degraded_sets(params: Params, exp: Experiment, manifest: str | Path,
+                  features: str | Path, recipe: str = "composite") -> dict[str, FeatureSet]:
+    """``clean`` and every ``protocol.degradations`` entry: its test rows' features (of the
+    head's ``recipe``)."""
+    names = {CLEAN: "", **{d: d for d in params.protocol.degradations}}
+    return {name: degraded_test_set(params, exp, manifest, features, d, recipe)
+            for name, d in names.items()}
+
+
+def degraded_table(params: Params, exp: Experiment, model: Any, test: FeatureSet,
+                   decision: Decision) -> dict[str, Any]:
+    """The protocol's test table of ``model`` on one (clean or degraded) test set."""
     frame = score(model, test, decision, params.evaluate.view_average)
-    table = protocol_table(params, frame, decision.threshold, raw_col="prob_raw")
+    table = protocol_table(exp, frame, decision.threshold, raw_col="prob_raw")
     # per_format=False: degraded images were re-encoded; the manifest format is the original's
     return decision_table(frame, decision, table, per_format=False)
 
 
+def degraded_result(params: Params, model: Any, manifest: str | Path, features: str | Path,
+                    degradation: str = "", decision: Decision | None = None,
+                    experiment: Experiment | None = None,
+                    recipe: str = "composite") -> dict[str, Any]:
+    """Per-source table of the protocol's test rows under ``degradation`` ("" = clean)."""
+    exp = experiment or resolve_experiment(params, manifest)
+    test = degraded_test_set(params, exp, manifest, features, degradation, recipe)
+    return degraded_table(params, exp, model, test, decision or Decision())
+
+
 def run_evaluate_degraded(params: Params, manifest: str | Path, features: str | Path,
                           model_dir: str | Path, metrics_dir: str | Path) -> dict[str, Any]:
-    """Score clean + every degraded test set; write the tables and the mean APs."""
-    model, config = load_bundle(model_dir)
-    decision = bundle_decision(params, config, model_dir)
-    metrics_dir = Path(metrics_dir)
-    recipe = config.head.recipe
-    results = {"clean": degraded_result(params, model, manifest, features, "", decision, recipe)}
-    for name in params.protocol.degradations:
-        results[name] = degraded_result(params, model, manifest, features, name, decision,
-                                        recipe)
+    """Score clean + every degraded test set with every seed's bundle; write the tables (mean
+    ± std over seeds when there are several) and the mean APs."""
+    exp = resolve_experiment(params, manifest)
+    runs = load_seed_runs(params, exp, model_dir)
+    sets = degraded_sets(params, exp, manifest, features, runs[0].config.head.recipe)
+    results = {name: over_seeds({run.seed: degraded_table(params, exp, run.model, test,
+                                                          run.decision) for run in runs})
+               for name, test in sets.items()}
+    first = runs[0]
     summary = {
-        "head": config.head.name, "threshold": decision.threshold,
-        "preset": params.protocol.preset,
+        "head": first.config.head.name, "threshold": first.decision.threshold,
+        "preset": exp.preset_name,
         "patch_views": params.patches.views, "view_average": params.evaluate.view_average,
         "degradations": results,
         "provenance": base_provenance(),
     }
+    if len(runs) > 1:
+        summary["seeds"] = list(exp.seeds)
+    metrics_dir = Path(metrics_dir)
     write_json(metrics_dir / "details" / "degradations.json", summary)
     compact_means: dict[str, Any] = {}
     for name, res in results.items():
-        compact_means.update(compact(res["mean"], ("ap",), f"{name}_"))
+        std = std_of(res, "mean") if len(runs) > 1 else None
+        compact_means.update(compact(res["mean"], ("ap",), f"{name}_", std=std))
+    if len(runs) > 1:
+        compact_means["n_seeds"] = len(runs)
     write_json(metrics_dir / "degradations.json", compact_means)
     return results
 
 
 def format_degraded_table(results: dict[str, dict[str, Any]], title: str = "") -> str:
-    """One row per degradation: mean acc / real acc / fake acc / AP over generators (%)."""
+    """One row per degradation: mean acc / real acc / fake acc / AP over generators (%),
+    ``mean±std`` over seeds when the results carry a spread."""
+    several = any("std" in r for r in results.values())
+    width = 13 if several else 8
     lines = [title] if title else []
-    lines.append(f"{'degradation':<14}{'acc':>8}{'real':>8}{'fake':>8}{'AP':>8}")
+    lines.append(f"{'degradation':<14}" + "".join(f"{h:>{width}}" for h in
+                                                  ("acc", "real", "fake", "AP")))
     for name, res in results.items():
-        mean = res.get("mean", {})
-        lines.append(f"{name:<14}" + "".join(f"{pct(mean.get(k)):>8}" for k in SUMMARY_KEYS))
+        mean, std = res.get("mean", {}), std_of(res, "mean") or {}
+        lines.append(f"{name:<14}" + "".join(
+            f"{pct_pm(mean.get(k), std.get(k) if several else None):>{width}}"
+            for k in SUMMARY_KEYS))
     return "\n".join(lines)

@@ -1,5 +1,6 @@
 """Evaluation rows of a benchmark protocol: the preset's official table, and the shared reals
-that the deduplicated cache would otherwise lose.
+that the deduplicated cache would otherwise lose. Which rows are scored is the
+``Experiment``'s decision (``pipeline.data.experiment``); this module applies it to features.
 
 ``protocol_table`` scores the test split as the protocol says: with ``protocol.preset`` the
 preset's rows in the paper's order and names, each against its own reals or its real pool
@@ -16,17 +17,15 @@ train/test leakage; those are reported by the index instead).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
-from pipeline.config import Params
-from pipeline.data.manifest import read_manifest
-from pipeline.data.presets import Preset, get_preset, match_sources
-from pipeline.extraction.cached_features import FeatureSet, select, take_rows
+from pipeline.data.experiment import Experiment
+from pipeline.data.presets import Preset, match_sources
+from pipeline.extraction.cached_features import FeatureSet, take_rows
 from pipeline.metrics import (
     TABLE_KEYS,
     binary_metrics,
@@ -35,32 +34,14 @@ from pipeline.metrics import (
 )
 
 
-def with_duplicate_members(fs: FeatureSet, manifest: str | Path) -> FeatureSet:
-    """``fs`` plus one row per same-split, same-label duplicate filed under another source."""
-    df = read_manifest(manifest)
-    dups = df[df["status"] == "duplicate"]
-    if dups.empty or not len(fs):
+def with_duplicate_members(fs: FeatureSet, exp: Experiment) -> FeatureSet:
+    """``fs`` plus one row per same-split, same-label duplicate filed under another source
+    (``Experiment.member_rows``), sharing the kept copy's features."""
+    extra_idx, extra_rows = exp.member_rows(fs.frame)
+    if not len(extra_idx):
         return fs
-    frame = fs.frame
-    first = {image_id: i for i, image_id in enumerate(frame["id"])}
-    extra_idx, extra_rows = [], []
-    seen = set(zip(frame["id"], frame["source"], strict=True))
-    for row in dups.itertuples():
-        i = first.get(row.id)
-        if i is None:
-            continue
-        kept = frame.iloc[i]
-        key = (row.id, row.source)
-        if key in seen or kept["split"] != row.split or kept["label"] != row.label:
-            continue
-        seen.add(key)
-        extra_idx.append(i)
-        extra_rows.append({**kept.to_dict(), "source": row.source, "path": row.path})
-    if not extra_idx:
-        return fs
-    idx = torch.from_numpy(np.r_[np.arange(len(frame)), np.asarray(extra_idx)].astype(np.int64))
-    new_frame = pd.concat([frame, pd.DataFrame(extra_rows, columns=frame.columns)],
-                          ignore_index=True)
+    idx = torch.from_numpy(np.r_[np.arange(len(fs)), extra_idx].astype(np.int64))
+    new_frame = pd.concat([fs.frame, extra_rows], ignore_index=True)
     return FeatureSet(new_frame, take_rows(fs.image, idx), take_rows(fs.text, idx), fs.provenance)
 
 
@@ -120,28 +101,20 @@ def preset_table(frame: pd.DataFrame, preset: Preset, threshold: float,
     }
 
 
-def protocol_table(params: Params, frame: pd.DataFrame, threshold: float,
+def protocol_table(exp: Experiment, frame: pd.DataFrame, threshold: float,
                    raw_col: str | None = None) -> dict[str, Any]:
-    """The test table of the protocol: the preset's official rows, else one row per source
+    """The test table of the experiment: the preset's official rows, else one row per source
     (``raw_col``: the uncalibrated probability for the acc@0.5 column)."""
-    preset = get_preset(params.protocol.preset)
-    if preset is None:
+    if exp.preset is None:
         return per_source_table(frame, threshold=threshold, raw_col=raw_col)
-    return preset_table(frame, preset, threshold, raw_col=raw_col)
+    return preset_table(frame, exp.preset, threshold, raw_col=raw_col)
 
 
-def protocol_test_set(params: Params, fs: FeatureSet) -> FeatureSet:
-    """The test split, restricted to ``protocol.test_sources`` unless a preset picks the rows."""
-    if params.protocol.preset != "none":
-        return select(fs, "test")
-    return select(fs, "test", params.protocol.test_sources or None)
+def protocol_test_set(exp: Experiment, fs: FeatureSet) -> FeatureSet:
+    """The experiment's test rows (a preset scores every test row its official rows name)."""
+    return fs.subset(exp.test_mask(fs.frame))
 
 
-def protocol_val_set(params: Params, fs: FeatureSet) -> FeatureSet:
-    """Validation rows of the training sources (the preset's, or ``protocol.train_sources``)."""
-    preset = get_preset(params.protocol.preset)
-    if preset is None:
-        return select(fs, "val", params.protocol.train_sources or None)
-    val = select(fs, "val")
-    found, _ = match_sources(preset.training, set(val.frame["source"]))
-    return select(val, "val", found) if found else val.subset(np.zeros(len(val), dtype=bool))
+def protocol_val_set(exp: Experiment, fs: FeatureSet) -> FeatureSet:
+    """Validation rows of the training sources (none when a preset finds none of them)."""
+    return fs.subset(exp.val_mask(fs.frame))

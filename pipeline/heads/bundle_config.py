@@ -33,6 +33,7 @@ from pipeline.config import (
     check_value,
     checked_field,
     param_field,
+    to_plain,
 )
 from pipeline.extraction.patch_selection import PatchSpec
 from pipeline.heads.decision import Decision
@@ -191,7 +192,7 @@ class BundleConfig:
 
     def to_json(self) -> dict[str, Any]:
         """The ``config.json`` mapping (format ``FORMAT_VERSION``)."""
-        return {"format_version": FORMAT_VERSION, **dataclasses.asdict(self)}
+        return {"format_version": FORMAT_VERSION, **to_plain(self)}
 
 
 def parse_config(data: Any, where: str | Path = CONFIG) -> BundleConfig:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
+import shutil
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +14,11 @@ from tqdm.auto import tqdm
 
 from pipeline.atomic import atomic_path
 from pipeline.config import HEAD_RECIPES, Params
-from pipeline.data.presets import get_preset, preset_training, training_sources
+from pipeline.data.experiment import Experiment, resolve_experiment, with_seed
 from pipeline.extraction.cached_features import (
     FeatureSet,
     Rows,
     load_features,
-    select,
     training_crops,
 )
 from pipeline.heads.bundle import save_bundle
@@ -46,12 +46,14 @@ from pipeline.heads.training_loop import (
 )
 from pipeline.provenance import base_provenance, fingerprint
 
+SEEDS_DIR = "seeds"  # models/detector/seeds/<seed>/: the bundles of train.seeds after the first
 
-def training_sets(params: Params, fs: FeatureSet) -> tuple[FeatureSet, FeatureSet]:
-    """Train and validation rows of the protocol (validation = same sources, val split).
 
-    The sources are the preset's training sources (those present) or
-    ``protocol.train_sources`` ([] = all)."""
+def training_sets(params: Params, fs: FeatureSet, experiment: Experiment | None = None
+                  ) -> tuple[FeatureSet, FeatureSet]:
+    """Train and validation rows of the experiment (validation = same sources, val split):
+    the preset's training sources (those present) or ``protocol.train_sources`` ([] = all).
+    Without ``experiment`` it is resolved from ``params`` and ``fs``'s rows."""
     made_with = fs.provenance.get("protocol", {}).get("train_reencode", "") or ""
     if params.protocol.train_reencode != made_with:
         raise ValueError(
@@ -59,25 +61,24 @@ def training_sets(params: Params, fs: FeatureSet) -> tuple[FeatureSet, FeatureSe
             f"computed with train_reencode={made_with!r}; rerun `nsnet extract` (or "
             "`dvc repro`) so that the training images are re-encoded as the params say"
         )
-    known = fs.frame.loc[fs.frame["split"].isin(["train", "val"]), "source"]
-    sources = training_sources(params, known)
-    return select(fs, "train", sources), select(fs, "val", sources)
+    exp = experiment or resolve_experiment(params, fs.frame)
+    return fs.subset(exp.train_mask(fs.frame)), fs.subset(exp.val_mask(fs.frame))
 
 
-def _preset_info(params: Params, train: FeatureSet) -> dict[str, Any]:
-    preset = get_preset(params.protocol.preset)
-    if preset is None:
+def _preset_info(exp: Experiment) -> dict[str, Any]:
+    if exp.preset is None:
         return {}
-    _, missing = preset_training(preset, set(train.frame["source"]))
-    return {"preset": preset.name, "preset_train_sources": tuple(preset.training),
-            "preset_train_missing": tuple(missing)}
+    return {"preset": exp.preset.name, "preset_train_sources": tuple(exp.preset.training),
+            "preset_train_missing": tuple(exp.preset_missing)}
 
 
 def bundle_config(params: Params, kind: str, result: TrainResult, fs: FeatureSet,
                   train: FeatureSet, dim: int, decision: Decision | None = None,
-                  decision_report: dict[str, Any] | None = None) -> BundleConfig:
+                  decision_report: dict[str, Any] | None = None,
+                  experiment: Experiment | None = None) -> BundleConfig:
     """The config of the bundle of a head trained on ``train`` (rows of ``fs``)."""
     prov = fs.provenance  # spelled as params.yaml (pipeline.extraction.cached_features)
+    exp = experiment or resolve_experiment(params, fs.frame)
     recipe = HEAD_RECIPES[kind]
     return BundleConfig(
         head=HeadConfig(name=kind, dim=dim, recipe=recipe,
@@ -90,11 +91,11 @@ def bundle_config(params: Params, kind: str, result: TrainResult, fs: FeatureSet
         backbones=backbones(params, prov, recipe),
         training=TrainingRecord(
             **result.info.as_kwargs(),
-            params=dataclasses.replace(params.train), protocol=copy.deepcopy(params.protocol),
+            params=copy.deepcopy(params.train), protocol=copy.deepcopy(params.protocol),
             n_train=len(train), train_sources=tuple(sorted(set(train.frame["source"]))),
             recipe=recipe, train_ids=fingerprint(train.frame["id"].tolist()),
             features=fingerprint(prov), best_epoch=result.best_epoch,
-            best_val_ap=result.best_val_ap, **_preset_info(params, train)),
+            best_val_ap=result.best_val_ap, **_preset_info(exp)),
         provenance=base_provenance(),
     )
 
@@ -135,13 +136,16 @@ TrainViews = Callable[[pd.DataFrame], "Rows | None"]
 
 def train_head(params: Params, kind: str, fs: FeatureSet,
                on_epoch: EpochCallback | None = None, bar: tqdm | None = None,
-               train_crops: TrainViews | None = None) -> tuple[TrainResult, BundleConfig]:
-    """Fit one head on the protocol's rows; ``bar`` (if given) advances once per epoch.
+               *, train_crops: TrainViews | None = None, experiment: Experiment | None = None
+               ) -> tuple[TrainResult, BundleConfig]:
+    """Fit one head (seed ``train.seed``) on the experiment's training rows (resolved from
+    ``params`` when not given); ``bar`` (if given) advances once per epoch.
 
     ``fs`` holds the features of the head's recipe; ``train_crops(frame)`` (the cropped
     recipes) gives the training rows' augmented crops, which the head trains on instead of the
     test-time crop, one drawn per image per epoch (validation and test read crop 0)."""
-    train, val = training_sets(params, fs)
+    exp = experiment or resolve_experiment(params, fs.frame)
+    train, val = training_sets(params, fs, exp)
     views = train_crops(train.frame) if train_crops is not None else None
     if views is not None:
         train = train.with_image(views)
@@ -161,7 +165,12 @@ def train_head(params: Params, kind: str, fs: FeatureSet,
         predict_logits(result.model, val.image, val.text,
                        average=params.evaluate.view_average), val.frame["label"].to_numpy())
     return result, bundle_config(params, kind, result, fs, train, head_shape(kind, fs)[0],
-                                 decision, report)
+                                 decision, report, exp)
+
+
+def seed_dir(out_dir: str | Path, seed: int) -> Path:
+    """Where the bundle of a further seed of ``train.seeds`` goes."""
+    return Path(out_dir) / SEEDS_DIR / str(seed)
 
 
 def head_features(params: Params, manifest: str | Path, features: str | Path, kind: str
@@ -174,17 +183,46 @@ def head_features(params: Params, manifest: str | Path, features: str | Path, ki
     return fs, None
 
 
+HeadInputs = Callable[[str], "tuple[FeatureSet, TrainViews | None]"]
+
+
+def head_inputs(params: Params, manifest: str | Path, features: str | Path) -> HeadInputs:
+    """``inputs(kind)``: ``head_features`` of ``kind``, each recipe's features loaded once
+    (``compare``, ``matrix`` and ``robustness`` train several heads)."""
+    loaded: dict[str, tuple[FeatureSet, TrainViews | None]] = {}
+
+    def inputs(kind: str) -> tuple[FeatureSet, TrainViews | None]:
+        recipe = HEAD_RECIPES[kind]
+        if recipe not in loaded:
+            loaded[recipe] = head_features(params, manifest, features, kind)
+        return loaded[recipe]
+
+    return inputs
+
+
 def epochs_of(params: Params, kind: str) -> int:
     """How many epochs ``kind`` trains for at most (its paper's, or ``train.epochs``)."""
     return HeadTraining.of(kind, params.train).epochs
 
 
+@dataclass(frozen=True, kw_only=True)
+class TrainRun(TrainingRecord):
+    """What ``run_train`` returns: the first seed's training record (its bundle's) and, with
+    several seeds of ``train.seeds``, each seed's best epoch and validation AP."""
+
+    seeds: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+
 def run_train(params: Params, manifest: str | Path, features: str | Path, out_dir: str | Path,
-              log_csv: str | Path) -> TrainingRecord:
-    """Train ``train.head`` and write its bundle; the per-epoch log (a DVC plots file) is
-    rewritten every epoch. Returns the bundle's training record."""
+              log_csv: str | Path) -> TrainRun:
+    """Train ``train.head`` once per seed of the experiment. The first seed's bundle is
+    ``out_dir`` (what predict, explain and serve load) and its per-epoch log ``log_csv`` (a
+    DVC plots file, rewritten every epoch); every further seed's bundle goes to
+    ``out_dir/seeds/<seed>`` for ``nsnet evaluate``. Returns the first seed's training
+    record, with ``seeds`` (each seed's best epoch and val AP) when there are several."""
     kind = params.train.head
     fs, views = head_features(params, manifest, features, kind)
+    exp = resolve_experiment(params, manifest)
     rows: list[dict[str, float]] = []
 
     def log_epoch(row: dict[str, float]) -> None:
@@ -192,8 +230,18 @@ def run_train(params: Params, manifest: str | Path, features: str | Path, out_di
         with atomic_path(log_csv) as tmp:
             pd.DataFrame(rows).to_csv(tmp, index=False)
 
-    with epoch_bar(epochs_of(params, kind), "train") as bar:
-        result, config = train_head(params, kind, fs, log_epoch, bar, views)
-    save_bundle(out_dir, result.model, config)
-    assert config.training is not None
-    return config.training
+    runs: dict[int, dict[str, Any]] = {}
+    with epoch_bar(epochs_of(params, kind) * exp.n_seeds, "train") as bar:
+        for i, seed in enumerate(exp.seeds):
+            result, config = train_head(with_seed(params, seed), kind, fs,
+                                        log_epoch if i == 0 else None, bar,
+                                        train_crops=views, experiment=exp)
+            if i == 0:
+                save_bundle(out_dir, result.model, config)
+                shutil.rmtree(Path(out_dir) / SEEDS_DIR, ignore_errors=True)
+                assert config.training is not None
+                first = config.training
+            else:
+                save_bundle(seed_dir(out_dir, seed), result.model, config)
+            runs[seed] = {"best_epoch": result.best_epoch, "best_val_ap": result.best_val_ap}
+    return TrainRun(**first.as_kwargs(), seeds=runs if exp.n_seeds > 1 else {})

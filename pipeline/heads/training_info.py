@@ -11,7 +11,13 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.config import HEAD_RECIPES, ProtocolParams, TrainParams, checked_field
+from pipeline.config import (
+    HEAD_RECIPES,
+    ProtocolParams,
+    TrainParams,
+    checked_field,
+    to_plain,
+)
 from pipeline.heads.head_training import HeadTraining
 
 RECIPE_CHOICES = tuple(dict.fromkeys(HEAD_RECIPES.values()))  # composite, clip_crop, ...
@@ -41,8 +47,8 @@ class TrainingInfo:
     mapper_r2: float | None = checked_field(None, nan=True)
 
     def as_kwargs(self) -> dict[str, Any]:
-        """The info's fields, shallow (nested types kept), to extend into a record."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(TrainingInfo)}
+        """Its fields, shallow (nested types kept), to extend into a subclass (a record)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,4 +70,4 @@ class TrainingRecord(TrainingInfo):
     preset_train_missing: tuple[str, ...] = ()  # the preset's sources not in the data
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return to_plain(self)

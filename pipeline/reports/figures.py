@@ -1,4 +1,5 @@
-"""Pictures a person can read: the explanation report and the t-SNE figure (matplotlib, Agg)."""
+"""Pictures a person can read: the explanation report and the t-SNE figure (matplotlib, Agg),
+in the shared figure style (``pipeline.reports.style``)."""
 
 from __future__ import annotations
 
@@ -15,15 +16,21 @@ import numpy as np  # noqa: E402
 from matplotlib.colors import TwoSlopeNorm  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
-from pipeline.atomic import atomic_path  # noqa: E402
+from pipeline.reports.style import (  # noqa: E402
+    DIVERGING,
+    LABEL_COLOURS,
+    save,
+    source_styles,
+    styled,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from pipeline.reports.explanation import Explanation, PatchReport
 
-CMAP = "RdBu_r"  # red: pushed toward generated, blue: toward real
-VERDICT_COLOURS = {"generated": "#b2182b", "real": "#2166ac", "uncertain": "#555555"}
+CMAP = DIVERGING  # red: pushed toward generated, blue: toward real
+VERDICT_COLOURS = {**LABEL_COLOURS, "uncertain": "#555555"}
 # The colour scale of contributions never spans less than +-MIN_SCALE logits, so negligible
 # contributions stay near white instead of being stretched to full colour (0.25 logits moves
 # P = 0.5 by about 0.06).
@@ -31,11 +38,8 @@ MIN_SCALE = 0.25
 
 
 def _save(fig: plt.Figure, out: str | Path, dpi: int) -> Path:
-    out = Path(out)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
-    return out
+    """``pipeline.reports.style.save`` (kept for the callers that used this module's)."""
+    return save(fig, out, dpi)
 
 
 def _norm(values: np.ndarray, floor: float = MIN_SCALE) -> TwoSlopeNorm:
@@ -72,14 +76,16 @@ def distinct_top(ex: Explanation, k: int, sign: int) -> list[PatchReport]:
 
 def render_explanation(ex: Explanation, out: str | Path, k: int = 5, dpi: int = 110) -> Path:
     """Image with its patches outlined by contribution, the composite, verdict and top patches."""
-    return _save(explanation_figure(ex, k), out, dpi)
+    with styled():
+        return save(explanation_figure(ex, k), out, dpi)
 
 
 def explanation_png(ex: Explanation, k: int = 5, dpi: int = 80) -> bytes:
     """The ``render_explanation`` picture as PNG bytes, in memory (nothing touches the disk)."""
-    fig = explanation_figure(ex, k)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    with styled():
+        fig = explanation_figure(ex, k)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     return buf.getvalue()
 
@@ -161,8 +167,8 @@ def explanation_figure(ex: Explanation, k: int = 5) -> plt.Figure:
             transform=ax.transAxes, linespacing=1.35)
 
     strip = grid[1, :].subgridspec(1, 2 * k + 1, wspace=0.15)
-    groups = [(distinct_top(ex, k, 1), "toward generated", "#b2182b", 0),
-              (distinct_top(ex, k, -1), "toward real", "#2166ac", k + 1)]
+    groups = [(distinct_top(ex, k, 1), "toward generated", LABEL_COLOURS["generated"], 0),
+              (distinct_top(ex, k, -1), "toward real", LABEL_COLOURS["real"], k + 1)]
     for patches, name, colour, start in groups:
         for j in range(k):
             ax = fig.add_subplot(strip[0, start + j])
@@ -173,7 +179,8 @@ def explanation_figure(ex: Explanation, k: int = 5) -> plt.Figure:
                 continue
             p = patches[j]
             ax.imshow(ex.image[p.row:p.row + s, p.col:p.col + s], interpolation="nearest")
-            for side in ax.spines.values():
+            for side in ax.spines.values():  # a full frame in the group's colour
+                side.set_visible(True)
                 side.set_edgecolor(colour)
                 side.set_linewidth(2.5)
             tag = f"#{j + 1} " if start == 0 else ""
@@ -183,25 +190,16 @@ def explanation_figure(ex: Explanation, k: int = 5) -> plt.Figure:
     return fig
 
 
-LABEL_COLOURS = {"real": "#2166ac", "generated": "#b2182b"}  # the explanation's blue and red
-# Sources never use the label colours' reds and blues, so a colour means one thing per figure;
-# beyond eight sources the markers differ too.
-SOURCE_PALETTE = ("#1b9e77", "#d95f02", "#7570b3", "#e6ab02", "#66a61e", "#a6761d", "#666666",
-                  "#e7298a")
-SOURCE_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
-
-
-def source_styles(sources: list[str]) -> dict[str, tuple[str, str]]:
-    """(colour, marker) per source: colours outside the label colours' hues."""
-    return {src: (SOURCE_PALETTE[i % len(SOURCE_PALETTE)],
-                  SOURCE_MARKERS[(i // len(SOURCE_PALETTE)) % len(SOURCE_MARKERS)])
-            for i, src in enumerate(sorted(set(sources)))}
-
-
 def render_tsne(points: dict[str, np.ndarray], frame: pd.DataFrame, out: str | Path,
                 title: str, dpi: int = 110) -> Path:
     """2 x 2 panels: features before/after the projection, coloured by label and by source."""
-    fig, axes = plt.subplots(2, 2, figsize=(12, 10.5))
+    with styled():
+        fig = _tsne_figure(points, frame, title)
+        return save(fig, out, dpi)
+
+
+def _tsne_figure(points: dict[str, np.ndarray], frame: pd.DataFrame, title: str) -> plt.Figure:
+    fig, axes = plt.subplots(2, 2, figsize=(14, 10.5))
     labels = np.where(frame["label"].to_numpy() == 1, "generated", "real")
     sources = frame["source"].astype(str).to_numpy()
     label_styles = {k: (c, "o") for k, c in LABEL_COLOURS.items()}
@@ -214,13 +212,16 @@ def render_tsne(points: dict[str, np.ndarray], frame: pd.DataFrame, out: str | P
             for value, (colour, marker) in styles.items():
                 m = values == value
                 if m.any():
-                    ax.scatter(xy[m, 0], xy[m, 1], s=9, alpha=0.75, color=colour, marker=marker,
-                               label=f"{value} ({int(m.sum())})", linewidths=0)
+                    ax.scatter(xy[m, 0], xy[m, 1], s=14, alpha=0.75, color=colour,
+                               marker=marker, label=f"{value} ({int(m.sum())})", linewidths=0)
             ax.set_title(f"{stage}: coloured by {what}", fontsize=11)
             ax.set_xticks([])
             ax.set_yticks([])
-            ax.legend(fontsize=8, markerscale=2, loc="best", framealpha=0.8, title=what,
-                      title_fontsize=8)
+            ax.set_xlabel("t-SNE dimension 1 (no unit: only neighbourhoods matter)")
+            ax.set_ylabel("t-SNE dimension 2")
+            # beside the panel, never over its points
+            ax.legend(markerscale=1.8, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                      frameon=False, title=what)
     fig.suptitle(title, fontsize=12)
     fig.tight_layout()
-    return _save(fig, out, dpi)
+    return fig

@@ -1,0 +1,47 @@
+"""Robustness curves: every head on the clean test set and on each degraded copy.
+
+Each head of the experiment is trained once per seed on the experiment's training rows (clean
+features, as ``nsnet compare``) and scored on the clean test rows and on their copies under
+every ``protocol.degradations`` entry (computed by ``nsnet extract`` in the feature store), as
+the robustness figures of GenImage and AIGIBench plot them: one line per method against the
+degradation's strength. ``nsnet evaluate-degraded`` scores the trained bundle alone; this
+compares the heads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import HEAD_RECIPES, Params
+from pipeline.data.experiment import Experiment, with_seed
+from pipeline.evaluation.degraded_eval_stage import degraded_sets, degraded_table
+from pipeline.evaluation.seeds import over_seeds
+from pipeline.heads.train_stage import HeadInputs, head_inputs, train_head
+
+
+def robustness(params: Params, exp: Experiment, manifest: str | Path, features: str | Path,
+               heads: tuple[str, ...], bar: Any = None, inputs: HeadInputs | None = None
+               ) -> dict[str, Any]:
+    """``{"heads", "degradations", "results": {head: {"clean" | name: table}}, "seeds"}``;
+    tables are means over the seeds with ``std`` beside them. Each head reads its recipe's
+    clean and degraded features."""
+    inputs = inputs or head_inputs(params, manifest, features)
+    test_sets: dict[str, dict[str, Any]] = {}
+    results: dict[str, dict[str, Any]] = {}
+    for kind in heads:
+        fs, crops = inputs(kind)
+        recipe = HEAD_RECIPES[kind]
+        if recipe not in test_sets:
+            test_sets[recipe] = degraded_sets(params, exp, manifest, features, recipe)
+        sets = test_sets[recipe]
+        runs: dict[str, dict[int, Any]] = {name: {} for name in sets}
+        for seed in exp.seeds:
+            result, config = train_head(with_seed(params, seed), kind, fs, bar=bar,
+                                        train_crops=crops, experiment=exp)
+            decision = config.decision.as_decision()
+            for name, test in sets.items():
+                runs[name][seed] = degraded_table(params, exp, result.model, test, decision)
+        results[kind] = {name: over_seeds(per) for name, per in runs.items()}
+    return {"heads": list(heads), "degradations": list(params.protocol.degradations),
+            "results": results, "seeds": list(exp.seeds), "preset": exp.preset_name}
