@@ -65,8 +65,8 @@ def synthetic_cache(n: int, d: int, seed: int) -> FeatureSet:
 
 def dxd_forward(model: AdvancedNSNet, x: torch.Tensor, t: torch.Tensor) -> HeadOutput:
     """The notebook's per-sample projection: an explicit d x d P_i for every sample."""
-    x = model._prep(x)
-    f = model.mapper(model._prep(t))
+    x = model.prepare(x)
+    f = model.mapper(model.prepare(t))
     eye = torch.eye(x.shape[1], device=x.device)
     rows = []
     for i in range(len(x)):

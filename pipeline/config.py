@@ -35,7 +35,10 @@ _Loader.add_implicit_resolver(
 
 
 def _check(lo: float | None = None, hi: float | None = None, choices: tuple = (), **kw: Any):
-    """Field metadata: inclusive numeric bounds and/or allowed string choices."""
+    """Field metadata: inclusive numeric bounds and/or allowed string choices; ``kw``:
+    ``exclusive_lo``, ``auto`` (an integer or "auto"), ``renamed`` (old value -> help),
+    ``pattern`` (a string's regular expression, ``means`` its description), ``nan`` (a float
+    that may be NaN: a recorded result, e.g. an AP without validation rows)."""
     return {"lo": lo, "hi": hi, "choices": choices, **kw}
 
 
@@ -247,16 +250,32 @@ def _coerce(key: str, value: Any, tp: Any, meta: typing.Mapping[str, Any]) -> An
             raise ParamsError(f"{key}: expected an integer or 'auto', got {value!r}")
         tp = int
     origin = typing.get_origin(tp)
+    if tp is type(None):
+        if value is not None:
+            raise ParamsError(f"{key}: expected null, got {value!r}")
+        return None
+    if tp is Any:
+        return value
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ParamsError(f"{key}: expected a mapping, got {type(value).__name__}")
         return _build(tp, value, key + ".")
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ParamsError(f"{key}: expected a mapping, got {type(value).__name__}")
+        return value
     if origin in (list, tuple):
         if not isinstance(value, list | tuple):
             raise ParamsError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
         (item_tp,) = typing.get_args(tp)[:1]
-        return [_coerce(f"{key}[{i}]", v, item_tp, {}) for i, v in enumerate(value)]
+        items = [_coerce(f"{key}[{i}]", v, item_tp, {}) for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
     if origin in (typing.Union, types.UnionType):
+        options = [o for o in typing.get_args(tp) if o is not type(None)]
+        if value is None and len(options) < len(typing.get_args(tp)):
+            return None
+        if len(options) == 1:  # X | None: a value is an X, and X's own error names the key
+            return _coerce(key, value, options[0], meta)
         for option in typing.get_args(tp):
             try:
                 return _coerce(key, value, option, meta)
@@ -274,11 +293,16 @@ def _coerce(key: str, value: Any, tp: Any, meta: typing.Mapping[str, Any]) -> An
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ParamsError(f"{key}: expected a number, got {value!r}")
         value = float(value)
-        if value != value or value in (float("inf"), float("-inf")):
+        if not math.isfinite(value):
+            if meta.get("nan") and value != value:  # a recorded result that may be undefined
+                return value
             raise ParamsError(f"{key}: {value!r} is not a finite number")
     elif tp is str:
         if not isinstance(value, str):
             raise ParamsError(f"{key}: expected a string, got {value!r}")
+        pattern = meta.get("pattern")
+        if pattern and not re.fullmatch(pattern, value):
+            raise ParamsError(f"{key}: {value!r} is not {meta.get('means') or pattern}")
     lo, hi = meta.get("lo"), meta.get("hi")
     if lo is not None and (value < lo or (meta.get("exclusive_lo") and value == lo)):
         raise ParamsError(f"{key}: {value!r} is out of range (must be > {lo})"
@@ -304,6 +328,10 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
         raise ParamsError(
             f"unknown key {prefix}{unknown[0]} (allowed under '{section}': {', '.join(fields)})"
         )
+    for name, f in fields.items():  # a field without a default is required
+        if name not in data and f.default is dataclasses.MISSING \
+                and f.default_factory is dataclasses.MISSING:
+            raise ParamsError(f"{prefix}{name}: missing")
     kwargs = {
         name: _coerce(prefix + name, value, hints[name], fields[name].metadata)
         for name, value in data.items()
@@ -311,14 +339,42 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
-def build_section(cls: type, data: Any, prefix: str) -> Any:
-    """Validate one mapping against a params dataclass; errors name ``prefix`` + the key.
+def build_section(cls: type, data: Any, prefix: str = "") -> Any:
+    """Validate one mapping against a typed dataclass; errors name ``prefix`` + the key.
 
-    Used for parameter copies stored elsewhere, e.g. a model bundle's ``head.hparams``.
+    The one validator of settings read from files: ``params.yaml`` (``Params``) and what
+    records parameters elsewhere, e.g. a model bundle's ``config.json``
+    (``pipeline.heads.bundle_config.BundleConfig``).
     """
     if not isinstance(data, dict):
         raise ParamsError(f"{prefix.rstrip('.')}: expected a mapping, got {type(data).__name__}")
     return _build(cls, data, prefix)
+
+
+def checked_field(default: Any = dataclasses.MISSING, **check: Any) -> Any:
+    """A dataclass field validated by ``_build`` with ``check`` (the keywords of ``_check``);
+    without ``default`` the field is required."""
+    return field(default=default, metadata=_check(**check))
+
+
+def param_field(cls: type, name: str, default: Any = dataclasses.MISSING) -> Any:
+    """A field checked as field ``name`` of params dataclass ``cls`` is (its bounds, choices),
+    for types that record a parameter elsewhere (e.g. a model bundle's ``backbones.patches``);
+    without ``default`` the field is required."""
+    meta = {f.name: f for f in dataclasses.fields(cls)}[name].metadata
+    return field(default=default, metadata=meta)
+
+
+def to_plain(record: Any) -> Any:
+    """A typed record (dataclasses, tuples) as plain JSON values (dicts, lists): what
+    ``build_section`` reads back into the same record."""
+    if dataclasses.is_dataclass(record) and not isinstance(record, type):
+        return {f.name: to_plain(getattr(record, f.name)) for f in dataclasses.fields(record)}
+    if isinstance(record, list | tuple):
+        return [to_plain(v) for v in record]
+    if isinstance(record, dict):
+        return {k: to_plain(v) for k, v in record.items()}
+    return record
 
 
 def check_value(key: str, value: Any, cls: type, name: str) -> Any:

@@ -25,24 +25,24 @@ def train(params_file: str | None, overrides: tuple[str, ...], manifest: str, fe
     params = load(params_file, overrides)
     check_training(manifest, params)  # what is missing, in words, before any feature is read
     info = run_train(params, manifest, features, out, log_csv)
-    extra = (f", semantic rank k={info['nsnet_k']} explains "
-             f"{100 * info['explained_variance']:.1f}% of caption energy"
-             if "nsnet_k" in info else "")
-    what = ("patch-order" if info.get("recipe", "composite") == "composite"
-            else "augmented training")
-    views = (f" x {info['views']} {what} views (one drawn per epoch)"
-             if info.get("views", 1) > 1 else "")
-    echo_summary(f"train: {params.train.head} on {info['n_train']} images{views}, best epoch "
-                 f"{info['best_epoch']} (val AP {info['best_val_ap']:.4f}){extra} -> {out}")
-    if info.get("seeds"):
+    extra = (f", semantic rank k={info.nsnet_k} explains "
+             f"{100 * info.explained_variance:.1f}% of caption energy"
+             if info.nsnet_k is not None and info.explained_variance is not None else "")
+    views = (f" x {info.patch_views} patch-order views (one drawn per epoch)"
+             if info.patch_views > 1 else
+             f" x {info.crops} augmented training crops (one drawn per epoch)"
+             if info.crops > 1 else "")
+    echo_summary(f"train: {params.train.head} on {info.n_train} images{views}, best epoch "
+                 f"{info.best_epoch} (val AP {info.best_val_ap:.4f}){extra} -> {out}")
+    if info.seeds:
         from pipeline.evaluation.seeds import over_seeds
 
-        agg = over_seeds(info["seeds"])
-        echo_summary(f"train: {len(info['seeds'])} seeds {list(info['seeds'])}: best val AP "
+        agg = over_seeds(info.seeds)
+        echo_summary(f"train: {len(info.seeds)} seeds {list(info.seeds)}: best val AP "
                      f"{agg['best_val_ap']:.4f} ± {agg['std']['best_val_ap']:.4f} (mean ± "
                      f"sample std); {out} is seed {params.train.seeds[0]}'s bundle, the others "
                      f"are in {out}/seeds/")
-    if info.get("preset_train_missing"):
-        click.secho(f"note: protocol.preset {info['preset']} trains on "
-                    f"{len(info['preset_train_sources'])} sources; not found in the training "
-                    f"data: {', '.join(info['preset_train_missing'])}", fg="yellow", err=True)
+    if info.preset_train_missing:
+        click.secho(f"note: protocol.preset {info.preset} trains on "
+                    f"{len(info.preset_train_sources)} sources; not found in the training "
+                    f"data: {', '.join(info.preset_train_missing)}", fg="yellow", err=True)

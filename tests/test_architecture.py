@@ -209,7 +209,9 @@ def private_crossings(trees: dict[str, ast.AST]) -> list[str]:
 
 
 def code_trees() -> dict[str, ast.AST]:
-    paths = {**modules(), **{module_name(p): p for p in sorted((ROOT / "stages").glob("*.py"))}}
+    """The package, the ``stages`` commands and the ``bench`` scripts (each its own room)."""
+    scripts = [p for folder in ("stages", "bench") for p in sorted((ROOT / folder).glob("*.py"))]
+    paths = {**modules(), **{module_name(p): p for p in scripts}}
     return {m: ast.parse(p.read_text(), str(p)) for m, p in paths.items()}
 
 
@@ -250,5 +252,7 @@ def test_the_private_name_check_sees_imports_attributes_and_getattr() -> None:
         "stages.train:1 imports _digest from pipeline.heads.bundle",
     ]
     assert room_of("pipeline.config") == "pipeline.config"
+    assert room_of("bench.bench_heads") == "bench.bench_heads"
+    assert "bench.bench_heads" in code_trees()
     assert room_of("pipeline.heads.bundle") == "pipeline.heads" and room_of("stages.cli") == \
         "stages"

@@ -8,6 +8,7 @@ from sklearn.calibration import _sigmoid_calibration, calibration_curve
 from sklearn.linear_model import LogisticRegression
 
 from pipeline.config import ParamsError, parse_threshold
+from pipeline.heads.bundle_config import BundleDecision, parse_config
 from pipeline.heads.decision import (
     Decision,
     DecisionError,
@@ -180,8 +181,10 @@ def test_threshold_is_chosen_after_calibration():
     decision, _ = fit_decision("val_fpr:0.05", "platt", z, y)
     prob = decision.prob(z)
     assert np.mean(is_fake(prob[y == 0], decision.threshold)) <= 0.05
-    assert Decision.from_bundle({"decision": decision.to_json()}) == decision
-    assert Decision.from_bundle({"threshold": 0.7}) == Decision(0.7, "0.7")  # older bundles
+    assert BundleDecision.of(decision, 0.05).as_decision() == decision
+    older = {"format_version": 1, "weights_blake2b": "0" * 32,  # bundles before calibration
+             "head": {"kind": "composite_probe", "dim": 8}, "threshold": 0.7}
+    assert parse_config(older).decision.as_decision() == Decision(0.7, "0.7")
 
 
 def test_table_reports_acc_at_half_decision_and_oracle():

@@ -101,8 +101,8 @@ def test_chain_outputs_are_aligned_and_carry_provenance(chain):
     assert emb_prov["stage"] == "extract" and emb_prov["clip"]["arch"] == "tiny"
     assert emb_prov["patches"] == patch_prov["patches"]
     bundle = json.loads((chain / "models/detector/config.json").read_text())
-    assert bundle["head"]["kind"] == "advanced"
-    assert bundle["backbones"]["clip"]["clip_arch"] == "tiny"
+    assert bundle["head"]["name"] == "advanced"
+    assert bundle["backbones"]["clip"]["arch"] == "tiny"
     assert bundle["provenance"]["code_version"]
     details = json.loads((chain / "metrics/details/metrics.json").read_text())
     assert details["head"] == "advanced" and 0.0 <= details["test"]["mean"]["acc"] <= 1.0
@@ -123,7 +123,7 @@ def test_set_overrides_the_params_file(chain, monkeypatch):
     ok("train", "--set", "train.head=composite_probe", "--set", "train.epochs=1",
        "--set", "train.lr=1e-3", "--out", "models/probe", "--log", "plots/probe_log.csv")
     bundle = json.loads((chain / "models/probe/config.json").read_text())
-    assert bundle["head"]["kind"] == "composite_probe"
+    assert bundle["head"]["name"] == "composite_probe"
     assert bundle["training"]["params"]["lr"] == 1e-3
     assert len(pd.read_csv(chain / "plots/probe_log.csv")) == 1
 
@@ -134,7 +134,7 @@ def test_params_option_reads_another_file(chain, monkeypatch, tmp_path):
     other = write_params(tmp_path / "other.yaml", raw)
     ok("train", "--params", str(other), "--out", str(tmp_path / "m"), "--log",
        str(tmp_path / "log.csv"))
-    assert json.loads((tmp_path / "m/config.json").read_text())["head"]["kind"] == "nsnet"
+    assert json.loads((tmp_path / "m/config.json").read_text())["head"]["name"] == "nsnet"
 
 
 @pytest.mark.parametrize(("args", "needle"), [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from pipeline.config import (
     Params,
     ParamsError,
     apply_overrides,
+    checked_field,
     load_params,
     params_from_dict,
     parse_override,
@@ -221,3 +223,51 @@ def test_auto_params_accept_auto_or_a_number_only(tmp_path):
                               ("compute", "torch_threads", True)):
         with pytest.raises(ParamsError, match=f"{section}.{key}"):
             tiny_params(tmp_path, **{section: {key: bad}})
+
+
+def test_precision_names_are_the_one_precision_map():
+    """``compute.precision`` accepts exactly the names of ``pipeline.backbones.precision``, the
+    one place that maps them to autocast dtypes (extraction and predict both read it)."""
+    from pipeline.backbones.precision import PRECISIONS, amp_dtype
+    from pipeline.config import ComputeParams
+
+    field = {f.name: f for f in dataclasses.fields(ComputeParams)}["precision"]
+    assert tuple(field.metadata["choices"]) == tuple(PRECISIONS)
+    assert amp_dtype("fp32") is None
+    for path in (ROOT / "pipeline").rglob("*.py"):  # no second map, no autocast elsewhere
+        if path.name != "precision.py":
+            text = path.read_text()
+            assert "torch.autocast" not in text and "torch.bfloat16" not in text, path
+
+
+@dataclasses.dataclass(frozen=True)
+class Inner:
+    size: int = checked_field(lo=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Outer:
+    name: str = checked_field(pattern=r"[a-z]+", means="a lower-case word")
+    inner: Inner | None = None
+    shape: tuple[int, ...] = ()
+    score: float = checked_field(0.0, nan=True)
+    ratio: float = 0.0
+
+
+def test_typed_sections_check_required_optional_and_tuple_fields():
+    """The machinery typed bundle configs use: a field without a default is required, ``X |
+    None`` reports X's own error, tuples stay tuples, NaN only where a field allows it."""
+    from pipeline.config import build_section
+
+    assert build_section(Outer, {"name": "a", "shape": [1, 2]}) == Outer("a", None, (1, 2))
+    assert build_section(Outer, {"name": "a", "inner": None}).inner is None
+    for data, message in (({}, "cfg.name: missing"),
+                          ({"name": "A"}, "cfg.name: 'A' is not a lower-case word"),
+                          ({"name": "a", "inner": {}}, "cfg.inner.size: missing"),
+                          ({"name": "a", "inner": {"size": 0}}, "cfg.inner.size: 0 is out of"),
+                          ({"name": "a", "ratio": float("nan")},
+                           "cfg.ratio: nan is not a finite number")):
+        with pytest.raises(ParamsError, match=message):
+            build_section(Outer, data, "cfg.")
+    nan = build_section(Outer, {"name": "a", "score": float("nan")}).score
+    assert nan != nan

@@ -15,7 +15,7 @@ from pipeline.config import parse_threshold
 from pipeline.evaluation.evaluate_stage import run_evaluate
 from pipeline.extraction.cached_features import load_features, select
 from pipeline.heads.bundle import load_bundle
-from pipeline.heads.decision import Decision, choose_threshold
+from pipeline.heads.decision import choose_threshold
 from pipeline.heads.train_stage import run_train
 from pipeline.heads.training_loop import predict_logits
 from pipeline.inference.explain import explain_image
@@ -47,16 +47,16 @@ def platt_run(built_cache, tmp_path_factory):
 def test_train_chooses_threshold_and_calibration_on_validation(built_cache, platt_run):
     params, work, _ = platt_run
     head, config = load_bundle(work / "model")
-    d = Decision.from_bundle(config)
+    d = config.decision.as_decision()
     assert (d.rule, d.calibration) == ("val_acc", "platt")
-    assert config["threshold"] == d.threshold and d.scale != 1.0
+    assert config.decision.threshold == d.threshold and d.scale != 1.0
     fs = load_features(params, built_cache.manifest, built_cache.features)
     val = select(fs, "val")
     y = val.frame["label"].to_numpy()
     prob = d.prob(predict_logits(head, val.image, val.text))
     assert d.threshold == pytest.approx(choose_threshold(parse_threshold("val_acc"), y, prob))
-    assert config["decision"]["val_ece"] == pytest.approx(expected_calibration_error(y, prob))
-    assert config["decision"]["n_val"] == len(y)
+    assert config.decision.val_ece == pytest.approx(expected_calibration_error(y, prob))
+    assert config.decision.n_val == len(y)
 
 
 def test_evaluate_uses_the_bundle_decision_and_reports_calibration(platt_run):
@@ -96,7 +96,7 @@ def test_predict_and_explain_give_evaluates_calibrated_probability(built_cache, 
     rows = fs.frame.iloc[[0, len(fs) // 2, len(fs) - 1]]
     head, config = load_bundle(work / "model")
     sub = fs.subset(fs.frame.index.isin(rows.index))
-    expected = Decision.from_bundle(config).prob(predict_logits(head, sub.image, sub.text))
+    expected = config.decision.as_decision().prob(predict_logits(head, sub.image, sub.text))
     df = predict_paths(chain, rows["path"].tolist())
     np.testing.assert_allclose(df["prob"].to_numpy(), expected, atol=1e-5)
     assert df["label"].tolist() == [verdict(p, chain.threshold, chain.band) for p in expected]
@@ -150,4 +150,4 @@ def test_val_rule_without_fakes_in_validation_is_one_clear_message(built_cache):
                                                                      threshold=0.5))
     # a number needs no validation labels
     _, config = train_head(fixed, "composite_probe", no_val_fakes)
-    assert config["threshold"] == 0.5
+    assert config.decision.threshold == 0.5

@@ -159,7 +159,7 @@ def test_train_writes_one_bundle_per_seed(seeded):
     for seed in SEEDS[1:]:
         other = json.loads((work / "model" / "seeds" / str(seed) / "config.json").read_text())
         assert other["training"]["params"]["seed"] == seed
-    assert set(info["seeds"]) == set(SEEDS)
+    assert set(info.seeds) == set(SEEDS)
     log = pd.read_csv(work / "log.csv")
     assert log["epoch"].tolist() == [1, 2, 3]  # the first seed's epochs: one line to plot
 

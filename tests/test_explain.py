@@ -111,8 +111,7 @@ def test_cli_writes_png_and_json(chain, fakes, tmp_path):
     bundle = tmp_path / "b"
     from pipeline.heads.bundle import save_bundle
 
-    save_bundle(bundle, chain.head, {k: v for k, v in chain.config.items()
-                                     if k != "format_version"})
+    save_bundle(bundle, chain.head, chain.config)
     out = tmp_path / "why.png"
     res = CliRunner().invoke(main, ["explain", fakes[0], "--model", str(bundle), "--out",
                                     str(out), "--params", str(empty_params(tmp_path))])
@@ -139,8 +138,7 @@ def test_explain_warns_when_the_selection_saw_no_content(chain, explained, tmp_p
     bundle = tmp_path / "b"
     from pipeline.heads.bundle import save_bundle
 
-    save_bundle(bundle, chain.head, {k: v for k, v in chain.config.items()
-                                     if k != "format_version"})
+    save_bundle(bundle, chain.head, chain.config)
     res = CliRunner().invoke(main, ["explain", str(path), "--model", str(bundle), "--out",
                                     str(tmp_path / "why.png"), "--params",
                                     str(empty_params(tmp_path))])

@@ -367,7 +367,7 @@ def test_a_converted_store_trains_a_bundle_that_names_its_backbones(built_cache,
     run_train(params, manifest, store, tmp_path / "model", tmp_path / "log.csv")
     _, config = load_bundle(tmp_path / "model")
     p = built_cache.params
-    assert config["backbones"]["clip"]["clip_arch"] == p.clip.arch
-    assert config["backbones"]["clip"]["clip_pretrained"] == p.clip.pretrained
-    assert config["backbones"]["blip"]["model"] == p.caption.model
-    assert config["backbones"]["patches"] == PatchSpec.of(p.patches).as_dict()
+    assert config.backbones.clip.arch == p.clip.arch
+    assert config.backbones.clip.pretrained == p.clip.pretrained
+    assert config.backbones.caption.model == p.caption.model
+    assert config.backbones.patches.spec() == PatchSpec.of(p.patches)

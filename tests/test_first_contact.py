@@ -25,6 +25,7 @@ from pipeline.atomic import write_json, write_text
 from pipeline.config import HEAD_CHOICES, ParamsError, params_from_dict
 from pipeline.data.manifest import read_manifest
 from pipeline.heads.bundle import CONFIG, load_bundle, save_bundle
+from pipeline.heads.bundle_config import BundleConfig, HeadConfig
 from pipeline.heads.detectors import BASELINE_HEADS, HEADS, build_head
 from pipeline.heads.train_stage import run_train
 from pipeline.inference.explain import explain_image, write_report
@@ -83,7 +84,7 @@ def test_train_stage_depends_on_the_band_it_stores():
 
 def test_bundle_band_drives_predict_labels_and_old_bundles_mean_zero(bundle, images, tmp_path):
     config = json.loads((bundle / CONFIG).read_text())
-    assert config["uncertain_band"] == 0.5
+    assert config["decision"]["uncertain_band"] == 0.5
     chain = load_chain(bundle, "cpu")
     assert chain.band == 0.5
     df = predict_paths(chain, images)
@@ -92,7 +93,7 @@ def test_bundle_band_drives_predict_labels_and_old_bundles_mean_zero(bundle, ima
     old.mkdir()
     for f in bundle.iterdir():
         (old / f.name).write_bytes(f.read_bytes())
-    del config["uncertain_band"]
+    del config["decision"]["uncertain_band"]
     (old / CONFIG).write_text(json.dumps(config))
     chain = load_chain(old, "cpu")
     assert chain.band == 0.0
@@ -152,7 +153,7 @@ def test_outputs_follow_the_umask(tmp_path, umask, mode):
         write_json(tmp_path / "m.json", {"a": 1})
         write_text(tmp_path / "t.txt", "x")
         save_bundle(tmp_path / "b", build_head("composite_probe", 8),
-                    {"head": {"kind": "composite_probe", "dim": 8, "hparams": {}}})
+                    BundleConfig(head=HeadConfig("composite_probe", 8)))
         write_results(pd.DataFrame({"path": ["a"], "status": ["ok"]}), tmp_path / "r.csv")
         files = [tmp_path / "m.json", tmp_path / "t.txt", tmp_path / "b" / "config.json",
                  tmp_path / "b" / "model.safetensors", tmp_path / "r.csv"]
@@ -307,15 +308,24 @@ def test_parameter_reference_documents_the_code_defaults():
 
 def test_minimal_bundle_still_loads(tmp_path):
     save_bundle(tmp_path, build_head("composite_probe", 8),
-                {"head": {"kind": "composite_probe", "dim": 8, "hparams": {}}})
+                BundleConfig(head=HeadConfig("composite_probe", 8)))
     load_bundle(tmp_path)
 
 
 def test_a_bundle_of_the_head_once_called_ufd_loads_as_composite_probe(tmp_path):
+    """A bundle the format-1 writer saved under the old head name (no other section)."""
+    from safetensors.torch import save
+
+    from pipeline.heads.bundle import WEIGHTS, _digest
+
     head = build_head("composite_probe", 8)
-    save_bundle(tmp_path, head, {"head": {"kind": "ufd", "dim": 8, "hparams": {}}})
+    blob = save(head.state_dict())
+    (tmp_path / WEIGHTS).write_bytes(blob)
+    (tmp_path / CONFIG).write_text(json.dumps({
+        "format_version": 1, "weights_blake2b": _digest(blob),
+        "head": {"kind": "ufd", "dim": 8, "hparams": {}}}))
     model, config = load_bundle(tmp_path)
-    assert model.kind == config["head"]["kind"] == "composite_probe"
+    assert model.kind == config.head.name == "composite_probe"
     import torch
 
     x = torch.from_numpy(np.random.default_rng(0).normal(size=(3, 8)).astype(np.float32))
@@ -450,7 +460,7 @@ def test_threshold_is_printed_the_same_way_everywhere(bundle, images, built_cach
     for f in bundle.iterdir():
         (odd / f.name).write_bytes(f.read_bytes())
     config = json.loads((odd / CONFIG).read_text())
-    config["threshold"] = config["decision"]["threshold"] = 0.191785
+    config["decision"]["threshold"] = 0.191785
     (odd / CONFIG).write_text(json.dumps(config))
     monkeypatch.chdir(tmp_path)
     raw = json.loads(json.dumps(built_cache.params.to_dict()))

@@ -239,7 +239,7 @@ def test_evaluate_and_predict_agree_on_views(views_cache, views_bundle, tmp_path
     params = _params(views_cache)
     res = run_evaluate(params, views_cache.manifest, views_cache.features, views_bundle,
                        tmp_path / "m.json", tmp_path / "plots")
-    assert (res["views"], res["view_average"]) == (K, "mean_logit")
+    assert (res["patch_views"], res["view_average"]) == (K, "mean_logit")
     fs = load_features(params, views_cache.manifest, views_cache.features)
     keep = np.zeros(len(fs), bool)
     keep[::4] = True
@@ -305,7 +305,7 @@ def test_compare_puts_one_view_and_k_views_side_by_side(built_cache, views_cache
     out = run_compare(params, views_cache.manifest, views_cache.features, ("advanced",),
                       tmp_path / "c.json", views=(1, K))
     assert list(out["heads"]) == ["advanced K=1", f"advanced K={K}"]
-    assert out["heads"][f"advanced K={K}"]["training"]["views"] == K
+    assert out["heads"][f"advanced K={K}"]["training"]["patch_views"] == K
     table = format_comparison(out)
     assert "advanced K=1" in table.splitlines()[0] and "K=1 trains and scores view 0" in table
     # The K=1 column is exactly what a one-view cache gives.
@@ -415,7 +415,6 @@ def test_calibrated_k_view_bundle_scores_the_same_in_evaluate_and_predict(views_
     """Views are combined into one logit, then the bundle's calibration applies, everywhere."""
     from pipeline.evaluation.evaluate_stage import score
     from pipeline.heads.bundle import load_bundle
-    from pipeline.heads.decision import Decision
 
     params = _params(views_cache, epochs=8, lr=3e-3)
     params.evaluate.calibration = "platt"
@@ -423,7 +422,7 @@ def test_calibrated_k_view_bundle_scores_the_same_in_evaluate_and_predict(views_
     run_train(params, views_cache.manifest, views_cache.features, tmp_path / "m",
               tmp_path / "log.csv")
     model, config = load_bundle(tmp_path / "m")
-    decision = Decision.from_bundle(config)
+    decision = config.decision.as_decision()
     assert decision.calibration == "platt"
     fs = load_features(params, views_cache.manifest, views_cache.features)
     keep = np.zeros(len(fs), bool)

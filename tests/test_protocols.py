@@ -67,7 +67,7 @@ def genimage_run(tmp_path_factory):
 
 def test_genimage_train_on_sd14_test_on_all(genimage_run):
     work, raw, info, metrics, manifest = genimage_run
-    assert info["train_sources"] == ["SDv1.4"]
+    assert info.train_sources == ("SDv1.4",)
     test = metrics["test"]
     assert set(test["per_source"]) == {"SDv1.4", "ADM", "Midjourney"}
     for m in test["per_source"].values():
@@ -136,7 +136,7 @@ def test_ufd_protocol_train_root_test_root_shared_reals(tmp_path):
     raw["data"]["roots"] = [{"path": str(progan), "role": "train"},
                             {"path": str(ufd), "role": "test"}]
     info, metrics, _ = _run(tmp_path / "ws", raw)
-    assert info["train_sources"] == ["car", "cat"]
+    assert info.train_sources == ("car", "cat")
     report = json.loads((tmp_path / "ws" / "cache" / "index_report.json").read_text())
     assert len(report["duplicates"]) == 3 and not report["cross_split_duplicates"]
     per = metrics["test"]["per_source"]

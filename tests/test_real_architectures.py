@@ -25,6 +25,15 @@ from pipeline.backbones.blip import load_blip
 from pipeline.backbones.clip import load_clip
 from pipeline.extraction.patch_selection import PatchSpec
 from pipeline.heads.bundle import save_bundle
+from pipeline.heads.bundle_config import (
+    Backbones,
+    BundleConfig,
+    CaptionFacts,
+    ClipFacts,
+    HeadConfig,
+    HeadSettings,
+    PatchesConfig,
+)
 from pipeline.heads.detectors import build_head
 from pipeline.heads.training_loop import HPARAM_KEYS
 from pipeline.inference.predict import load_chain, predict_paths
@@ -84,12 +93,11 @@ def test_vit_l14_and_blip_base_through_load_chain_and_predict(tmp_path):
     torch.manual_seed(0)
     head = build_head("advanced", 768, **head_kwargs)
     bundle = tmp_path / "bundle"
-    save_bundle(bundle, head, {
-        "head": {"kind": "advanced", "dim": 768, "hparams": head_kwargs}, "threshold": 0.5,
-        "backbones": {"clip": {"clip_arch": "ViT-L-14", "clip_pretrained": str(ckpt)},
-                      "blip": {"model": str(blip_dir), "max_new_tokens": 6},
-                      "patches": dataclasses.asdict(spec)},
-        "training": {}, "provenance": {}})
+    save_bundle(bundle, head, BundleConfig(
+        head=HeadConfig("advanced", 768, train=HeadSettings(**head_kwargs)),
+        backbones=Backbones(clip=ClipFacts("ViT-L-14", str(ckpt)),
+                            caption=CaptionFacts(str(blip_dir), 6),
+                            patches=PatchesConfig(**dataclasses.asdict(spec)))))
     rng = np.random.default_rng(0)
     paths = []
     for i, side in enumerate((96, 160)):  # 3x3 and 5x5 patches: both repeat up to 7x7

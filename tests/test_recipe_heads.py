@@ -124,9 +124,9 @@ def test_bundles_name_their_recipe_and_predict_scores_as_evaluate(store, bundles
     ws, _, _ = store
     params, bundle = bundles[head]
     _, config = load_bundle(bundle)
-    assert config["head"]["recipe"] == HEAD_RECIPES[head]
+    assert config.head.recipe == HEAD_RECIPES[head]
     if head == "rine":
-        assert config["head"]["row_shape"] == [2, 128]  # tiny CLIP: 2 blocks x 128
+        assert config.head.row_shape == (2, 128)  # tiny CLIP: 2 blocks x 128
     res = run_evaluate(params, ws.manifest, ws.features, bundle, tmp_path / "m.json",
                        tmp_path / "plots")
     assert 0.0 <= res["test"]["mean"]["acc"] <= 1.0
@@ -147,16 +147,16 @@ def test_bundles_name_their_recipe_and_predict_scores_as_evaluate(store, bundles
 def test_baselines_train_with_their_papers_settings(bundles):
     for head in BASELINES:
         _, config = load_bundle(bundles[head][1])
-        schedule = config["training"]["schedule"]
-        assert schedule["source"].startswith("official code")
-        assert not config["training"]["schedule"]["source"] == "train.*"
+        schedule = config.training.schedule
+        assert schedule.source.startswith("official code")
+        assert not config.training.schedule.source == "train.*"
     _, univfd = load_bundle(bundles["univfd"][1])
-    assert univfd["training"]["schedule"]["optimizer"] == "adamw"
-    assert univfd["training"]["views"] == 2  # trained on the 2 augmented views, not view 0
+    assert univfd.training.schedule.optimizer == "adamw"
+    assert univfd.training.crops == 2  # trained on the 2 augmented crops, not crop 0
     _, rine = load_bundle(bundles["rine"][1])
-    assert rine["training"]["schedule"]["epochs"] == 1 and rine["training"]["best_epoch"] == 1
+    assert rine.training.schedule.epochs == 1 and rine.training.best_epoch == 1
     _, nsnet = load_bundle(bundles["nsnet"][1])
-    assert nsnet["training"]["schedule"]["source"] == "train.*"
+    assert nsnet.training.schedule.source == "train.*"
 
 
 def test_explain_attributes_a_baselines_crop(store, bundles, tmp_path):
@@ -207,7 +207,7 @@ def test_compare_prints_the_published_numbers_under_a_preset(store, tmp_path):
     out = {"heads": {"univfd": {"test": {"per_source": {"a": {"acc": 0.5}}, "mean":
                                          {"acc": 0.5, "real_acc": 0.4, "fake_acc": 0.6,
                                           "ap": 0.7}},
-                                "training": {"best_epoch": 1}, "views": 1}},
+                                "training": {"best_epoch": 1}, "patch_views": 1}},
            "published": cols}
     table = format_comparison(out)
     line = next(x for x in table.splitlines() if x.startswith("paper (published)"))

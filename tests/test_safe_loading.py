@@ -109,7 +109,7 @@ def test_bundle_is_safetensors_and_json_and_ignores_pickles(tmp_path, built_cach
     marker = tmp_path / "pwned"
     evil_checkpoint(model_dir / "pytorch_model.bin", marker)  # a stray pickle is never read
     model, config = load_bundle(model_dir)
-    assert config["head"]["kind"] == params.train.head
+    assert config.head.name == params.train.head
     evil_checkpoint(model_dir / WEIGHTS, marker)  # a pickle in place of the weights: refused
     with pytest.raises(Exception, match="(?i)header|safetensor|deserializ"):
         load_bundle(model_dir)

@@ -135,7 +135,7 @@ def test_health_ready_model_and_docs(server, bundle):
         assert c.get("/readyz").json() == {"status": "ready"}
         model = c.get("/v1/model").json()
         assert model["head"] == "advanced" and model["bundle"] == str(bundle)
-        assert model["config"]["backbones"]["clip"]["clip_arch"] == "tiny"
+        assert model["config"]["backbones"]["clip"]["arch"] == "tiny"
         assert model["server"]["max_files"] == 8 and model["server"]["auth"] is False
         spec = c.get("/openapi.json").json()
         assert {"/v1/detect", "/v1/model", "/healthz", "/readyz"} <= set(spec["paths"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.config import MAPPER_CHOICES, ParamsError, TrainParams, params_from_dict
-from pipeline.heads.bundle import BundleError, load_bundle, save_bundle
+from pipeline.heads.bundle import CONFIG, BundleError, load_bundle, save_bundle
+from pipeline.heads.bundle_config import BundleConfig, HeadConfig, HeadSettings
 from pipeline.heads.detectors import MAPPERS, build_head
 from pipeline.heads.semantic_map import fit_semantic_map
 from pipeline.heads.training_loop import fit, head_loss, predict_proba
@@ -154,7 +156,7 @@ def test_the_regression_map_is_fit_on_the_training_rows_only(mapper):
                                 groups=train.labels if mapper == "regression_within" else None)
     for name in ("text_mean", "image_mean", "weight"):  # frozen: training did not move it
         assert torch.equal(getattr(res.model.mapper, name), getattr(expected, name)), name
-    assert res.info["mapper_rows"] == len(rows) and 0 < res.info["mapper_r2"] < 1
+    assert res.info.mapper_rows == len(rows) and 0 < res.info.mapper_r2 < 1
     # the validation rows choose the epoch but never reach the map
     other = fit("advanced", train, tests[1], tp)
     assert torch.equal(other.model.mapper.weight, res.model.mapper.weight)
@@ -278,15 +280,19 @@ def test_bench_script_prints_the_table(tmp_path):
 HP = {"hidden_dim": 16, "proj_dim": 8, "dropout": 0.0, "nsnet_k": 4, "normalize": True}
 
 
+def _config(dim: int, mapper: str) -> BundleConfig:
+    return BundleConfig(head=HeadConfig("advanced", dim,
+                                        train=HeadSettings(**HP, mapper=mapper)))
+
+
 @pytest.mark.parametrize("mapper", MAPPERS)
 def test_bundle_round_trip_per_mapper(tmp_path, mapper):
     train, val, tests = small_sets(n=200)
     res = fit("advanced", train, val, dataclasses.replace(TP, epochs=1, hidden_dim=16,
                                                            proj_dim=8, mapper=mapper))
-    save_bundle(tmp_path, res.model, {"head": {"kind": "advanced", "dim": train.dim,
-                                               "hparams": {**HP, "mapper": mapper}}})
+    save_bundle(tmp_path, res.model, _config(train.dim, mapper))
     loaded, config = load_bundle(tmp_path)
-    assert config["head"]["hparams"]["mapper"] == mapper and loaded.mapper_kind == mapper
+    assert config.head.train.mapper == mapper and loaded.mapper_kind == mapper
     te = tests[0]
     np.testing.assert_array_equal(predict_proba(loaded, te.image, te.text),
                                   predict_proba(res.model, te.image, te.text))
@@ -295,13 +301,14 @@ def test_bundle_round_trip_per_mapper(tmp_path, mapper):
 def test_bundles_refuse_a_bad_mapper_and_weights_of_another_variant(tmp_path):
     torch.manual_seed(0)
     model = build_head("advanced", 12, **HP, mapper="regression_within")
-    save_bundle(tmp_path / "bad", model, {"head": {"kind": "advanced", "dim": 12,
-                                                   "hparams": {**HP, "mapper": "ridge"}}})
-    with pytest.raises(BundleError, match=r"head\.hparams\.mapper: 'ridge' is not one of"):
+    save_bundle(tmp_path / "bad", model, _config(12, "regression_within"))
+    config = json.loads((tmp_path / "bad" / CONFIG).read_text())
+    config["head"]["train"]["mapper"] = "ridge"
+    (tmp_path / "bad" / CONFIG).write_text(json.dumps(config))
+    with pytest.raises(BundleError, match=r"head\.train\.mapper: 'ridge' is not one of"):
         load_bundle(tmp_path / "bad")
     for wrong in ("end_to_end", "identity"):
-        save_bundle(tmp_path / wrong, model, {"head": {"kind": "advanced", "dim": 12,
-                                                       "hparams": {**HP, "mapper": wrong}}})
+        save_bundle(tmp_path / wrong, model, _config(12, wrong))
         with pytest.raises(BundleError, match="do not fit the head"):
             load_bundle(tmp_path / wrong)
 
@@ -309,7 +316,8 @@ def test_bundles_refuse_a_bad_mapper_and_weights_of_another_variant(tmp_path):
 def test_a_bundle_without_mapper_is_the_seeds_head(tmp_path):
     torch.manual_seed(0)
     model = build_head("advanced", 12, **HP).eval()
-    save_bundle(tmp_path, model, {"head": {"kind": "advanced", "dim": 12, "hparams": HP}})
+    save_bundle(tmp_path, model, BundleConfig(head=HeadConfig("advanced", 12,
+                                                              train=HeadSettings(**HP))))
     loaded, _ = load_bundle(tmp_path)
     assert loaded.mapper_kind == "end_to_end"
     x, t = torch.randn(4, 12), torch.randn(4, 12)
@@ -332,21 +340,20 @@ def _trained(built_cache, root: Path, mapper: str) -> tuple[Path, object]:
 def test_train_evaluate_and_predict_agree_for_every_mapper(built_cache, tmp_path_factory, mapper):
     from pipeline.evaluation.evaluate_stage import score
     from pipeline.extraction.cached_features import load_features
-    from pipeline.heads.decision import Decision
     from pipeline.inference.detector import Detector
     from pipeline.inference.predict import load_chain, predict_paths
 
     bundle, params = _trained(built_cache, tmp_path_factory.mktemp("mapper"), mapper)
     model, config = load_bundle(bundle)
-    assert config["head"]["hparams"]["mapper"] == mapper
-    assert config["training"]["params"]["mapper"] == mapper
+    assert config.head.train.mapper == mapper
+    assert config.training.params.mapper == mapper
     if mapper in FITTED:
-        assert config["training"]["mapper_rows"] > 0
+        assert config.training.mapper_rows > 0
     fs = load_features(params, built_cache.manifest, built_cache.features)
     keep = np.zeros(len(fs), bool)
     keep[::8] = True
     fs = fs.subset(keep)
-    evaluated = score(model, fs, Decision.from_bundle(config))["prob"].to_numpy()
+    evaluated = score(model, fs, config.decision.as_decision())["prob"].to_numpy()
     paths = fs.frame["path"].tolist()
     predicted = predict_paths(load_chain(bundle, device="cpu"), paths, batch_size=16)
     assert (predicted["status"] == "ok").all()
@@ -372,7 +379,7 @@ def test_compare_and_serve_carry_the_mapper(built_cache, tmp_path_factory):
     expected = predict_paths(chain, paths, batch_size=8)
     with serving(chain, bundle, loader=_real_loader) as running, running.client() as c:
         model = c.get("/v1/model").json()
-        assert model["config"]["head"]["hparams"]["mapper"] == "regression_within"
+        assert model["config"]["head"]["train"]["mapper"] == "regression_within"
         r = c.post("/v1/detect", files=files_of(paths))
         assert r.status_code == 200, r.text
         probs = [item["prob"] for item in r.json()["results"]]

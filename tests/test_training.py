@@ -149,8 +149,8 @@ def test_train_stage_logs_every_epoch_and_reports_nsnet_rank(built_cache, tmp_pa
     log = pd.read_csv(tmp_path / "plots" / "log.csv")
     assert log["epoch"].tolist() == [1, 2, 3]
     assert {"train_loss", "val_ap", "val_acc", "val_loss"} <= set(log.columns)
-    assert info["nsnet_k"] == 8 and 0 < info["explained_variance"] <= 1
-    assert info["best_epoch"] == int(log.loc[log["val_ap"].idxmax(), "epoch"]) or \
+    assert info.nsnet_k == 8 and 0 < info.explained_variance <= 1
+    assert info.best_epoch == int(log.loc[log["val_ap"].idxmax(), "epoch"]) or \
         log["val_ap"].nunique() < 3
 
 

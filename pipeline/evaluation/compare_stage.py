@@ -27,7 +27,6 @@ from pipeline.evaluation.evaluate_stage import evaluate_sets
 from pipeline.evaluation.protocol_rows import with_duplicate_members
 from pipeline.evaluation.seeds import over_seeds, seeds_note, std_of
 from pipeline.extraction.cached_features import FeatureSet
-from pipeline.heads.decision import Decision
 from pipeline.heads.train_stage import (
     TrainViews,
     epoch_bar,
@@ -102,17 +101,19 @@ def head_over_seeds(params: Params, exp: Experiment, kind: str, fs: FeatureSet,
     for seed in exp.seeds:
         result, config = train_head(with_seed(params, seed), kind, fs, bar=bar,
                                     train_crops=train_crops, experiment=exp)
-        metrics, _ = evaluate_sets(params, scored, result.model, Decision.from_bundle(config),
+        metrics, _ = evaluate_sets(params, scored, result.model, config.decision.as_decision(),
                                    exp)
         runs[seed] = {"test": metrics.get("test"), "val": metrics.get("val")}
-        trained[seed] = config["training"]
+        assert config.training is not None
+        trained[seed] = config.training.to_json()
     training = trained[exp.seeds[0]]
     if exp.n_seeds > 1:
         training = {**training, "seeds": {s: {k: t[k] for k in ("best_epoch", "best_val_ap")}
                                           for s, t in trained.items()}}
     tables = {split: over_seeds({s: r[split] for s, r in runs.items()})
               if all(r[split] for r in runs.values()) else None for split in ("test", "val")}
-    return {**tables, "training": training, "views": fs.n_views, "recipe": HEAD_RECIPES[kind]}
+    return {**tables, "training": training, "patch_views": fs.n_views,
+            "recipe": HEAD_RECIPES[kind]}
 
 
 def published_columns(preset: str, heads: list[str]) -> dict[str, dict[str, Any]]:
@@ -177,7 +178,7 @@ def format_comparison(out: dict[str, Any], split: str = "test") -> str:
     if several:
         lines.append(f"{seeds_note(out)} (train.seeds {out['seeds']}; sample standard "
                      "deviation).")
-    multi = sorted({out["heads"][h].get("views", 1) for h in heads} - {1})
+    multi = sorted({out["heads"][h].get("patch_views", 1) for h in heads} - {1})
     if multi:
         lines.append(f"K = patch-order views per image: K=1 trains and scores view 0 only; K>1 "
                      f"trains on one random view per image per epoch and scores the "
@@ -188,7 +189,7 @@ def format_comparison(out: dict[str, Any], split: str = "test") -> str:
                      f"{'; ' + p['note'] if p.get('note') else ''}).")
     for h in heads:
         tr = out["heads"][h]["training"]
-        if "explained_variance" in tr:
+        if tr.get("explained_variance") is not None:
             lines.append(f"{h}: top-{tr['nsnet_k']} caption directions removed, explaining "
                          f"{100 * tr['explained_variance']:.1f}% of the captions' energy.")
     return "\n".join(lines)

@@ -20,7 +20,6 @@ from pipeline.atomic import write_json
 from pipeline.config import Params
 from pipeline.data.experiment import Experiment, resolve_experiment
 from pipeline.evaluation.evaluate_stage import (
-    bundle_recipe,
     decision_table,
     load_seed_runs,
     score,
@@ -87,13 +86,13 @@ def run_evaluate_degraded(params: Params, manifest: str | Path, features: str | 
     ± std over seeds when there are several) and the mean APs."""
     exp = resolve_experiment(params, manifest)
     runs = load_seed_runs(params, exp, model_dir)
-    sets = degraded_sets(params, exp, manifest, features, bundle_recipe(runs[0].config))
+    sets = degraded_sets(params, exp, manifest, features, runs[0].config.head.recipe)
     per_seed = {name: {run.seed: degraded_table(params, exp, run.model, test, run.decision)
                        for run in runs} for name, test in sets.items()}
     results = {name: over_seeds(tables) for name, tables in per_seed.items()}
     first = runs[0]
     summary = {
-        "head": first.config["head"]["kind"], "threshold": first.decision.threshold,
+        "head": first.config.head.name, "threshold": first.decision.threshold,
         "preset": exp.preset_name,
         "patch_views": params.patches.views, "view_average": params.evaluate.view_average,
         "degradations": results,

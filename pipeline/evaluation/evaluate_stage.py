@@ -27,6 +27,7 @@ from pipeline.evaluation.protocol_rows import (
 from pipeline.evaluation.seeds import over_seeds, seeds_note, std_of
 from pipeline.extraction.cached_features import FeatureSet, load_features
 from pipeline.heads.bundle import load_bundle
+from pipeline.heads.bundle_config import BundleConfig
 from pipeline.heads.decision import Decision
 from pipeline.heads.train_stage import seed_dir
 from pipeline.heads.training_loop import predict_logits
@@ -119,17 +120,12 @@ def evaluate_sets(params: Params, fs: FeatureSet, model: Any, decision: Decision
     return results, pd.concat(scored, ignore_index=True) if scored else pd.DataFrame()
 
 
-def bundle_recipe(config: dict[str, Any]) -> str:
-    """The feature recipe a bundle's head reads (bundles from before recipes: composite)."""
-    return str(config["head"].get("recipe") or "composite")
-
-
-def bundle_decision(params: Params, config: dict[str, Any], model_dir: str | Path) -> Decision:
+def bundle_decision(params: Params, config: BundleConfig, model_dir: str | Path) -> Decision:
     """The bundle's decision, after checking it was made with the current evaluate.* params
     and patch-order views."""
     from pipeline.config import parse_threshold
 
-    decision = Decision.from_bundle(config)
+    decision = config.decision.as_decision()
     want = (parse_threshold(params.evaluate.threshold).text, params.evaluate.calibration)
     if (decision.rule, decision.calibration) != want:
         raise ValueError(
@@ -138,7 +134,7 @@ def bundle_decision(params: Params, config: dict[str, Any], model_dir: str | Pat
             f"evaluate.threshold={want[0]}, evaluate.calibration={want[1]}: the threshold and "
             "calibration are fit at training time; retrain with `nsnet train` (or `dvc repro`)"
         )
-    trained = int((config.get("views") or {}).get("count", 1))
+    trained = config.views.count
     if trained != params.patches.views:
         raise ValueError(
             f"{model_dir} was trained on {trained} patch-order view(s) per image but "
@@ -170,7 +166,7 @@ class SeedRun:
 
     seed: int
     model: Any
-    config: dict[str, Any]
+    config: BundleConfig
     decision: Decision
 
 
@@ -185,7 +181,10 @@ def load_seed_runs(params: Params, exp: Experiment, model_dir: str | Path) -> li
                 f"{where} not found: train.seeds is {list(exp.seeds)} but {model_dir} holds no "
                 f"bundle of seed {seed}; retrain with `nsnet train` (or `dvc repro`)")
         model, config = load_bundle(where)
-        trained = (config.get("training") or {}).get("params", {}).get("seed", seed)
+        if config.training is None:
+            raise ValueError(f"{where}: the bundle records no training (config.json has no "
+                             "training section); retrain it with `nsnet train`")
+        trained = config.training.params.seed
         if trained != seed:
             raise ValueError(f"{where} was trained with seed {trained}, but train.seeds puts "
                              f"seed {seed} there; retrain with `nsnet train` (or `dvc repro`)")
@@ -210,7 +209,7 @@ def plan_evaluate(params: Params, manifest: str | Path, features: str | Path,
     recipe = HEAD_RECIPES[params.train.head]
     fs = load_features(params, manifest, features, recipe=recipe)
     runs = load_seed_runs(params, exp, model_dir)
-    trained = bundle_recipe(runs[0].config)
+    trained = runs[0].config.head.recipe
     if trained != recipe:
         fs = load_features(params, manifest, features, recipe=trained)
     return EvaluationPlan(exp, with_duplicate_members(fs, exp), runs)
@@ -235,13 +234,14 @@ def compute_evaluate(params: Params, plan: EvaluationPlan
                 "reference": preset.reference if preset else "",
                 "rows": preset.row_names if preset else [],
                 "threshold_rule": "fake if prob > threshold (exactly the threshold is real)"}
+    training = first.config.training
+    assert training is not None  # load_seed_runs refuses a bundle without one
     out = {**{k: v for k, v in merged.items() if k in ("val", "test", "std", "seeds")},
            "protocol": protocol, "threshold": merged["threshold"],
            "decision": first.decision.to_json(),
-           "head": first.config["head"]["kind"],
-           "views": plan.fs.n_views, "view_average": params.evaluate.view_average,
-           "model": {"features": first.config["training"]["features"],
-                     "best_epoch": first.config["training"]["best_epoch"]},
+           "head": first.config.head.name,
+           "patch_views": plan.fs.n_views, "view_average": params.evaluate.view_average,
+           "model": {"features": training.features, "best_epoch": training.best_epoch},
            "scored_ids": fingerprint(scored["id"].tolist()) if len(scored) else "",
            "provenance": base_provenance()}
     if len(plan.runs) > 1:
@@ -315,7 +315,7 @@ def format_evaluation(out: dict[str, Any]) -> str:
         if split not in out:
             continue
         res = out[split]
-        note = "; ".join(n for n in (views_note(out.get("views", 1),
+        note = "; ".join(n for n in (views_note(out.get("patch_views", 1),
                                                 out.get("view_average", "mean_logit")),
                                      seeds_note(out)) if n)
         lines = [format_table(res, f"\n[{out['head']}] {split} (%"

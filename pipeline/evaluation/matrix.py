@@ -21,7 +21,6 @@ from pipeline.evaluation.evaluate_stage import evaluate_sets
 from pipeline.evaluation.protocol_rows import with_duplicate_members
 from pipeline.evaluation.seeds import over_seeds, std_of
 from pipeline.extraction.cached_features import FeatureSet
-from pipeline.heads.decision import Decision
 from pipeline.heads.train_stage import HeadInputs, TrainViews, train_head
 
 MEAN = "mean"
@@ -58,13 +57,14 @@ def train_and_test(params: Params, exp: Experiment, kind: str, fs: FeatureSet,
     for seed in exp.seeds:
         result, config = train_head(with_seed(params, seed), kind, fs, bar=bar,
                                     train_crops=train_crops, experiment=exp)
-        metrics, _ = evaluate_sets(params, scored, result.model, Decision.from_bundle(config),
+        metrics, _ = evaluate_sets(params, scored, result.model, config.decision.as_decision(),
                                    exp)
         if not metrics.get("test"):
             raise ValueError("the cross-generator matrix needs test rows: the experiment has "
                              "none (protocol.test_sources, data.roots)")
         runs[seed] = metrics["test"]
-        first = first or {**config["training"], "decision_note": note}
+        assert config.training is not None
+        first = first or {**config.training.to_json(), "decision_note": note}
     return runs, first
 
 

@@ -17,7 +17,6 @@ from pipeline.config import HEAD_RECIPES, Params
 from pipeline.data.experiment import Experiment, with_seed
 from pipeline.evaluation.degraded_eval_stage import degraded_sets, degraded_table
 from pipeline.evaluation.seeds import over_seeds
-from pipeline.heads.decision import Decision
 from pipeline.heads.train_stage import HeadInputs, head_inputs, train_head
 
 
@@ -40,7 +39,7 @@ def robustness(params: Params, exp: Experiment, manifest: str | Path, features: 
         for seed in exp.seeds:
             result, config = train_head(with_seed(params, seed), kind, fs, bar=bar,
                                         train_crops=crops, experiment=exp)
-            decision = Decision.from_bundle(config)
+            decision = config.decision.as_decision()
             for name, test in sets.items():
                 runs[name][seed] = degraded_table(params, exp, result.model, test, decision)
         results[kind] = {name: over_seeds(per) for name, per in runs.items()}

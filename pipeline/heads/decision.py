@@ -51,15 +51,6 @@ class Decision:
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
-    @classmethod
-    def from_bundle(cls, config: dict[str, Any]) -> Decision:
-        """The bundle's decision; bundles older than calibration get threshold only."""
-        d = config.get("decision")
-        if d:
-            return cls(**{k: d[k] for k in ("threshold", "rule", "calibration", "scale", "shift")})
-        thr = float(config.get("threshold", 0.5))
-        return cls(threshold=thr, rule=f"{thr:g}")
-
 
 def _nll(z: np.ndarray, target: np.ndarray) -> float:
     """Mean binary cross-entropy of logits ``z`` against (possibly soft) targets."""

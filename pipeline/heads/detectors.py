@@ -49,7 +49,9 @@ class _Base(nn.Module):
         self.dim = dim
         self.normalize = normalize
 
-    def _prep(self, v: torch.Tensor) -> torch.Tensor:
+    def prepare(self, v: torch.Tensor) -> torch.Tensor:
+        """A feature as the head reads it: float32, unit-norm when the head normalises (what
+        ``HeadOutput.prepared`` holds for the image feature)."""
         v = v.float()
         return F.normalize(v, dim=-1) if self.normalize else v
 
@@ -67,7 +69,7 @@ class CompositeProbe(_Base):
         self.linear = nn.Linear(dim, 1)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | None = None) -> HeadOutput:
-        x = self._prep(x)
+        x = self.prepare(x)
         return HeadOutput(self.linear(x).squeeze(-1), None, x, prepared=x)
 
 
@@ -85,7 +87,7 @@ class NSNet(_Base):
         self.basis = basis.to(self.basis.device, torch.float32).contiguous()
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | None = None) -> HeadOutput:
-        x = self._prep(x)
+        x = self.prepare(x)
         xp = project_out_subspace(x, self.basis)
         logit, emb = self.head(xp)
         return HeadOutput(logit, emb, xp, prepared=x)
@@ -143,8 +145,8 @@ class AdvancedNSNet(_Base):
     def forward(self, x: torch.Tensor, t: torch.Tensor | None = None) -> HeadOutput:
         if t is None:
             raise ValueError("the advanced head needs the caption embedding t")
-        x = self._prep(x)
-        f = self._prep(t) if self.mapper is None else self.mapper(self._prep(t))
+        x = self.prepare(x)
+        f = self.prepare(t) if self.mapper is None else self.mapper(self.prepare(t))
         if isinstance(self.mapper, LinearSemanticMap):  # the deviation from the mean image
             mean = self.mapper.image_mean  # along f is removed: f predicts that deviation
             xp = project_out_direction(x - mean, f) + mean

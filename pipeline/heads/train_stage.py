@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
+import copy
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +22,22 @@ from pipeline.extraction.cached_features import (
     training_crops,
 )
 from pipeline.heads.bundle import save_bundle
+from pipeline.heads.bundle_config import (
+    Backbones,
+    BundleConfig,
+    BundleDecision,
+    CaptionFacts,
+    ClipFacts,
+    HeadConfig,
+    HeadSettings,
+    PatchesConfig,
+    RecipeFacts,
+    ViewsConfig,
+)
 from pipeline.heads.decision import Decision, fit_decision
 from pipeline.heads.head_training import HeadTraining
+from pipeline.heads.training_info import TrainingRecord
 from pipeline.heads.training_loop import (
-    HPARAM_KEYS,
     EpochCallback,
     TrainResult,
     fit,
@@ -55,67 +68,62 @@ def training_sets(params: Params, fs: FeatureSet, experiment: Experiment | None 
 def _preset_info(exp: Experiment) -> dict[str, Any]:
     if exp.preset is None:
         return {}
-    return {"preset": exp.preset.name, "preset_train_sources": list(exp.preset.training),
-            "preset_train_missing": list(exp.preset_missing)}
+    return {"preset": exp.preset.name, "preset_train_sources": tuple(exp.preset.training),
+            "preset_train_missing": tuple(exp.preset_missing)}
 
 
 def bundle_config(params: Params, kind: str, result: TrainResult, fs: FeatureSet,
                   train: FeatureSet, dim: int, decision: Decision | None = None,
                   decision_report: dict[str, Any] | None = None,
-                  experiment: Experiment | None = None) -> dict[str, Any]:
+                  experiment: Experiment | None = None) -> BundleConfig:
+    """The config of the bundle of a head trained on ``train`` (rows of ``fs``)."""
     prov = fs.provenance  # spelled as params.yaml (pipeline.extraction.cached_features)
     exp = experiment or resolve_experiment(params, fs.frame)
-    decision = decision or Decision()
     recipe = HEAD_RECIPES[kind]
-    return {
-        "head": {"kind": kind, "dim": dim, "recipe": recipe,
-                 "row_shape": list(prov.get("row_shape") or [dim]),
-                 "hparams": {k: getattr(params.train, k) for k in HPARAM_KEYS}},
-        "threshold": decision.threshold,
-        "decision": {**decision.to_json(), **(decision_report or {})},
+    return BundleConfig(
+        head=HeadConfig(name=kind, dim=dim, recipe=recipe,
+                        row_shape=tuple(prov.get("row_shape") or [dim]),
+                        train=HeadSettings.of(params.train)),
+        decision=BundleDecision.of(decision or Decision(), params.evaluate.uncertain_band,
+                                   decision_report),
         # patch-order views the head was trained on, and how scoring combines them
-        "views": {"count": fs.n_views, "average": params.evaluate.view_average},
-        "uncertain_band": params.evaluate.uncertain_band,
-        "backbones": backbones(params, prov, recipe),
-        "training": {
-            "params": dataclasses.asdict(params.train),
-            "protocol": dataclasses.asdict(params.protocol),
-            "n_train": len(train), "train_sources": sorted(set(train.frame["source"])),
-            "recipe": recipe,
-            "train_ids": fingerprint(train.frame["id"].tolist()),
-            **_preset_info(exp),
-            "features": fingerprint(prov),
-            "best_epoch": result.best_epoch, "best_val_ap": result.best_val_ap,
-            **result.info,
-        },
-        "provenance": base_provenance(),
-    }
+        views=ViewsConfig(fs.n_views, params.evaluate.view_average),
+        backbones=backbones(params, prov, recipe),
+        training=TrainingRecord(
+            **result.info.as_kwargs(),
+            params=copy.deepcopy(params.train), protocol=copy.deepcopy(params.protocol),
+            n_train=len(train), train_sources=tuple(sorted(set(train.frame["source"]))),
+            recipe=recipe, train_ids=fingerprint(train.frame["id"].tolist()),
+            features=fingerprint(prov), best_epoch=result.best_epoch,
+            best_val_ap=result.best_val_ap, **_preset_info(exp)),
+        provenance=base_provenance(),
+    )
 
 
-def backbones(params: Params, prov: dict[str, Any], recipe: str) -> dict[str, Any]:
+def backbones(params: Params, prov: dict[str, Any], recipe: str) -> Backbones:
     """What ``predict`` must run to make the head's input: the backbone that made the features
-    (its settings and facts, from the features' provenance), and BLIP plus the patch spec (the
-    composite recipe) or the recipe's own settings."""
+    (its settings and facts, from the features' provenance), and the captioner plus the patch
+    spec (the composite recipe) or the recipe's own settings."""
     clip = prov.get("clip", {})
     r = params.recipes
     arch, pretrained = clip.get("arch"), clip.get("pretrained")
     if recipe == "cozzolino":  # its own backbone made the features
         arch, pretrained = r.cozzolino_arch, r.cozzolino_pretrained
-    facts = {"clip_arch": arch, "clip_pretrained": pretrained,
-             **{k: clip.get(k) for k in ("weights", "weights_blake2b", "mean", "std",
-                                         "image_size", "embed_dim")}}
+    listed = {k: tuple(clip[k]) for k in ("mean", "std") if clip.get(k) is not None}
+    facts = ClipFacts(arch=arch, pretrained=pretrained or "",
+                      **{k: clip.get(k) for k in ("weights", "weights_blake2b", "open_clip",
+                                                  "image_size", "embed_dim")}, **listed)
     if recipe == "composite":
-        return {"clip": facts,
-                "blip": {"model": prov.get("caption", {}).get("model"),
-                         "max_new_tokens": params.caption.max_new_tokens},
-                "patches": {k: v for k, v in prov.get("patches", {}).items() if k != "views"}
-                or None}
-    spec: dict[str, Any] = {"name": recipe}
-    if recipe == "clip_layers":
-        spec["layers"] = r.layers if isinstance(r.layers, str) else list(r.layers)
-    if recipe == "cozzolino":
-        spec["backbone"] = {"arch": r.cozzolino_arch, "pretrained": r.cozzolino_pretrained}
-    return {"clip": facts, "recipe": spec}
+        patches = prov.get("patches") or {}
+        return Backbones(
+            clip=facts,
+            caption=CaptionFacts(prov.get("caption", {}).get("model"),
+                                 params.caption.max_new_tokens),
+            patches=PatchesConfig(**{k: patches[k] for k in ("size", "n_low", "n_high")})
+            if patches else None)
+    layers = r.layers if isinstance(r.layers, str) else tuple(r.layers)
+    return Backbones(clip=facts, recipe=RecipeFacts(recipe, layers if recipe == "clip_layers"
+                                                    else "all"))
 
 
 def epoch_bar(total: int, desc: str) -> tqdm:
@@ -129,7 +137,7 @@ TrainViews = Callable[[pd.DataFrame], "Rows | None"]
 def train_head(params: Params, kind: str, fs: FeatureSet,
                on_epoch: EpochCallback | None = None, bar: tqdm | None = None,
                *, train_crops: TrainViews | None = None, experiment: Experiment | None = None
-               ) -> tuple[TrainResult, dict[str, Any]]:
+               ) -> tuple[TrainResult, BundleConfig]:
     """Fit one head (seed ``train.seed``) on the experiment's training rows (resolved from
     ``params`` when not given); ``bar`` (if given) advances once per epoch.
 
@@ -197,8 +205,16 @@ def epochs_of(params: Params, kind: str) -> int:
     return HeadTraining.of(kind, params.train).epochs
 
 
+@dataclass(frozen=True, kw_only=True)
+class TrainRun(TrainingRecord):
+    """What ``run_train`` returns: the first seed's training record (its bundle's) and, with
+    several seeds of ``train.seeds``, each seed's best epoch and validation AP."""
+
+    seeds: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+
 def run_train(params: Params, manifest: str | Path, features: str | Path, out_dir: str | Path,
-              log_csv: str | Path) -> dict[str, Any]:
+              log_csv: str | Path) -> TrainRun:
     """Train ``train.head`` once per seed of the experiment. The first seed's bundle is
     ``out_dir`` (what predict, explain and serve load) and its per-epoch log ``log_csv`` (a
     DVC plots file, rewritten every epoch); every further seed's bundle goes to
@@ -223,10 +239,9 @@ def run_train(params: Params, manifest: str | Path, features: str | Path, out_di
             if i == 0:
                 save_bundle(out_dir, result.model, config)
                 shutil.rmtree(Path(out_dir) / SEEDS_DIR, ignore_errors=True)
-                first = config["training"]
+                assert config.training is not None
+                first = config.training
             else:
                 save_bundle(seed_dir(out_dir, seed), result.model, config)
             runs[seed] = {"best_epoch": result.best_epoch, "best_val_ap": result.best_val_ap}
-    if exp.n_seeds > 1:
-        return {**first, "seeds": runs}
-    return first
+    return TrainRun(**first.as_kwargs(), seeds=runs if exp.n_seeds > 1 else {})

@@ -17,14 +17,14 @@ import copy
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
 from pipeline.backbones.clip import resolve_device
-from pipeline.config import VIEW_AVERAGES, TrainParams
+from pipeline.config import HEAD_RECIPES, VIEW_AVERAGES, TrainParams
 from pipeline.extraction.cached_features import FeatureSet, Rows, iter_blocks
 from pipeline.heads.baselines import Plateau
 from pipeline.heads.detectors import FITTED_MAPPERS, HPARAM_KEYS, TRAINED_MAPPERS, build_head
@@ -32,6 +32,7 @@ from pipeline.heads.head_training import HeadTraining
 from pipeline.heads.losses import bce_loss, supcon_loss
 from pipeline.heads.projection import semantic_basis
 from pipeline.heads.semantic_map import fit_semantic_map
+from pipeline.heads.training_info import ClassCounts, TrainingInfo
 from pipeline.metrics import binary_metrics
 
 
@@ -39,15 +40,16 @@ class TrainingDiverged(RuntimeError):
     """The loss or the input features became NaN/inf."""
 
 
-
-
 @dataclass
 class TrainResult:
+    """The trained head (its best epoch's weights), the per-epoch log and what training
+    reports beside them."""
+
     model: torch.nn.Module
     history: list[dict[str, float]]
     best_epoch: int
     best_val_ap: float
-    info: dict[str, Any] = field(default_factory=dict)
+    info: TrainingInfo
 
 
 def _check_finite(name: str, rows: Rows) -> None:
@@ -142,22 +144,23 @@ def _prepare(kind: str, train: FeatureSet, tp: TrainParams, device: torch.device
              ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Build the head (seeded) and, for NS-Net, fit its semantic basis on the training captions
     (an advanced head with a ``regression*`` mapper: its frozen map, on the training rows).
-    A baseline's input shape comes from its recipe (RINE: blocks x width)."""
+    A baseline's input shape comes from its recipe (RINE: blocks x width). Returns the head and
+    what the fit captured (``TrainingInfo``'s nsnet_k / explained_variance or mapper_*)."""
     dim, shape = head_shape(kind, train)
     model = build_head(kind, dim, **shape, **{k: getattr(tp, k) for k in HPARAM_KEYS})
-    info: dict[str, Any] = {}
+    fitted_info: dict[str, Any] = {}
     if kind == "nsnet":
         basis, explained = semantic_basis(train.text, tp.nsnet_k, normalize=tp.normalize)
         model.set_basis(basis)
-        info = {"nsnet_k": basis.shape[1], "explained_variance": explained}
+        fitted_info = {"nsnet_k": int(basis.shape[1]), "explained_variance": float(explained)}
     elif kind == "advanced" and tp.mapper in FITTED_MAPPERS:
         labels = train.labels
         rows = train.subset((labels == 0).numpy()) if tp.mapper == "regression_real" else train
         fitted = fit_semantic_map(rows.text, rows.image, normalize=tp.normalize,
                                   groups=labels if tp.mapper == "regression_within" else None)
         model.mapper.set_map(fitted)
-        info = {"mapper_rows": len(rows), "mapper_r2": fitted.r2}
-    return model.to(device), info
+        fitted_info = {"mapper_rows": len(rows), "mapper_r2": float(fitted.r2)}
+    return model.to(device), fitted_info
 
 
 def head_shape(kind: str, fs: FeatureSet) -> tuple[int, dict[str, int]]:
@@ -230,7 +233,7 @@ def _fit(kind: str, train: FeatureSet, val: FeatureSet | None, tp: TrainParams,
          device: torch.device, history: list[dict[str, float]],
          on_epoch: EpochCallback | None, view_average: str) -> TrainResult:
     spec = HeadTraining.of(kind, tp)
-    model, info = _prepare(kind, train, tp, device)
+    model, fitted_info = _prepare(kind, train, tp, device)
     opt = spec.make_optimizer(model.parameters())
     plateau = Plateau(spec.lr) if spec.plateau else None
     gen = torch.Generator().manual_seed(tp.seed)
@@ -238,8 +241,11 @@ def _fit(kind: str, train: FeatureSet, val: FeatureSet | None, tp: TrainParams,
     n_fake = int(train.labels.sum())
     pos_weight = torch.tensor((n - n_fake) / n_fake, device=device) \
         if tp.balance and not spec.own_loss else None
-    info.update(class_counts={"real": n - n_fake, "fake": n_fake}, views=train.n_views,
-                schedule=spec.as_dict())
+    composite = HEAD_RECIPES[kind] == "composite"  # else the rows are crops of a recipe
+    info = TrainingInfo(class_counts=ClassCounts(n - n_fake, n_fake),
+                        patch_views=train.n_views if composite else 1,
+                        crops=0 if composite else train.n_views, schedule=spec,
+                        **fitted_info)
     rows = (_on_device(train.image, device), _on_device(train.text, device),
             train.labels.to(device))
     best = _Best((-math.inf,), 0, copy.deepcopy(model.state_dict()))

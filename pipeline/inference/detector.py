@@ -172,7 +172,7 @@ class Detector:
     def describe(self) -> dict[str, Any]:
         """What the bundle is: head, backbones, patch spec, threshold, training provenance."""
         return {"bundle": self.bundle_dir, "head": self.chain.kind, "threshold": self.threshold,
-                "max_pixels": self.max_pixels, "config": self.chain.config}
+                "max_pixels": self.max_pixels, "config": self.chain.config.to_json()}
 
 
 def _is_single(items: Any) -> bool:

@@ -41,6 +41,7 @@ from pipeline.extraction.patch_selection import (
     view_cells,
 )
 from pipeline.heads.bundle import load_bundle
+from pipeline.heads.bundle_config import BundleConfig, RecipeFacts
 from pipeline.heads.decision import Decision
 from pipeline.heads.training_loop import combine_views, view_logits
 from pipeline.inference.verdict import FAKE, REAL, UNCERTAIN, verdict
@@ -64,7 +65,7 @@ class Chain:
     was asked for (``nsnet explain``, ``predict --captions``)."""
 
     head: torch.nn.Module
-    config: dict[str, Any]
+    config: BundleConfig
     spec: PatchSpec | None  # the patch spec (composite recipe)
     clip: Any  # pipeline.backbones.clip.ClipBackbone: the backbone that made the features
     blip: Any  # pipeline.backbones.blip.Captioner, or None when no caption is computed
@@ -84,7 +85,7 @@ class Chain:
 
     @property
     def kind(self) -> str:
-        return self.config["head"]["kind"]
+        return self.config.head.name
 
     @property
     def reads_captions(self) -> bool:
@@ -118,36 +119,30 @@ def load_chain(model_dir: str | Path, device: str = "auto", precision: str = "fp
     from pipeline.backbones.precision import amp_dtype
 
     head, config = load_bundle(model_dir, resolve_device(device))
-    bb = config.get("backbones") or {}
-    recipe = str(config["head"].get("recipe") or "composite")
-    clip_cfg, blip_cfg, spec = bb.get("clip") or {}, bb.get("blip") or {}, bb.get("patches")
-    recipe_cfg = bb.get("recipe") or {}
-    if not clip_cfg.get("clip_arch") or (recipe == "composite" and (not blip_cfg.get("model")
-                                                                    or not spec)):
+    bb, recipe = config.backbones, config.head.recipe
+    if bb is None:
         raise ValueError(f"{model_dir}: the bundle's config.json does not name its backbones "
-                         "(backbones.clip.clip_arch, backbones.blip.model, backbones.patches); "
-                         "retrain it with `nsnet train`")
-    clip = load_clip(clip_cfg["clip_arch"], clip_cfg.get("clip_pretrained") or "", device)
-    width = int(np.prod(config["head"].get("row_shape") or [config["head"]["dim"]]))
-    made = _feature_width(clip, recipe, recipe_cfg)
+                         "(backbones.clip, backbones.caption and backbones.patches, or "
+                         "backbones.recipe); retrain it with `nsnet train`")
+    clip = load_clip(bb.clip.arch, bb.clip.pretrained, device)
+    width = int(np.prod(config.head.shape))
+    made = _feature_width(clip, recipe, bb.recipe)
     if made != width:
-        raise ValueError(f"CLIP {clip_cfg['clip_arch']} gives {made} values per image for the "
+        raise ValueError(f"CLIP {bb.clip.arch} gives {made} values per image for the "
                          f"{recipe} recipe but the head expects {width}")
-    caption = recipe == "composite" and (config["head"]["kind"] in CAPTION_HEADS or captions)
-    blip = load_blip(blip_cfg["model"], device) if caption else None
-    decision = Decision.from_bundle(config)
-    views = config.get("views") or {}  # bundles from before patch-order views: one view
-    layers = recipe_cfg.get("layers")
-    return Chain(head, config, PatchSpec(**spec) if spec else None, clip, blip,
-                 int(blip_cfg.get("max_new_tokens") or 40),
+    caption = recipe == "composite" and (config.head.name in CAPTION_HEADS or captions)
+    blip = load_blip(bb.caption.model, device) if caption and bb.caption else None
+    decision = config.decision.as_decision()
+    layers = bb.recipe.layers if bb.recipe is not None else "all"
+    return Chain(head, config, bb.patches.spec() if bb.patches else None, clip, blip,
+                 bb.caption.max_new_tokens if bb.caption else 40,
                  float(decision.threshold if threshold is None else threshold),
-                 amp_dtype(precision), decision, int(views.get("count", 1)),
-                 str(views.get("average", "mean_logit")),
-                 float(config.get("uncertain_band", 0.0)), recipe,
-                 None if layers in (None, "all") else [int(i) for i in layers])
+                 amp_dtype(precision), decision, config.views.count, config.views.average,
+                 config.decision.uncertain_band, recipe,
+                 None if isinstance(layers, str) else list(layers))
 
 
-def _feature_width(clip: Any, recipe: str, recipe_cfg: dict[str, Any]) -> int:
+def _feature_width(clip: Any, recipe: str, facts: RecipeFacts | None) -> int:
     """Values per image the backbone gives for ``recipe`` (the head's input width)."""
     from pipeline.backbones import recipes
 
@@ -155,8 +150,8 @@ def _feature_width(clip: Any, recipe: str, recipe_cfg: dict[str, Any]) -> int:
         return int(clip.embed_dim)
     if recipe == "cozzolino":
         return int(clip.model.visual.ln_post.normalized_shape[0])
-    layers = recipe_cfg.get("layers")
-    blocks = recipes.all_layers(clip) if layers in (None, "all") else layers
+    layers = facts.layers if facts is not None else "all"
+    blocks = recipes.all_layers(clip) if isinstance(layers, str) else layers
     return len(blocks) * int(clip.model.visual.transformer.width)
 
 

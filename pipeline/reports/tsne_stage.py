@@ -72,13 +72,13 @@ def run_tsne(params: Params, manifest: str | Path, features: str | Path,
 
     model, config = load_bundle(model_dir)
     fs = load_features(params, manifest, features,
-                       recipe=str(config["head"].get("recipe") or "composite"))
+                       recipe=config.head.recipe)
     keep = np.zeros(len(fs), bool)
     keep[subsample(len(fs), params.figures.tsne_points, params.seed)] = True
     fs = fs.subset(keep).first_views(1)  # one point per image: patch-order view 0
     x, px = before_after(model, fs)
     labels = fs.frame["label"].to_numpy()
-    kind = config["head"]["kind"]
+    kind = config.head.name
     sep = {"before": label_separation(x, labels), "after": label_separation(px, labels)}
     what = {"composite_probe": "composite probe (no projection)",
             "nsnet": "NS-Net null-space projection",

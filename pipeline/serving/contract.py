@@ -8,7 +8,6 @@ every /v1/* operation with its 401. Every status an operation can answer is list
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -57,13 +56,16 @@ def bundle_patch_size(model_dir: str | Path) -> int | None:
     """The smallest image side the bundle scores, from its config.json: the patch size (the
     composite recipe) or 1 (the baselines' crops pad smaller images); None if it cannot be read
     (the server then reports the load error at /readyz)."""
+    from pipeline.heads.bundle import read_config
+
     try:
-        config = json.loads((Path(model_dir) / "config.json").read_text())
-        if (config["head"].get("recipe") or "composite") != "composite":
-            return 1
-        return int(config["backbones"]["patches"]["size"])
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        config = read_config(model_dir)
+    except (OSError, ValueError):
         return None
+    if config.head.recipe != "composite":
+        return 1
+    patches = config.backbones.patches if config.backbones else None
+    return patches.size if patches else None
 
 
 def _json(model: type[Any], description: str, headers: dict[str, Any] | None = None
