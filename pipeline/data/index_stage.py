@@ -168,7 +168,7 @@ def _previous_probes(previous: pd.DataFrame | None, max_pixels: int) -> dict[Any
         return {}
     prov_limit = previous.attrs.get("max_image_pixels")
     out = {}
-    cols = ["root", "relpath", "bytes", "mtime_ns", *PROBE_COLUMNS]
+    cols = list(dict.fromkeys(["root", "relpath", "bytes", "mtime_ns", *PROBE_COLUMNS]))
     for rec in previous[cols].to_dict("records"):
         status = rec["probe_status"]
         if status not in CONTENT_PROBES or rec["mtime_ns"] < 0:
