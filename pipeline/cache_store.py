@@ -24,6 +24,7 @@ output) and are renamed into place, so a reader never sees a partial segment.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -387,6 +388,11 @@ class _Temporary:
         if self.path is not None:
             self.path.unlink(missing_ok=True)
         if isinstance(exc, OSError) and not isinstance(exc, OutputWriteError):
+            if exc.errno == errno.ENOENT:  # the store's folders went away under the run
+                raise OutputWriteError(
+                    exc.errno, f"could not write {self.name}: {self.directory} disappeared "
+                    "while the run wrote to it (was the cache deleted?). A rerun of `nsnet "
+                    "extract` (or `dvc repro`) computes whatever the store lacks.") from exc
             raise OutputWriteError(
                 exc.errno or 0,
                 f"could not write {self.name} in the feature store: {exc.strerror or exc}. "

@@ -151,6 +151,32 @@ def test_ctrl_c_during_extract_says_a_rerun_resumes(tmp_path, reference, small_i
     assert f"selection {total - done}," in err, err
 
 
+def test_cache_deleted_during_extract_fails_clearly_and_a_rerun_rebuilds(
+        tmp_path, reference, small_images):
+    """`rm -rf cache/` while extract runs: the run ends with a short message naming the store
+    (no traceback, no raw h5py error) or finishes; a rerun rebuilds exactly the reference."""
+    cwd = _workspace(tmp_path, reference, small_images, "manifest.parquet")
+    proc = nsnet(["extract"], cwd)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and proc.poll() is None and len(committed(cwd)) < 2:
+        time.sleep(0.002)
+    shutil.rmtree(cwd / "cache", ignore_errors=True)  # as `rm -rf`, racing the writer
+    _, err = proc.communicate(timeout=300)
+    assert "Traceback" not in err and "h5py" not in err and "HDF5" not in err, err
+    if proc.returncode:
+        assert "cache" in err.splitlines()[-1], err
+    (cwd / "cache").mkdir(exist_ok=True)
+    shutil.copy(reference.manifest, cwd / "cache" / "manifest.parquet")
+    _resume(cwd)
+    ids = read_manifest(reference.manifest, only_ok=True)["id"].tolist()
+    params = tiny_params(small_images, **SHARDED)
+    for kind in KINDS:
+        got = read_part(cwd / "cache" / "features", params, kind, ids)
+        want = read_part(reference.features, params, kind, ids)
+        for key in got:
+            np.testing.assert_array_equal(got[key], want[key], err_msg=f"{kind}/{key}")
+
+
 # ----------------------------------------------------------------------------- write errors
 
 
