@@ -122,11 +122,13 @@ def test_readme_is_a_short_front_door():
 
 
 def normalised(text: str) -> list[str]:
-    """Lines with what varies between runs replaced: numbers (timings, scores), git ids and
-    DVC's random experiment names, the widths of spaces and rules."""
+    """Lines with what varies between runs replaced: numbers (timings, scores), content ids
+    (they change with any byte of the file, e.g. a comment in params.yaml), git ids and DVC's
+    random experiment names, the widths of spaces and rules."""
     out = []
     for line in text.splitlines():
         line = re.sub(r"\[[a-z]+-[a-z]+\]", "[name]", line)
+        line = re.sub(r"\b[0-9a-f]{12,}\b", "ID", line)  # content ids: hashes of the files' bytes
         line = re.sub(r"\b[0-9a-f]{7}\b", "SHA", line)
         line = re.sub(r"\d+(\.\d+)?", "N", line)
         line = re.sub(r"─+", "─", re.sub(r"\s+", " ", line)).strip()
