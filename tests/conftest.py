@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 from dataclasses import dataclass
@@ -22,6 +23,21 @@ from pipeline.data.demo_data import TINY_MODELS, make_demo_images
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for the network
+
+
+def makefile_variables() -> set[str]:
+    """The names the Makefile assigns (``TORCH ?=``, ``BIN :=``...)."""
+    text = (ROOT / "Makefile").read_text()
+    return set(re.findall(r"^(?:export +)?([A-Z_][A-Z0-9_]*) *[?:+]?=", text, re.MULTILINE))
+
+
+# The caller's make variables never reach the tests: `make test TORCH=cpu` exports TORCH=cpu
+# (and MAKEFLAGS) to pytest, and from there to every `make -n` a test runs. Dropped once here,
+# so each test sees the Makefile's own defaults whatever command line started the suite.
+MAKE_CALLER = {"MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES", "GNUMAKEFLAGS"}
+for _name in (MAKE_CALLER | makefile_variables()) - {"DVC_NO_ANALYTICS",
+                                                     "HF_HUB_DISABLE_TELEMETRY"}:
+    os.environ.pop(_name, None)
 
 # ----------------------------------------------------------------------------- params.yaml guard
 # The repository's params.yaml is the user's to edit (the README says so), so no test may
@@ -61,6 +77,18 @@ def _no_repo_params_reads(request: pytest.FixtureRequest):
     reads, _guard["allowed"] = list(_guard["reads"]), False
     _guard["reads"].clear()
     assert not reads, f"this test read the repository's params.yaml: {reads}"
+
+
+def require_system_packages(packages: str, present: bool) -> None:
+    """Fail a test whose Debian ``packages`` are missing, saying how to get them; skip it when
+    `make test SYSTEM_PACKAGES=no` opted out (that sets ``NSNET_SYSTEM_PACKAGES=no``)."""
+    if present:
+        return
+    if os.environ.get("NSNET_SYSTEM_PACKAGES") == "no":
+        pytest.skip(f"{packages} not installed and SYSTEM_PACKAGES=no: `make test` installs "
+                    "them as root (apt-get) unless SYSTEM_PACKAGES=no")
+    pytest.fail(f"this test needs Debian's {packages}: `make test` installs them as root "
+                f"(apt-get install {packages}); `make test SYSTEM_PACKAGES=no` skips it")
 
 
 # Small, fast settings for the tests' small image sets (on top of the tiny models).

@@ -92,3 +92,38 @@ def test_cpu_route_installs_the_pinned_torch_from_the_cpu_index_first():
     out = subprocess.run(["sed", "-E", sed], input="torch==2.14.1+cpu\nnumpy==2.4.6\n",
                          capture_output=True, text=True, timeout=30).stdout
     assert out == "torch==2.14.1\nnumpy==2.4.6\n"
+
+
+def test_the_callers_make_variables_do_not_reach_the_tests():
+    """`make test TORCH=cpu` exports TORCH=cpu and MAKEFLAGS to pytest: the install-route test
+    above still sees the Makefile's defaults (conftest drops the caller's make variables)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TORCH": "cpu", "MAKEFLAGS": " -- TORCH=cpu CONSTRAINTS=",
+           "MAKELEVEL": "1", "CONSTRAINTS": ""}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
+         f"{__file__}::test_cpu_route_installs_the_pinned_torch_from_the_cpu_index_first"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "1 passed" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_make_test_says_what_it_installs_and_can_opt_out():
+    """`make test` prints one line before apt-get; SYSTEM_PACKAGES=no installs nothing and
+    tells pytest to skip the tests that need the packages."""
+    import subprocess
+
+    def dry(*args: str) -> str:
+        return subprocess.run(["make", "-n", "-B", *args, "BIN=/venv/bin"], cwd=ROOT,
+                              capture_output=True, text=True, timeout=60).stdout
+
+    default, opted_out = dry("browser", "latex", "test"), dry("browser", "latex", "test",
+                                                               "SYSTEM_PACKAGES=no")
+    for packages in ("chromium chromium-driver", "texlive-latex-base texlive-latex-recommended"):
+        assert f"installing Debian packages {packages} with apt-get, as root" in default
+    assert "NSNET_SYSTEM_PACKAGES=no" not in default
+    assert "NSNET_SYSTEM_PACKAGES=no /venv/bin/pytest" in opted_out
+    assert '[ "no" = no ]' in opted_out and '[ "yes" = no ]' in default
+
