@@ -39,6 +39,9 @@ from tests.conftest import (
 )
 
 SHARDED = {"compute": {"shard_size": 1}}
+# Limits that only catch a hung run: a loaded 2-core CI machine running the suite on parallel
+# workers can take minutes for what takes seconds alone.
+HANG = 900
 
 
 def nsnet(args: list[str], cwd: Path, fsize: int | None = None) -> subprocess.Popen:
@@ -61,13 +64,13 @@ def committed(cwd: Path) -> list[Path]:
 
 def kill_after(proc: subprocess.Popen, cwd: Path, n: int) -> int:
     """SIGKILL ``proc`` once ``n`` shards are committed; return how many were."""
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + HANG
     while time.monotonic() < deadline and proc.poll() is None:
         if len(committed(cwd)) >= n:
             proc.send_signal(signal.SIGKILL)
             break
         time.sleep(0.002)
-    proc.communicate(timeout=60)
+    proc.communicate(timeout=HANG)
     assert proc.returncode == -signal.SIGKILL, "the stage ended before it could be killed"
     return len(committed(cwd))
 
@@ -95,7 +98,7 @@ def _workspace(tmp_path: Path, reference, demo_images: Path, *files: str) -> Pat
 
 def _resume(cwd: Path) -> str:
     proc = nsnet(["extract"], cwd)
-    _, err = proc.communicate(timeout=300)
+    _, err = proc.communicate(timeout=HANG)
     assert proc.returncode == 0, err
     return err
 
@@ -136,11 +139,11 @@ def test_ctrl_c_during_extract_says_a_rerun_resumes(tmp_path, reference, small_i
     resumes (no "Aborted!", no traceback); the rerun computes only what is missing."""
     cwd = _workspace(tmp_path, reference, small_images, "manifest.parquet")
     proc = nsnet(["extract"], cwd)
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + HANG
     while time.monotonic() < deadline and proc.poll() is None and len(committed(cwd)) < 2:
         time.sleep(0.002)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=HANG)
     assert proc.returncode == 130, err
     assert "interrupted after" in err and "committed to the store" in err, err
     assert "rerun of `nsnet extract` (or `dvc repro`) resumes" in err, err
@@ -157,14 +160,15 @@ def test_cache_deleted_during_extract_fails_clearly_and_a_rerun_rebuilds(
     (no traceback, no raw h5py error) or finishes; a rerun rebuilds exactly the reference."""
     cwd = _workspace(tmp_path, reference, small_images, "manifest.parquet")
     proc = nsnet(["extract"], cwd)
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + HANG
     while time.monotonic() < deadline and proc.poll() is None and len(committed(cwd)) < 2:
         time.sleep(0.002)
     shutil.rmtree(cwd / "cache", ignore_errors=True)  # as `rm -rf`, racing the writer
-    _, err = proc.communicate(timeout=300)
+    _, err = proc.communicate(timeout=HANG)
     assert "Traceback" not in err and "h5py" not in err and "HDF5" not in err, err
-    if proc.returncode:
-        assert "cache" in err.splitlines()[-1], err
+    if proc.returncode:  # one message naming the store; where the race hit decides which
+        errors = [line for line in err.splitlines() if line.startswith("Error: ")]
+        assert len(errors) == 1 and "cache" in errors[0], err
     (cwd / "cache").mkdir(exist_ok=True)
     shutil.copy(reference.manifest, cwd / "cache" / "manifest.parquet")
     _resume(cwd)
@@ -193,7 +197,7 @@ def test_atomic_write_failure_keeps_previous_file(tmp_path):
 
 def _fsize_run(cwd: Path, args: list[str], limit: int) -> subprocess.CompletedProcess:
     proc = nsnet(args, cwd, fsize=limit)
-    out, err = proc.communicate(timeout=300)
+    out, err = proc.communicate(timeout=HANG)
     return subprocess.CompletedProcess(args, proc.returncode, out, err)
 
 
