@@ -54,7 +54,7 @@ demo: install
 
 test: install browser latex
 	$(BIN)/ruff check .
-	$(BIN)/pytest -q
+	$(if $(filter no,$(SYSTEM_PACKAGES)),NSNET_SYSTEM_PACKAGES=no )$(BIN)/pytest -q
 
 # The open_clip floor (2.24.0) and last 2.x (2.32.0) beside the installed 3.x: real checkpoint
 # loading under each (tests/test_open_clip_compat.py). Needs the package index.
@@ -79,40 +79,36 @@ lock:
 	@grep -q '^nvidia-' $(CONSTRAINTS) || echo "note: no CUDA wheels pinned (a CPU-only venv);" \
 	  "lock from a default install to pin them for GPU machines"
 
-# The web page's test drives Debian's chromium through chromedriver. Installed here when missing
-# and we are root with apt-get (as on CI); otherwise that test fails loudly, unless
-# NSNET_SKIP_BROWSER_TESTS=1 opts out.
-browser:
-	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then \
+# System packages. Two groups of tests need Debian packages that pip cannot bring: the web
+# page and `dvc plots show` tests drive chromium (+ chromium-driver), and a slow test compiles
+# the report's LaTeX with pdflatex (texlive-latex-base + -recommended, about 200 MB).
+# `make test` installs the missing ones with apt-get when it runs as root (as CI does), saying
+# so first. SYSTEM_PACKAGES=no installs nothing: those tests then skip, naming this variable.
+SYSTEM_PACKAGES ?= yes
+APT_INSTALL = DEBIAN_FRONTEND=noninteractive apt-get install -y -q
+define system_packages
+	@if $(2); then \
 	  :; \
+	elif [ "$(SYSTEM_PACKAGES)" = no ]; then \
+	  echo "SYSTEM_PACKAGES=no: not installing $(1); the tests that need them will skip"; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	  echo "installing chromium + chromium-driver for the browser test (apt-get)"; \
-	  export DEBIAN_FRONTEND=noninteractive; \
-	  { apt-get update -q && apt-get install -y -q chromium chromium-driver; } || \
-	    echo "WARNING: could not install chromium; the browser test will fail"; \
+	  echo "make test: installing Debian packages $(1) with apt-get, as root, for the tests" \
+	    "that need them (SYSTEM_PACKAGES=no: skip those tests instead)"; \
+	  { apt-get update -q >/dev/null && $(APT_INSTALL) $(3) $(1) >/dev/null; } || \
+	    echo "WARNING: could not install $(1); the tests that need them will fail"; \
 	else \
-	  echo "WARNING: chromium/chromedriver missing and not root: the browser test will fail" \
-	    "(install them, or set NSNET_SKIP_BROWSER_TESTS=1)"; \
+	  echo "WARNING: $(1) missing and not root: the tests that need them will fail (install" \
+	    "them, or run with SYSTEM_PACKAGES=no to skip those tests)"; \
 	fi
+endef
 
-# The report's LaTeX is compiled by a slow test when pdflatex and booktabs are present (Debian's
-# texlive-latex-base + texlive-latex-recommended, about 200 MB); installed here when missing and
-# we are root with apt-get, else that test skips and says why (NSNET_SKIP_LATEX=1: do not
-# install). Never fails the build.
+browser:
+	$(call system_packages,chromium chromium-driver,command -v chromium >/dev/null 2>&1 && \
+	  command -v chromedriver >/dev/null 2>&1)
+
 latex:
-	@if command -v pdflatex >/dev/null 2>&1 && kpsewhich booktabs.sty >/dev/null 2>&1; then \
-	  :; \
-	elif [ -n "$$NSNET_SKIP_LATEX" ]; then \
-	  echo "NSNET_SKIP_LATEX set: not installing texlive; the pdflatex test will skip"; \
-	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	  echo "installing texlive-latex-base + texlive-latex-recommended for the LaTeX test"; \
-	  export DEBIAN_FRONTEND=noninteractive; \
-	  { apt-get update -q && apt-get install -y -q --no-install-recommends \
-	      texlive-latex-base texlive-latex-recommended; } || \
-	    echo "WARNING: could not install texlive; the pdflatex test will skip"; \
-	else \
-	  echo "NOTE: pdflatex/booktabs missing and not root: the pdflatex test will skip"; \
-	fi
+	$(call system_packages,texlive-latex-base texlive-latex-recommended,command -v pdflatex \
+	  >/dev/null 2>&1 && kpsewhich booktabs.sty >/dev/null 2>&1,--no-install-recommends)
 
 # The documentation the code determines: the command and parameter references (seconds), then
 # every output block of the README and docs/ by running the real commands (minutes; the

@@ -32,6 +32,7 @@ from pipeline.data.manifest import read_manifest
 from pipeline.inference.detector import Detector
 from pipeline.inference.predict import load_chain, predict_paths
 from pipeline.serving.app import ServeSettings, Service, create_app
+from tests.conftest import require_system_packages
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -426,12 +427,7 @@ def browser_driver():
     network blocked: every host but the loopback goes to a dead proxy and resolves to nothing,
     so a page that needs a CDN cannot render. Console messages are kept (``get_log``)."""
     chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not (chromium and driver):
-        if os.environ.get("NSNET_SKIP_BROWSER_TESTS") == "1":
-            pytest.skip("NSNET_SKIP_BROWSER_TESTS=1: browser test skipped on request")
-        pytest.fail("the browser test needs Debian's chromium and chromium-driver "
-                    "(`make test` installs them as root: apt-get install chromium "
-                    "chromium-driver); set NSNET_SKIP_BROWSER_TESTS=1 to skip it explicitly")
+    require_system_packages("chromium chromium-driver", bool(chromium and driver))
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service as ChromeService
 
@@ -447,11 +443,11 @@ def browser_driver():
 
 def test_missing_browser_fails_loudly_unless_opted_out(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.delenv("NSNET_SKIP_BROWSER_TESTS", raising=False)
-    with pytest.raises(pytest.fail.Exception, match="chromium-driver"):
+    monkeypatch.delenv("NSNET_SYSTEM_PACKAGES", raising=False)
+    with pytest.raises(pytest.fail.Exception, match="chromium-driver.*SYSTEM_PACKAGES=no"):
         browser_driver()
-    monkeypatch.setenv("NSNET_SKIP_BROWSER_TESTS", "1")
-    with pytest.raises(pytest.skip.Exception, match="on request"):
+    monkeypatch.setenv("NSNET_SYSTEM_PACKAGES", "no")
+    with pytest.raises(pytest.skip.Exception, match="SYSTEM_PACKAGES=no"):
         browser_driver()
 
 
