@@ -29,19 +29,20 @@ def cache(params_file: str | None, overrides: tuple[str, ...], features: str, gc
         format_store_table,
         migrate_legacy,
         store_table,
+        wrapped,
     )
 
     params = load(params_file, overrides)
     if migrate_from:
         rows = read_manifest(manifest, only_ok=True)
         for line in migrate_legacy(params, rows, migrate_from, features):
-            echo_summary(line)
+            echo_summary(wrapped(line))
     if gc:
         rows = collect_garbage(params, features, delete=yes)
         verb = "removed" if yes else "would remove (add --yes)"
         for r in rows:
-            click.echo(f"{verb}: {r.part}/{r.key} ({r.rows} rows, {r.bytes / 1e6:.2f} MB): "
-                       f"{r.description}")
+            click.echo(f"{verb}: {r.part}/{r.key} ({r.rows} rows, {r.bytes / 1e6:.2f} MB)")
+            click.echo(wrapped(r.description, "    "))
         echo_summary(f"cache --gc: {verb} {len(rows)} unused part(s), "
                      f"{sum(r.bytes for r in rows) / 1e6:.1f} MB")
         return

@@ -14,6 +14,9 @@ from PIL import Image
 
 from pipeline.heads.train_stage import run_train
 from pipeline.reports import curves
+from pipeline.reports.figures import render_tsne
+from pipeline.reports.report_stage import draw_curves
+from pipeline.reports.result_figures import render_robustness
 from stages.cli import main
 from tests.conftest import write_params
 
@@ -95,3 +98,44 @@ def test_absent_inputs_are_skipped(tmp_path, missing):
     (tmp_path / missing).unlink()
     made = {p.name for p in curves.draw_evaluation(tmp_path, tmp_path / "train_log.csv")}
     assert made == {"roc.png", "train_log.png"} - {missing.replace(".csv", ".png")}
+
+
+PAGE = 1400  # px: the width of a `dvc plots show` page
+
+
+@pytest.mark.parametrize("reliability", [True, False])
+def test_curves_png_fits_a_dvc_plots_page_with_every_panel(tmp_path, reliability):
+    """plots/curves.png was 1548 px wide: the reliability panel fell off a 1400 px page."""
+    pd.DataFrame({"fpr": [0, 0, 0.5, 1], "tpr": [0, 0.5, 1, 1]}).to_csv(tmp_path / "roc.csv",
+                                                                        index=False)
+    pd.DataFrame({"recall": [0.5, 1], "precision": [1, 0.8]}).to_csv(tmp_path / "pr.csv",
+                                                                     index=False)
+    if reliability:
+        _bins().to_csv(tmp_path / "reliability.csv", index=False)
+    details = tmp_path / "metrics.json"
+    details.write_text('{"head": "advanced", "decision": {"threshold": 0.5748, '
+                       '"calibration": "platt"}}')
+    out = draw_curves(tmp_path, evaluate=details)
+    with Image.open(out) as img:
+        width, height = img.size
+        grey = np.asarray(img.convert("L"), dtype=float)
+    assert 800 < width <= PAGE
+    assert (height > 0.9 * width) == reliability  # the third panel: a row of its own
+    if reliability:  # something drawn in the lower half, the reliability panel's row
+        assert grey[height // 2:].std() > 10
+
+
+def test_robustness_and_tsne_pngs_fit_a_dvc_plots_page(tmp_path):
+    rng = np.random.default_rng(0)
+    heads = ["composite_probe", "nsnet", "advanced", "univfd", "rine", "cozzolino"]
+    names = ["jpeg60", "jpeg30", "resize128", "resize64", "blur1", "blur3"]  # 3 kinds
+    rob = {"heads": heads, "degradations": names, "results": {
+        h: {n: {"mean": {"acc": rng.uniform(0.5, 1), "ap": rng.uniform(0.5, 1)}}
+            for n in ["clean", *names]} for h in heads}}
+    frame = pd.DataFrame({"label": rng.integers(0, 2, 80), "source": rng.choice(
+        ["real", "imagenet_midjourney", "stable_diffusion_v_1_4", "adm"], 80)})
+    points = {"before": rng.normal(size=(80, 2)), "after projection": rng.normal(size=(80, 2))}
+    for out in (render_robustness(rob, tmp_path / "robustness.png"),
+                render_tsne(points, frame, tmp_path / "tsne.png", "t-SNE")):
+        with Image.open(out) as img:
+            assert 900 < img.size[0] <= PAGE, out.name

@@ -205,6 +205,7 @@ def test_compare_matches_evaluate_over_the_same_seeds(seeded, built_cache, tmp_p
                             "n_seeds"}
     printed = format_comparison(res)
     assert "mean ± std over 3 seeds" in printed and "±" in printed.splitlines()[2]
+    assert max(map(len, printed.splitlines())) <= 120
 
 
 def test_missing_seed_bundle_is_one_clear_error(seeded, built_cache, tmp_path):

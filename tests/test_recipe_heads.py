@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import re
 
 import numpy as np
 import pytest
@@ -22,7 +23,12 @@ from pipeline.backbones import recipes as R
 from pipeline.backbones.clip import load_clip
 from pipeline.config import HEAD_RECIPES, params_from_dict
 from pipeline.data.images import open_image
-from pipeline.evaluation.compare_stage import format_comparison, run_compare
+from pipeline.evaluation.compare_stage import (
+    METRIC_LABELS,
+    METRICS,
+    format_comparison,
+    run_compare,
+)
 from pipeline.evaluation.evaluate_stage import run_evaluate
 from pipeline.extraction import image_pass
 from pipeline.extraction.cached_features import load_features, training_crops
@@ -187,6 +193,31 @@ def test_explain_attributes_a_baselines_crop(store, bundles, tmp_path):
         "all 49 tiles of the crop are flat")
 
 
+def test_cache_lists_every_recipe_as_key_value_within_120_columns(store, tmp_path):
+    """`nsnet cache` and `--gc`: settings as key=value (never a Python dict), lines <= 120."""
+    ws, _, _ = store
+    raw = _raw(ws.params.data.roots[0].path)
+    params = write_params(tmp_path / "p.yaml", raw)
+    res = CliRunner().invoke(main, ["cache", "--params", str(params), "--features",
+                                    str(ws.features)])
+    assert res.exit_code == 0, res.output
+    lines = res.stdout.splitlines()
+    assert max(map(len, lines)) <= 120 and "{" not in res.stdout and "'" not in res.stdout
+    parts = {line.split()[0] for line in lines[1:-1] if not line.startswith(" ")}
+    assert parts == {"selection", "caption", "image", "text", "clip_crop", "clip_layers",
+                     "cozzolino"}
+    crop = next(line for line in lines if line.startswith("clip_crop "))
+    assert "treatment=none augment=" in crop and "clip.arch=tiny clip.pretrained=-" in crop
+    settings = " ".join(line[lines[0].index("settings"):] for line in lines[1:-1])
+    assert all(re.fullmatch(r"[\w.]+=\S+", pair) for pair in settings.split()), settings
+    raw["caption"]["max_new_tokens"] += 1  # the caption and text parts are no longer read
+    res = CliRunner().invoke(main, ["cache", "--gc", "--params", str(write_params(
+        tmp_path / "q.yaml", raw)), "--features", str(ws.features)])
+    assert res.exit_code == 0, res.output
+    assert res.stdout.count("would remove (add --yes): ") == 2  # caption, text
+    assert max(map(len, res.stdout.splitlines())) <= 120 and "{" not in res.stdout
+
+
 def test_compare_runs_every_head_from_one_extraction(store, tmp_path):
     ws, _, _ = store
     params = copy.deepcopy(ws.params)
@@ -196,6 +227,7 @@ def test_compare_runs_every_head_from_one_extraction(store, tmp_path):
     assert {h: r["recipe"] for h, r in out["heads"].items()} == HEAD_RECIPES
     table = format_comparison(out)
     assert all(h in table.splitlines()[0] for h in ALL)
+    assert max(map(len, table.splitlines())) <= 120  # six heads fit a terminal
     assert set(json.loads((tmp_path / "c.json").read_text())) == {f"{h}_ap" for h in ALL}
 
 
@@ -210,9 +242,54 @@ def test_compare_prints_the_published_numbers_under_a_preset(store, tmp_path):
                                 "training": {"best_epoch": 1}, "patch_views": 1}},
            "published": cols}
     table = format_comparison(out)
-    line = next(x for x in table.splitlines() if x.startswith("paper (published)"))
-    assert "72.5" in line and "75.6" in line
+    acc, ap = (x.split() for x in table.splitlines() if x.startswith("paper (published)"))
+    assert acc[-1] == "72.5" and ap[-1] == "75.6"  # under the acc and the AP block
     assert "paper: univfd" in table and "same protocol" in table
+
+
+def _compare_out(heads: list[str], sources: list[str]) -> dict:
+    """A compare result over 3 seeds whose every number says where it belongs."""
+    def value(i: int, j: int, k: int) -> float:  # head i, source j (len: the mean), metric k
+        return (100 * i + 10 * j + k) / 10_000
+
+    out: dict = {"heads": {}, "order": heads, "seeds": [0, 1, 2], "published": {
+        "univfd": {"acc": 72.5, "ap": 75.6, "title": "UniversalFakeDetect", "source": "X",
+                   "same_protocol": True}}}
+    for i, h in enumerate(heads):
+        rows = {s: {m: value(i, j, k) for k, m in enumerate(METRICS)}
+                for j, s in enumerate(sources)}
+        mean = {m: value(i, len(sources), k) for k, m in enumerate(METRICS)}
+        std = {m: 0.123 for m in METRICS}
+        out["heads"][h] = {"test": {"per_source": rows, "mean": mean, "std": {
+            "per_source": {s: std for s in sources}, "mean": std}},
+            "training": {"best_epoch": 7}, "patch_views": 4}
+    return out
+
+
+@pytest.mark.parametrize("n_heads", [6, 10])
+def test_compare_table_stays_within_120_columns_for_any_number_of_heads(n_heads):
+    heads = [f"{h} K={k}" for h in (*ALL, "extra") for k in (1, 4)][:n_heads]
+    sources = ["bilinear", "nn_conv", "tconv"]
+    table = format_comparison(_compare_out(heads, sources))
+    assert max(map(len, table.splitlines())) <= 120
+    seen: dict[tuple[str, str, str], str] = {}  # (metric, row, head) -> the printed cell
+    for block in table.split("\n\n")[:-1]:
+        header, rule, *rows = block.splitlines()
+        corner, *names = re.split(r"\s{2,}", header.strip())
+        assert set(rule) == {"-"} and len(rule) == len(header)
+        metric = {v: k for k, v in METRIC_LABELS.items()}[corner]
+        for row in rows:
+            label, *cells = re.split(r"\s{2,}", row.strip())
+            assert len(cells) == len(names), row
+            seen.update({(metric, label, h): c for h, c in zip(names, cells, strict=True)})
+    for i, h in enumerate(heads):  # every number once, in its metric's block, row and column
+        for k, m in enumerate(METRICS):
+            for j, src in enumerate([*sources, "mean"]):
+                assert seen.pop((m, src, h)) == f"{(100 * i + 10 * j + k) / 100:.1f}±12.3"
+    published = {"acc": "72.5", "ap": "75.6"}  # what is left: the published means
+    assert seen == {(m, "paper (published)", h): published[m] if h.startswith("univfd") else "-"
+                    for m in published for h in heads}
+    assert all(f"{h} 7," in table or f"{h} 7." in table for h in heads)  # never cut apart
 
 
 def test_compare_cli_takes_heads_and_refuses_a_missing_recipe(built_cache, tmp_path):

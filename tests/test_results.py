@@ -15,7 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import build_cache, tiny_params, tiny_raw, write_params
+from conftest import (
+    build_cache,
+    require_system_packages,
+    tiny_params,
+    tiny_raw,
+    write_params,
+)
 from PIL import Image
 
 from pipeline.config import params_from_dict
@@ -28,7 +34,7 @@ from pipeline.reports.matrix_stage import format_matrix, run_matrix
 from pipeline.reports.report_stage import run_report
 from pipeline.reports.robustness_stage import run_robustness
 from pipeline.reports.style import SERIES_COLOURS, text_colour
-from pipeline.reports.tables import latex_escape
+from pipeline.reports.tables import Cell, Row, Table, latex_escape, to_latex, to_markdown
 from stages.cli import main
 
 GENERATORS = ["bilinear", "nn_conv", "tconv"]
@@ -233,7 +239,7 @@ def test_latex_structure_booktabs_bold_best_and_quoted_rows(genimage_report):
         values = [float(re.search(r"\d+\.\d", c).group()) for c in cells]
         for cell, value in zip(cells, values, strict=True):
             assert cell.startswith("\\textbf{") == (value == max(values) and
-                                                    len(set(values)) > 1), (cell, values)
+                                                    len(values) > 1), (cell, values)
     assert len(ap) == 3  # header + ours: GenImage's published figures have no AP
     assert matrix[0][0] == "Trained on" and [r[0] for r in matrix[1:]] == [
         "ADM", "Midjourney", "SDv1.4"]
@@ -278,6 +284,40 @@ def test_report_is_deterministic_and_the_cli_writes_each_format(genimage_report,
     assert res.exit_code == 1 and "run `nsnet compare` or `nsnet evaluate`" in res.output
 
 
+def _bold_of(values: list[float | None], std: float | None = None) -> dict[str, list[bool]]:
+    """Which cells of a one-column table print bold, per format (a row per value)."""
+    rows = [Row(f"m{i}", [Cell(v, None if v is None else std)]) for i, v in enumerate(values)]
+    table = Table("acc", "t", "Method", ["c"], rows)
+    md = [line for line in to_markdown([table]).splitlines() if line.startswith("| m")]
+    tex = [line for line in to_latex([table]).splitlines() if line.startswith("m")]
+    return {"markdown": ["**" in line for line in md],
+            "latex": ["\\textbf{" in line for line in tex]}
+
+
+@pytest.mark.parametrize(("values", "bold"), [
+    ([0.5, 0.5, 0.4], [True, True, False]),  # a 2-way tie: both
+    ([0.3, 0.833, 0.833, 0.833], [False, True, True, True]),  # 3-way: all three
+    ([0.83329, 0.8334, 0.5], [True, True, False]),  # tied once printed (83.3): both
+    ([0.8334, 0.8336, 0.5], [False, True, False]),  # 83.3 < 83.4: printed apart
+    ([0.49999, 0.5, 0.4], [True, True, False]),  # 50.0 and 50.0
+    ([0.6, 0.6, 0.6], [True, True, True]),  # every method alike: all bold
+    ([0.6, None, 0.6], [True, False, True]),  # a dash is never bold
+    ([0.7, None], [False, False]),  # one number: nothing to compare, plain
+])
+def test_bold_is_every_cell_printing_the_columns_best(values, bold):
+    assert _bold_of(values) == {"markdown": bold, "latex": bold}
+    assert _bold_of(values, std=0.012) == {"markdown": bold, "latex": bold}  # std aside
+
+
+def test_bold_marks_the_value_not_its_std_and_never_the_matrix():
+    rows = [Row("a", [Cell(0.5, 0.01)]), Row("b", [Cell(0.5, 0.02)]), Row("c", [Cell(0.4)])]
+    table = Table("acc", "t", "Method", ["c"], rows)
+    assert "| a | **50.0** ± 1.0 |" in to_markdown([table])
+    assert "a & \\textbf{50.0} $\\pm$ 1.0 \\\\" in to_latex([table])
+    matrix = Table("matrix-x", "t", "Trained on", ["c"], rows, bold_best=False)
+    assert "**" not in to_markdown([matrix]) and "\\textbf" not in to_latex([matrix])
+
+
 def test_latex_escape():
     assert latex_escape("glide_100_27 & 50% #1 †") == r"glide\_100\_27 \& 50\% \#1 $^\dagger$"
 
@@ -293,10 +333,7 @@ def _pdflatex() -> str | None:
 @pytest.mark.slow
 def test_latex_compiles_with_pdflatex(genimage_report, tmp_path):
     exe = _pdflatex()
-    if exe is None:
-        pytest.skip("pdflatex with booktabs is not installed (Debian: apt-get install "
-                    "texlive-latex-base texlive-latex-recommended; `make latex` does it as "
-                    "root); the LaTeX-free structure test still runs")
+    require_system_packages("texlive-latex-base texlive-latex-recommended", exe is not None)
     _, _, out = genimage_report
     doc = tmp_path / "tables.tex"
     doc.write_text("\\documentclass{article}\n\\usepackage[T1]{fontenc}\n"

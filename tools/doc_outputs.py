@@ -125,8 +125,9 @@ def demo(ctx: Context) -> str:
         elif stage == "evaluate_degraded":
             out += block(part, r"mean over generators per degradation",
                          r"^$|^Updating|^Running|^Use `dvc push`|^To track", False)
-        elif stage == "compare":
-            out += block(part, r"\s+\S+\s+\|", r"nsnet: top-")
+        elif stage == "compare":  # the accuracy block; real, fake and AP follow, then notes
+            out += [*block(part, r"acc \(%\)", r"^$", False), "...",
+                    *block(part, r"test split", r"nsnet: top-")]
         elif stage == "matrix":  # the first head's table; one per head follows
             out += [*block(part, r"\[\w+\] test", r"unseen mean"), "..."]
         elif stage == "robustness":  # accuracy; the AP table follows
@@ -231,7 +232,9 @@ def cache(ctx: Context) -> str:
     """`nsnet cache` in the demo workspace: what the feature store holds (first parts)."""
     lines = ctx.run("nsnet", "cache")
     table = [x for x in lines if x.strip()]
-    return "\n".join(["$ nsnet cache", *table[:4], *(["..."] if len(table) > 4 else [])])
+    parts = [i for i, x in enumerate(table) if i > 1 and not x.startswith(" ")]  # + summary
+    end = parts[2] if len(parts) > 2 else len(table)  # params, header, two parts (wrapped)
+    return "\n".join(["$ nsnet cache", *table[:end], *(["..."] if end < len(table) else [])])
 
 
 @recipe("serve")

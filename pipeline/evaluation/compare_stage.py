@@ -1,4 +1,5 @@
-"""Train every head on the same cache and print one comparison table (per source + mean).
+"""Train every head on the same cache and print the comparison: one block per metric, rows =
+sources + mean, columns = heads, within 120 columns (heads that do not fit go on below).
 
 Each head reads its own recipe of features from the one store (``pipeline.config.HEAD_RECIPES``:
 the NS-Net family the patch composites and captions, UniversalFakeDetect the center-cropped
@@ -16,6 +17,7 @@ every number is the mean over the seeds, with its standard deviation beside it."
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,10 @@ from pipeline.metrics import compact, details_path, pct, pct_pm
 from pipeline.provenance import base_provenance
 
 METRICS = ("acc", "real_acc", "fake_acc", "ap")
+METRIC_LABELS = {"acc": "acc (%)", "real_acc": "real acc (%)", "fake_acc": "fake acc (%)",
+                 "ap": "AP (%)"}
+PAPER = "paper (published)"  # the row of the published means under a preset
+WIDTH = 120  # the printed table's and notes' columns at most
 # Our head -> the method name of the presets' published tables (pipeline.data.presets).
 PAPER_METHOD = {"univfd": "univfd", "rine": "rine", "cozzolino": "cozzolino", "nsnet": "nsnet"}
 
@@ -132,8 +138,10 @@ def published_columns(preset: str, heads: list[str]) -> dict[str, dict[str, Any]
     return out
 
 
-def format_comparison(out: dict[str, Any], split: str = "test") -> str:
-    """Rows = sources + mean; columns = acc / real / fake / AP for each head."""
+def format_comparison(out: dict[str, Any], split: str = "test", width: int = WIDTH) -> str:
+    """One block per metric (acc, real, fake, AP): rows = sources + mean (+ the published
+    number under a preset), columns = heads. Heads that would pass ``width`` columns go on in
+    a further block of the same metric, and the notes are wrapped, so no line is longer."""
     heads = [h for h in out.get("order") or out["heads"] if out["heads"][h].get(split)]
     if not heads:
         return f"(no {split} rows to compare)"
@@ -142,57 +150,82 @@ def format_comparison(out: dict[str, Any], split: str = "test") -> str:
                if first.get("rows") else
                sorted({s for h in heads for s in out["heads"][h][split]["per_source"]}))
     several = "seeds" in out
-    cell = 12 if several else 7
-    width = 4 * cell
-    head_line = f"{'':<18}" + "".join(f"{h:^{width}}|" for h in heads)
-    sub = f"{'source':<18}" + "".join(
-        "".join(f"{m.replace('_acc', ''):>{cell}}" for m in METRICS) + "|" for _ in heads)
-    lines = [head_line, sub]
+    published = (out.get("published") or {}) if split == "test" else {}
     mean_label = first.get("mean_label", "mean")
-    for src in [*sources, "mean"]:
-        cells = []
-        for h in heads:
-            tab = out["heads"][h][split]
-            m = tab["mean"] if src == "mean" else tab["per_source"].get(src, {})
-            sd = (std_of(tab, "mean") if src == "mean" else std_of(tab, "per_source", src)) \
-                if several else None
-            cells.append("".join(f"{pct_pm(m.get(k), _std(sd, k, several)):>{cell}}"
-                                 for k in METRICS) + "|")
-        lines.append(f"{mean_label if src == 'mean' else src:<18}" + "".join(cells))
-    published = out.get("published") or {}
-    base = {h: h.split(" K=")[0] for h in heads}
-    if published and split == "test":
-        cells = []
-        for h in heads:
-            p = published.get(base[h])
-            vals = {"acc": p["acc"] / 100 if p and p.get("acc") is not None else None,
-                    "ap": p["ap"] / 100 if p and p.get("ap") is not None else None}
-            cells.append("".join(f"{pct(vals.get(k)):>{cell}}" for k in METRICS) + "|")
-        lines.append(f"{'paper (published)':<18}" + "".join(cells))
-    lines.append("")
+
+    def cell(head: str, src: str | None, key: str) -> str:
+        """One number: of ``src`` (None: the mean; PAPER: the published mean)."""
+        if src == PAPER:
+            p = published.get(head.split(" K=")[0]) or {}
+            return pct(None if p.get(key) is None else p[key] / 100)
+        tab = out["heads"][head][split]
+        m = tab["mean"] if src is None else tab["per_source"].get(src, {})
+        sd = (std_of(tab, "mean") if src is None else std_of(tab, "per_source", src)) \
+            if several else None
+        return pct_pm(m.get(key), _std(sd, key, several))
+
+    rows: list[tuple[str, str | None]] = [*((s, s) for s in sources), (mean_label, None)]
+    label_w = max(len(x) for x in [*sources, mean_label, PAPER, *METRIC_LABELS.values()]) + 1
+    blocks = []
+    for key in METRICS:
+        shown = rows + ([(PAPER, PAPER)] if published and key in ("acc", "ap") else [])
+        texts = {h: [cell(h, src, key) for _, src in shown] for h in heads}
+        widths = {h: max(len(h), *map(len, texts[h])) + 2 for h in heads}
+        for group in _fit(heads, widths, width - label_w):
+            lines = [f"{METRIC_LABELS[key]:<{label_w}}"
+                     + "".join(f"{h:>{widths[h]}}" for h in group),
+                     "-" * (label_w + sum(widths[h] for h in group))]
+            lines += [f"{name:<{label_w}}" + "".join(f"{texts[h][i]:>{widths[h]}}"
+                                                     for h in group)
+                      for i, (name, _) in enumerate(shown)]
+            blocks.append("\n".join(lines))
     first_seed = " of the first seed" if several else ""
-    lines.append(f"{split} split, %; mean = over sources. Epoch kept (each head's selection "
-                 f"rule){first_seed}: "
-                 + ", ".join(f"{h} {out['heads'][h]['training']['best_epoch']}" for h in heads)
-                 + ".")
+    notes = [f"{split} split, %; mean = over sources; acc / real acc / fake acc: on all / real / "
+             "generated images at each head's decision threshold. Epoch kept (each head's "
+             f"selection rule){first_seed}: "
+             + ", ".join(_unit(f"{h} {out['heads'][h]['training']['best_epoch']}")
+                         for h in heads) + "."]
     if several:
-        lines.append(f"{seeds_note(out)} (train.seeds {out['seeds']}; sample standard "
+        notes.append(f"{seeds_note(out)} (train.seeds {out['seeds']}; sample standard "
                      "deviation).")
     multi = sorted({out["heads"][h].get("patch_views", 1) for h in heads} - {1})
     if multi:
-        lines.append(f"K = patch-order views per image: K=1 trains and scores view 0 only; K>1 "
+        notes.append(f"K = patch-order views per image: K=1 trains and scores view 0 only; K>1 "
                      f"trains on one random view per image per epoch and scores the "
                      f"{out.get('view_average', 'mean_logit')} of the K views.")
-    for head, p in published.items() if split == "test" else ():
-        same = "same protocol" if p.get("same_protocol") else "another protocol"
-        lines.append(f"paper: {head} = {p['title']}, {p['source']} ({same}"
+    for head, p in published.items():
+        same = _unit("same protocol" if p.get("same_protocol") else "another protocol")
+        notes.append(f"paper: {head} = {p['title']}, {p['source']} ({same}"
                      f"{'; ' + p['note'] if p.get('note') else ''}).")
     for h in heads:
         tr = out["heads"][h]["training"]
         if tr.get("explained_variance") is not None:
-            lines.append(f"{h}: top-{tr['nsnet_k']} caption directions removed, explaining "
+            notes.append(f"{h}: top-{tr['nsnet_k']} caption directions removed, explaining "
                          f"{100 * tr['explained_variance']:.1f}% of the captions' energy.")
-    return "\n".join(lines)
+    wrapped = [textwrap.fill(n, width, subsequent_indent="  ", break_on_hyphens=False)
+               .replace(_KEEP, " ") for n in notes]
+    return "\n\n".join(blocks) + "\n\n" + "\n".join(wrapped)
+
+
+_KEEP = "\x00"  # a space the notes' wrapping does not break at
+
+
+def _unit(text: str) -> str:
+    """``text`` kept on one line by the wrapping (``composite_probe K=4 20``)."""
+    return text.replace(" ", _KEEP)
+
+
+def _fit(heads: list[str], widths: dict[str, int], room: int) -> list[list[str]]:
+    """``heads`` in order, cut into runs whose columns fit ``room`` (one head at least each)."""
+    groups: list[list[str]] = []
+    used = room + 1
+    for h in heads:
+        if used + widths[h] > room:
+            groups.append([])
+            used = 0
+        groups[-1].append(h)
+        used += widths[h]
+    return groups
 
 
 def _std(std: dict[str, Any] | None, key: str, several: bool) -> float | None:

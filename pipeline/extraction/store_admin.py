@@ -1,7 +1,7 @@
 """Looking after the feature store: what it holds, what the params use, what can go.
 
-``store_table`` lists every part directory with its settings in words, rows, bytes and whether
-the current params read it; ``unused_parts`` are the directories no current setting reads
+``store_table`` lists every part directory with its settings (``key=value``), rows, bytes and
+whether the current params read it; ``unused_parts`` are the directories no current setting reads
 (settings changed, an old code version, a degradation dropped). Nothing is ever deleted
 implicitly: ``nsnet cache --gc`` is a dry run unless ``--yes`` is given.
 
@@ -15,6 +15,7 @@ others are left for ``nsnet extract`` to recompute, and the report says which an
 from __future__ import annotations
 
 import json
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from pipeline.extraction.settings import ExtractSettings, image_kind
 from pipeline.provenance import base_provenance
 
 LEGACY_FILES = ("selections.h5", "captions.parquet", "embeddings.h5")
+WIDTH = 120  # the listing's columns at most
 
 
 @dataclass(frozen=True)
@@ -51,26 +53,37 @@ def used_keys(params: Params) -> set[str]:
     return {p.relpath for t in treatments for p in settings.parts(t).by_kind().values()}
 
 
-def describe(part: str, settings: dict[str, Any]) -> str:
-    """A part's settings in a few words."""
-    treat = settings.get("treatment") or "as is"
-    code = f"code {settings.get('code', '?')}"
-    precision = (settings.get("compute") or {}).get("precision")
-    if part == "selection":
-        s = settings.get("patches", {})
-        return f"{treat}; {s.get('size')} px patches {s.get('n_low')}+{s.get('n_high')}; {code}"
-    if part == "caption":
-        cap = settings.get("caption") or {}
-        return (f"{treat}; {cap.get('model')}, {cap.get('max_new_tokens')} tokens, "
-                f"{precision}; {code}")
-    clip_spec = settings.get("clip") or {}
-    clip = f"{clip_spec.get('arch')}/{clip_spec.get('pretrained') or '-'}"
-    if part == "image":
-        return (f"{clip} view {settings.get('view')}, {precision}; selection "
-                f"{settings.get('selection_part')}; {code}")
-    if part == "text":
-        return f"{clip}, {precision}; caption {settings.get('caption_part')}; {code}"
-    return "; ".join(f"{k} {v}" for k, v in sorted(settings.items()))
+# The method's fixed choices, recorded in a selection's or caption's settings: one value in
+# every store (the code fingerprint covers them), so the listing leaves them out.
+FIXED = frozenset({"luma", "entropy", "order", "fill", "decoding"})
+
+
+def describe(settings: dict[str, Any]) -> str:
+    """A part's settings as ``key=value`` pairs: the treatment first (none: ``treatment=none``),
+    the code fingerprint last, nested settings by their dotted path as in params.yaml
+    (``clip.arch=tiny``) in the order recorded."""
+    pairs = [(k, v) for k, v in _flatten(settings) if k.split(".")[-1] not in FIXED]
+    pairs.sort(key=lambda kv: (kv[0] != "treatment") + (kv[0] == "code"))  # stable
+    return " ".join(f"{k}={'none' if k == 'treatment' and not v else _value(v)}"
+                    for k, v in pairs)
+
+
+def _flatten(settings: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+    for k, v in settings.items():
+        out += _flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else [(f"{prefix}{k}", v)]
+    return out
+
+
+def _value(v: Any) -> str:
+    """One setting's value as one word: lists joined by commas, a mapping as ``k=v,k=v``,
+    nothing as ``-``."""
+    if isinstance(v, dict):
+        return ",".join(f"{k}={_value(x)}" for k, x in v.items()) or "-"
+    if isinstance(v, list | tuple):
+        return ",".join(_value(x) for x in v) or "-"
+    text = "-" if v is None or v == "" else str(v)
+    return text.replace(" ", "_")
 
 
 def store_table(params: Params, store: str | Path) -> list[PartRow]:
@@ -79,7 +92,7 @@ def store_table(params: Params, store: str | Path) -> list[PartRow]:
     for d in FeatureStore(store).describe():
         settings = d["info"].get("settings", {})
         out.append(PartRow(d["part"], d["key"], d["path"], d["rows"], d["bytes"],
-                           f"{d['part']}/{d['key']}" in used, describe(d["part"], settings)))
+                           f"{d['part']}/{d['key']}" in used, describe(settings)))
     return out
 
 
@@ -87,18 +100,38 @@ def unused_parts(params: Params, store: str | Path) -> list[PartRow]:
     return [r for r in store_table(params, store) if not r.used]
 
 
-def format_store_table(rows: list[PartRow]) -> str:
+def format_store_table(rows: list[PartRow], width: int = WIDTH) -> str:
+    """The listing: one row per part, its settings wrapped under their own column (between
+    pairs, never inside one) so that no line is longer than ``width``."""
     if not rows:
         return "the store is empty"
-    lines = [f"{'part':<10} {'key':<16} {'rows':>9} {'MB':>9}  {'used':<4}  settings"]
-    for r in rows:
-        lines.append(f"{r.part:<10} {r.key:<16} {r.rows:>9} {r.bytes / 1e6:>9.2f}  "
-                     f"{'yes' if r.used else 'no':<4}  {r.description}")
+    head = ("part", "key", "rows", "MB", "used")
+    cells = [(r.part, r.key, str(r.rows), f"{r.bytes / 1e6:.2f}", "yes" if r.used else "no")
+             for r in rows]
+    w = [max(len(c[i]) for c in [head, *cells]) for i in range(len(head))]
+
+    def line(c: tuple[str, ...]) -> str:
+        return (f"{c[0]:<{w[0]}}  {c[1]:<{w[1]}}  {c[2]:>{w[2]}}  {c[3]:>{w[3]}}  "
+                f"{c[4]:<{w[4]}}  ")
+
+    indent = len(line(head))
+    lines = [line(head) + "settings"]
+    for r, c in zip(rows, cells, strict=True):
+        lines.append(wrapped(r.description, line(c), " " * indent, width))
     used = sum(r.bytes for r in rows if r.used) / 1e6
     unused = sum(r.bytes for r in rows if not r.used) / 1e6
     lines.append(f"{len(rows)} parts: {used:.1f} MB used by the current params, "
                  f"{unused:.1f} MB not (`nsnet cache --gc` lists what it would remove)")
     return "\n".join(lines)
+
+
+def wrapped(text: str, first: str = "", indent: str = "    ", width: int = WIDTH) -> str:
+    """``first`` + ``text`` in lines of at most ``width`` columns, broken between words and
+    continued after ``indent`` (``first`` and ``indent`` of 100 columns or less); a word too
+    long for a line of its own is cut."""
+    room = max(width - max(len(first), len(indent)), 20)
+    body = textwrap.wrap(text, room, break_on_hyphens=False) or [""]
+    return "\n".join((first if i == 0 else indent) + line for i, line in enumerate(body))
 
 
 def collect_garbage(params: Params, store: str | Path, delete: bool) -> list[PartRow]:
@@ -240,5 +273,11 @@ def _mismatch(settings: ExtractSettings, part_name: str, req: dict[str, Any],
                 "precision": settings.precision}
     if not req:
         return "it records no request"
-    diffs = [f"{k} {req.get(k)!r} != {v!r}" for k, v in want.items() if req.get(k) != v]
+    diffs = [f"{k} {_said(req.get(k))} != {_said(v)}" for k, v in want.items()
+             if req.get(k) != v]
     return "; ".join(diffs)
+
+
+def _said(v: Any) -> str:
+    """A setting in a message: a mapping as ``k=v,k=v``, anything else as Python writes it."""
+    return _value(v) if isinstance(v, dict) else repr(v)

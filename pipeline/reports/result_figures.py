@@ -11,7 +11,9 @@ import numpy as np
 from pipeline.config import parse_degradation
 from pipeline.evaluation.matrix import FALLBACK, MEAN, fallback_rows, grid
 from pipeline.reports.style import (
+    DPI,
     OKABE_ITO,
+    PAGE_PX,
     SEQUENTIAL,
     legend_beside,
     save,
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
 
 METRIC_NAMES = {"acc": "accuracy", "ap": "average precision (AP)", "real_acc": "real accuracy",
                 "fake_acc": "fake accuracy", "auc": "ROC AUC"}
+PANEL_IN = 4.6  # one panel of plots/curves.png, inches (two across: 9.2 in x 120 dpi = 1104 px)
 KIND_AXES = {  # degradation kind -> x-axis label (with its unit) and strength order
     "jpeg": ("JPEG quality (lower = stronger)", True),
     "resize": ("resized to side (px; lower = stronger)", True),
@@ -113,8 +116,9 @@ def render_robustness(rob: dict[str, Any], out: str | Path) -> Path:
     n_seeds = len(rob.get("seeds") or ()) or 1
     panels = kinds or ["clean"]
     with styled():
-        fig, axes = plt.subplots(2, len(panels), figsize=(4.2 * len(panels) + 0.6, 7.4),
-                                 squeeze=False, sharey="row")
+        width = min(4.2 * len(panels) + 0.6, 0.98 * PAGE_PX / DPI)  # 3 kinds: 3.4 in each
+        fig, axes = plt.subplots(2, len(panels), figsize=(width, 7.4), squeeze=False,
+                                 sharey="row")
         handles: list[Any] = []
         lows = {"acc": 100.0, "ap": 100.0}
         dodge = 0.05 * (np.arange(len(heads)) - (len(heads) - 1) / 2)  # coinciding lines
@@ -177,13 +181,18 @@ def _std(table: dict[str, Any], metric: str) -> float:
 
 def render_curves(roc: pd.DataFrame, pr: pd.DataFrame, reliability: pd.DataFrame | None,
                   out: str | Path, title: str = "") -> Path:
-    """ROC, precision-recall and (when given) reliability of the evaluated detector's test
-    scores, side by side."""
+    """ROC and precision-recall of the evaluated detector's test scores side by side, and (when
+    given) reliability centred below them: two panels across, so the PNG stays within
+    ``PAGE_PX`` (a ``dvc plots show`` page) at the style's DPI."""
     import matplotlib.pyplot as plt
 
-    n = 3 if reliability is not None else 2
     with styled():
-        fig, axes = plt.subplots(1, n, figsize=(4.3 * n, 4.6))
+        rows = 2 if reliability is not None else 1
+        fig = plt.figure(figsize=(2 * PANEL_IN, PANEL_IN * rows + 0.4 * (rows - 1)))
+        grid_ = fig.add_gridspec(rows, 4)
+        axes = [fig.add_subplot(grid_[0, 0:2]), fig.add_subplot(grid_[0, 2:4])]
+        if reliability is not None:
+            axes.append(fig.add_subplot(grid_[1, 1:3]))
         ax = axes[0]
         ax.plot(roc["fpr"], roc["tpr"], **series(0), markevery=max(len(roc) // 12, 1),
                 label="detector")

@@ -9,6 +9,8 @@
   cell text switches between black and white by the cell's lightness.
 * Text sizes in points at a fixed DPI, so a PNG shown at 100% has 10-11 px-high letters or
   more; every axis is labelled with its unit; legends go beside the data, never over it.
+* The image plots of ``dvc plots show`` (curves, robustness, t-SNE) are at most ``PAGE_PX``
+  wide, so its 1400 px page shows every panel: panels go on another row or get narrower.
 
 ``styled()`` is a context manager that applies the style to the figures made inside it
 (matplotlib's global settings are left alone); ``save`` writes a PNG atomically.
@@ -29,6 +31,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from pipeline.atomic import atomic_path  # noqa: E402
 
 DPI = 120
+PAGE_PX = 1300  # widest PNG: a 1400 px wide `dvc plots show` page holds it beside its margins
 OKABE_ITO = {
     "blue": "#0072B2", "vermillion": "#D55E00", "green": "#009E73", "orange": "#E69F00",
     "purple": "#CC79A7", "sky": "#56B4E9", "black": "#000000", "yellow": "#F0E442",

@@ -3,13 +3,18 @@
 * Main tables, one per metric (accuracy, AP): rows = methods (each head ``nsnet compare``
   trained, else the evaluated bundle's head; then the published means of the preset's other
   methods, labelled as quoted), columns = the preset's official rows (else one per test
-  source) + the mean; the best value of each column in bold; ``mean ± std`` where the results
-  hold several seeds.
+  source) + the mean; ``mean ± std`` where the results hold several seeds.
 * The cross-generator matrix of each head (rows = trained on, columns = tested on + mean).
 * Robustness: rows = heads, columns = clean + each degradation (accuracy, AP).
 
 Numbers are percentages with one decimal, exactly as printed elsewhere; the output has no
 time stamp or path, so the same metrics give the same bytes (it can live in git).
+
+Bold, in every format that has it (Markdown, LaTeX), follows one rule: in a column holding two
+numbers or more, every cell whose value *as printed* (one decimal, the std aside) equals the
+column's highest printed value is bold. Ties are all bold, ties made by the rounding too, and a
+column where every number is the same is bold throughout; a column with a single number has
+nothing to compare and stays plain. The matrix is never bold (its rows are not rivals).
 """
 
 from __future__ import annotations
@@ -36,18 +41,23 @@ class Cell:
     std: float | None = None
     marked: bool = False  # printed in italics (the matrix: the training source's own row)
 
+    @property
+    def shown(self) -> str | None:
+        """The value as printed (percent, one decimal; no std), None when not available."""
+        return None if self.value is None else f"{100 * self.value:.1f}"
+
     def text(self, latex: bool = False) -> str:
-        if self.value is None:
+        if self.shown is None:
             return "--" if latex else DASH
-        out = f"{100 * self.value:.1f}"
+        out = self.shown
         if self.std is not None:
             out += f" $\\pm$ {100 * self.std:.1f}" if latex else f" ± {100 * self.std:.1f}"
         return out
 
     @property
     def key(self) -> float | None:
-        """The value as printed (ties in print are ties in bold)."""
-        return None if self.value is None else round(100 * self.value, 1)
+        """The printed value as a number: cells that print alike compare equal."""
+        return None if self.shown is None else float(self.shown)
 
 
 @dataclass
@@ -68,13 +78,19 @@ class Table:
     bold_best: bool = True
 
     def best(self) -> list[float | None]:
-        """Highest printed value of each column (None: nothing to compare)."""
-        out = []
+        """Highest printed value of each column, the one every bold cell prints (None: no
+        bold in that column: the table is not compared, or the column has under 2 numbers)."""
+        out: list[float | None] = []
         for j in range(len(self.columns)):
-            keys = [r.cells[j].key for r in self.rows if r.cells[j].key is not None]
-            tied = len(set(keys)) < 2  # one value, or every method alike: nothing stands out
-            out.append(max(keys) if self.bold_best and not tied else None)
+            keys = [k for r in self.rows if (k := r.cells[j].key) is not None]
+            out.append(max(keys) if self.bold_best and len(keys) >= 2 else None)
         return out
+
+    def bold(self) -> list[list[bool]]:
+        """Per row, per column: whether the cell is bold (its printed value is the best)."""
+        best = self.best()
+        return [[b is not None and c.key == b for c, b in zip(r.cells, best, strict=True)]
+                for r in self.rows]
 
 
 # ----------------------------------------------------------------------------- reading
@@ -242,12 +258,11 @@ def _italic(text: str, latex: bool) -> str:
     return f"\\textit{{{text}}}" if latex else f"*{text}*"
 
 
-def _cells(table: Table, row: Row, latex: bool) -> list[str]:
-    best = table.best()
+def _cells(row: Row, bold: list[bool], latex: bool) -> list[str]:
     out = []
-    for j, cell in enumerate(row.cells):
+    for cell, strong in zip(row.cells, bold, strict=True):
         text = cell.text(latex)
-        if best[j] is not None and cell.key == best[j]:
+        if strong:
             text = _bold(text, latex)
         if cell.marked and cell.value is not None:
             text = _italic(text, latex)
@@ -261,9 +276,9 @@ def to_markdown(tables: list[Table]) -> str:
         lines = [f"### {t.title}", "",
                  "| " + " | ".join([t.corner, *t.columns]) + " |",
                  "|" + "|".join([":---", *["---:"] * len(t.columns)]) + "|"]
-        for r in t.rows:
+        for r, bold in zip(t.rows, t.bold(), strict=True):
             name = f"{r.name} (quoted)" if r.quoted else r.name
-            lines.append("| " + " | ".join([_md_escape(name), *_cells(t, r, False)]) + " |")
+            lines.append("| " + " | ".join([_md_escape(name), *_cells(r, bold, False)]) + " |")
         lines += ["", *(f"{n}" for n in t.notes)]
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks) + "\n"
@@ -294,13 +309,13 @@ def to_latex(tables: list[Table]) -> str:
                 " & ".join(latex_escape(c) for c in [t.corner, *t.columns]) + " \\\\",
                 "\\midrule"]
         quoted_started = False
-        for r in t.rows:
+        for r, bold in zip(t.rows, t.bold(), strict=True):
             if r.quoted and not quoted_started:
                 quoted_started = True
                 body += ["\\midrule",
                          f"\\multicolumn{{{len(t.columns) + 1}}}{{l}}{{\\emph{{quoted "
                          "(published, not measured here)}} \\\\"]
-            body.append(" & ".join([latex_escape(r.name), *_cells(t, r, True)]) + " \\\\")
+            body.append(" & ".join([latex_escape(r.name), *_cells(r, bold, True)]) + " \\\\")
         body += ["\\bottomrule", "\\end{tabular}"]
         if wide:
             body = ["\\resizebox{\\linewidth}{!}{%", *body, "}"]
