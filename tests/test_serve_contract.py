@@ -21,8 +21,10 @@ import httpx
 import numpy as np
 import pytest
 
+from pipeline.data.images import IMAGE_EXTENSIONS
 from pipeline.data.manifest import read_manifest
 from pipeline.inference.predict import load_chain, predict_paths
+from pipeline.serving.contract import MEDIA_TYPES
 from tests.test_serve import files_of, png_bytes, serving
 
 TOKEN = "contract-token"
@@ -117,6 +119,9 @@ def test_spec_states_limits_statuses_and_the_bearer_scheme(locked, chain):
     assert form["required"] == ["file"] and form["additionalProperties"] is False
     assert (files["minItems"], files["maxItems"]) == (1, 4)
     assert files["items"] == {"type": "string", "format": "binary"}
+    assert body["content"]["multipart/form-data"]["encoding"] == {"file": {"contentType": (
+        "image/png, image/jpeg, image/webp, image/gif, image/bmp, image/tiff, "
+        "image/x-portable-pixmap, image/x-portable-graymap")}}
     text = files["description"]
     assert "2 MB" in text and "300000 pixels" in text
     assert f"{chain.spec.size} px (the bundle's patch size)" in text
@@ -133,6 +138,41 @@ def test_spec_without_token_has_no_security_and_default_limits(open_server):
     assert "401" not in spec["paths"]["/v1/model"]["get"]["responses"]
     files = detect["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
     assert files["file"]["maxItems"] == 16 and "32 MB" in files["file"]["description"]
+
+
+# Pillow's format (and mode) for an image of each media type the spec may declare.
+PIL_FORMATS = {"image/png": ("PNG", "RGB"), "image/jpeg": ("JPEG", "RGB"),
+               "image/webp": ("WEBP", "RGB"), "image/gif": ("GIF", "RGB"),
+               "image/bmp": ("BMP", "RGB"), "image/tiff": ("TIFF", "RGB"),
+               "image/x-portable-pixmap": ("PPM", "RGB"),
+               "image/x-portable-graymap": ("PPM", "L")}
+
+
+def test_declared_media_types_are_those_of_the_decoded_extensions():
+    assert set(MEDIA_TYPES) == IMAGE_EXTENSIONS
+    assert set(MEDIA_TYPES.values()) <= set(PIL_FORMATS)
+
+
+def test_an_image_of_every_declared_media_type_is_scored(open_server):
+    """The spec's `encoding` lists the part's media types: a file of each, labelled so and
+    without a filename (as a client filling parts by media type sends it), is scored."""
+    from PIL import Image
+
+    with open_server.client() as c:
+        body = c.get("/openapi.json").json()["paths"]["/v1/detect"]["post"]["requestBody"]
+        declared = body["content"]["multipart/form-data"]["encoding"]["file"]["contentType"]
+        parts = []
+        for i, media_type in enumerate(t.strip() for t in declared.split(",")):
+            fmt, mode = PIL_FORMATS[media_type]
+            rgb = np.random.default_rng(i).integers(0, 256, (40, 48 + 8 * i, 3), dtype=np.uint8)
+            buf = io.BytesIO()
+            Image.fromarray(rgb).convert(mode).save(buf, fmt)
+            parts.append(("file", (None, buf.getvalue(), media_type)))
+        res = c.post("/v1/detect", files=parts)
+    assert res.status_code == 200, res.text
+    results = res.json()["results"]
+    assert [r["status"] for r in results] == ["ok"] * len(parts) == ["ok"] * 8, results
+    assert [r["width"] for r in results] == [48 + 8 * i for i in range(8)]
 
 
 def test_model_reports_the_smallest_usable_side(locked, chain):
@@ -286,6 +326,16 @@ def test_every_part_must_be_a_file_and_limits_count_while_streaming(open_server,
         assert res.status_code == 413 and res.json()["error"] == "too_many_parts"
         res = c.post("/v1/detect", files=[image] * 17)
         assert res.status_code == 413 and res.json()["error"] == "too_many_files"
+        res = c.post("/v1/detect", files=[("file", (None, png, "image/png"))] * 2)
+        assert res.status_code == 200, res.text  # the spec's field: a file, filename or not
+        assert [r["name"] for r in res.json()["results"]] == ["file", "file"]
+        res = c.post("/v1/detect", files=[("file", (None, b"photo.jpg"))])  # curl -F file=x
+        assert res.status_code == 415 and res.json()["error"] == "not_an_image", res.text
+        assert "a form value, not a file" in res.json()["detail"]
+        assert "curl -F file=@photo.jpg" in res.json()["results"][0]["error"]
+        res = c.post("/v1/detect", files=[("file", (None, b"")), image])
+        assert res.status_code == 200  # one unusable file: its own status
+        assert [r["status"] for r in res.json()["results"]] == ["empty_file", "ok"]
         truncated = many_fields(1)[:-len(b"--hostile--\r\n")] + b"--hostile\r\nContent-Dis"
         res = c.post("/v1/detect", content=truncated,
                      headers={"content-type": "multipart/form-data; boundary=hostile"})

@@ -1,8 +1,10 @@
 """Conformance: schemathesis, run as its CLI, fuzzes a live ``nsnet serve`` process against the
 server's own /openapi.json (every check, positive and negative data, real images for the
-upload), with and without ``--token``; no check may fail and no answer may be a 5xx.
+upload), with and without ``--token``; no check may fail and no answer may be a 5xx. A second,
+positive-only run fills the parts by media type, with a real image of every type the spec's
+``encoding`` declares, and every upload must be scored.
 
-The server is the real command (uvicorn in its own process) with the tiny test bundle. The run
+The server is the real command (uvicorn in its own process) with the tiny test bundle. Each run
 is bounded by ``--max-examples`` per operation and a fixed seed; its counts are printed.
 """
 
@@ -16,6 +18,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -25,7 +28,7 @@ from tests.test_serve import ROOT, defaults_file, free_socket
 TESTS = ROOT / "tests"
 # Test cases per operation and phase, and the seed (NSNET_FUZZ_EXAMPLES=1000 and another
 # NSNET_FUZZ_SEED for a longer, different run by hand).
-MAX_EXAMPLES = int(os.environ.get("NSNET_FUZZ_EXAMPLES", "100"))
+MAX_EXAMPLES = int(os.environ.get("NSNET_FUZZ_EXAMPLES", "50"))
 SEED = os.environ.get("NSNET_FUZZ_SEED", "20240601")
 
 
@@ -103,40 +106,51 @@ def run_numbers(events: Path) -> dict[str, int]:
     return out
 
 
-def server_statuses(log: str) -> dict[int, int]:
-    """How many answers of each status uvicorn's access log shows."""
+def server_statuses(log: str, request: str = "") -> dict[int, int]:
+    """How many answers of each status uvicorn's access log shows (to ``request``, e.g.
+    ``"POST /v1/detect"``, if given)."""
     counts: dict[int, int] = {}
     for line in log.splitlines():
-        if '" ' in line and "HTTP/1.1" in line:
+        if '" ' in line and "HTTP/1.1" in line and f'"{request}' in line:
             status = line.rsplit('" ', 1)[1].split()[0]
             if status.isdigit():
                 counts[int(status)] = counts.get(int(status), 0) + 1
     return counts
 
 
+def schemathesis_run(url: str, tmp_path: Path, parts: str, options: list[str]
+                     ) -> tuple[subprocess.CompletedProcess[str], dict[str, Any], dict[str, int],
+                                float]:
+    """``schemathesis run`` (all checks) on the server's spec, the upload parts filled the
+    ``parts`` way (``tests/schemathesis_hooks.py``): the process, its JSON report, its numbers
+    and its seconds."""
+    report_file = tmp_path / "report.json"
+    cmd = [venv_tool("schemathesis"), "--config-file", str(TESTS / "schemathesis.toml"),
+           "run", f"{url}/openapi.json", "--checks", "all", "--seed", SEED, "--workers", "1",
+           "--request-timeout", "120", "--generation-database", "none", "--no-color",
+           "--report", "json,ndjson", "--report-json-path", str(report_file),
+           "--report-ndjson-path", str(tmp_path / "events.ndjson"),
+           "--report-dir", str(tmp_path / "reports"), *options]
+    env = {**os.environ, "SCHEMATHESIS_HOOKS": str(TESTS / "schemathesis_hooks.py"),
+           "NSNET_FUZZ_PARTS": parts}
+    start = time.monotonic()
+    run = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True,
+                         timeout=900)
+    seconds = time.monotonic() - start
+    (tmp_path / "schemathesis.txt").write_text(run.stdout + run.stderr)
+    return run, json.loads(report_file.read_text()), run_numbers(tmp_path / "events.ndjson"), \
+        seconds
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("token", [None, "fuzz-token"], ids=["open", "token"])
 def test_schemathesis_finds_no_failure_and_no_5xx(bundle, tmp_path, token):
-    report_file = tmp_path / "report.json"
     with nsnet_serve(bundle, tmp_path, token) as (url, ready_at):
-        cmd = [venv_tool("schemathesis"), "--config-file", str(TESTS / "schemathesis.toml"),
-               "run", f"{url}/openapi.json", "--checks", "all", "--mode", "all",
-               "--max-examples", str(MAX_EXAMPLES), "--seed", SEED, "--workers", "1",
-               "--request-timeout", "120", "--generation-database", "none", "--no-color",
-               "--report", "json,ndjson", "--report-json-path", str(report_file),
-               "--report-ndjson-path", str(tmp_path / "events.ndjson"),
-               "--report-dir", str(tmp_path / "reports")]
+        options = ["--mode", "all", "--max-examples", str(MAX_EXAMPLES)]
         if token:
-            cmd += ["--header", f"Authorization: Bearer {token}"]
-        env = {**os.environ, "SCHEMATHESIS_HOOKS": str(TESTS / "schemathesis_hooks.py")}
-        start = time.monotonic()
-        run = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True,
-                             timeout=900)
-        seconds = time.monotonic() - start
+            options += ["--header", f"Authorization: Bearer {token}"]
+        run, report, numbers, seconds = schemathesis_run(url, tmp_path, "format", options)
     statuses = server_statuses((tmp_path / "serve.log").read_text()[ready_at:])
-    (tmp_path / "schemathesis.txt").write_text(run.stdout + run.stderr)
-    report = json.loads(report_file.read_text())
-    numbers = run_numbers(tmp_path / "events.ndjson")
     print(f"\nschemathesis {report['schemathesis_version']} against nsnet serve "
           f"{'with' if token else 'without'} --token, {seconds:.0f} s: "
           f"{report['test_cases']['generated']} test cases, {numbers['requests']} requests, "
@@ -149,3 +163,27 @@ def test_schemathesis_finds_no_failure_and_no_5xx(bundle, tmp_path, token):
     assert sum(statuses.values()) > MAX_EXAMPLES, statuses  # it really ran
     if token:
         assert statuses.get(401, 0) > 0  # and tried without the token
+
+
+@pytest.mark.slow
+def test_parts_of_every_declared_media_type_are_accepted(bundle, tmp_path):
+    """Positive cases only, each part filled through ``schemathesis.openapi.media_type`` with a
+    real image of a media type the spec's ``encoding`` declares: schemathesis sends it with that
+    Content-Type and no filename, and every one is scored (200)."""
+    from tests.schemathesis_hooks import MEDIA_IMAGES
+
+    with nsnet_serve(bundle, tmp_path, None) as (url, ready_at):
+        spec = httpx.get(f"{url}/openapi.json", timeout=30).json()
+        encoding = spec["paths"]["/v1/detect"]["post"]["requestBody"]["content"][
+            "multipart/form-data"]["encoding"]
+        declared = [t.strip() for t in encoding["file"]["contentType"].split(",")]
+        assert set(declared) == set(MEDIA_IMAGES)  # a real image for every declared type
+        run, report, numbers, seconds = schemathesis_run(
+            url, tmp_path, "media-type", ["--mode", "positive", "--max-examples", "20"])
+    statuses = server_statuses((tmp_path / "serve.log").read_text()[ready_at:],
+                               "POST /v1/detect")
+    print(f"\nschemathesis, media-type parts, {seconds:.0f} s: {numbers['requests']} requests, "
+          f"{numbers['failed']} failed; server answers by status: {statuses}")
+    assert run.returncode == 0, readable(run.stdout + run.stderr)
+    assert numbers["failed"] == 0 and report["test_cases"]["errored"] == 0
+    assert set(statuses) == {200} and statuses[200] >= len(MEDIA_IMAGES), statuses

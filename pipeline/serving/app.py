@@ -150,7 +150,16 @@ class Service:
 
 
 def _decode_all(det: Detector, uploads: list[Upload]) -> list[Decoded]:
-    return [det.decode(u.data, u.name) for u in uploads]
+    """Decode every upload; an unusable ``file`` part sent without a filename (``curl -F
+    file=photo.jpg`` sends the text ``photo.jpg``) says how to send the file instead."""
+    out: list[Decoded] = []
+    for u in uploads:
+        row, rgb = det.decode(u.data, u.name)
+        if rgb is None and not u.has_filename:
+            row["error"] = f"{row['error']} (a form value, not a file: send the file itself, " \
+                           "e.g. curl -F file=@photo.jpg)"
+        out.append((row, rgb))
+    return out
 
 
 def _clean(value: Any) -> Any:

@@ -18,6 +18,14 @@ from pipeline.serving import schemas
 from pipeline.serving.uploads import EXTRA_PARTS
 
 SCHEME = "bearerAuth"
+# The media type of each image file extension nsnet decodes (``pipeline.data.images``'s
+# ``IMAGE_EXTENSIONS``): the content types a file part is declared with (``encoding``). The server
+# reads the bytes, whatever a part's label says.
+MEDIA_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
+               ".jfif": "image/jpeg", ".webp": "image/webp", ".gif": "image/gif",
+               ".bmp": "image/bmp", ".tif": "image/tiff", ".tiff": "image/tiff",
+               ".ppm": "image/x-portable-pixmap", ".pgm": "image/x-portable-graymap"}
+IMAGE_MEDIA_TYPES = tuple(dict.fromkeys(MEDIA_TYPES.values()))
 JSON = "application/json"
 RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying", "required": True,
                                "schema": {"type": "string"}}}
@@ -121,9 +129,11 @@ def detect_request(max_files: int, max_upload_mb: float, max_pixels: int,
         "type": "array", "minItems": 1, "maxItems": max_files,
         "items": {"type": "string", "format": "binary"},
         "description": (
-            f"1 to {max_files} image files (PNG, JPEG, WebP, BMP, GIF, TIFF, ...), each a "
-            "part with a filename (the server takes such a part under any field name). A part "
-            "that is not a file is refused (400 `unexpected_field`). Limits: the whole body at "
+            f"1 to {max_files} image files, one part each, with a filename or not (a part with "
+            "a filename is taken as a file under any field name too), whose bytes decode as an "
+            "image: PNG, JPEG, WebP, GIF, BMP, TIFF, PPM or PGM (`encoding` lists their media "
+            "types; the server reads the bytes, whatever the part's Content-Type says). Any "
+            "other form field is refused (400 `unexpected_field`). Limits: the whole body at "
             f"most {max_upload_mb:g} MB "
             f"(413), each image at most {max_pixels} pixels (width x height; 413 `too_large`) "
             f"and at least {side} on its shorter side (422 `too_small`). An unusable file gets "
@@ -136,9 +146,10 @@ def detect_request(max_files: int, max_upload_mb: float, max_pixels: int,
             "description": "`true` adds `explanation` to each scored image: the per-patch "
                            "occlusion contributions and the picture (PNG, base64). Only "
                            "`true` or `false`; anything else is 422 `bad_request`."}],
-        "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-            "type": "object", "required": ["file"], "properties": {"file": files},
-            "additionalProperties": False}}}},
+        "requestBody": {"required": True, "content": {"multipart/form-data": {
+            "schema": {"type": "object", "required": ["file"], "properties": {"file": files},
+                       "additionalProperties": False},
+            "encoding": {"file": {"contentType": ", ".join(IMAGE_MEDIA_TYPES)}}}}},
     }
 
 

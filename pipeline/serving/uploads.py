@@ -7,8 +7,10 @@ loop for long: the work per chunk is bounded by the chunk, and the number of par
 (``max_files`` files, and at most ``EXTRA_PARTS`` plain fields are even read), so a body of a
 million tiny fields is refused at its first chunk instead of being parsed for seconds.
 
-Every part must be a file: a plain form field makes the request fail (400 ``unexpected_field``),
-unless there is no file at all (400 ``no_files``, the more useful answer).
+Every part must be a file: a part with a filename (under any field name), or any part of the
+``file`` field (the spec's, filename or not). Another plain form field makes the request fail
+(400 ``unexpected_field``), unless there is no file at all (400 ``no_files``, the more useful
+answer).
 """
 
 from __future__ import annotations
@@ -23,22 +25,26 @@ from pipeline.serving.errors import ApiError
 # Plain (non-file) form fields read before the body is refused as too many parts (413); any
 # plain field fails the request anyway (400), these are only read to tell which answer fits.
 EXTRA_PARTS = 8
+# The multipart field of the images in the spec: its parts are files even without a filename.
+FILE_FIELD = "file"
 
 
 @dataclass
 class Upload:
     name: str  # the client's file name (or the form field's name)
     data: bytes
+    has_filename: bool = True  # False for a ``file`` part sent as a plain value
 
 
 class MultipartReader:
     """An incremental ``multipart/form-data`` parser: ``feed`` chunks, then ``finish``.
 
     Every file part (a part whose Content-Disposition has a ``filename``, whatever its field
-    name) becomes an ``Upload``; plain fields are counted and remembered by name. ``feed`` raises
-    ``ApiError`` 413 as soon as the body holds more than ``max_files`` files or ``EXTRA_PARTS``
-    plain fields, 415 if the body is not multipart, 400 if it is malformed; ``finish`` raises 400
-    for a truncated body, no file, or a plain field beside the files.
+    name, or any part of the ``file`` field) becomes an ``Upload``; other fields are counted and
+    remembered by name. ``feed`` raises ``ApiError`` 413 as soon as the body holds more than
+    ``max_files`` files or ``EXTRA_PARTS`` plain fields, 415 if the body is not multipart, 400 if
+    it is malformed; ``finish`` raises 400 for a truncated body, no file, or a plain field beside
+    the files.
     """
 
     def __init__(self, content_type: str | None, max_files: int) -> None:
@@ -50,6 +56,7 @@ class MultipartReader:
         self._headers: dict[bytes, bytes] = {}
         self._field, self._value = b"", b""
         self._name: str | None = None  # the current part's file name; None for a plain field
+        self._has_filename = True
         self._chunks: list[bytes] = []
         ctype, options = parse_options_header(content_type or "")
         boundary = options.get(b"boundary")
@@ -113,8 +120,10 @@ class MultipartReader:
     def _headers_finished(self) -> None:
         self.parts += 1
         _, disp = parse_options_header(self._headers.get(b"content-disposition", b""))
-        if b"filename" not in disp:  # a plain form field, not a file: counted, not kept
-            self.fields.append((disp.get(b"name") or b"").decode("utf-8", "replace"))
+        field = (disp.get(b"name") or b"").decode("utf-8", "replace")
+        self._has_filename = b"filename" in disp
+        if not self._has_filename and field != FILE_FIELD:  # a plain field: counted, not kept
+            self.fields.append(field)
             if len(self.fields) > EXTRA_PARTS:
                 raise ApiError(413, "too_many_parts",
                                f"more than {EXTRA_PARTS} form fields that are not files: send "
@@ -124,7 +133,7 @@ class MultipartReader:
             raise ApiError(413, "too_many_files",
                            f"more than {self.max_files} files in one request; send at most "
                            f"{self.max_files} per request")
-        name = (disp.get(b"filename") or disp.get(b"name") or b"").decode("utf-8", "replace")
+        name = (disp.get(b"filename") or b"").decode("utf-8", "replace") or field
         self._name = name or f"file{len(self.uploads)}"
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
@@ -133,7 +142,7 @@ class MultipartReader:
 
     def _part_end(self) -> None:
         if self._name is not None:
-            self.uploads.append(Upload(self._name, b"".join(self._chunks)))
+            self.uploads.append(Upload(self._name, b"".join(self._chunks), self._has_filename))
         self._name, self._chunks = None, []
 
 
