@@ -29,11 +29,12 @@ def explain(params_file: str | None, overrides: tuple[str, ...], image: str, mod
     from pipeline.inference.explain import explain_image, read_image, write_report
     from pipeline.inference.predict import load_chain
     from pipeline.metrics import threshold_text
+    from pipeline.reports.explanation import contribution_text
 
     params = load(params_file, overrides)
     decoded = read_image(image, params.data.max_image_pixels)  # bad files fail before models load
-    chain = load_chain(model_dir, params.compute.device, params.compute.precision, threshold,
-                       captions=True)  # the report shows what the image shows
+    # BLIP runs only for a head that reads captions, as in `nsnet predict` and `nsnet serve`
+    chain = load_chain(model_dir, params.compute.device, params.compute.precision, threshold)
     ex = explain_image(chain, image, params.data.max_image_pixels, decoded)
     png, js = write_report(ex, out or f"{Path(image).stem}.explain.png", k)
     click.echo(f"{display_path(Path(image).name)}: P(generated) = {ex.prob:.3f} -> {ex.label} "
@@ -42,12 +43,13 @@ def explain(params_file: str | None, overrides: tuple[str, ...], image: str, mod
     if chain.views > 1:
         click.echo(f"patch-order views: {chain.views}, combined by {chain.view_average}; a "
                    "patch's contribution occludes it in every view")
-    click.echo(f"caption: {ex.caption}")
+    click.echo(f"caption: {ex.caption}" if chain.reads_captions
+               else f"caption: none (the {ex.head} head reads no caption)")
     click.echo(f"semantic part removed: {100 * ex.semantic_removed:.1f}% of the image feature")
     click.echo("patches pushing toward generated (contribution in logits, pixel y,x):")
     for p in ex.top(k, 1):
-        click.echo(f"  {p.contribution:+.4f}  at ({p.row},{p.col})  {p.band} entropy "
-                   f"{p.entropy:.2f}")
+        click.echo(f"  {contribution_text(p.contribution)}  at ({p.row},{p.col})  {p.band} "
+                   f"entropy {p.entropy:.2f}")
     if ex.warning:
         click.secho(f"warning: {ex.warning}", fg="yellow", err=True)
     echo_summary(f"explain: report {display_path(png)}, data {display_path(js)}")

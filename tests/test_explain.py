@@ -24,6 +24,7 @@ from pipeline.inference.explain import (
     write_report,
 )
 from pipeline.inference.predict import compute_features, load_chain
+from pipeline.reports.explanation import contribution_text
 from stages.cli import main
 
 
@@ -149,3 +150,55 @@ def test_explain_warns_when_the_selection_saw_no_content(chain, explained, tmp_p
     assert max(p["contrast"] for p in report["patches"]) < 2.0
     assert all(ex.warning == "" for ex in explained)  # ordinary images: no warning
     assert all(max(p.contrast for p in ex.patches) > 2.0 for ex in explained)
+
+
+def printed_contributions(output: str) -> list[str]:
+    """The contributions `nsnet explain` lists under "toward generated", as printed."""
+    lines = output.split("toward generated", 1)[1].splitlines()[1:]
+    return [line.split()[0] for line in lines if line.startswith("  ") and " at (" in line]
+
+
+def test_contribution_text_keeps_small_values_visible():
+    assert contribution_text(1.8e-05) == "+1.8e-05"
+    assert contribution_text(-0.04213) == "-0.0421"
+    assert contribution_text(2.0) == "+2"
+
+
+def test_cli_contributions_have_significant_digits(chain, fakes, tmp_path):
+    """The text lists the JSON's top contributions to 3 significant digits, however small (the
+    picture prints them with significant digits too; a fixed 4 decimals read +0.0000)."""
+    bundle = tmp_path / "b"
+    from pipeline.heads.bundle import save_bundle
+
+    save_bundle(bundle, chain.head, chain.config)
+    res = CliRunner().invoke(main, ["explain", fakes[0], "--model", str(bundle), "--out",
+                                    str(tmp_path / "why.png"), "--top", "20", "--params",
+                                    str(empty_params(tmp_path))])
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "why.json").read_text())
+    shown = printed_contributions(res.output)
+    tops = [p["contribution"] for p in report["top_generated"]]
+    assert len(shown) == len(tops) > 0
+    assert shown == [contribution_text(c) for c in tops]
+    for text, value in zip(shown, tops, strict=True):
+        assert float(text) == pytest.approx(value, rel=5e-3)  # small ones are not rounded to 0
+    assert min(tops) < 5e-5  # the list reaches contributions a fixed +.4f printed as +0.0000
+
+
+def test_explain_runs_no_blip_for_a_head_that_reads_no_caption(built_cache, fakes, tmp_path):
+    """Like `nsnet predict` and the API (CAPTION_HEADS): the nsnet head gets no caption, in
+    the text, the JSON and the picture; the advanced head keeps its BLIP caption."""
+    from pipeline.inference.predict import CAPTION_HEADS, predict_paths
+
+    bundle = train_bundle(built_cache, tmp_path / "ns", "nsnet", 2)
+    assert "nsnet" not in CAPTION_HEADS
+    nchain = load_chain(bundle, "cpu")
+    assert nchain.blip is None and predict_paths(nchain, fakes[:1])["caption"].tolist() == [""]
+    res = CliRunner().invoke(main, ["explain", fakes[0], "--model", str(bundle), "--out",
+                                    str(tmp_path / "why.png"), "--params",
+                                    str(empty_params(tmp_path))])
+    assert res.exit_code == 0, res.output
+    assert "caption: none (the nsnet head reads no caption)" in res.output
+    report = json.loads((tmp_path / "why.json").read_text())
+    assert report["head"] == "nsnet" and report["caption"] is None
+    assert explain_image(nchain, fakes[0]).caption == ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import shutil
@@ -26,6 +27,7 @@ from pipeline.inference.predict import (
 from pipeline.inference.verdict import verdict
 from stages.cli import main
 from tests.conftest import read_part
+from tests.test_serve import serving
 
 
 def empty_params(tmp_path: Path) -> Path:
@@ -161,6 +163,7 @@ def test_jsonl_has_plain_slashes_and_null_for_no_error(tmp_path):
     assert rows[0]["error"] is None and rows[1]["error"] == "not an image"
     assert rows[1]["prob"] is None and rows[1]["semantic_share"] is None
     assert rows[0]["prob"] == 0.25 and rows[0]["width"] == 64
+    assert rows[1]["width"] is None and rows[1]["label"] is None and rows[1]["id"] is None
 
 
 def test_predict_exits_non_zero_when_nothing_could_be_scored(bundle, tmp_path):
@@ -175,3 +178,36 @@ def test_predict_exits_non_zero_when_nothing_could_be_scored(bundle, tmp_path):
     empty.mkdir()
     res = CliRunner().invoke(main, ["predict", str(empty), "--model", str(bundle), *params])
     assert res.exit_code == 1 and "no files found" in res.output, res.output
+
+
+def test_unscored_file_has_the_same_empty_fields_in_csv_jsonl_and_the_api(bundle, built_cache,
+                                                                          tmp_path):
+    """One convention for "no value": an empty CSV cell, JSON null in predict's JSONL and in
+    the API's answer, for the same fields (no -1 for the size, no "" for the label)."""
+    good = Path(read_manifest(built_cache.manifest, only_ok=True)["path"].iloc[0])
+    bad = tmp_path / "cut.png"
+    bad.write_bytes(good.read_bytes()[:200])  # a truncated download: status corrupt
+    params = ["--params", str(empty_params(tmp_path)), "--set", "compute.device=cpu"]
+    for suffix in (".csv", ".jsonl"):
+        res = CliRunner().invoke(main, ["predict", str(good), str(bad), "--model", str(bundle),
+                                        "--out", str(tmp_path / f"r{suffix}"), "--quiet",
+                                        *params])
+        assert res.exit_code == 0, res.output
+    with open(tmp_path / "r.csv", newline="", encoding="utf-8") as f:
+        cells = list(csv.DictReader(f))
+    lines = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    with serving(load_chain(bundle, device="cpu"), bundle) as srv, srv.client() as c:
+        files = [("file", (p.name, p.read_bytes(), "image/png")) for p in (good, bad)]
+        res = c.post("/v1/detect", files=files)
+    assert res.status_code == 200, res.text
+    api = [{"path" if k == "name" else "label" if k == "verdict" else k: v
+            for k, v in r.items()} for r in res.json()["results"]]
+    assert [row["status"] for row in api] == [row["status"] for row in lines] == \
+        [row["status"] for row in cells] == ["ok", "corrupt"]
+    nothing = [{k for k, v in row.items() if v is None} for row in api]
+    assert nothing[1] == {"prob", "label", "caption", "semantic_share", "width", "height"}
+    assert nothing[0] == {"error"}  # the advanced head's caption is there
+    assert [{k for k, v in row.items() if v is None} for row in lines] == nothing
+    assert [{k for k, v in row.items() if v == ""} for row in cells] == nothing
+    assert lines[1]["id"] == api[1]["id"] == cells[1]["id"] and lines[1]["error"]
+    assert "-1" not in (tmp_path / "r.csv").read_text()

@@ -1,15 +1,19 @@
 """The web page of `nsnet serve` on a phone-sized screen and with a token, in headless
 Chromium: no card wider than the screen (390 px), the token hint gone once a score
-succeeded, the threshold printed as the command line prints it."""
+succeeded, the threshold printed as the command line prints it; no caption line for a head
+that reads no caption."""
 
 from __future__ import annotations
 
 import shutil
 
+from pipeline.inference.predict import load_chain
+from tests.test_explain import train_bundle
 from tests.test_serve import (  # noqa: F401 - fixtures used by name
     browser_driver,
     bundle,
     chain,
+    files_of,
     paths,
     serving,
 )
@@ -47,5 +51,32 @@ def test_page_on_a_390px_screen_with_a_token(chain, bundle, paths, tmp_path):  #
                 ".map(e => e.className || e.tagName)")
             assert overflowing == []
             browser.save_screenshot(str(tmp_path / "page_390px.png"))
+        finally:
+            browser.quit()
+
+
+def test_page_shows_no_caption_for_a_head_that_reads_none(built_cache, paths,  # noqa: F811
+                                                          tmp_path):
+    """The API answers ``caption: null`` for the nsnet head; the card then has no caption line
+    (it printed ``caption: "null"``)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    ns_bundle = train_bundle(built_cache, tmp_path / "ns", "nsnet", 2)
+    with serving(load_chain(ns_bundle, "cpu"), ns_bundle) as srv:
+        with srv.client() as c:
+            assert c.post("/v1/detect", files=files_of(paths[:1])).json()["results"][0][
+                "caption"] is None
+        browser = browser_driver()
+        try:
+            browser.get(srv.url + "/")
+            wait = WebDriverWait(browser, 90)
+            wait.until(lambda b: "nsnet head" in b.find_element(By.ID, "model").text)
+            browser.find_element(By.ID, "files").send_keys(paths[0])
+            wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, ".card .heat")) == 1)
+            card = browser.find_element(By.CSS_SELECTOR, ".card")
+            assert card.find_element(By.CSS_SELECTOR, ".prob").text.startswith("P(generated)")
+            assert card.find_elements(By.CSS_SELECTOR, ".caption") == []
+            assert "caption" not in card.text and "null" not in card.text
         finally:
             browser.quit()

@@ -61,8 +61,8 @@ class Chain:
 
     ``recipe`` says what the head reads (``composite``: patch composites and, for the advanced
     head, captions; ``clip_crop`` / ``clip_layers`` / ``cozzolino``: the baselines' crops), and
-    only that is computed: BLIP runs only for a head that reads captions, or when ``captions``
-    was asked for (``nsnet explain``, ``predict --captions``)."""
+    only that is computed: BLIP runs only for a head that reads captions (``CAPTION_HEADS``),
+    or when ``captions`` was asked for (``predict --captions``)."""
 
     head: torch.nn.Module
     config: BundleConfig
@@ -114,6 +114,7 @@ def load_chain(model_dir: str | Path, device: str = "auto", precision: str = "fp
         chain = load_chain("models/detector", device="cuda")
         table = predict_paths(chain, ["photo.jpg"])  # prob, label, caption, ...
     """
+    from pipeline.backbones.availability import BUNDLE_HINT, Need, require_models
     from pipeline.backbones.blip import load_blip
     from pipeline.backbones.clip import load_clip, resolve_device
     from pipeline.backbones.precision import amp_dtype
@@ -124,13 +125,17 @@ def load_chain(model_dir: str | Path, device: str = "auto", precision: str = "fp
         raise ValueError(f"{model_dir}: the bundle's config.json does not name its backbones "
                          "(backbones.clip, backbones.caption and backbones.patches, or "
                          "backbones.recipe); retrain it with `nsnet train`")
+    caption = recipe == "composite" and (config.head.name in CAPTION_HEADS or captions)
+    needs = [Need("clip", bb.clip.arch, bb.clip.pretrained, ("backbones.clip",), False)]
+    if caption and bb.caption:
+        needs.append(Need("blip", bb.caption.model, "", ("backbones.caption",), False))
+    require_models(needs, f"the bundle {model_dir}", BUNDLE_HINT)
     clip = load_clip(bb.clip.arch, bb.clip.pretrained, device)
     width = int(np.prod(config.head.shape))
     made = _feature_width(clip, recipe, bb.recipe)
     if made != width:
         raise ValueError(f"CLIP {bb.clip.arch} gives {made} values per image for the "
                          f"{recipe} recipe but the head expects {width}")
-    caption = recipe == "composite" and (config.head.name in CAPTION_HEADS or captions)
     blip = load_blip(bb.caption.model, device) if caption and bb.caption else None
     decision = config.decision.as_decision()
     layers = bb.recipe.layers if bb.recipe is not None else "all"
@@ -378,33 +383,56 @@ def score_decoded(chain: Chain, decoded: Iterable[Decoded], batch_size: int = 16
 
 
 def write_results(df: pd.DataFrame, out: str | Path) -> Path:
-    """Write results as .csv, .jsonl or .parquet (by suffix), atomically."""
+    """Write results as .csv, .jsonl or .parquet (by suffix), atomically, with no sentinels: a
+    field without a value (see ``output_frame``) is an empty CSV cell, JSON ``null`` or a
+    Parquet null, as ``nsnet serve`` answers ``null``."""
     check_out_path(out)
     out = Path(out)
     suffix = out.suffix.lower()
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
         if suffix == ".csv":
-            df.to_csv(tmp, index=False)
+            output_frame(df).to_csv(tmp, index=False)
         elif suffix == ".jsonl":
             tmp.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n"
                                    for row in json_rows(df)), encoding="utf-8")
         else:
-            df.to_parquet(tmp, index=False)
+            output_frame(df).to_parquet(tmp, index=False)
+    return out
+
+
+# Size columns: ``new_row`` marks "not decoded" with -1; outputs have no value there instead.
+SIZE_COLUMNS = ("width", "height")
+
+
+def output_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """The results as written: no value (None / NA) wherever a row has none.
+
+    Unscored rows have no prob, label, caption, semantic_share (and no width/height or id when
+    the file was not decoded or read); a scored row has no error, nor a caption when the head
+    reads none. The in-memory rows mark these with ``""``, ``-1`` and NaN.
+    """
+    out = df.copy()
+    for col in out.columns:
+        if col in SIZE_COLUMNS:
+            size = pd.to_numeric(out[col], errors="coerce")
+            out[col] = size.where(size >= 0).astype("Int64")
+        elif not pd.api.types.is_numeric_dtype(out[col]):
+            blank = out[col].map(lambda v: isinstance(v, str) and v == "").astype(bool)
+            out[col] = out[col].astype(object).where(~blank, None)
     return out
 
 
 def json_rows(df: pd.DataFrame) -> list[dict[str, Any]]:
-    """Result rows as plain JSON values: no number is NaN (null instead), and a row without
-    an error has ``error: null``, not ``""``."""
-    rows = []
-    for row in df.to_dict(orient="records"):
-        clean = {k: (None if isinstance(v, float) and v != v else
-                     v.item() if isinstance(v, np.generic) else v) for k, v in row.items()}
-        if clean.get("error") == "":
-            clean["error"] = None
-        rows.append(clean)
-    return rows
+    """Result rows as plain JSON values: ``null`` for every field without a value (no NaN,
+    ``""`` or -1; see ``output_frame``), the same fields ``nsnet serve`` answers ``null``."""
+    def plain(v: Any) -> Any:
+        if v is None or v is pd.NA or (isinstance(v, float) and v != v):
+            return None
+        return v.item() if isinstance(v, np.generic) else v
+
+    return [{k: plain(v) for k, v in row.items()}
+            for row in output_frame(df).to_dict(orient="records")]
 
 
 def short_path(path: str, width: int) -> str:

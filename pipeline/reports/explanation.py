@@ -14,6 +14,12 @@ import numpy as np
 from pipeline.extraction.patch_selection import PatchSpec
 
 
+def contribution_text(value: float) -> str:
+    """A contribution with its sign and 3 significant digits (``+1.83e-05``, ``-0.0421``):
+    small ones keep their size instead of reading ``+0.0000``."""
+    return f"{value:+.3g}"
+
+
 @dataclass
 class PatchReport:
     index: int  # position in the 7 x 7 grid, row-major
@@ -36,7 +42,7 @@ class Explanation:
     label: str
     threshold: float
     logit: float
-    caption: str
+    caption: str  # "" when the head reads no caption (JSON: null, as predict and the API)
     head: str
     semantic_removed: float  # ||x - Px|| / ||x|| of the (normalised) image feature
     patches: list[PatchReport]
@@ -60,7 +66,7 @@ class Explanation:
         return {"path": self.path, "id": self.id, "width": self.width, "height": self.height,
                 "prob_generated": self.prob, "label": self.label, "threshold": self.threshold,
                 "uncertain_band": self.uncertain_band, "warning": self.warning or None,
-                "logit": self.logit, "caption": self.caption, "head": self.head,
+                "logit": self.logit, "caption": self.caption or None, "head": self.head,
                 "semantic_removed": self.semantic_removed,
                 "attribution": f"occlusion: each grid tile replaced by the {self.input_kind}'s "
                                "mean colour; contribution = logit(original) - logit(occluded)",

@@ -70,7 +70,9 @@ function card(result, file) {
   mark.style.left = `calc(${(100 * result.prob).toFixed(1)}% - 2px)`;
   bar.appendChild(mark);
   info.appendChild(bar);
-  info.appendChild(el("p", { class: "caption" }, `caption: “${result.caption}”`));
+  if (result.caption) {  // null when the head reads no caption (only the advanced head does)
+    info.appendChild(el("p", { class: "caption" }, `caption: “${result.caption}”`));
+  }
   if (result.semantic_share !== null) {
     info.appendChild(el("p", { class: "muted" },
       `semantic part removed: ${(100 * result.semantic_share).toFixed(1)}% of the image feature`));
