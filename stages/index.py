@@ -41,13 +41,15 @@ def index(params_file: str | None, overrides: tuple[str, ...], out: str, report:
     echo_summary(summary_line(res, report))
     lines = skipped_lines(res)
     if lines:
-        click.secho("skipped (kept in the manifest with a reason, left out downstream):",
+        click.secho(f"skipped (left out downstream; each with its reason in {report}):",
                     fg="yellow", err=True)
         click.secho("\n".join(lines), fg="yellow", err=True)
     if unlabelled_line(res):
         click.echo(unlabelled_line(res), err=True)
     if check_training:
         try:
-            check(out, params)
+            warnings = check(out, params)
         except NotTrainable as exc:
             raise click.ClickException(f"index: cannot train on these images: {exc}") from exc
+        for line in warnings:
+            click.secho(f"warning: {line}", fg="yellow", err=True)

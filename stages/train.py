@@ -23,7 +23,9 @@ def train(params_file: str | None, overrides: tuple[str, ...], manifest: str, fe
     from pipeline.heads.train_stage import run_train
 
     params = load(params_file, overrides)
-    check_training(manifest, params)  # what is missing, in words, before any feature is read
+    # what is missing, in words, before any feature is read; what is too small, as warnings
+    for line in check_training(manifest, params):
+        click.secho(f"warning: {line}", fg="yellow", err=True)
     info = run_train(params, manifest, features, out, log_csv)
     extra = (f", semantic rank k={info.nsnet_k} explains "
              f"{100 * info.explained_variance:.1f}% of caption energy"

@@ -222,6 +222,75 @@ def test_missing_default_params_file_means_defaults(tmp_path):
     assert f"params: no params.yaml in {tmp_path} or above: built-in defaults" in out
 
 
+@pytest.mark.parametrize(("layout", "examples"), [
+    ("auto", "data/real/ and data/fake/<generator>/"),
+    ("genimage", "data/<generator>/train/nature/ and data/<generator>/train/ai/")])
+def test_an_empty_data_root_is_named_with_what_to_put_there(tmp_path, layout, examples):
+    """A data root that is an empty folder (its subfolders empty too): scan says so at once and
+    index stops with the folder's name and what it should hold, never that the listing was
+    made for other roots (it was made for that root)."""
+    (tmp_path / "data" / "fake").mkdir(parents=True)  # an empty label folder holds no file
+    (tmp_path / "params.yaml").write_text(f"data:\n  roots: [data]\n  layout: {layout}\n")
+    empty = "data root data holds no files: put your images in it, in label folders such as "
+    old = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        res = CliRunner().invoke(main, ["scan", "--out", "cache/listing.parquet"])
+    finally:
+        os.chdir(old)
+    assert res.exit_code == 0, res.output
+    assert "scan: data: no files" in res.output and f"warning: {empty}{examples}" in res.output
+    for args in (["--listing", "cache/listing.parquet"], []):  # dvc's way, and the scan in index
+        out = _fails(["index", *args], f"{empty}{examples}", cwd=tmp_path)
+        assert "other roots" not in out and "no label folders" not in out
+    (tmp_path / "data" / "real").mkdir()  # a file now: the listing is stale
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / "data" / "real" / "a.png")
+    _fails(["index", "--listing", "cache/listing.parquet"],
+           "cache/listing.parquet lists no files of data root data, which holds files now",
+           "run `nsnet scan` (or `dvc repro`) first", cwd=tmp_path)
+
+
+def _drop_read_override() -> None:
+    """In the child: drop CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH from the bounding set, so
+    that even root is bound by permission bits (as in test_bad_images)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (1, 2):
+        if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
+
+
+def _nsnet(args: list[str], cwd: Path, drop_caps: bool) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(PROJECT)}
+    return subprocess.run([sys.executable, "-m", "stages.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120,
+                          preexec_fn=_drop_read_override if drop_caps else None)
+
+
+def test_a_data_root_that_cannot_be_listed_is_not_called_empty(tmp_path):
+    """chmod 000 on the root: the message says it could not be listed, and why (as root, the
+    commands run without the capabilities that bypass permission bits)."""
+    root = tmp_path / "data"
+    (root / "real").mkdir(parents=True)
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(root / "real" / "a.png")
+    (tmp_path / "params.yaml").write_text("data:\n  roots: [data]\n")
+    root.chmod(0)
+    try:
+        drop = os.access(root, os.R_OK)  # root: permission bits are not enforced for us
+        scan = _nsnet(["scan", "--out", "cache/listing.parquet"], tmp_path, drop)
+        if drop and "PR_CAPBSET_DROP" in scan.stderr:
+            pytest.skip("running as root and capabilities cannot be dropped here")
+        index = _nsnet(["index", "--listing", "cache/listing.parquet"], tmp_path, drop)
+    finally:
+        root.chmod(0o755)
+    want = "data root data: no file could be listed (data: PermissionError: Permission denied)"
+    assert scan.returncode == 0 and f"warning: {want}" in scan.stderr, scan.stderr
+    assert "scan: data: no files; 1 folder(s) could not be listed" in scan.stderr
+    assert index.returncode == 1 and want in index.stderr, index.stderr
+    assert "holds no files" not in scan.stderr + index.stderr
+
+
 # Every command that reads params, with arguments that get it past option parsing.
 PARAM_COMMANDS = {name: [] for name in ("scan", "index", "audit", "extract", "train",
                                         "evaluate", "compare", "evaluate-degraded", "cache",
@@ -372,6 +441,136 @@ def test_broken_local_weights_do_not_blame_the_hub(tmp_path):
         load_blip(str(tmp_path), "cpu")
     assert "is a local folder but does not hold a loadable BLIP" in str(err.value)
     assert "hub" not in str(err.value)
+
+
+REAL_MODELS = {"clip": {"arch": "ViT-L-14", "pretrained": "openai"},
+               "caption": {"model": "Salesforce/blip-image-captioning-base"}}
+# The real CLI's entry, timed once its libraries are imported (the check, not the imports).
+TIMED_CLI = """\
+import sys, time
+import huggingface_hub, open_clip, torch, transformers
+from stages.cli import main
+start = time.monotonic()
+try:
+    main(sys.argv[1:], prog_name="nsnet")
+finally:
+    print(f"ELAPSED {time.monotonic() - start:.2f}", file=sys.stderr)
+"""
+
+
+def test_extract_names_every_missing_model_at_once_before_any_work(tmp_path, demo_images):
+    """Real CLIP and BLIP names, an empty Hugging Face cache, no hub: one message lists both
+    (with how to get each and the keys of the offline backbones), within seconds, nothing
+    computed."""
+    from pipeline.cache_store import FeatureStore
+    from pipeline.data.demo_data import TINY_MODELS
+    from pipeline.data.index_stage import build_index
+    from tests.conftest import tiny_params, tiny_raw, write_params
+
+    manifest = tmp_path / "manifest.parquet"
+    build_index(tiny_params(demo_images), manifest, tmp_path / "index_report.json")
+    raw = tiny_raw(demo_images)
+    for section, values in REAL_MODELS.items():
+        raw[section].update(values)
+    params = write_params(tmp_path / "params.yaml", raw)
+    features = tmp_path / "features"
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "TRANSFORMERS_CACHE")}
+    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(home / "hf"), HOME=str(home),
+               PYTHONPATH=str(PROJECT))
+    proc = subprocess.run(
+        [sys.executable, "-c", TIMED_CLI, "extract", "--params", str(params), "--manifest",
+         str(manifest), "--features", str(features)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    err = proc.stderr
+    assert proc.returncode == 1, err
+    assert "Traceback" not in err and "ERROR:root" not in err, err
+    assert err.count("Error: ModelUnavailable") == 1, err
+    assert "nsnet extract needs 2 model(s)" in err, err
+    assert "CLIP 'ViT-L-14' / 'openai' (clip.arch, clip.pretrained)" in err
+    assert "open_clip.create_model('ViT-L-14', pretrained='openai')" in err
+    assert "BLIP 'Salesforce/blip-image-captioning-base' (caption.model)" in err
+    assert "hf download Salesforce/blip-image-captioning-base" in err
+    assert all(f"--set {key}=" in err for key in TINY_MODELS), err
+    assert float(err.split("ELAPSED ")[1].split()[0]) < 30, err  # the plan and the check
+    assert not FeatureStore(features).describe()  # no part written, no image decoded
+
+
+def test_predict_names_every_missing_backbone_of_its_bundle(tmp_path, monkeypatch):
+    """A bundle whose CLIP checkpoint and BLIP are both absent: one message names both, before
+    either is loaded, and says they come with the bundle (no params key switches them)."""
+    from pipeline.heads.bundle_config import Backbones, CaptionFacts, ClipFacts, PatchesConfig
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    bb = Backbones(clip=ClipFacts("ViT-B-32", str(tmp_path / "absent.pt")),
+                   caption=CaptionFacts("nsnet-tests/absent-blip"),
+                   patches=PatchesConfig(32, 24, 25))
+    save_bundle(tmp_path / "model", build_head("advanced", 512),
+                BundleConfig(head=HeadConfig("advanced", 512), backbones=bb))
+    Image.new("RGB", (64, 64)).save(tmp_path / "a.png")
+    out = _fails(["predict", str(tmp_path / "a.png"), "--model", str(tmp_path / "model")],
+                 f"the bundle {tmp_path / 'model'} needs 2 model(s)",
+                 f"'ViT-B-32' / '{tmp_path / 'absent.pt'}' (backbones.clip)", "no such file",
+                 "BLIP 'nsnet-tests/absent-blip' (backbones.caption): not in the Hugging Face",
+                 "hf download nsnet-tests/absent-blip", "`backbones` in its config.json")
+    assert out.count("ModelUnavailable") == 1 and "--set" not in out and "or set" not in out
+
+
+def _hub_cache(root: Path, repo: str, *files: str) -> None:
+    """``files`` of hub repo ``repo`` in a Hugging Face cache laid out as ``hf download`` does."""
+    folder = root / f"models--{repo.replace('/', '--')}"
+    (folder / "refs").mkdir(parents=True, exist_ok=True)
+    (folder / "refs" / "main").write_text("0" * 40)
+    for name in files:
+        path = folder / "snapshots" / ("0" * 40) / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"{}")
+
+
+def test_model_check_reads_the_cache_and_local_paths_without_loading(tmp_path, monkeypatch):
+    from pipeline.backbones.availability import ModelUnavailable, Need, require_models
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cache = str(tmp_path / "hub")
+    blip = "Salesforce/blip-image-captioning-base"
+    needs = [Need("clip", "ViT-L-14", "openai", ("clip.arch", "clip.pretrained")),
+             Need("blip", blip, keys=("caption.model",)),
+             Need("clip", "ViT-L-14", "openai", ("recipes.cozzolino_arch",
+                                                 "recipes.cozzolino_pretrained"))]
+
+    def missing() -> str:
+        with pytest.raises(ModelUnavailable) as err:
+            require_models(needs, "run", cache_dir=cache)
+        return str(err.value)
+
+    text = missing()  # the same CLIP named twice is one entry naming all its keys
+    assert "run needs 2 model(s)" in text and text.count("'ViT-L-14' / 'openai'") == 1
+    assert "(clip.arch, clip.pretrained, recipes.cozzolino_arch, recipes.cozzolino_pretrained)" \
+        in text and cache in text
+    _hub_cache(tmp_path / "hub", "timm/vit_large_patch14_clip_224.openai",
+               "open_clip_model.safetensors")
+    _hub_cache(tmp_path / "hub", blip, "config.json")  # no weights yet: still missing
+    text = missing()
+    assert "run needs 1 model(s)" in text and f"BLIP {blip!r}" in text and "CLIP" not in text
+    _hub_cache(tmp_path / "hub", blip, "model.safetensors")
+    require_models(needs, "run", cache_dir=cache)
+    # Local files and folders, the built-in backbones; settings no download fixes.
+    ckpt, folder = tmp_path / "vit.pt", tmp_path / "blip"
+    ckpt.write_bytes(b"")
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    require_models([Need("clip", "ViT-B-32", str(ckpt)), Need("blip", str(folder)),
+                    Need("clip", "tiny", ""), Need("blip", "tiny")], "run", cache_dir=cache)
+    with pytest.raises(ModelUnavailable) as err:
+        require_models([Need("clip", "ViT-B-32", "no-such-tag", ("clip.pretrained",)),
+                        Need("clip", "ViT-Nope", "openai", ("clip.arch",)),
+                        Need("blip", str(tmp_path / "empty"), keys=("caption.model",))],
+                       "run", cache_dir=cache)
+    text = str(err.value)
+    assert "run needs 3 model(s)" in text and "neither a file nor a known tag" in text
+    assert "not an open_clip architecture" in text and "no such folder" in text
+    assert "hf download" not in text and "not reachable" not in text
 
 
 # ----------------------------------------------------------------------------- progress bars

@@ -14,7 +14,7 @@ from PIL import Image
 from pipeline.config import params_from_dict
 from pipeline.data.index_stage import build_index
 from pipeline.data.manifest import read_manifest
-from pipeline.data.readiness import training_problems
+from pipeline.data.readiness import MIN_VAL_IMAGES, training_problems, validation_warnings
 from stages.cli import main
 from tests.conftest import write_params
 
@@ -93,3 +93,81 @@ def test_train_says_what_is_missing_before_reading_features(tmp_path):
     assert re.search(r"train split; it has \d+ real and 0 generated", res.output), res.output
     assert "absent.h5" not in res.output
     assert not any(r in res.output for r in NUMPY_REPRS), res.output
+
+
+# ----------------------------------------------------------------------------- too small a val
+
+
+def _val_counts(manifest, source: str | None = None) -> tuple[int, int]:
+    val = manifest[(manifest["split"] == "val") & (manifest["status"] == "ok")]
+    if source is not None:
+        val = val[val["source"] == source]
+    return int((val["label"] == 0).sum()), int((val["label"] == 1).sum())
+
+
+def test_a_small_val_split_and_a_generator_without_val_images_are_warned(tmp_path):
+    """Official val folders with 4 real and 4 generated images, generator b none: index and
+    train print one warning per problem, with the counts; the tree still trains."""
+    root = _tree(tmp_path / "images", {"train/real": 30, "train/fake/a": 20,
+                                       "train/fake/b": 20, "val/real": 4, "val/fake/a": 4})
+    res = _index(tmp_path, root, evaluate={"threshold": "val_acc"})
+    assert res.exit_code == 0, res.output
+    more = "raise data.split.val (now 0.15), which sends more of each folder without a val/"
+    want = [
+        "warning: val has 4 real and 4 generated images: too few (under 20 of each) to choose "
+        f"the epoch and evaluate.threshold=val_acc reliably; add images, or {more}",
+        "warning: generator a has 4 generated images in val (20 in train): too few (under 20) "
+        "for its images to count in choosing the epoch and evaluate.threshold=val_acc; add a "
+        f"images, or {more}",
+        "warning: generator b has 0 generated images in val (20 in train): too few (under 20) ",
+    ]
+    lines = [line for line in res.output.splitlines() if line.startswith("warning: ")]
+    assert len(lines) == 3, res.output
+    assert all(line.startswith(w) for line, w in zip(lines, want, strict=True)), lines
+    res = CliRunner().invoke(main, ["train", "--params", str(tmp_path / "params.yaml"),
+                                    "--manifest", str(tmp_path / "m.parquet"), "--features",
+                                    str(tmp_path / "absent.h5"), "--out", str(tmp_path / "m"),
+                                    "--log", str(tmp_path / "log.csv")])
+    assert [line for line in res.output.splitlines() if line.startswith("warning: ")] == lines
+
+
+def test_genimage_val_carved_from_a_few_training_images_is_warned(tmp_path):
+    """GenImage's val folders are its test set, so val is carved out of train by content hash:
+    with a dozen images per generator it holds a handful, which the warning counts."""
+    folders = {}
+    for gen, n in (("ADM", 12), ("BigGAN", 3)):
+        folders.update({f"{gen}/train/ai": n, f"{gen}/train/nature": n,
+                        f"{gen}/val/ai": 4, f"{gen}/val/nature": 4})
+    root = _tree(tmp_path / "GenImage", folders)
+    res = _index(tmp_path, root, data={"roots": [str(root)], "layout": "genimage"})
+    assert res.exit_code == 0, res.output
+    manifest = read_manifest(tmp_path / "m.parquet")
+    n_real, n_fake = _val_counts(manifest)
+    assert f"warning: val has {n_real} real and {n_fake} generated images: too few" in res.output
+    for gen in ("ADM", "BigGAN"):
+        n = _val_counts(manifest, gen)[1]
+        n_train = int(((manifest["source"] == gen) & (manifest["split"] == "train")
+                       & (manifest["label"] == 1)).sum())
+        assert (f"warning: generator {gen} has {n} generated image{'' if n == 1 else 's'} in "
+                f"val ({n_train} in train): too few (under 20)") in res.output, res.output
+
+
+def test_a_val_of_twenty_images_of_each_kind_is_not_warned(tmp_path):
+    root = _tree(tmp_path / "images", {"train/real": 20, "train/fake/a": 20, "val/real": 20,
+                                       "val/fake/a": 20})
+    res = _index(tmp_path, root, evaluate={"threshold": "val_acc", "calibration": "platt"})
+    assert res.exit_code == 0 and "warning" not in res.output, res.output
+    manifest = read_manifest(tmp_path / "m.parquet")
+    params = params_from_dict({"data": {"roots": [str(root)]},
+                               "evaluate": {"threshold": "val_acc", "calibration": "platt"}})
+    assert validation_warnings(manifest, params) == []
+    one_less = manifest.drop(manifest.index[(manifest["split"] == "val")
+                                            & (manifest["label"] == 1)][:1])
+    split, generator = validation_warnings(one_less, params)  # 19 is under MIN_VAL_IMAGES
+    assert split.startswith(f"val has 20 real and 19 generated images: too few (under "
+                            f"{MIN_VAL_IMAGES} of each) to choose the epoch and evaluate."
+                            "threshold=val_acc and evaluate.calibration=platt reliably")
+    assert generator.startswith("generator a has 19 generated images in val (20 in train)")
+    fixed = params_from_dict({"data": {"roots": [str(root)]}})
+    assert validation_warnings(one_less, fixed)[0].split("; ")[0].endswith(
+        "to choose the epoch reliably")  # a fixed threshold: only the epoch is chosen on val

@@ -45,6 +45,13 @@ CONTAINER_NAMES = {"cnn_synth_testset", "diffusion_datasets", "datasets", "datas
 TEST_CONTAINERS = {"cnn_synth_testset", "diffusion_datasets"}  # test-only archives
 LAYOUTS = ("real_fake", "genimage", "ufd", "aigibench")
 DETECT_DEPTH = 6  # folder levels below the root inspected by ``detect_layout``
+# What a root of each layout holds, for the messages about an empty root (``auto``: the first).
+LAYOUT_EXAMPLES = {
+    "real_fake": ("real/", "fake/<generator>/"),
+    "genimage": ("<generator>/train/nature/", "<generator>/train/ai/"),
+    "ufd": ("<generator>/0_real/", "<generator>/1_fake/"),
+    "aigibench": ("train/<source>/0_real/", "train/<source>/1_fake/"),
+}
 
 # GenImage's eight generators, matched on a folder name reduced to lowercase letters and digits
 # (``stable_diffusion_v_1_4`` and ``imagenet_ai_0419_sdv4`` both give ``SDv1.4``).

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 from pipeline.atomic import atomic_path
 from pipeline.config import Params
 from pipeline.data.images import display_path
-from pipeline.data.layouts import LayoutError, WalkError
+from pipeline.data.layouts import LAYOUT_EXAMPLES, LayoutError, WalkError
 
 COLUMNS = ["root", "relpath", "size", "mtime_ns"]
 LISTING_FORMAT = 1
@@ -131,9 +131,49 @@ def read_listing(path: str | Path) -> tuple[pd.DataFrame, list[WalkError]]:
     return table.to_pandas(), errors
 
 
-def listing_summary(df: pd.DataFrame, errors: list[WalkError]) -> str:
-    """One line: files and bytes per root."""
+def listing_summary(df: pd.DataFrame, errors: list[WalkError], roots: Sequence[str] = ()) -> str:
+    """One line: files and bytes per root (``roots`` first, in order, ``no files`` if empty)."""
+    by_root = {root: g for root, g in df.groupby("root", sort=False)}
     parts = [f"{root}: {len(g)} files, {g['size'].clip(lower=0).sum() / 1e6:.1f} MB"
-             for root, g in df.groupby("root", sort=False)]
+             if (g := by_root.get(root)) is not None else f"{root}: no files"
+             for root in dict.fromkeys([*roots, *by_root])]
     unlisted = f"; {len(errors)} folder(s) could not be listed" if errors else ""
     return "scan: " + "; ".join(parts or ["no files"]) + unlisted
+
+
+def empty_root_message(root: str, layout: str = "auto") -> str:
+    """What to say of a data root that is a folder holding no files: what to put there."""
+    real, fake = LAYOUT_EXAMPLES.get(layout, LAYOUT_EXAMPLES["real_fake"])
+    base = root.rstrip("/") or "/"
+    base = base if base.endswith("/") else base + "/"
+    return (f"data root {root} holds no files: put your images in it, in label folders such as "
+            f"{base}{real} and {base}{fake} (the layouts: docs/usage.md, \"Using your own "
+            "images\")")
+
+
+def root_problem(root: str, layout: str = "auto") -> str:
+    """Why ``root`` gives no file, looked up on disk now: not a folder, nothing could be
+    listed, or an empty folder; ``""`` when it holds files (a listing without them is stale)."""
+    if not Path(root).is_dir():
+        return f"data root {root} does not exist or is not a folder"
+    errors: list[WalkError] = []
+    if next(_walk(os.fsencode(root), errors), None) is not None:
+        return ""
+    if errors:
+        return f"data root {root}: no file could be listed ({errors[0].path}: {errors[0].error})"
+    return empty_root_message(root, layout)
+
+
+def check_listed_roots(params: Params, df: pd.DataFrame, listing: str | Path | None = None
+                       ) -> None:
+    """Raise ``LayoutError`` for a root of ``data.roots`` with no file in the listing ``df``,
+    saying why (``root_problem``), or that ``listing`` is stale when the root holds files."""
+    listed = set(df["root"].unique())
+    for root in params.data.roots:
+        if root.path in listed:
+            continue
+        problem = root_problem(root.path, root.layout or params.data.layout)
+        raise LayoutError(problem or (
+            f"{listing or 'the listing'} lists no files of data root {root.path}, which holds "
+            "files now: it was made before they were added, or for other roots; run `nsnet "
+            "scan` (or `dvc repro`) first"))

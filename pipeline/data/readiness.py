@@ -5,7 +5,9 @@ complaint and fails at ``train``, after the hours of extraction. ``training_prob
 the manifest's usable rows the way ``nsnet train`` will select them (the preset's or
 ``protocol.train_sources``' sources, the train and val splits) and says, in words and counts,
 what is missing: both labels in the train split, and both in the val split when the decision
-(``evaluate.threshold`` rule or ``evaluate.calibration``) is fit there.
+(``evaluate.threshold`` rule or ``evaluate.calibration``) is fit there. ``validation_warnings``
+says when the validation rows, though present, are too few to choose the epoch and the
+decision on (fewer than ``MIN_VAL_IMAGES`` of a label, or of a training generator's images).
 """
 
 from __future__ import annotations
@@ -18,6 +20,10 @@ from pipeline.config import Params, parse_threshold
 from pipeline.data.experiment import resolve_experiment
 
 LABELS = {0: "real", 1: "generated"}
+# Fewest validation images of each label, and generated ones of each training generator, to
+# choose the epoch and the decision on: below 20, one image moves that label's validation
+# accuracy by 5 points or more, and a generator weighs next to nothing in the choice.
+MIN_VAL_IMAGES = 20
 
 
 def label_counts(rows: pd.DataFrame) -> str:
@@ -37,6 +43,15 @@ def _where(params: Params, sources: list[str] | None) -> str:
     else:
         chosen = f"protocol.train_sources: {', '.join(sources) if sources else 'all'}"
     return f"data.roots: {roots}; {chosen}"
+
+
+def _fitted_on_val(params: Params) -> list[str]:
+    """The decision's parts fit on the validation split (a threshold rule, a calibration)."""
+    rule = parse_threshold(params.evaluate.threshold)
+    fitted = [f"evaluate.threshold={rule.text}"] if rule.kind != "fixed" else []
+    if params.evaluate.calibration != "none":
+        fitted.append(f"evaluate.calibration={params.evaluate.calibration}")
+    return fitted
 
 
 def training_problems(manifest: pd.DataFrame, params: Params) -> list[str]:
@@ -62,10 +77,7 @@ def training_problems(manifest: pd.DataFrame, params: Params) -> list[str]:
             f"training needs real and generated images in the train split; it has "
             f"{label_counts(train)} ({_where(params, sources)}). Add the missing kind (e.g. "
             "a fake/<generator>/ folder beside real/), or widen protocol.train_sources")
-    rule = parse_threshold(params.evaluate.threshold)
-    fitted = [f"evaluate.threshold={rule.text}"] if rule.kind != "fixed" else []
-    if params.evaluate.calibration != "none":
-        fitted.append(f"evaluate.calibration={params.evaluate.calibration}")
+    fitted = _fitted_on_val(params)
     if fitted and not problems and not _both(val):
         problems.append(
             f"{' and '.join(fitted)} are fit on the validation split, which has "
@@ -74,13 +86,51 @@ def training_problems(manifest: pd.DataFrame, params: Params) -> list[str]:
     return problems
 
 
-def check_training(manifest: str | Path, params: Params) -> None:
-    """Raise ``NotTrainable`` (one message, every problem) when training would fail."""
+def validation_warnings(manifest: pd.DataFrame, params: Params) -> list[str]:
+    """One line per validation shortfall of the training rows (empty when val is big enough):
+    fewer than ``MIN_VAL_IMAGES`` real or generated images, or generated images of a training
+    generator (with the counts, and how to get more)."""
+    ok = manifest[manifest["status"] == "ok"]
+    try:
+        exp = resolve_experiment(params, manifest)
+    except ValueError:
+        return []  # training_problems says what is wrong
+    if exp.train_error:
+        return []
+    val = ok[exp.val_mask(ok)]
+    more = (f"raise data.split.val (now {params.data.split.val:g}), which sends more of each "
+            "folder without a val/ folder of its own to val")
+    chosen = " and ".join(["the epoch", *_fitted_on_val(params)])
+    warnings = []
+    n_real, n_fake = (int((val["label"] == k).sum()) for k in LABELS)
+    if min(n_real, n_fake) < MIN_VAL_IMAGES:
+        warnings.append(f"val has {label_counts(val)} images: too few (under {MIN_VAL_IMAGES} "
+                        f"of each) to choose {chosen} reliably; add images, or {more}")
+    picked = set(exp.train_sources) if exp.train_sources is not None else None
+    fakes = {(c.source, c.split): c.n_fake for c in exp.counts}
+    for source in exp.generators("train"):
+        if picked is not None and source not in picked:
+            continue
+        n_val = fakes.get((source, "val"), 0)
+        if n_val < MIN_VAL_IMAGES:
+            warnings.append(
+                f"generator {source} has {n_val} generated image{'' if n_val == 1 else 's'} "
+                f"in val ({fakes[(source, 'train')]} in train): too few (under "
+                f"{MIN_VAL_IMAGES}) for its images to count in choosing {chosen}; add "
+                f"{source} images, or {more}")
+    return warnings
+
+
+def check_training(manifest: str | Path, params: Params) -> list[str]:
+    """Raise ``NotTrainable`` (one message, every problem) when training would fail; else
+    return the ``validation_warnings``."""
     from pipeline.data.manifest import read_manifest
 
-    problems = training_problems(read_manifest(manifest), params)
+    frame = read_manifest(manifest)
+    problems = training_problems(frame, params)
     if problems:
         raise NotTrainable(f"{manifest}: " + "; ".join(problems))
+    return validation_warnings(frame, params)
 
 
 class NotTrainable(ValueError):
