@@ -181,6 +181,38 @@ def test_cache_deleted_during_extract_fails_clearly_and_a_rerun_rebuilds(
             np.testing.assert_array_equal(got[key], want[key], err_msg=f"{kind}/{key}")
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the drop
+def test_ctrl_c_swallowed_by_a_finalizer_still_stops_the_run():
+    """CPython drops a KeyboardInterrupt raised inside a finalizer ("Exception ignored in"):
+    seen under load as a Ctrl-C'd extract that ran to the end and exited 0. The run stops at
+    the next shard all the same, saying what was kept."""
+    import gc
+
+    from pipeline.extraction.sharding import Interrupted, run
+
+    class SignalsWhenCollected:
+        def __del__(self) -> None:
+            os.kill(os.getpid(), signal.SIGINT)  # the handler runs inside this finalizer
+
+    class Shard:
+        samples = 1
+
+    done = []
+
+    def compute(shard: Shard, progress) -> int:
+        if len(done) == 1:
+            SignalsWhenCollected()  # collected at once: the interrupt is raised and dropped
+            gc.collect()
+        done.append(shard)
+        progress(1)
+        return 1
+
+    with pytest.raises(Interrupted, match="interrupted after 2 of 5 shards"):
+        run([Shard() for _ in range(5)], compute)
+    assert len(done) == 2  # the swallowed Ctrl-C stopped the loop before the third shard
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 # ----------------------------------------------------------------------------- write errors
 
 
@@ -219,12 +251,13 @@ def _snapshot(path: Path) -> dict[str, bytes] | bytes:
 
 
 def test_disk_full_during_index_keeps_previous_manifest(tmp_path, built_cache):
-    """The manifest cannot be written (file size limit): exit 1, clear message, old one kept."""
+    """The manifest cannot be written (file size limit): exit 1, clear message, old one kept.
+    (Another patch size makes index rewrite it: the same rows and settings leave it as it is.)"""
     work = built_cache.copy_to(tmp_path / "w")
     write_params(work.workdir / "params.yaml", tiny_raw(demo_root(built_cache)))
     before = work.manifest.read_bytes()
     assert len(before) > 4096
-    proc = _fsize_run(work.workdir, ["index", "--rescan"], 4096)
+    proc = _fsize_run(work.workdir, ["index", "--rescan", "--set", "patches.size=16"], 4096)
     _assert_failed_cleanly(proc, work.workdir, work.manifest, before)
 
 

@@ -17,6 +17,7 @@ import socket
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlparse
 
 
@@ -187,10 +188,9 @@ def _clip_problem(need: Need, cache_dir: str | None) -> tuple[str, bool]:
             if pretrained else ("", False)
     import open_clip
 
-    from pipeline.backbones.clip import _register_tiny
-
-    _register_tiny()
-    if arch not in open_clip.list_models():
+    # open_clip's own architectures, and the built-in configs that clip.py registers with it
+    builtin = Path(__file__).parent / "configs" / f"{arch}.json"
+    if arch not in open_clip.list_models() and not builtin.is_file():
         return "not an open_clip architecture (see open_clip.list_models())", False
     if pretrained and os.path.isfile(pretrained):
         return "", False

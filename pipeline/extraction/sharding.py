@@ -13,6 +13,8 @@ once, not once per task, and writes its segments directly into the store.
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -22,6 +24,34 @@ from tqdm.auto import tqdm
 
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C during a run; the message says what was kept and how to resume."""
+
+
+class _CtrlC:
+    """SIGINT raises KeyboardInterrupt as usual and is also remembered: CPython drops the
+    exception when the signal lands in a finalizer or a weakref callback ("Exception ignored
+    in ..."), and the run must stop all the same (at the next shard)."""
+
+    def __init__(self) -> None:
+        self.hit = False
+        self._previous: Any = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.hit = True
+        raise KeyboardInterrupt
+
+    def __enter__(self) -> _CtrlC:
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def check(self) -> None:
+        if self.hit:
+            raise KeyboardInterrupt
 
 
 def run(shards: Sequence[Any], compute: Callable[..., int], scheduler: str = "",
@@ -37,9 +67,12 @@ def run(shards: Sequence[Any], compute: Callable[..., int], scheduler: str = "",
         if scheduler and shards:
             done = _run_dask(list(shards), compute, scheduler, bar)
         else:
-            for shard in shards:
-                compute(shard, progress=bar.update)
-                done += 1
+            with _CtrlC() as ctrl_c:
+                for shard in shards:
+                    ctrl_c.check()
+                    compute(shard, progress=bar.update)
+                    done += 1
+                ctrl_c.check()
     except KeyboardInterrupt:
         bar.close()
         raise Interrupted(
