@@ -15,7 +15,7 @@ TORCH_PINS = $(or $(if $(CONSTRAINTS),$(shell grep -E '^(torch|torchvision)==' $
 export DVC_NO_ANALYTICS := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: install browser latex demo test lint clean-demo check-open-clip lock docs
+.PHONY: install browser latex demo test test-fast lint clean-demo check-open-clip lock docs
 
 $(BIN)/nsnet: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -52,9 +52,22 @@ demo: install
 	  "$(DEMO)/reports/tables.{md,tex,csv}, the figures in $(DEMO)/plots/*.png; try: cd" \
 	  "$(DEMO) && dvc metrics show / dvc plots show / nsnet cache / dvc exp show --only-changed"
 
+# The suite runs on parallel workers (pytest-xdist), each taking whole test files so that a
+# file's fixtures are built once: as many workers as cores, at most 4 (each holds ~1.5 GB).
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$(( n > 4 ? 4 : n )))
+PYTEST = $(if $(filter no,$(SYSTEM_PACKAGES)),NSNET_SYSTEM_PACKAGES=no )$(BIN)/pytest -q \
+  -n $(TEST_WORKERS) --dist loadfile
+
 test: install browser latex
 	$(BIN)/ruff check .
-	$(if $(filter no,$(SYSTEM_PACKAGES)),NSNET_SYSTEM_PACKAGES=no )$(BIN)/pytest -q
+	$(PYTEST)
+
+# The edit-test loop (under 2 minutes on 2 cores): ruff and every test that is neither `slow`
+# (dvc workspaces, the dask cluster, the docs' output blocks) nor `heavy` (the session's image
+# set and its extracted cache). `make test` before a commit runs them all.
+test-fast: install
+	$(BIN)/ruff check .
+	$(PYTEST) -m "not slow and not heavy"
 
 # The open_clip floor (2.24.0) and last 2.x (2.32.0) beside the installed 3.x: real checkpoint
 # loading under each (tests/test_open_clip_compat.py). Needs the package index.

@@ -91,6 +91,34 @@ def require_system_packages(packages: str, present: bool) -> None:
                 f"(apt-get install {packages}); `make test SYSTEM_PACKAGES=no` skips it")
 
 
+# ----------------------------------------------------------------------------- scheduling
+# `make test-fast` leaves out `slow` tests and these `heavy` ones: tests that need the session's
+# image set or its extracted cache (tiny models run over hundreds of images first).
+HEAVY_FIXTURES = frozenset({"demo_images", "built_cache"})
+# `make test` spreads whole files over parallel workers (pytest-xdist, `--dist loadfile`), in
+# collection order: the files holding the longest tests go first, so that no worker is left
+# alone with one of them at the end. Order only; no test depends on it.
+LONGEST_FIRST = ("test_docs.py", "test_incremental.py", "test_dvc_pipeline.py",
+                 "test_input_zoo.py", "test_user_params.py", "test_patch_views.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    slow_files = set()
+    for item in items:
+        if HEAVY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.heavy)
+        if item.get_closest_marker("slow"):
+            slow_files.add(item.path.name)
+
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        if name in LONGEST_FIRST:
+            return LONGEST_FIRST.index(name)
+        return len(LONGEST_FIRST) + (0 if name in slow_files else 1)
+
+    items.sort(key=rank)  # stable: each file keeps its own order
+
+
 # Small, fast settings for the tests' small image sets (on top of the tiny models).
 FAST = {
     "data": {"num_workers": 0},
