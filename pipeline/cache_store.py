@@ -4,6 +4,7 @@ Layout (``cache/features/``, one DVC directory output)::
 
     <part>/<settings fingerprint>/part.json      what made these features (settings, models)
     <part>/<settings fingerprint>/<digest>.h5    a segment: ``ids`` (n,) S32 + the part's arrays
+    clean.json, degraded.json                    what the heads read (``extract_stage.catalogs``)
 
 A *part* is one kind of feature (a patch selection, a caption, the CLIP embedding of patch
 order k, ...) made with one set of settings, which include what was done to the image before

@@ -1,8 +1,8 @@
 """Bad input from scraped folders: every case is a real file made here, decoded by the real code.
 
 Readable images must come out as correct RGB (mode conversion, EXIF orientation); unreadable ones
-must be recorded in the manifest with a reason, skipped downstream, and reported; ``--strict``
-turns any skip into an error.
+must be recorded in the index report with a reason, left out of the manifest (so downstream),
+and printed; ``--strict`` turns any skip into an error.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from PIL import Image
 from pipeline.cache_store import decode_ids
 from pipeline.config import load_params
 from pipeline.data.images import ImageError, open_image
-from pipeline.data.index_stage import build_index
+from pipeline.data.index_stage import build_index, read_skipped
 from pipeline.data.manifest import file_paths, read_manifest
 from pipeline.extraction.extract_stage import run_extract
 from stages.cli import main
@@ -214,10 +214,9 @@ def test_image_smaller_than_one_patch(tmp_path):
         _good(root, f"fake/f{i}.png")
     _good(root, "fake/tiny.png", size=16)
     build_index(tiny_params(root), tmp_path / "m.parquet", tmp_path / "r.json")
-    df = read_manifest(tmp_path / "m.parquet").set_index("path")
-    row = df.loc[str(root / "fake/tiny.png")]
-    assert row["status"] == "too_small" and "32x32 patch" in row["error"]
-    assert (row["width"], row["height"]) == (16, 16)
+    row = read_skipped(tmp_path / "r.json").set_index("path").loc[str(root / "fake/tiny.png")]
+    assert row["status"] == "too_small" and "16x16 is smaller than one 32x32 patch" in row["error"]
+    assert str(root / "fake/tiny.png") not in set(read_manifest(tmp_path / "m.parquet")["path"])
 
 
 def test_symlink_loop_in_folder_tree(tmp_path):
@@ -286,7 +285,7 @@ def _nsnet(args: list[str], cwd: Path, drop_caps: bool) -> subprocess.CompletedP
 
 
 def test_unreadable_permissions(tmp_path):
-    """chmod 000 files and folders are recorded in the manifest/report, not dropped.
+    """chmod 000 files and folders are recorded in the report, not dropped.
 
     As root, permission bits do not stop reads, so the index then runs in a subprocess whose
     capabilities to bypass them were dropped; only if that is impossible is the test skipped.
@@ -307,10 +306,11 @@ def test_unreadable_permissions(tmp_path):
             pytest.skip("running as root and capabilities cannot be dropped here, so chmod 000 "
                         "files stay readable")
         assert proc.returncode == 0, proc.stderr
-        df = read_manifest(tmp_path / "cache" / "manifest.parquet").set_index("path")
-        assert df.loc[str(locked), "status"] == "unreadable"
-        assert "permission denied" in df.loc[str(locked), "error"].lower()
-        assert (df["status"] == "ok").sum() == 4
+        df = read_manifest(tmp_path / "cache" / "manifest.parquet")
+        skipped = read_skipped(tmp_path / "cache" / "index_report.json").set_index("path")
+        assert skipped.loc[str(locked), "status"] == "unreadable"
+        assert "permission denied" in skipped.loc[str(locked), "error"].lower()
+        assert (df["status"] == "ok").sum() == 4 == len(df)
         assert "unreadable: 1 file(s)" in proc.stderr and "locked.png" in proc.stderr
         assert "unlisted_folder" in proc.stderr and "private" in proc.stderr
         strict = _nsnet(["index", "--strict"], tmp_path, drop)
@@ -349,10 +349,13 @@ def test_index_cli_records_reasons_prints_summary_and_extract_skips(tmp_path, mo
     result = CliRunner().invoke(main, ["index"])
     assert result.exit_code == 0, result.output
     df = read_manifest("cache/manifest.parquet")
-    status = {Path(p).name: s for p, s in zip(df["path"], df["status"], strict=True)}
+    skipped = read_skipped("cache/index_report.json")  # the unusable files: there only
+    assert set(df["status"]) == {"ok"}
+    status = {Path(p).name: s for p, s in zip([*df["path"], *skipped["path"]],
+                                               [*df["status"], *skipped["status"]], strict=True)}
     for name, want in expected.items():
         assert status[name] == want, name
-    assert df.loc[df["status"] != "ok", "error"].str.len().gt(0).all()
+    assert skipped["error"].str.len().gt(0).all()
     for want in ("empty_file: 1 file(s)", "not_an_image: 1 file(s)", "corrupt: 1 file(s)",
                  "too_small: 1 file(s)", "page.jpg", "cut.jpg"):
         assert want in result.output

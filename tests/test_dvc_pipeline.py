@@ -1,8 +1,9 @@
 """The real `dvc` pipeline: dvc.yaml agrees with the CLI, and in a fresh workspace it builds,
-is then up to date, re-runs only the training side when a train parameter changes, and reports.
+is then up to date, re-runs only the training side when a train parameter changes, reports,
+and re-runs a stage only for the params and files it reads.
 
 One workspace is built for the module (tiny demo set, tiny backbones, few epochs) and the slow
-tests run in file order: the last one changes a train parameter.
+tests run in file order: the last one leaves its params and images changed.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ import click
 import pytest
 import yaml
 
-from pipeline.config import Params
+from pipeline.config import Params, edit_params_text
 from pipeline.data.demo_data import DEMO_VALUES, make_workspace
+from pipeline.data.manifest import read_manifest
 from stages.cli import main
 from tests.conftest import fast_values, workspace_params
 
@@ -84,10 +86,14 @@ def _under(path: str, parent: str) -> bool:
     return path == parent or path.startswith(parent.rstrip("/") + "/")
 
 
-def train_side(stages: dict[str, dict[str, Any]]) -> set[str]:
-    """Stages a train.* change must re-run: those reading train params, and all downstream."""
-    hit = {name for name, st in stages.items()
-           if any(p == "train" or str(p).startswith("train.") for p in st.get("params", []))}
+def reads(stage: dict[str, Any], key: str) -> bool:
+    """Whether a stage depends on params key ``key`` (listed, or its section is)."""
+    return any(key == p or key.startswith(f"{p}.") for p in stage.get("params", []))
+
+
+def reruns(stages: dict[str, dict[str, Any]], key: str = "train.lr") -> set[str]:
+    """Stages a change of params key ``key`` re-runs: those reading it, and all downstream."""
+    hit = {name for name, st in stages.items() if reads(st, key)}
     while True:
         outs = [o for name in hit for o in produced(stages[name])]
         more = {name for name, st in stages.items() if name not in hit
@@ -111,11 +117,36 @@ def test_feature_stages_do_not_depend_on_training():
     stages = stages_of(ROOT / "dvc.yaml")
     for name in FEATURE_STAGES:
         for key in stages[name].get("params", []):
-            if key in ("protocol.train_reencode", "protocol.degradations"):  # change pixels
+            if key in ("protocol.train_reencode", "protocol.degradations",  # change pixels
+                       "train.head"):  # which recipe extract computes
                 continue
             assert str(key).split(".")[0] not in ("train", "evaluate", "protocol"), (name, key)
-    assert set(TRAIN_SIDE) <= train_side(stages)
-    assert not set(FEATURE_STAGES) & train_side(stages)
+    assert set(TRAIN_SIDE) <= reruns(stages)
+    assert not set(FEATURE_STAGES) & reruns(stages)
+
+
+# Settings that change how fast, not what (pipeline.runtime resolves their `auto`).
+MACHINE_KEYS = ("compute.device", "compute.num_workers", "compute.torch_threads",
+                "compute.shard_size", "compute.scheduler", "clip.batch_size",
+                "caption.batch_size", "data.num_workers", "train.device")
+
+
+def test_no_stage_depends_on_a_machine_setting():
+    for name, stage in stages_of(ROOT / "dvc.yaml").items():
+        for key in MACHINE_KEYS:
+            assert not reads(stage, key), (name, key)
+
+
+def test_feature_readers_depend_on_the_catalogs_of_what_they_read():
+    """Not on the whole store: only the stages scoring degraded copies on degraded.json."""
+    for name, stage in stages_of(ROOT / "dvc.yaml").items():
+        deps = _paths(stage.get("deps"))
+        assert "cache/features" not in deps, name
+        if "--features" in stage["cmd"] and name != "extract":
+            assert "cache/features/clean.json" in deps, name
+            degraded = "cache/features/degraded.json" in deps
+            assert degraded == reads(stage, "protocol.degradations"), name
+            assert degraded == (name in ("evaluate_degraded", "robustness")), name
 
 
 DATA_DIRS = ("cache", "models", "metrics", "plots", "data")
@@ -232,10 +263,12 @@ def test_repro_runs_every_stage_and_writes_every_out(workspace):
             assert (ws / rel).exists(), rel
     lock = yaml.safe_load((ws / "dvc.lock").read_text())
     assert set(lock["stages"]) == set(stages)
-    # The expensive stages depend on their own params only, never on train.*.
+    # The expensive stages depend on their own params only, never on train.* (but extract on
+    # train.head, the recipe it computes).
     for stage in FEATURE_STAGES:
-        assert "train" not in lock["stages"][stage].get("params", {}).get("params.yaml", {})
-    assert "train" in lock["stages"]["train"]["params"]["params.yaml"]
+        keys = lock["stages"][stage].get("params", {}).get("params.yaml", {})
+        assert not {k for k in keys if k.split(".")[0] == "train"} - {"train.head"}, stage
+    assert "train.lr" in lock["stages"]["train"]["params"]["params.yaml"]
     # The demo workspace prints the shortcut audit and the calibrated decision table.
     assert "audit: 60 images, headers only" in out and "label real" in out
     assert "no metadata shortcut above audit.warn_auc=0.8" in out
@@ -325,7 +358,7 @@ def test_train_param_change_reruns_only_train_evaluate_compare(workspace):
     old_model = (ws / "models/detector/model.safetensors").read_bytes()
     out = sh(ws, "dvc", "exp", "run", "-S", "train.lr=0.0005")
     stages = stages_of(ws / "dvc.yaml")
-    expected = train_side(stages)
+    expected = reruns(stages, "train.lr")
     assert set(TRAIN_SIDE) <= expected
     assert ran(out) - {"scan"} == expected, out  # scan always runs (a stat-only walk)
     assert skipped(out) == set(stages) - expected - {"scan"}, out
@@ -464,3 +497,53 @@ def test_plots_page_shows_every_picture_with_the_network_blocked(workspace, tmp_
         browser.save_screenshot(str(tmp_path / "plots_offline.png"))
     finally:
         browser.quit()
+
+
+def out_of_date(ws: Path) -> set[str]:
+    """The stages `dvc status` finds changed (their own params or deps), but the always-run
+    scan."""
+    stages = set(stages_of(ws / "dvc.yaml"))
+    return set(json.loads(sh(ws, "dvc", "status", "--json"))) & stages - {"scan"}
+
+
+@pytest.mark.slow
+def test_stages_rerun_only_for_what_they_read(workspace):
+    """train.head is read by extract (which recipe it computes) and train alone: compare,
+    matrix and robustness train every head. Two broken files re-run index only: the manifest
+    stays byte for byte (they are in the report). A new degradation's copies leave the clean
+    features' catalog as it was: of the stages after extract, only those scoring degraded
+    copies are out of date, never train."""
+    ws, _ = workspace
+    stages = stages_of(ws / "dvc.yaml")
+    assert out_of_date(ws) == set()
+    params = ws / "params.yaml"
+    text = params.read_text()
+    assert yaml.safe_load(text)["train"]["head"] != "nsnet"
+    params.write_text(edit_params_text(text, {"train.head": "nsnet"}))
+    assert {name for name, st in stages.items() if reads(st, "train.head")} == {"extract",
+                                                                                 "train"}
+    assert out_of_date(ws) == {"extract", "train"}  # not compare, matrix or robustness
+    params.write_text(text)
+
+    manifest = (ws / "cache/manifest.parquet").read_bytes()
+    demo = ws / "data" / "demo"
+    (demo / "real" / "broken.png").write_bytes(b"not an image")
+    cut = next((demo / "fake" / "tconv").glob("*.png")).read_bytes()[:400]
+    (demo / "fake" / "tconv" / "cut.png").write_bytes(cut)
+    out = sh(ws, "dvc", "repro", "index")
+    assert ran(out) == {"scan", "index"}, out
+    assert (ws / "cache/manifest.parquet").read_bytes() == manifest
+    report = json.loads((ws / "cache/index_report.json").read_text())
+    assert {Path(s["path"]).name: s["status"] for s in report["skipped"]} == {
+        "broken.png": "not_an_image", "cut.png": "corrupt"}
+    assert out_of_date(ws) == set()  # audit, extract and the heads: unchanged inputs
+
+    degradations = yaml.safe_load(text)["protocol"]["degradations"]
+    assert "jpeg65" not in degradations
+    params.write_text(edit_params_text(text, {"protocol.degradations": [*degradations,
+                                                                        "jpeg65"]}))
+    out = sh(ws, "dvc", "repro", "extract")
+    line = next(x for x in out.splitlines() if x.startswith("extract:") and "rows" in x)
+    n_test = int((read_manifest(ws / "cache/manifest.parquet")["split"] == "test").sum())
+    assert f"{n_test} jpeg65" in line and f"computed {n_test} " in line, line  # their copies
+    assert out_of_date(ws) == {"evaluate_degraded", "robustness"}

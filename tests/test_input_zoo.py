@@ -23,6 +23,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from pipeline.data.index_stage import read_skipped
 from pipeline.data.manifest import read_manifest
 from pipeline.heads.train_stage import run_train
 from tests.conftest import tiny_raw, write_params
@@ -199,13 +200,16 @@ def test_index_accounts_for_every_file(zoo):
     workdir, expected = zoo
     proc = run_cli(["index"], workdir)
     assert proc.returncode == 0, proc.stderr
-    df = read_manifest(workdir / "cache/manifest.parquet")
-    got = {p.decode("utf-8", "backslashreplace"): s
-           for p, s in zip(df["relpath"], df["status"], strict=True)}
+    df = read_manifest(workdir / "cache/manifest.parquet")  # images and their copies
+    skipped = read_skipped(workdir / "cache/index_report.json")  # with the unusable files
+    got = {os.path.relpath(p, workdir / "data"): s
+           for p, s in zip(skipped["path"], skipped["status"], strict=True)}
+    got.update({p.decode("utf-8", "backslashreplace"): s
+                for p, s in zip(df["relpath"], df["status"], strict=True)})
     want = expected_display(expected)
     want["real/plain.png"] = "duplicate"  # same bytes as the symlink ok_link.png (sorts first)
     assert got == {k: v for k, v in want.items() if k not in ("loose.png", "real/private")}
-    skipped = df[df["status"] != "ok"]
+    assert set(df["status"]) == {"ok", "duplicate"}
     assert skipped["error"].str.len().gt(0).all()
     report = json.loads((workdir / "cache/index_report.json").read_text())
     assert [Path(p).name for p in report["unlabelled"]] == ["loose.png"]

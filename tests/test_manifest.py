@@ -14,7 +14,7 @@ from conftest import tiny_params
 from PIL import Image
 
 from pipeline.cache_store import table_provenance
-from pipeline.data.index_stage import build_index
+from pipeline.data.index_stage import build_index, read_skipped
 from pipeline.data.manifest import MANIFEST_COLUMNS, read_manifest
 
 
@@ -51,11 +51,12 @@ def _index(root: Path, out_dir: Path, **data) -> tuple[pd.DataFrame, dict, Path,
 
 
 def test_columns_labels_sources_and_ids(small_root, tmp_path):
-    df, res, _, _ = _index(small_root, tmp_path)
+    df, res, _, report = _index(small_root, tmp_path)
     assert list(df.columns) == MANIFEST_COLUMNS
-    assert len(df) == 6 + 8 + 1 + 2 + 1 + 1 + 1  # the .txt file is listed, not decoded
-    assert df.loc[df["path"].str.endswith("notes.txt"), "status"].tolist() == [
-        "unsupported_format"]
+    assert len(df) == 6 + 8 + 1 + 2  # images: a duplicate, a label conflict's two copies
+    skipped = read_skipped(report)  # the broken, tiny and .txt files: in the report only
+    assert skipped.loc[skipped["path"].str.endswith("notes.txt"), "status"].tolist() == [
+        "unsupported_format"]  # listed, not decoded
     by_name = df.set_index(df["path"].map(lambda p: Path(p).name + ":" + Path(p).parent.name))
     assert by_name.loc["r1.png:real", "label"] == 0
     assert by_name.loc["r1.png:real", "source"] == "real"
@@ -67,7 +68,7 @@ def test_columns_labels_sources_and_ids(small_root, tmp_path):
     assert (ok[["width", "height"]] == 40).all().all()
     assert set(ok["format"]) == {"PNG"}
     for row in df.itertuples():  # id = content hash of the file's bytes
-        if row.status in ("ok", "duplicate", "label_conflict", "too_small"):
+        if row.status in ("ok", "duplicate", "label_conflict"):
             data = Path(row.path).read_bytes()
             assert row.id == hashlib.blake2b(data, digest_size=16).hexdigest()
             assert row.bytes == len(data)
@@ -76,11 +77,14 @@ def test_columns_labels_sources_and_ids(small_root, tmp_path):
     assert ids["r0.png:real"] != ids["r1.png:real"]
 
 
-def test_unusable_files_are_kept_with_a_reason(small_root, tmp_path):
-    df, res, _, _ = _index(small_root, tmp_path)
-    status = dict(zip(df["path"].map(lambda p: Path(p).name), df["status"], strict=False))
+def test_unusable_files_are_reported_with_a_reason_not_in_the_manifest(small_root, tmp_path):
+    df, res, _, report = _index(small_root, tmp_path)
+    skipped = read_skipped(report)
+    status = dict(zip(skipped["path"].map(lambda p: Path(p).name), skipped["status"],
+                      strict=False))
     assert status["broken.png"] in ("corrupt", "not_an_image")
     assert status["tiny.png"] == "too_small"
+    assert not df["path"].map(lambda p: Path(p).name in ("broken.png", "tiny.png")).any()
     assert res["summary"]["ok"] == (df["status"] == "ok").sum() == 6 + 8
     assert res["summary"]["skipped"]["too_small"] == 1
 
@@ -119,6 +123,27 @@ def test_report_json_and_provenance(small_root, tmp_path):
     assert prov["nsnet_version"] and prov["code_version"] and prov["torch"]
     assert rep["provenance"] == prov
     assert not list(tmp_path.glob("*.partial"))  # atomic writes leave no temporaries
+
+
+def test_unusable_files_change_the_report_not_the_manifest(small_root, tmp_path):
+    """A broken file and a too-small image added to the tree leave the manifest (what the
+    later stages read) byte for byte, not even rewritten, and are listed in the report; a new
+    image rewrites it."""
+    root = tmp_path / "images"
+    shutil.copytree(small_root, root)
+    _, _, out, report = _index(root, tmp_path)
+    before, stamp = out.read_bytes(), (out.stat().st_ino, out.stat().st_mtime_ns)
+    (root / "real" / "cut.png").write_bytes((root / "real" / "r1.png").read_bytes()[:60])
+    _png(root / "fake" / "ganA" / "small.png", np.random.default_rng(5), size=8)
+    _, res, _, _ = _index(root, tmp_path)
+    assert out.read_bytes() == before and (out.stat().st_ino, out.stat().st_mtime_ns) == stamp
+    skipped = read_skipped(report).set_index("path")
+    assert skipped.loc[str(root / "real" / "cut.png"), "status"] == "corrupt"
+    assert skipped.loc[str(root / "fake" / "ganA" / "small.png"), "status"] == "too_small"
+    assert res["summary"]["files"] == 17 + 3 + 2  # images, the unusable before and now
+    _png(root / "fake" / "ganA" / "new.png", np.random.default_rng(6))
+    df, _, _, _ = _index(root, tmp_path)
+    assert out.read_bytes() != before and len(df) == 17 + 1
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ from conftest import build_cache, tiny_raw, write_params
 from PIL import Image
 
 from pipeline.config import PRESET_CHOICES, ParamsError, params_from_dict
+from pipeline.data.index_stage import read_skipped
 from pipeline.data.layouts import classify
 from pipeline.data.manifest import read_manifest
 from pipeline.data.presets import AIGIBENCH_SUBSETS, PRESETS, PROGAN_CLASSES, get_preset
@@ -216,7 +217,8 @@ def test_genimage_preset_rows_in_table_3_order_from_the_archive_folders(genimage
 
 def test_genimage_skip_lists_leave_listed_files_out_with_a_reason(genimage_run):
     work, *_ = genimage_run
-    df = read_manifest(work / "cache/manifest.parquet")
+    df = read_skipped(work / "cache/index_report.json")  # not in the manifest
+    assert not read_manifest(work / "cache/manifest.parquet")["status"].eq("skip_listed").any()
     listed = df[df["status"] == "skip_listed"].sort_values("path")
     assert [Path(p).name for p in listed["path"]] == ["ai_00.png", "ai_05.png"]  # glide, sdv4
     assert listed["error"].tolist() == ["listed in imagenet_glide.txt:1",

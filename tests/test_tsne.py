@@ -86,7 +86,8 @@ def test_dvc_declares_the_figure_stage_and_plots():
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     tsne = stages["tsne"]
     assert tsne["cmd"].split()[:2] == ["nsnet", "tsne"] and "plots/tsne.png" in tsne["cmd"]
-    assert {"cache/manifest.parquet", "cache/features", "models/detector"} <= set(tsne["deps"])
+    assert {"cache/manifest.parquet", "cache/features/clean.json", "models/detector"} <= set(
+        tsne["deps"])  # the catalog of the clean features read, not the whole store
     assert tsne["plots"] == [{"plots/tsne.png": {"cache": False}}]
     assert "figures" in default_raw()
     declared = {next(iter(p)) if isinstance(p, dict) else p

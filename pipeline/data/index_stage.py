@@ -4,14 +4,18 @@ One row per image file: stable content id, path, label, source, deterministic sp
 mode, and a status/error column. The index is incremental: a file whose path, size and
 modification time are those of a row of the previous manifest keeps that row's id and probe,
 so only new or changed files are hashed and decoded (``--rescan`` reads everything).
-Unreadable files are kept with a reason (never silently dropped); exact duplicate contents
-are reported, and contents found under both labels are excluded as label conflicts.
+Files that give no usable image (unreadable, not an image, too small, skip-listed...) are
+listed with a reason in the index report (never silently dropped) and left out of the
+manifest, which later stages read: adding one changes none of their inputs (they are read
+again at the next index). Exact duplicate contents are reported, and contents found under
+both labels are excluded as label conflicts.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
@@ -21,6 +25,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from pipeline import runtime
@@ -37,7 +43,7 @@ from pipeline.data.images import (
     unsupported_reason,
 )
 from pipeline.data.layouts import Entry, LayoutError, entries_of
-from pipeline.data.listing import read_listing, scan_roots
+from pipeline.data.listing import check_listed_roots, read_listing, scan_roots
 from pipeline.data.manifest import (
     MANIFEST_COLUMNS,
     OK,
@@ -54,6 +60,9 @@ class StrictModeError(RuntimeError):
     """``--strict`` was given and some images were skipped."""
 
 
+# The rows of the manifest: images and the copies of one (the later stages read duplicates as
+# members of the first copy). Files that give no usable image are only in the report.
+MANIFEST_STATUSES = (OK, "duplicate", "label_conflict")
 # Probe outcomes that depend on the file's bytes alone: reused while size and mtime hold.
 # ``unreadable``/``missing`` depend on the machine (permissions, links) and are probed again.
 CONTENT_PROBES = ("ok", "corrupt", "not_an_image", "empty_file", "too_large")
@@ -338,9 +347,9 @@ def build_index(params: Params, out: str | Path, report: str | Path,
     """
     if listing is not None:
         files, walk_errors = read_listing(listing)
-        _check_listing_roots(params, files, listing)
     else:
         files, walk_errors = scan_roots(params)
+    check_listed_roots(params, files, listing)  # an empty root, or a stale listing
     skip = read_skip_lists(params.data.skip_lists)
     previous = None if rescan else previous_manifest(out)
     df, unlabelled, stats = scan(params, files, skip, previous)
@@ -375,7 +384,8 @@ def build_index(params: Params, out: str | Path, report: str | Path,
         "patch_size": params.patches.size,
         "skip_lists": list(params.data.skip_lists),
     }
-    write_table(out, df, provenance)
+    write_manifest(out, df[df["status"].isin(MANIFEST_STATUSES)].reset_index(drop=True),
+                   provenance)
     skipped_list = [
         {"path": r.path, "status": r.status, "error": r.error} for r in skipped.itertuples()
     ]
@@ -392,13 +402,34 @@ def build_index(params: Params, out: str | Path, report: str | Path,
             "unlisted_folders": [(w.path, w.error) for w in walk_errors]}
 
 
-def _check_listing_roots(params: Params, files: pd.DataFrame, listing: str | Path) -> None:
-    """The listing must be of the configured roots (else it is stale: rerun ``nsnet scan``)."""
-    listed = set(files["root"].unique())
-    missing = [r.path for r in params.data.roots if r.path not in listed]
-    if missing:
-        raise ValueError(f"{listing} lists no files of data.roots {missing}: it was made for "
-                         "other roots; run `nsnet scan` (or `dvc repro`) first")
+def write_manifest(out: str | Path, df: pd.DataFrame, provenance: dict[str, Any]) -> None:
+    """Write the manifest, unless ``out`` holds the same rows made with the same settings: it
+    is then left byte for byte (its code version is the one that made those rows), so a run
+    that changed only files outside it (unusable ones, in the report) re-runs nothing after
+    ``index``."""
+    path = Path(out)
+    try:
+        same = path.is_file() and pa.Table.from_pandas(df, preserve_index=False).equals(
+            pq.read_table(path)) and _settings(table_provenance(path)) == _settings(provenance)
+    except (OSError, ValueError, pa.ArrowException):
+        same = False  # unreadable or of another shape: written anew
+    if not same:
+        write_table(path, df, provenance)
+
+
+def _settings(provenance: dict[str, Any]) -> Any:
+    """The provenance without the versions of the code and libraries, as JSON reads it back."""
+    versions = set(base_provenance())
+    return json.loads(json.dumps({k: v for k, v in provenance.items() if k not in versions},
+                                 sort_keys=True, default=str))
+
+
+def read_skipped(report: str | Path) -> pd.DataFrame:
+    """The skipped files of an index report (path, status, error), one row each: those that
+    give no usable image are listed only there, duplicates and label conflicts also in the
+    manifest."""
+    rows = json.loads(Path(report).read_text())["skipped"]
+    return pd.DataFrame(rows, columns=["path", "status", "error"])
 
 
 def summary_line(result: dict[str, Any], report: str | Path) -> str:

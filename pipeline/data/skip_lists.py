@@ -7,8 +7,8 @@ per line relative to where its authors unpacked the archives, e.g.
 ``./data/imagenet_glide/train/ai/GLIDE_..._00033.png``. A listed path matches an indexed file when
 the file's path ends with the listed path's last four parts (archive folder, split, label
 folder, file name), or all of them when it has fewer, so it does not matter where the archives
-were unpacked. Matched files stay in the manifest with status ``skip_listed`` and the list file
-and line as the reason; they are never decoded.
+were unpacked. Matched files are listed in the index report with status ``skip_listed`` and the
+list file and line as the reason (not in the manifest); they are never decoded.
 """
 
 from __future__ import annotations

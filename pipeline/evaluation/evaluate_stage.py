@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.atomic import atomic_path, write_json
-from pipeline.config import HEAD_RECIPES, Params
+from pipeline.config import Params
 from pipeline.data.experiment import Experiment, resolve_experiment
 from pipeline.evaluation.protocol_rows import (
     protocol_table,
@@ -203,15 +203,11 @@ class EvaluationPlan:
 
 def plan_evaluate(params: Params, manifest: str | Path, features: str | Path,
                   model_dir: str | Path) -> EvaluationPlan:
-    """Resolve the experiment, load the features of ``train.head``'s recipe, then every seed's
-    bundle (a bundle of a head reading another recipe gets that recipe's features)."""
+    """Resolve the experiment, load every seed's bundle, then the features of the recipe its
+    head reads (the bundle's, whatever ``train.head`` says now)."""
     exp = resolve_experiment(params, manifest)
-    recipe = HEAD_RECIPES[params.train.head]
-    fs = load_features(params, manifest, features, recipe=recipe)
     runs = load_seed_runs(params, exp, model_dir)
-    trained = runs[0].config.head.recipe
-    if trained != recipe:
-        fs = load_features(params, manifest, features, recipe=trained)
+    fs = load_features(params, manifest, features, recipe=runs[0].config.head.recipe)
     return EvaluationPlan(exp, with_duplicate_members(fs, exp), runs)
 
 

@@ -191,13 +191,13 @@ def feature_rows(params: Params, manifest: str | Path, degradation: str = ""
     Clean features: every usable row, training images under ``protocol.train_reencode``.
     A degradation: the test rows, under that degradation."""
     rows = read_manifest(manifest, only_ok=True)
-    settings = ExtractSettings.from_params(params)
     if degradation:
-        if degradation not in settings.degradations:
+        if degradation not in params.protocol.degradations:
             raise ValueError(f"{degradation!r} is not in protocol.degradations "
-                             f"{list(settings.degradations)}")
+                             f"{list(params.protocol.degradations)}")
         rows = rows[rows["split"] == "test"].reset_index(drop=True)
         return rows, [degradation] * len(rows)
+    settings = ExtractSettings.reading(params)
     return rows, [settings.treatment(s) for s in rows["split"]]
 
 
@@ -215,7 +215,8 @@ def load_features(params: Params, manifest: str | Path, store: str | Path,
     each row's treatment), so features made with other settings are never mixed in; an image
     without them is a ``StoreError`` that says to run ``nsnet extract``.
     """
-    settings = ExtractSettings.from_params(params).with_recipes(recipe)
+    settings = ExtractSettings.reading(params, recipe,
+                                       degradations=(degradation,) if degradation else ())
     fs_store = _open(store)
     rows, treatments = feature_rows(params, manifest, degradation)
     treats = np.asarray(treatments, dtype=object)
@@ -245,7 +246,7 @@ def training_crops(params: Params, store: str | Path, recipe: str, frame: pd.Dat
     """The augmented training crops (1..K-1) of a cropped recipe for ``frame``'s rows (training
     images), (n, K - 1, F) ((n, F) for one); None when the recipe keeps only crop 0 (K = 1) or
     has none."""
-    settings = ExtractSettings.from_params(params).with_recipes(recipe)
+    settings = ExtractSettings.reading(params, recipe)
     k = {CLIP_CROP: settings.recipe.crops,
          CLIP_LAYERS: settings.recipe.layer_crops}.get(recipe, 1)
     if k < 2:

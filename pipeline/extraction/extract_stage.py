@@ -18,6 +18,7 @@ setting never re-runs BLIP, and an interrupted run resumes from its committed se
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pipeline.atomic import write_json
+from pipeline.backbones.availability import Need, require_models
 from pipeline.cache_store import FeatureStore, PartStore
 from pipeline.config import Params
 from pipeline.data.manifest import OK, read_manifest
@@ -50,6 +53,9 @@ from pipeline.extraction.settings import (
 from pipeline.provenance import ProvenanceMismatch, base_provenance
 
 RESUME_HINT = "a rerun of `nsnet extract` (or `dvc repro`) resumes from there"
+# What the heads read from the store, beside its parts (``write_catalogs``): dvc.yaml's
+# readers depend on these files, not on the whole store.
+CLEAN_CATALOG, DEGRADED_CATALOG = "clean.json", "degraded.json"
 
 
 @dataclass
@@ -84,7 +90,8 @@ class ExtractSummary:
         moved = "".join(f"{line}\n" for line in self.migrated)
         return (f"{moved}extract: {self.images} images -> {self.samples} feature rows ({treat}); "
                 f"{work}; reused {self.reused}"
-                + (f"; {skipped} manifest rows skipped ({why})" if skipped else ""))
+                + (f"; {skipped} manifest row{'s' * (skipped != 1)} skipped ({why})"
+                   if skipped else ""))
 
 
 # ----------------------------------------------------------------------------- plan
@@ -141,21 +148,30 @@ def compute_shard(shard: Shard, progress: Callable[[int], Any] | None = None) ->
 CLIP_KINDS = ("image", TEXT, CLIP_CROP, CLIP_LAYERS)  # computed by the main CLIP
 
 
-def _load(settings: ExtractSettings, device: str, kinds: set[str]) -> dict[str, Any]:
-    from pipeline.backbones.clip import load_clip
-
-    models: dict[str, Any] = {}
+def model_needs(settings: ExtractSettings, kinds: set[str]) -> dict[str, Need]:
+    """The models that computing ``kinds`` loads, by role (``clip``, ``blip``, ``cozzolino``):
+    the CLIP for embeddings, BLIP only for captions, Cozzolino's backbone for its recipe."""
+    needs: dict[str, Need] = {}
     bases = {kind_base(k) for k in kinds}
     if bases & set(CLIP_KINDS):
-        models["clip"] = load_clip(settings.clip.arch, settings.clip.pretrained, device)
+        needs["clip"] = Need("clip", settings.clip.arch, settings.clip.pretrained,
+                             ("clip.arch", "clip.pretrained"))
     if CAPTION in bases:
-        from pipeline.backbones.blip import load_blip
-
-        models["blip"] = load_blip(settings.caption.model, device)
+        needs["blip"] = Need("blip", settings.caption.model, keys=("caption.model",))
     if COZZOLINO in bases:
         spec = settings.recipe.cozzolino
-        models["cozzolino"] = load_clip(spec.arch, spec.pretrained, device)
-    return models
+        needs[COZZOLINO] = Need("clip", spec.arch, spec.pretrained,
+                                ("recipes.cozzolino_arch", "recipes.cozzolino_pretrained"))
+    return needs
+
+
+def _load(settings: ExtractSettings, device: str, kinds: set[str]) -> dict[str, Any]:
+    from pipeline.backbones.blip import load_blip
+    from pipeline.backbones.clip import load_clip
+
+    return {role: load_blip(n.name, device) if n.kind == "blip" else
+            load_clip(n.name, n.pretrained, device)
+            for role, n in model_needs(settings, kinds).items()}
 
 
 def _image_pass(shard: Shard, models: dict[str, Any], amp: torch.dtype | None,
@@ -319,11 +335,14 @@ def run_extract(params: Params, manifest: str | Path, store: str | Path,
     from pipeline.backbones.clip import resolve_device
 
     migrated = _migrate_previous_layout(params, manifest, store)
-    plan = plan_extract(params, manifest, store)
+    plan = plan_extract(params, manifest, store)  # reads the manifest and store, no image
+    scheduler = scheduler or params.compute.scheduler
+    if plan.shards and not scheduler:  # a cluster's workers have their own model caches
+        kinds = {k for s in plan.shards for k in s.kinds}
+        require_models(model_needs(plan.shards[0].settings, kinds).values(), "nsnet extract")
     FeatureStore(store).clean_tmp()
     seconds = 0.0
     if plan.shards:
-        scheduler = scheduler or params.compute.scheduler
         device = resolve_device(params.compute.device)
         runtime.configure_threads(params.compute.torch_threads, plan.shards[0].runtime
                                   .num_workers, device)
@@ -332,6 +351,7 @@ def run_extract(params: Params, manifest: str | Path, store: str | Path,
                   {k for s in plan.shards for k in s.kinds})  # fail fast on missing weights
         seconds = sharding.run(plan.shards, compute_shard, scheduler, "extract",
                                resume_hint=RESUME_HINT)
+    write_catalogs(ExtractSettings.from_params(params), store)
     images = len(ok_rows(manifest))
     return ExtractSummary(images, plan.samples, plan.to_compute, plan.reused, plan.missing,
                           plan.treatments, len(plan.shards), seconds, plan.skipped, migrated)
@@ -347,3 +367,32 @@ def _migrate_previous_layout(params: Params, manifest: str | Path, store: str | 
     if FeatureStore(store).describe() or not has_legacy(folder):
         return []
     return migrate_legacy(params, ok_rows(manifest), folder, store)
+
+
+def catalogs(settings: ExtractSettings, store: str | Path) -> dict[str, dict[str, Any]]:
+    """What the heads read from the store under ``settings``: ``clean.json`` (images as they
+    are, training images under ``protocol.train_reencode``) and ``degraded.json`` (the test
+    images under each degradation), each the read parts' directories and segment files.
+
+    Segments are never rewritten, so a catalog changes exactly when a part its readers read
+    is renamed by a setting or gains rows: a stage reading clean features depends on
+    ``clean.json``, and a new degradation's copies never re-run it."""
+    fs = FeatureStore(store)
+
+    def listing(treatments: list[str], test_only: bool) -> dict[str, list[str]]:
+        parts = {p.relpath: p for t in treatments for k, p in settings.read_parts(t).items()
+                 if not (test_only and settings.training_crops(k))}
+        return {rel: list(fs.part(parts[rel]).segment_names()) for rel in sorted(parts)}
+
+    return {CLEAN_CATALOG: {"parts": listing(sorted({"", settings.train_reencode}), False)},
+            DEGRADED_CATALOG: {"parts": listing(list(settings.degradations), True)}}
+
+
+def write_catalogs(settings: ExtractSettings, store: str | Path) -> None:
+    """Write ``catalogs`` into the store, each only when its content changed."""
+    root = Path(store)
+    root.mkdir(parents=True, exist_ok=True)
+    for name, body in catalogs(settings, root).items():
+        path = root / name
+        if not path.is_file() or json.loads(path.read_text()) != body:
+            write_json(path, body)

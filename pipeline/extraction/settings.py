@@ -15,7 +15,6 @@ every part computed from them.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -30,6 +29,8 @@ CLIP_CROP, CLIP_LAYERS, COZZOLINO = "clip_crop", "clip_layers", "cozzolino"
 # Work kinds computed from decoded pixels (the rest, ``text``, from stored captions).
 PIXEL_KINDS = (SELECTION, CAPTION, IMAGE, COMPOSITE, CLIP_CROP, CLIP_LAYERS, COZZOLINO)
 TRAINING_SPLITS = ("train", "val")
+# The kinds the heads read (selections, captions and composites only make them).
+READ_KINDS = (IMAGE, TEXT, CLIP_CROP, CLIP_LAYERS, COZZOLINO)
 RECIPES = ("composite", CLIP_CROP, CLIP_LAYERS, COZZOLINO)  # = config.requested_recipes order
 
 
@@ -136,26 +137,34 @@ class ExtractSettings:
 
     @classmethod
     def from_params(cls, params: Params) -> ExtractSettings:
+        """What ``nsnet extract`` computes: the recipes of ``train.head`` and
+        ``compare.heads``, every ``protocol.degradations`` entry, the composites when kept."""
         from pipeline.config import requested_recipes
 
+        return cls.reading(params, *requested_recipes(params),
+                           degradations=tuple(params.protocol.degradations),
+                           keep_composites=params.patches.keep_composites)
+
+    @classmethod
+    def reading(cls, params: Params, *recipes: str, degradations: tuple[str, ...] = (),
+                keep_composites: bool = False) -> ExtractSettings:
+        """The settings of ``recipes``' features, clean and under ``degradations``: what a
+        reader of them reads, and nothing else (no other head, degradation or composite), so
+        a stage's result never depends on a setting of features it does not read."""
         r = params.recipes
         return cls(
             patches=PatchSpec.of(params.patches), views=params.patches.views,
-            keep_composites=params.patches.keep_composites,
+            keep_composites=keep_composites,
             caption=CaptionSpec(params.caption.model, params.caption.max_new_tokens),
             clip=ClipSpec(params.clip.arch, params.clip.pretrained),
             precision=params.compute.precision,
             train_reencode=params.protocol.train_reencode,
-            degradations=tuple(params.protocol.degradations),
-            recipes=tuple(requested_recipes(params)),
+            degradations=tuple(degradations),
+            recipes=tuple(x for x in RECIPES if x in recipes),
             recipe=RecipeSpec(1 + r.crop_augmentations, 1 + r.layer_augmentations,
                               r.layers if isinstance(r.layers, str) else tuple(r.layers),
                               ClipSpec(r.cozzolino_arch, r.cozzolino_pretrained)),
         )
-
-    def with_recipes(self, *recipes: str) -> ExtractSettings:
-        """The same settings asking for ``recipes`` (e.g. a reader of one head's input)."""
-        return dataclasses.replace(self, recipes=tuple(r for r in RECIPES if r in recipes))
 
     def training_crops(self, kind: str) -> bool:
         """Whether a work kind exists for training images only (the augmented crops of the
@@ -197,6 +206,11 @@ class ExtractSettings:
                      if self.keep_composites else None)
         return PartSet(treatment, selection, caption, images, text, composite,
                        *self._recipe_parts(treatment, pixel_code), recipes=self.recipes)
+
+    def read_parts(self, treatment: str = "") -> dict[str, Part]:
+        """The parts of ``treatment`` the heads read (``READ_KINDS``), by work kind."""
+        return {k: p for k, p in self.parts(treatment).by_kind().items()
+                if kind_base(k) in READ_KINDS}
 
     def _recipe_parts(self, treatment: str, pixel_code: tuple
                       ) -> tuple[tuple[Part, ...], tuple[Part, ...], Part]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,7 +14,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from pipeline.atomic import atomic_path
-from pipeline.config import HEAD_RECIPES, Params
+from pipeline.config import HEAD_RECIPES, Params, ProtocolParams
 from pipeline.data.experiment import Experiment, resolve_experiment, with_seed
 from pipeline.extraction.cached_features import (
     FeatureSet,
@@ -91,13 +92,21 @@ def bundle_config(params: Params, kind: str, result: TrainResult, fs: FeatureSet
         backbones=backbones(params, prov, recipe),
         training=TrainingRecord(
             **result.info.as_kwargs(),
-            params=copy.deepcopy(params.train), protocol=copy.deepcopy(params.protocol),
+            params=dataclasses.replace(copy.deepcopy(params.train), head=kind),
+            protocol=training_protocol(params),
             n_train=len(train), train_sources=tuple(sorted(set(train.frame["source"]))),
             recipe=recipe, train_ids=fingerprint(train.frame["id"].tolist()),
             features=fingerprint(prov), best_epoch=result.best_epoch,
             best_val_ap=result.best_val_ap, **_preset_info(exp)),
         provenance=base_provenance(),
     )
+
+
+def training_protocol(params: Params) -> ProtocolParams:
+    """The protocol a head trains under: preset, training sources, re-encoding; the test side
+    (``test_sources``, ``degradations``) takes no part and is recorded empty, so a bundle does
+    not change when only that side does."""
+    return dataclasses.replace(copy.deepcopy(params.protocol), test_sources=[], degradations=[])
 
 
 def backbones(params: Params, prov: dict[str, Any], recipe: str) -> Backbones:

@@ -54,7 +54,8 @@ class TrainingInfo:
 @dataclass(frozen=True, kw_only=True)
 class TrainingRecord(TrainingInfo):
     """A bundle's ``training``: the loop's info and what the head was trained with, spelled as
-    params.yaml spells it (``train.*`` as ``params``, ``protocol.*`` as ``protocol``)."""
+    params.yaml spells it (``train.*`` as ``params``, with ``head`` the head trained; the
+    training side of ``protocol.*`` as ``protocol``: its test side is recorded empty)."""
 
     params: TrainParams
     protocol: ProtocolParams
