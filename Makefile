@@ -56,7 +56,7 @@ demo: install
 # file's fixtures are built once: as many workers as cores, at most 4 (each holds ~1.5 GB).
 TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$(( n > 4 ? 4 : n )))
 PYTEST = $(if $(filter no,$(SYSTEM_PACKAGES)),NSNET_SYSTEM_PACKAGES=no )$(BIN)/pytest -q \
-  -n $(TEST_WORKERS) --dist loadfile
+  -n $(TEST_WORKERS) --dist loadfile --durations=10
 
 test: install browser latex
 	$(BIN)/ruff check .

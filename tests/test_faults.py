@@ -48,13 +48,17 @@ def nsnet(args: list[str], cwd: Path, fsize: int | None = None) -> subprocess.Po
     """Start the real CLI; with ``fsize`` no file it writes may exceed that many bytes."""
 
     def limit() -> None:
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes then fail with EFBIG
-        resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, resource.RLIM_INFINITY))
+        # Ctrl-C as in a terminal, whatever an earlier test in this worker did to SIGINT (a
+        # child inherits an ignored SIGINT, and then never sees the tests' Ctrl-C)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        if fsize is not None:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes then fail with EFBIG
+            resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, resource.RLIM_INFINITY))
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     return subprocess.Popen([sys.executable, "-m", "stages.cli", *args], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=limit if fsize else None)
+                            preexec_fn=limit)
 
 
 def committed(cwd: Path) -> list[Path]:
@@ -207,10 +211,15 @@ def test_ctrl_c_swallowed_by_a_finalizer_still_stops_the_run():
         progress(1)
         return 1
 
-    with pytest.raises(Interrupted, match="interrupted after 2 of 5 shards"):
-        run([Shard() for _ in range(5)], compute)
-    assert len(done) == 2  # the swallowed Ctrl-C stopped the loop before the third shard
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # Python's own Ctrl-C handler, as the CLI has it (an earlier test may have changed it)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(Interrupted, match="interrupted after 2 of 5 shards"):
+            run([Shard() for _ in range(5)], compute)
+        assert len(done) == 2  # the swallowed Ctrl-C stopped the loop before the third shard
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 # ----------------------------------------------------------------------------- write errors
