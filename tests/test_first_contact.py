@@ -33,6 +33,7 @@ from pipeline.inference.predict import load_chain, predict_paths, write_results
 from pipeline.inference.verdict import verdict
 from pipeline.reports.figures import MIN_SCALE, _norm, distinct_top, patch_locations
 from stages.cli import main
+from tests.test_bad_images import _nsnet  # the CLI without the caps that bypass permissions
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -248,24 +249,6 @@ def test_an_empty_data_root_is_named_with_what_to_put_there(tmp_path, layout, ex
     _fails(["index", "--listing", "cache/listing.parquet"],
            "cache/listing.parquet lists no files of data root data, which holds files now",
            "run `nsnet scan` (or `dvc repro`) first", cwd=tmp_path)
-
-
-def _drop_read_override() -> None:
-    """In the child: drop CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH from the bounding set, so
-    that even root is bound by permission bits (as in test_bad_images)."""
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    for cap in (1, 2):
-        if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
-            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
-
-
-def _nsnet(args: list[str], cwd: Path, drop_caps: bool) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(PROJECT)}
-    return subprocess.run([sys.executable, "-m", "stages.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=120,
-                          preexec_fn=_drop_read_override if drop_caps else None)
 
 
 def test_a_data_root_that_cannot_be_listed_is_not_called_empty(tmp_path):
