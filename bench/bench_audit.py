@@ -6,7 +6,7 @@ writes N JPEG and N PNG files of a given size, then times per image (page cache 
 
 * ``header_row`` (what the audit does: format, size, mode, JPEG quality from the
   quantisation tables, EXIF/ICC presence),
-* a full decode with ``pipeline.data.images.open_image`` (what ``nsnet index`` already does).
+* a full decode with ``nsnet.data.images.open_image`` (what ``nsnet index`` already does).
 
     python bench/bench_audit.py [--n 200 --size 1024]
 """
@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipeline.data.audit import header_row
-from pipeline.data.images import open_image
+from nsnet.data.audit import header_row
+from nsnet.data.images import open_image
 
 
 def _write(folder: Path, n: int, size: int, fmt: str, seed: int = 0) -> list[str]:

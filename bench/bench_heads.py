@@ -2,7 +2,7 @@
 
 Prints a Markdown table (and ratios) for one epoch over N cached (image, caption) features:
 
-1. **ours**: ``pipeline.heads.training_loop.fit`` for one epoch (batched O(d) rank-1
+1. **ours**: ``nsnet.heads.training_loop.fit`` for one epoch (batched O(d) rank-1
    projection, features in memory, no CLIP);
 2. **per-sample d x d**: the authors' notebook form, the same mapper, head, loss and optimiser,
    but ``P_i = I - f_i f_i^T / ||f_i||^2`` built as a d x d matrix per sample in a Python loop;
@@ -35,11 +35,11 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from pipeline.backbones.clip import load_clip, resolve_device  # noqa: E402
-from pipeline.config import TrainParams  # noqa: E402
-from pipeline.extraction.cached_features import FeatureSet  # noqa: E402
-from pipeline.heads.detectors import AdvancedNSNet, HeadOutput, build_head  # noqa: E402
-from pipeline.heads.training_loop import HPARAM_KEYS, fit, head_loss  # noqa: E402
+from nsnet.backbones.clip import load_clip, resolve_device  # noqa: E402
+from nsnet.config import TrainParams  # noqa: E402
+from nsnet.extraction.cached_features import FeatureSet  # noqa: E402
+from nsnet.heads.detectors import AdvancedNSNet, HeadOutput, build_head  # noqa: E402
+from nsnet.heads.training_loop import HPARAM_KEYS, fit, head_loss  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"tiny CLIP every step: {clip_step:.3f} s/step", flush=True)
 
     rows = [
-        ("ours: `pipeline.heads.training_loop.fit`, batched O(d) projection over the cache",
+        ("ours: `nsnet.heads.training_loop.fit`, batched O(d) projection over the cache",
          f"whole epoch ({steps_per_epoch} steps)", ours_epoch / max(steps_per_epoch, 1),
          ours_epoch),
         ("per-sample d x d P_i in a Python loop (authors' notebook)",

@@ -63,7 +63,7 @@ def du(path: Path) -> int:
 def setup(base: Path, n: int, size: int) -> Path:
     import yaml
 
-    from pipeline.data.demo_data import make_workspace
+    from nsnet.data.demo_data import make_workspace
 
     n_real = n // 4
     ws = make_workspace(base / "ws", ROOT, code="link", n_real=n_real,
@@ -81,7 +81,7 @@ def setup(base: Path, n: int, size: int) -> Path:
 
 
 def grow(ws: Path, name: str, n: int, size: int, seed: int) -> list[Path]:
-    from pipeline.data.demo_data import make_demo_images
+    from nsnet.data.demo_data import make_demo_images
 
     scratch = ws.parent / f"scratch-{seed}"
     make_demo_images(scratch, n_real=1, n_fake_each=n, size=size, seed=seed)
@@ -142,8 +142,8 @@ def load_time(ws: Path) -> tuple[float, int, int]:
     """Seconds to gather every id's features (in this process, one thread), rows, bytes."""
     import torch
 
-    from pipeline.config import load_params
-    from pipeline.extraction.cached_features import load_features
+    from nsnet.config import load_params
+    from nsnet.extraction.cached_features import load_features
 
     torch.set_num_threads(1)
     params = load_params(ws / "params.yaml")
@@ -163,7 +163,7 @@ def load_time(ws: Path) -> tuple[float, int, int]:
 def _synthetic_part(root: Path, n: int, width: int, seed: int) -> tuple[object, np.ndarray]:
     """A part of ``n`` random ids in 8192-row segments of ``width`` float16 values; returns it
     and the ids in another (a manifest's) order."""
-    from pipeline.cache_store import FeatureStore, Part, encode_ids
+    from nsnet.cache_store import FeatureStore, Part, encode_ids
 
     store = FeatureStore(root)
     part = Part("image", {"bench": width})

@@ -100,9 +100,9 @@ def child(stage: str, ws: Path) -> None:
     import torch
 
     torch.set_num_threads(1)
-    from pipeline.config import load_params
-    from pipeline.data import images, index_stage
-    from pipeline.extraction import image_pass
+    from nsnet.config import load_params
+    from nsnet.data import images, index_stage
+    from nsnet.extraction import image_pass
 
     params = load_params("params.yaml")
     decodes = {"n": 0}
@@ -117,7 +117,7 @@ def child(stage: str, ws: Path) -> None:
     if stage == "index":
         index_stage.build_index(params, "cache/manifest.parquet", "cache/index_report.json")
     else:
-        from pipeline.extraction.extract_stage import run_extract
+        from nsnet.extraction.extract_stage import run_extract
 
         image_pass.DECODES["count"] = 0
         run_extract(params, "cache/manifest.parquet", "cache/features")
@@ -150,10 +150,10 @@ def child_parts(ws: Path) -> None:
     import torch
 
     torch.set_num_threads(1)
-    from pipeline.backbones.blip import BlipResize, Captioner
-    from pipeline.backbones.clip import ClipBackbone
-    from pipeline.config import load_params
-    from pipeline.extraction import extract_stage, image_pass
+    from nsnet.backbones.blip import BlipResize, Captioner
+    from nsnet.backbones.clip import ClipBackbone
+    from nsnet.config import load_params
+    from nsnet.extraction import extract_stage, image_pass
 
     acc = dict.fromkeys(PARTS, 0.0)
     for owner, name, key in ((image_pass, "decode_data", "decode"),
@@ -246,9 +246,9 @@ def cpu_side(ws: Path, n: int, args: argparse.Namespace) -> dict[str, dict[str, 
     torch.set_num_threads(1)
     from transformers import BlipImageProcessor
 
-    from pipeline.backbones.blip import BlipResize
-    from pipeline.data.images import open_image, read_bytes
-    from pipeline.extraction.patch_selection import (
+    from nsnet.backbones.blip import BlipResize
+    from nsnet.data.images import open_image, read_bytes
+    from nsnet.extraction.patch_selection import (
         PatchSpec,
         composite,
         patch_entropies_reference,
@@ -302,10 +302,10 @@ def recipe_cpu(ws: Path, n: int) -> dict[str, float]:
     torch.set_num_threads(1)
     from transformers import BlipImageProcessor
 
-    from pipeline.backbones import recipes as R
-    from pipeline.backbones.blip import BlipResize
-    from pipeline.data.images import open_image
-    from pipeline.extraction.patch_selection import PatchSpec, composite, select_cells
+    from nsnet.backbones import recipes as R
+    from nsnet.backbones.blip import BlipResize
+    from nsnet.data.images import open_image
+    from nsnet.extraction.patch_selection import PatchSpec, composite, select_cells
 
     spec, resize = PatchSpec(), BlipResize(BlipImageProcessor())
     t = dict.fromkeys(("decode", "composite (+ selection)", "blip resize", "clip_crop view 0",

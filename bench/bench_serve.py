@@ -40,9 +40,9 @@ import httpx  # noqa: E402
 import psutil  # noqa: E402
 import torch  # noqa: E402
 
-from pipeline.inference.predict import expand_inputs, load_chain, predict_paths  # noqa: E402
+from nsnet.inference.predict import expand_inputs, load_chain, predict_paths  # noqa: E402
 
-NSNET = [sys.executable, "-m", "stages.cli"]
+NSNET = [sys.executable, "-m", "nsnet.stages.cli"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

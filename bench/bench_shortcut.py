@@ -53,9 +53,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from pipeline.config import MAPPER_CHOICES, TrainParams  # noqa: E402
-from pipeline.extraction.cached_features import FeatureSet  # noqa: E402
-from pipeline.heads.training_loop import fit, predict_proba  # noqa: E402
+from nsnet.config import MAPPER_CHOICES, TrainParams  # noqa: E402
+from nsnet.extraction.cached_features import FeatureSet  # noqa: E402
+from nsnet.heads.training_loop import fit, predict_proba  # noqa: E402
 
 
 @dataclass(frozen=True)

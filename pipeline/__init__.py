@@ -3,26 +3,26 @@ features.
 
 Data flows one way, and the subpackages follow it::
 
-    pipeline.data        images -> manifest (index stage), layouts, degradations, demo data
-    pipeline.backbones   the frozen CLIP and BLIP models (real weights or tiny random ones)
-    pipeline.extraction  patch selection, captions, embeddings -> the feature store
-    pipeline.heads       UFD / NS-Net / Advanced NS-Net heads, training loop, bundles
-    pipeline.evaluation  metrics per source, degraded test copies, head comparison
-    pipeline.reports     figures and records people read (explanations, t-SNE)
-    pipeline.inference   scoring and explaining new images with a trained bundle (Detector)
-    pipeline.serving     the detector as an HTTP service and web page (nsnet serve)
+    nsnet.data        images -> manifest (index stage), layouts, degradations, demo data
+    nsnet.backbones   the frozen CLIP and BLIP models (real weights or tiny random ones)
+    nsnet.extraction  patch selection, captions, embeddings -> the feature store
+    nsnet.heads       UFD / NS-Net / Advanced NS-Net heads, training loop, bundles
+    nsnet.evaluation  metrics per source, degraded test copies, head comparison
+    nsnet.reports     figures and records people read (explanations, t-SNE)
+    nsnet.inference   scoring and explaining new images with a trained bundle (Detector)
+    nsnet.serving     the detector as an HTTP service and web page (nsnet serve)
 
 Shared foundations sit at the top: ``config`` (params.yaml), ``atomic`` (atomic writes),
 ``provenance``, ``cache_store`` (HDF5/Parquet files of ``cache/``) and ``metrics``.
 
-The names below are the public surface; they are imported on first use, so ``import pipeline``
+The names below are the public surface; they are imported on first use, so ``import nsnet``
 stays cheap::
 
-    import pipeline
-    params = pipeline.load_params("params.yaml")
-    clip = pipeline.load_clip("ViT-L-14", "openai", device="cuda")
-    head = pipeline.build_head("advanced", dim=clip.embed_dim)
-    det = pipeline.Detector.load("models/detector")   # det.predict([...]), det.explain(...)
+    import nsnet
+    params = nsnet.load_params("params.yaml")
+    clip = nsnet.load_clip("ViT-L-14", "openai", device="cuda")
+    head = nsnet.build_head("advanced", dim=clip.embed_dim)
+    det = nsnet.Detector.load("models/detector")   # det.predict([...]), det.explain(...)
 """
 
 from __future__ import annotations
@@ -33,23 +33,23 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _PUBLIC = {
-    "Params": "pipeline.config",
-    "ParamsError": "pipeline.config",
-    "load_params": "pipeline.config",
-    "load_clip": "pipeline.backbones.clip",
-    "load_blip": "pipeline.backbones.blip",
-    "ModelUnavailable": "pipeline.backbones.availability",
-    "PatchSpec": "pipeline.extraction.patch_selection",
-    "select_patches": "pipeline.extraction.patch_selection",
-    "build_head": "pipeline.heads.detectors",
-    "HEADS": "pipeline.heads.detectors",
-    "load_bundle": "pipeline.heads.bundle",
-    "save_bundle": "pipeline.heads.bundle",
-    "load_chain": "pipeline.inference.predict",
-    "predict_paths": "pipeline.inference.predict",
-    "explain_image": "pipeline.inference.explain",
-    "Detector": "pipeline.inference.detector",
-    "verdict": "pipeline.inference.verdict",
+    "Params": "nsnet.config",
+    "ParamsError": "nsnet.config",
+    "load_params": "nsnet.config",
+    "load_clip": "nsnet.backbones.clip",
+    "load_blip": "nsnet.backbones.blip",
+    "ModelUnavailable": "nsnet.backbones.availability",
+    "PatchSpec": "nsnet.extraction.patch_selection",
+    "select_patches": "nsnet.extraction.patch_selection",
+    "build_head": "nsnet.heads.detectors",
+    "HEADS": "nsnet.heads.detectors",
+    "load_bundle": "nsnet.heads.bundle",
+    "save_bundle": "nsnet.heads.bundle",
+    "load_chain": "nsnet.inference.predict",
+    "predict_paths": "nsnet.inference.predict",
+    "explain_image": "nsnet.inference.explain",
+    "Detector": "nsnet.inference.detector",
+    "verdict": "nsnet.inference.verdict",
 }
 __all__ = [
     "HEADS",
@@ -72,17 +72,17 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from pipeline.backbones.availability import ModelUnavailable
-    from pipeline.backbones.blip import load_blip
-    from pipeline.backbones.clip import load_clip
-    from pipeline.config import Params, ParamsError, load_params
-    from pipeline.extraction.patch_selection import PatchSpec, select_patches
-    from pipeline.heads.bundle import load_bundle, save_bundle
-    from pipeline.heads.detectors import HEADS, build_head
-    from pipeline.inference.detector import Detector
-    from pipeline.inference.explain import explain_image
-    from pipeline.inference.predict import load_chain, predict_paths
-    from pipeline.inference.verdict import verdict
+    from nsnet.backbones.availability import ModelUnavailable
+    from nsnet.backbones.blip import load_blip
+    from nsnet.backbones.clip import load_clip
+    from nsnet.config import Params, ParamsError, load_params
+    from nsnet.extraction.patch_selection import PatchSpec, select_patches
+    from nsnet.heads.bundle import load_bundle, save_bundle
+    from nsnet.heads.detectors import HEADS, build_head
+    from nsnet.inference.detector import Detector
+    from nsnet.inference.explain import explain_image
+    from nsnet.inference.predict import load_chain, predict_paths
+    from nsnet.inference.verdict import verdict
 
 
 def __getattr__(name: str) -> Any:
@@ -90,7 +90,7 @@ def __getattr__(name: str) -> Any:
         value = getattr(importlib.import_module(_PUBLIC[name]), name)
         globals()[name] = value
         return value
-    raise AttributeError(f"module 'pipeline' has no attribute {name!r}")
+    raise AttributeError(f"module 'nsnet' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:

@@ -41,8 +41,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.atomic import OutputWriteError, atomic_path, default_mode, reserve_space
-from pipeline.provenance import fingerprint
+from nsnet.atomic import OutputWriteError, atomic_path, default_mode, reserve_space
+from nsnet.provenance import fingerprint
 
 ID_DTYPE = "S32"  # blake2b-128 content ids: 32 hex characters
 H5_SLACK = 1 << 20  # room checked beyond the raw arrays (HDF5 metadata)
@@ -389,14 +389,15 @@ class _Temporary:
         if self.path is not None:
             self.path.unlink(missing_ok=True)
         if isinstance(exc, OSError) and not isinstance(exc, OutputWriteError):
-            if exc.errno == errno.ENOENT:  # the store's folders went away under the run
+            # the store's folders went away under the run (h5py reports it without an errno)
+            if exc.errno == errno.ENOENT or not self.directory.is_dir():
                 raise OutputWriteError(
                     exc.errno, f"could not write {self.name}: {self.directory} disappeared "
                     "while the run wrote to it (was the cache deleted?). A rerun of `nsnet "
                     "extract` (or `dvc repro`) computes whatever the store lacks.") from exc
             raise OutputWriteError(
                 exc.errno or 0,
-                f"could not write {self.name} in the feature store: {exc.strerror or exc}. "
+                f"could not write {self.name} in {self.directory}: {exc.strerror or exc}. "
                 "Committed segments are intact; rerun to resume.") from exc
 
 

@@ -42,7 +42,7 @@ def _check(lo: float | None = None, hi: float | None = None, choices: tuple = ()
     return {"lo": lo, "hi": hi, "choices": choices, **kw}
 
 
-# = pipeline.heads.detectors HEADS + BASELINE_HEADS (tested)
+# = nsnet.heads.detectors HEADS + BASELINE_HEADS (tested)
 HEAD_CHOICES = ("composite_probe", "nsnet", "advanced", "univfd", "rine", "cozzolino")
 # Old head names: naming one raises ParamsError with this explanation.
 RENAMED_HEAD_HELP = {
@@ -52,15 +52,15 @@ RENAMED_HEAD_HELP = {
 }
 # The feature recipe each head reads (= each head class's ``recipe``, tested): ``composite`` is
 # the patch composite's CLIP embedding with the caption's (NS-Net's input); the others are the
-# inputs of the paper baselines (pipeline.backbones.recipes).
+# inputs of the paper baselines (nsnet.backbones.recipes).
 HEAD_RECIPES = {"composite_probe": "composite", "nsnet": "composite", "advanced": "composite",
                 "univfd": "clip_crop", "rine": "clip_layers", "cozzolino": "cozzolino"}
 DEFAULT_COMPARE_HEADS = ("composite_probe", "nsnet", "advanced")
-# How the advanced head makes its semantic direction (= pipeline.heads.detectors.MAPPERS, tested)
+# How the advanced head makes its semantic direction (= nsnet.heads.detectors.MAPPERS, tested)
 MAPPER_CHOICES = ("end_to_end", "identity", "detached", "regression", "regression_real",
                   "regression_within")
 LAYOUT_CHOICES = ("auto", "real_fake", "genimage", "ufd", "aigibench")
-# Benchmark presets (defined in ``pipeline.data.presets``): official training sources and rows.
+# Benchmark presets (defined in ``nsnet.data.presets``): official training sources and rows.
 PRESET_CHOICES = ("none", "genimage", "ufd", "aigibench-1", "aigibench-2")
 
 
@@ -210,7 +210,7 @@ class CompareParams:
 
 @dataclass
 class RecipeParams:
-    """The inputs of the paper baseline heads (``pipeline.backbones.recipes``), extracted only
+    """The inputs of the paper baseline heads (``nsnet.backbones.recipes``), extracted only
     when ``train.head`` or ``compare.heads`` names a head that reads them."""
 
     crop_augmentations: int = field(default=8, metadata=_check(0, 64))
@@ -243,7 +243,7 @@ class Params:
 
 def _coerce(key: str, value: Any, tp: Any, meta: typing.Mapping[str, Any]) -> Any:
     """Check ``value`` against the annotated type ``tp`` and the field's bounds."""
-    if meta.get("auto"):  # an integer, or "auto" (resolved by pipeline.runtime for the machine)
+    if meta.get("auto"):  # an integer, or "auto" (resolved by nsnet.runtime for the machine)
         if value == "auto":
             return value
         if isinstance(value, bool) or not isinstance(value, int):
@@ -344,7 +344,7 @@ def build_section(cls: type, data: Any, prefix: str = "") -> Any:
 
     The one validator of settings read from files: ``params.yaml`` (``Params``) and what
     records parameters elsewhere, e.g. a model bundle's ``config.json``
-    (``pipeline.heads.bundle_config.BundleConfig``).
+    (``nsnet.heads.bundle_config.BundleConfig``).
     """
     if not isinstance(data, dict):
         raise ParamsError(f"{prefix.rstrip('.')}: expected a mapping, got {type(data).__name__}")
@@ -524,7 +524,7 @@ def _check_reencode(name: str) -> None:
 
 # ----------------------------------------------------------------------------- degradation names
 # A test-time degradation (``protocol.degradations``) is named jpeg<q>, resize<n> or blur<s>;
-# ``pipeline.data.degradations`` applies them to pixels.
+# ``nsnet.data.degradations`` applies them to pixels.
 
 GENIMAGE_DEGRADATIONS = ("jpeg65", "jpeg30", "resize112", "resize64", "blur3", "blur5")
 _NAME = re.compile(r"^(jpeg|resize|blur)(\d+(?:\.\d+)?)$")

@@ -151,7 +151,7 @@ def format_table(result: dict[str, Any], title: str = "", decision: str = "") ->
     chosen on its own test labels), AP, AUC. With a benchmark preset (``result["rows"]``) the
     rows are the preset's, in its order; a row without data reads ``missing`` and the mean says
     over how many rows it was taken. A result over several seeds (``std`` beside the means,
-    ``pipeline.evaluation.seeds``) prints ``mean±std`` in every cell.
+    ``nsnet.evaluation.seeds``) prints ``mean±std`` in every cell.
     """
     std = result.get("std")
     width = 12 if std is not None else 9

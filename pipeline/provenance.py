@@ -15,7 +15,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from pipeline import __version__
+from nsnet import __version__
 
 
 class ProvenanceMismatch(RuntimeError):

@@ -16,7 +16,7 @@ import dataclasses
 import os
 from typing import Any
 
-from pipeline.config import Params
+from nsnet.config import Params
 
 AUTO = "auto"
 

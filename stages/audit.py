@@ -2,7 +2,7 @@
 
 import click
 
-from stages.common import friendly_errors, load, params_options
+from nsnet.stages.common import friendly_errors, load, params_options
 
 
 @click.command("audit")
@@ -21,7 +21,7 @@ def audit(params_file: str | None, overrides: tuple[str, ...], manifest: str, ou
           details: str | None, strict: bool) -> None:
     """Format, JPEG quality, size, mode, EXIF/ICC per label and source (file headers only),
     and how well a classifier on that metadata alone separates real from fake."""
-    from pipeline.data.audit import run_audit
+    from nsnet.data.audit import run_audit
 
     params = load(params_file, overrides)
     res = run_audit(params, manifest, out, details)

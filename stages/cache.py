@@ -2,7 +2,7 @@
 
 import click
 
-from stages.common import echo_summary, features_option, friendly_errors, load, params_options
+from nsnet.stages.common import echo_summary, features_option, friendly_errors, load, params_options
 
 
 @click.command("cache")
@@ -23,8 +23,8 @@ def cache(params_file: str | None, overrides: tuple[str, ...], features: str, gc
           yes: bool, migrate_from: str | None, manifest: str) -> None:
     """List the store's parts: settings, rows, size, and whether the current params use
     them. Nothing is deleted unless --gc --yes is given."""
-    from pipeline.data.manifest import read_manifest
-    from pipeline.extraction.store_admin import (
+    from nsnet.data.manifest import read_manifest
+    from nsnet.extraction.store_admin import (
         collect_garbage,
         format_store_table,
         migrate_legacy,

@@ -2,23 +2,23 @@
 
 import click
 
-from stages.audit import audit
-from stages.cache import cache
-from stages.compare import compare
-from stages.degrade import degrade, evaluate_degraded, evaluate_views
-from stages.demo_data import demo_data
-from stages.evaluate import evaluate
-from stages.explain import explain
-from stages.extract import extract
-from stages.index import index
-from stages.matrix import matrix
-from stages.predict import predict
-from stages.report import report
-from stages.robustness import robustness
-from stages.scan import scan
-from stages.serve import serve
-from stages.train import train
-from stages.tsne import tsne
+from nsnet.stages.audit import audit
+from nsnet.stages.cache import cache
+from nsnet.stages.compare import compare
+from nsnet.stages.degrade import degrade, evaluate_degraded, evaluate_views
+from nsnet.stages.demo_data import demo_data
+from nsnet.stages.evaluate import evaluate
+from nsnet.stages.explain import explain
+from nsnet.stages.extract import extract
+from nsnet.stages.index import index
+from nsnet.stages.matrix import matrix
+from nsnet.stages.predict import predict
+from nsnet.stages.report import report
+from nsnet.stages.robustness import robustness
+from nsnet.stages.scan import scan
+from nsnet.stages.serve import serve
+from nsnet.stages.train import train
+from nsnet.stages.tsne import tsne
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from pipeline.config import Params, ParamsError, load_params
+from nsnet.config import Params, ParamsError, load_params
 
 EXPECTED_ERRORS: tuple[type[BaseException], ...] = (
     ParamsError, FileNotFoundError, ValueError, RuntimeError, OSError,
@@ -36,11 +36,11 @@ def features_option(func: Callable[..., Any]) -> Callable[..., Any]:
 def load(params_file: str | None, overrides: tuple[str, ...], decoding: bool = False,
          scheduler: str = "") -> Params:
     """``--params FILE`` (must exist) or ``params.yaml`` (optional), with ``--set`` overrides,
-    every ``auto`` resolved for this machine (``pipeline.runtime.resolve``: ``decoding`` for
+    every ``auto`` resolved for this machine (``nsnet.runtime.resolve``: ``decoding`` for
     commands that run decoding worker processes, ``scheduler`` for a dask cluster); torch's
     thread count is then set."""
-    from pipeline import runtime
-    from pipeline.config import source_line
+    from nsnet import runtime
+    from nsnet.config import source_line
 
     click.secho(source_line(params_file, overrides), err=True, dim=True)
     if params_file is None:

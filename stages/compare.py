@@ -2,7 +2,7 @@
 
 import click
 
-from stages.common import features_option, friendly_errors, load, params_options
+from nsnet.stages.common import features_option, friendly_errors, load, params_options
 
 
 @click.command("compare")
@@ -28,7 +28,7 @@ def compare(params_file: str | None, overrides: tuple[str, ...], manifest: str, 
     """Train each head on the protocol's training rows, each on its own feature recipe from
     the one store; print test acc/real/fake/AP (%), with the published numbers of the preset
     in a `paper` column."""
-    from pipeline.evaluation.compare_stage import format_comparison, run_compare
+    from nsnet.evaluation.compare_stage import format_comparison, run_compare
 
     overrides = (*overrides, f"compare.heads=[{heads}]") if heads is not None else overrides
     params = load(params_file, overrides)

@@ -2,7 +2,7 @@
 
 import click
 
-from stages.common import features_option, friendly_errors, load, params_options
+from nsnet.stages.common import features_option, friendly_errors, load, params_options
 
 
 @click.command("evaluate-degraded")
@@ -23,12 +23,12 @@ def evaluate_degraded(params_file: str | None, overrides: tuple[str, ...], manif
                       ) -> None:
     """Metrics on the clean test set and on its copy under every protocol.degradations entry
     (jpeg65 jpeg30 resize112 resize64 blur3 blur5), whose features `nsnet extract` computes."""
-    from pipeline.evaluation.degraded_eval_stage import (
+    from nsnet.evaluation.degraded_eval_stage import (
         format_degraded_table,
         run_evaluate_degraded,
     )
-    from pipeline.evaluation.evaluate_stage import views_note
-    from pipeline.metrics import format_table
+    from nsnet.evaluation.evaluate_stage import views_note
+    from nsnet.metrics import format_table
 
     params = load(params_file, overrides)
     results = run_evaluate_degraded(params, manifest, features, model_dir, metrics_dir)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import click
 
-from stages.common import echo_summary, friendly_errors
+from nsnet.stages.common import echo_summary, friendly_errors
 
 
 @click.command("demo-data")
@@ -24,7 +24,7 @@ from stages.common import echo_summary, friendly_errors
 def demo_data(out: str, n_real: int, n_fake_each: int, seed: int, workspace: bool,
               project: str) -> None:
     """Write real crops of scikit-image photos and simulated generator outputs (3 families)."""
-    from pipeline.data.demo_data import make_demo_images, make_workspace
+    from nsnet.data.demo_data import make_demo_images, make_workspace
 
     kw = {"n_real": n_real, "n_fake_each": n_fake_each, "seed": seed}
     if workspace:

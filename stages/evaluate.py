@@ -4,7 +4,7 @@ from pathlib import Path
 
 import click
 
-from stages.common import features_option, friendly_errors, load, params_options
+from nsnet.stages.common import features_option, friendly_errors, load, params_options
 
 
 @click.command("evaluate")
@@ -35,10 +35,10 @@ def evaluate(params_file: str | None, overrides: tuple[str, ...], manifest: str,
              train_log: str) -> None:
     """Accuracy (at 0.5, at the bundle's threshold, oracle), real/fake accuracy, AP, AUC,
     ECE and per-format accuracy on val and test, per source and mean."""
-    from pipeline.evaluation.evaluate_stage import format_evaluation, run_evaluate
-    from pipeline.metrics import details_path, threshold_text
-    from pipeline.reports.curves import draw_evaluation
-    from pipeline.reports.report_stage import draw_curves
+    from nsnet.evaluation.evaluate_stage import format_evaluation, run_evaluate
+    from nsnet.metrics import details_path, threshold_text
+    from nsnet.reports.curves import draw_evaluation
+    from nsnet.reports.report_stage import draw_curves
 
     params = load(params_file, overrides)
     res = run_evaluate(params, manifest, features, model_dir, out, plots_dir, details)

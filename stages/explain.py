@@ -2,7 +2,7 @@
 
 import click
 
-from stages.common import echo_summary, friendly_errors, load, params_options
+from nsnet.stages.common import echo_summary, friendly_errors, load, params_options
 
 
 @click.command("explain")
@@ -25,11 +25,11 @@ def explain(params_file: str | None, overrides: tuple[str, ...], image: str, mod
     """
     from pathlib import Path
 
-    from pipeline.data.images import display_path
-    from pipeline.inference.explain import explain_image, read_image, write_report
-    from pipeline.inference.predict import load_chain
-    from pipeline.metrics import threshold_text
-    from pipeline.reports.explanation import contribution_text
+    from nsnet.data.images import display_path
+    from nsnet.inference.explain import explain_image, read_image, write_report
+    from nsnet.inference.predict import load_chain
+    from nsnet.metrics import threshold_text
+    from nsnet.reports.explanation import contribution_text
 
     params = load(params_file, overrides)
     decoded = read_image(image, params.data.max_image_pixels)  # bad files fail before models load

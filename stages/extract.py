@@ -2,7 +2,7 @@
 
 import click
 
-from stages.common import echo_summary, features_option, friendly_errors, load, params_options
+from nsnet.stages.common import echo_summary, features_option, friendly_errors, load, params_options
 
 
 @click.command("extract")
@@ -22,7 +22,7 @@ def extract(params_file: str | None, overrides: tuple[str, ...], manifest: str, 
     under each protocol.degradations entry. Features are keyed by image content and settings:
     new images cost their own features only, a new clip.* setting never re-runs BLIP, and an
     interrupted run resumes from its committed segments."""
-    from pipeline.extraction.extract_stage import plan_extract, run_extract
+    from nsnet.extraction.extract_stage import plan_extract, run_extract
 
     params = load(params_file, overrides, decoding=True, scheduler=scheduler)
     if dry_run:

@@ -2,7 +2,7 @@
 
 import click
 
-from stages.common import echo_summary, friendly_errors, load, params_options
+from nsnet.stages.common import echo_summary, friendly_errors, load, params_options
 
 
 @click.command("index")
@@ -27,14 +27,14 @@ def index(params_file: str | None, overrides: tuple[str, ...], out: str, report:
     """Index the files of data.roots into a manifest: id, label, source, split, size,
     status. Files whose path, size and modification time are unchanged since the previous
     manifest keep their row; only new or changed files are hashed and decoded."""
-    from pipeline.data.index_stage import (
+    from nsnet.data.index_stage import (
         build_index,
         skipped_lines,
         summary_line,
         unlabelled_line,
     )
-    from pipeline.data.readiness import NotTrainable
-    from pipeline.data.readiness import check_training as check
+    from nsnet.data.readiness import NotTrainable
+    from nsnet.data.readiness import check_training as check
 
     params = load(params_file, overrides)
     res = build_index(params, out, report, strict, listing, rescan)

@@ -5,7 +5,7 @@ from typing import Any
 
 import click
 
-from stages.common import features_option, friendly_errors, load, params_options
+from nsnet.stages.common import features_option, friendly_errors, load, params_options
 
 
 def heads_option(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -17,8 +17,8 @@ def heads_option(func: Callable[..., Any]) -> Callable[..., Any]:
 
 def parse_heads(heads: str) -> tuple[str, ...] | None:
     """``--heads a,b`` as a tuple (None: the experiment's heads); unknown names are refused."""
-    from pipeline.config import RENAMED_HEAD_HELP
-    from pipeline.data.experiment import TRAINABLE_HEADS
+    from nsnet.config import RENAMED_HEAD_HELP
+    from nsnet.data.experiment import TRAINABLE_HEADS
 
     chosen = tuple(dict.fromkeys(h.strip() for h in heads.split(",") if h.strip()))
     for h in chosen:
@@ -50,7 +50,7 @@ def matrix(params_file: str | None, overrides: tuple[str, ...], manifest: str, f
     """Train every head on each training source in turn (matrix.train_sources, with the train
     side's reals) and test it on every test row: GenImage's train-on-one / test-on-all table,
     with train.seeds as mean ± std."""
-    from pipeline.reports.matrix_stage import format_matrix, run_matrix
+    from nsnet.reports.matrix_stage import format_matrix, run_matrix
 
     params = load(params_file, overrides)
     res = run_matrix(params, manifest, features, out, png, details, parse_heads(heads))

@@ -2,7 +2,7 @@
 
 import click
 
-from stages.common import echo_summary, friendly_errors, load, params_options
+from nsnet.stages.common import echo_summary, friendly_errors, load, params_options
 
 
 @click.command("predict")
@@ -34,9 +34,9 @@ def predict(params_file: str | None, overrides: tuple[str, ...], paths: tuple[st
     """
     from tqdm.auto import tqdm
 
-    from pipeline import runtime
-    from pipeline.inference import predict as P
-    from pipeline.metrics import threshold_text
+    from nsnet import runtime
+    from nsnet.inference import predict as P
+    from nsnet.metrics import threshold_text
 
     params = load(params_file, overrides)
     P.check_out_path(out)

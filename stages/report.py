@@ -2,7 +2,7 @@
 
 import click
 
-from stages.common import echo_summary, friendly_errors
+from nsnet.stages.common import echo_summary, friendly_errors
 
 
 @click.command("report")
@@ -28,7 +28,7 @@ def report(fmt: str, outs: tuple[str, ...], compare: str, evaluate: str, matrix:
            robustness: str, plots_dir: str | None) -> None:
     """Rows = methods (with the preset's published numbers, quoted), columns = the preset's
     official rows + mean, best in bold, ± over train.seeds; then the matrix and robustness."""
-    from pipeline.reports.report_stage import draw_curves, format_of, run_report
+    from nsnet.reports.report_stage import draw_curves, format_of, run_report
 
     files = {"compare": compare, "evaluate": evaluate, "matrix": matrix,
              "robustness": robustness}

@@ -2,8 +2,8 @@
 
 import click
 
-from stages.common import features_option, friendly_errors, load, params_options
-from stages.matrix import heads_option, parse_heads
+from nsnet.stages.common import features_option, friendly_errors, load, params_options
+from nsnet.stages.matrix import heads_option, parse_heads
 
 
 @click.command("robustness")
@@ -22,7 +22,7 @@ def robustness(params_file: str | None, overrides: tuple[str, ...], manifest: st
                features: str, heads: str, details: str, png: str) -> None:
     """Train every head (train.seeds) and score it on the clean test set and under every
     protocol.degradations entry (features from `nsnet extract`)."""
-    from pipeline.reports.robustness_stage import format_robustness, run_robustness
+    from nsnet.reports.robustness_stage import format_robustness, run_robustness
 
     params = load(params_file, overrides)
     res = run_robustness(params, manifest, features, details, png, parse_heads(heads))

@@ -2,7 +2,7 @@
 
 import click
 
-from stages.common import echo_summary, friendly_errors, load, params_options
+from nsnet.stages.common import echo_summary, friendly_errors, load, params_options
 
 
 @click.command("scan")
@@ -15,7 +15,7 @@ def scan(params_file: str | None, overrides: tuple[str, ...], out: str) -> None:
     image. Roots may be folders, symlinks or paths outside the workspace; the listing changes
     exactly when a file is added, removed or modified, so `dvc repro` re-runs `index` only
     then."""
-    from pipeline.data.listing import listing_summary, root_problem, scan_roots, write_listing
+    from nsnet.data.listing import listing_summary, root_problem, scan_roots, write_listing
 
     params = load(params_file, overrides)
     files, errors = scan_roots(params)

@@ -4,7 +4,7 @@ import os
 
 import click
 
-from stages.common import friendly_errors, load, params_options
+from nsnet.stages.common import friendly_errors, load, params_options
 
 
 @click.command("serve")
@@ -45,7 +45,7 @@ def serve(params_file: str | None, overrides: tuple[str, ...], model_dir: str, h
     The bundle loads once in the background (/healthz answers at once, /readyz once the
     model is warm). params.yaml (if present) only sets compute.device and compute.precision.
     """
-    from pipeline.serving.app import ServeSettings, run_server  # fastapi, torch: not for --help
+    from nsnet.serving.app import ServeSettings, run_server  # fastapi, torch: not for --help
 
     params = load(params_file, overrides)
     settings = ServeSettings(model_dir, host, port, params.compute.device,

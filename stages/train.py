@@ -2,7 +2,7 @@
 
 import click
 
-from stages.common import echo_summary, features_option, friendly_errors, load, params_options
+from nsnet.stages.common import echo_summary, features_option, friendly_errors, load, params_options
 
 
 @click.command("train")
@@ -19,8 +19,8 @@ def train(params_file: str | None, overrides: tuple[str, ...], manifest: str, fe
     """Train train.head on its feature recipe: the NS-Net family (composite_probe, nsnet,
     advanced) with train.*, keeping the best epoch by validation AP; the baselines (univfd,
     rine, cozzolino) as their papers train them."""
-    from pipeline.data.readiness import check_training
-    from pipeline.heads.train_stage import run_train
+    from nsnet.data.readiness import check_training
+    from nsnet.heads.train_stage import run_train
 
     params = load(params_file, overrides)
     # what is missing, in words, before any feature is read; what is too small, as warnings
@@ -37,7 +37,7 @@ def train(params_file: str | None, overrides: tuple[str, ...], manifest: str, fe
     echo_summary(f"train: {params.train.head} on {info.n_train} images{views}, best epoch "
                  f"{info.best_epoch} (val AP {info.best_val_ap:.4f}){extra} -> {out}")
     if info.seeds:
-        from pipeline.evaluation.seeds import over_seeds
+        from nsnet.evaluation.seeds import over_seeds
 
         agg = over_seeds(info.seeds)
         echo_summary(f"train: {len(info.seeds)} seeds {list(info.seeds)}: best val AP "

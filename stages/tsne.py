@@ -2,7 +2,7 @@
 
 import click
 
-from stages.common import echo_summary, features_option, friendly_errors, load, params_options
+from nsnet.stages.common import echo_summary, features_option, friendly_errors, load, params_options
 
 
 @click.command("tsne")
@@ -18,7 +18,7 @@ from stages.common import echo_summary, features_option, friendly_errors, load, 
 def tsne(params_file: str | None, overrides: tuple[str, ...], manifest: str, features: str,
          model_dir: str, out: str) -> None:
     """t-SNE of figures.tsne_points cached image features, coloured by label and by source."""
-    from pipeline.reports.tsne_stage import run_tsne
+    from nsnet.reports.tsne_stage import run_tsne
 
     params = load(params_file, overrides)
     res = run_tsne(params, manifest, features, model_dir, out)

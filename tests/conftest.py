@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
-from pipeline.config import Params, params_from_dict
-from pipeline.data.demo_data import TINY_MODELS, make_demo_images
+from nsnet.config import Params, params_from_dict
+from nsnet.data.demo_data import TINY_MODELS, make_demo_images
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for the network
@@ -195,8 +195,8 @@ class BuiltCache:
 
 
 def build_cache(workdir: Path, params: Params) -> BuiltCache:
-    from pipeline.data.index_stage import build_index
-    from pipeline.extraction.extract_stage import run_extract
+    from nsnet.data.index_stage import build_index
+    from nsnet.extraction.extract_stage import run_extract
 
     cache = workdir / "cache"
     cache.mkdir(parents=True, exist_ok=True)
@@ -215,8 +215,8 @@ def built_cache(tmp_path_factory: pytest.TempPathFactory, demo_images: Path) -> 
 def part_of(features: Path, params: Params, kind: str, treatment: str = "") -> Any:
     """The store's ``PartStore`` of work kind ``kind`` (``selection``, ``caption``,
     ``image:0``, ``text``, ...) under ``treatment``, as ``params`` define it."""
-    from pipeline.cache_store import FeatureStore
-    from pipeline.extraction.settings import ExtractSettings
+    from nsnet.cache_store import FeatureStore
+    from nsnet.extraction.settings import ExtractSettings
 
     part = ExtractSettings.from_params(params).parts(treatment).by_kind()[kind]
     return FeatureStore(features).part(part)

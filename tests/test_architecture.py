@@ -18,23 +18,37 @@ PACKAGE = ROOT / "pipeline"
 
 # The flow, upstream first: a module may import from its own layer and the layers before it.
 LAYERS = [
-    ("foundations", {"pipeline.config", "pipeline.atomic", "pipeline.provenance",
-                     "pipeline.cache_store", "pipeline.metrics", "pipeline.runtime"}),
-    ("data in", {"pipeline.data"}),
-    ("frozen backbones", {"pipeline.backbones"}),
-    ("extraction", {"pipeline.extraction"}),
-    ("heads and training", {"pipeline.heads"}),
-    ("evaluation", {"pipeline.evaluation"}),
-    ("reports", {"pipeline.reports"}),
-    ("inference", {"pipeline.inference"}),
-    ("serving", {"pipeline.serving"}),
+    ("foundations", {"nsnet.config", "nsnet.atomic", "nsnet.provenance",
+                     "nsnet.cache_store", "nsnet.metrics", "nsnet.runtime"}),
+    ("data in", {"nsnet.data"}),
+    ("frozen backbones", {"nsnet.backbones"}),
+    ("extraction", {"nsnet.extraction"}),
+    ("heads and training", {"nsnet.heads"}),
+    ("evaluation", {"nsnet.evaluation"}),
+    ("reports", {"nsnet.reports"}),
+    ("inference", {"nsnet.inference"}),
+    ("serving", {"nsnet.serving"}),
 ]
-FACADE = "pipeline"  # pipeline/__init__.py: the public names, resolved lazily
+FACADE = "nsnet"  # pipeline/__init__.py: the public names, resolved lazily
+
+
+def import_names() -> dict[str, str]:
+    """Folder -> installed import name, as setup.py's ``FOLDERS`` maps them."""
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    folders = next(n.value for n in tree.body if isinstance(n, ast.Assign)
+                   and getattr(n.targets[0], "id", "") == "FOLDERS")
+    return {folder: name for name, folder in ast.literal_eval(folders).items()}
+
+
+IMPORT_NAMES = import_names()  # {"pipeline": "nsnet", "stages": "nsnet.stages"}
 
 
 def module_name(path: Path) -> str:
+    """``pipeline/heads/bundle.py`` -> ``nsnet.heads.bundle`` (the installed import name)."""
     rel = path.relative_to(ROOT).with_suffix("")
-    parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
+    parts = list(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+    if parts[0] in IMPORT_NAMES:
+        parts[0] = IMPORT_NAMES[parts[0]]
     return ".".join(parts)
 
 
@@ -54,7 +68,7 @@ def imports_of(path: Path, known: set[str]) -> set[str]:
         for name in names:
             while name and name not in known:
                 name = name.rpartition(".")[0]
-            if name and name.startswith("pipeline"):
+            if name and name.split(".")[0] == "nsnet" and not is_stage(name):
                 found.add(name)
     return found
 
@@ -110,11 +124,11 @@ def test_no_import_cycles(graph: dict[str, set[str]]) -> None:
 
 
 def test_public_surface_is_declared() -> None:
-    import pipeline
+    import nsnet
 
-    assert pipeline.__all__, "pipeline/__init__.py must declare __all__"
-    for name in pipeline.__all__:
-        obj = getattr(pipeline, name)
+    assert nsnet.__all__, "pipeline/__init__.py must declare __all__"
+    for name in nsnet.__all__:
+        obj = getattr(nsnet, name)
         assert obj.__doc__, f"pipeline.{name} has no docstring"
 
 
@@ -137,10 +151,14 @@ def test_stage_commands_are_thin() -> None:
 # name (e.g. `take_rows`), or the object returns what is needed (e.g. `HeadOutput.prepared`).
 
 
+def is_stage(module: str) -> bool:
+    return module == "nsnet.stages" or module.startswith("nsnet.stages.")
+
+
 def room_of(module: str) -> str:
-    """``pipeline.heads.detectors`` -> ``pipeline.heads``; a foundation module is its own room;
+    """``nsnet.heads.detectors`` -> ``nsnet.heads``; a foundation module is its own room;
     every ``stages`` module shares one."""
-    if module == "stages" or module.startswith("stages."):
+    if is_stage(module):
         return "stages"
     for _, prefixes in LAYERS:
         for prefix in prefixes:
@@ -188,7 +206,7 @@ def private_crossings(trees: dict[str, ast.AST]) -> list[str]:
         for node in ast.walk(tree):
             where = f"{module}:{getattr(node, 'lineno', '?')}"
             if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 and \
-                    node.module.split(".")[0] in ("pipeline", "stages"):
+                    node.module.split(".")[0] == "nsnet":
                 for alias in node.names:
                     if _private(alias.name) and room_of(node.module) != room:
                         bad.append(f"{where} imports {alias.name} from {node.module}")
@@ -225,34 +243,57 @@ def test_the_private_name_check_sees_imports_attributes_and_getattr() -> None:
     """The checker on a small made-up package: each kind of crossing is found, the own room's
     names, ``self._x`` and unknown (third-party) privates are not."""
     sources = {
-        "pipeline.heads.detectors": "class H:\n    def _prep(self, x):\n        return x\n"
+        "nsnet.heads.detectors": "class H:\n    def _prep(self, x):\n        return x\n"
                                     "    def forward(self, x):\n        return self._prep(x)\n",
-        "pipeline.heads.bundle": "def _digest(b):\n    return b\n"
+        "nsnet.heads.bundle": "def _digest(b):\n    return b\n"
                                  "def load(h):\n    return h._prep(1)\n",
-        "pipeline.extraction.cached_features": "_CACHE = {}\ndef _take(rows, idx):\n"
+        "nsnet.extraction.cached_features": "_CACHE = {}\ndef _take(rows, idx):\n"
                                                "    return rows\n",
-        "pipeline.evaluation.protocol_rows":
-            "from pipeline.extraction.cached_features import _take, FeatureSet\n"
-            "from pipeline.extraction import cached_features as cf\n"
+        "nsnet.evaluation.protocol_rows":
+            "from nsnet.extraction.cached_features import _take, FeatureSet\n"
+            "from nsnet.extraction import cached_features as cf\n"
             "import sys\n"
             "def rows(chain, r):\n"
             "    sys._getframe(0)\n"
             "    getattr(cf, '_CACHE')\n"
             "    return chain.head._prep(r), cf._take(r, 0)\n",
-        "stages.train": "from pipeline.heads.bundle import _digest\n",
+        "nsnet.stages.train": "from nsnet.heads.bundle import _digest\n",
     }
     bad = private_crossings({m: ast.parse(s) for m, s in sources.items()})
     assert bad == [
-        "pipeline.evaluation.protocol_rows:1 imports _take from "
-        "pipeline.extraction.cached_features",
-        "pipeline.evaluation.protocol_rows:6 uses ._CACHE, private to "
-        "pipeline.extraction",
-        "pipeline.evaluation.protocol_rows:7 uses ._prep, private to pipeline.heads",
-        "pipeline.evaluation.protocol_rows:7 uses ._take, private to pipeline.extraction",
-        "stages.train:1 imports _digest from pipeline.heads.bundle",
+        "nsnet.evaluation.protocol_rows:1 imports _take from "
+        "nsnet.extraction.cached_features",
+        "nsnet.evaluation.protocol_rows:6 uses ._CACHE, private to "
+        "nsnet.extraction",
+        "nsnet.evaluation.protocol_rows:7 uses ._prep, private to nsnet.heads",
+        "nsnet.evaluation.protocol_rows:7 uses ._take, private to nsnet.extraction",
+        "nsnet.stages.train:1 imports _digest from nsnet.heads.bundle",
     ]
-    assert room_of("pipeline.config") == "pipeline.config"
+    assert room_of("nsnet.config") == "nsnet.config"
     assert room_of("bench.bench_heads") == "bench.bench_heads"
     assert "bench.bench_heads" in code_trees()
-    assert room_of("pipeline.heads.bundle") == "pipeline.heads" and room_of("stages.cli") == \
+    assert room_of("nsnet.heads.bundle") == "nsnet.heads" and room_of("nsnet.stages.cli") == \
         "stages"
+
+
+@pytest.mark.slow
+def test_the_wheel_installs_one_top_level_package(tmp_path) -> None:
+    """`pip wheel --no-deps .` holds `nsnet` (library, commands, package data) and nothing else
+    at top level: no generic `pipeline` or `stages` in the user's site-packages."""
+    import subprocess
+    import sys
+    import zipfile
+
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
+                    "--no-build-isolation", "-w", str(tmp_path), str(ROOT)],
+                   check=True, capture_output=True, cwd=tmp_path)
+    (wheel,) = tmp_path.glob("nsnet-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {n.split("/")[0] for n in names if ".dist-info/" not in n} == {"nsnet"}
+    for module in [*modules(), "nsnet.stages.cli", "nsnet.stages.train"]:
+        path = module.replace(".", "/")
+        assert f"{path}.py" in names or f"{path}/__init__.py" in names, module
+    assert "nsnet/backbones/configs/nsnet-tiny-clip.json" in names
+    assert "nsnet/serving/static/index.html" in names
+    entry = next(n for n in names if n.endswith("entry_points.txt"))
+    assert "nsnet = nsnet.stages.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()

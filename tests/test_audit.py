@@ -11,10 +11,10 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from pipeline.config import ParamsError
-from pipeline.data.audit import header_row, jpeg_quality, run_audit
-from pipeline.data.index_stage import build_index
-from stages.cli import main
+from nsnet.config import ParamsError
+from nsnet.data.audit import header_row, jpeg_quality, run_audit
+from nsnet.data.index_stage import build_index
+from nsnet.stages.cli import main
 from tests.conftest import read_part, tiny_params, tiny_raw, write_params
 
 
@@ -173,11 +173,11 @@ def test_audit_of_a_manifest_without_usable_images_is_one_clear_message(tmp_path
 
 
 def test_train_refuses_reencode_that_the_features_do_not_have(built_cache, tmp_path):
-    from pipeline.heads.train_stage import run_train
+    from nsnet.heads.train_stage import run_train
 
     params = tiny_params(built_cache.params.data.roots[0].path,
                          protocol={"train_reencode": "jpeg95"})
-    from pipeline.cache_store import StoreError
+    from nsnet.cache_store import StoreError
 
     with pytest.raises(StoreError, match="run `nsnet extract`.*read under jpeg95"):
         run_train(params, built_cache.manifest, built_cache.features, tmp_path / "m",
@@ -188,13 +188,13 @@ def test_extract_reencodes_train_and_val_images_only(tmp_path):
     """protocol.train_reencode: train/val rows are patched from their JPEG re-encoding, test
     rows from their own pixels; the features record it, training accepts them, and going back
     to "" recomputes the features."""
-    from pipeline.data import degradations
-    from pipeline.data.images import open_image
-    from pipeline.data.manifest import read_manifest
-    from pipeline.extraction.cached_features import load_features
-    from pipeline.extraction.extract_stage import run_extract
-    from pipeline.extraction.patch_selection import PatchSpec, select_cells
-    from pipeline.heads.train_stage import run_train
+    from nsnet.data import degradations
+    from nsnet.data.images import open_image
+    from nsnet.data.manifest import read_manifest
+    from nsnet.extraction.cached_features import load_features
+    from nsnet.extraction.extract_stage import run_extract
+    from nsnet.extraction.patch_selection import PatchSpec, select_cells
+    from nsnet.heads.train_stage import run_train
 
     root = make_tree(tmp_path / "images", "jpeg", "png", n=12)
     params = tiny_params(root, protocol={"train_sources": [], "test_sources": [],
@@ -259,7 +259,7 @@ def test_audit_runs_with_the_shipped_defaults_on_more_than_256_images(tmp_path):
     assert res.exit_code == 0, res.output
     assert "audit: 300 images, headers only" in res.output
     # The library function resolves `auto` as well (the Python API, without the CLI).
-    from pipeline.config import load_params
+    from nsnet.config import load_params
 
     params = load_params(params_file)
     assert params.data.num_workers == "auto"

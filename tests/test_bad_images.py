@@ -21,13 +21,13 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from pipeline.cache_store import decode_ids
-from pipeline.config import load_params
-from pipeline.data.images import ImageError, open_image
-from pipeline.data.index_stage import build_index, read_skipped
-from pipeline.data.manifest import file_paths, read_manifest
-from pipeline.extraction.extract_stage import run_extract
-from stages.cli import main
+from nsnet.cache_store import decode_ids
+from nsnet.config import load_params
+from nsnet.data.images import ImageError, open_image
+from nsnet.data.index_stage import build_index, read_skipped
+from nsnet.data.manifest import file_paths, read_manifest
+from nsnet.extraction.extract_stage import run_extract
+from nsnet.stages.cli import main
 from tests.conftest import part_of, tiny_params, tiny_raw, write_params
 
 RNG = np.random.default_rng(7)
@@ -279,7 +279,7 @@ def _drop_read_override() -> None:
 def _nsnet(args: list[str], cwd: Path, drop_caps: bool) -> subprocess.CompletedProcess:
     """Run the real CLI in a subprocess, without the capabilities that bypass permissions."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(PROJECT)}
-    return subprocess.run([sys.executable, "-m", "stages.cli", *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "nsnet.stages.cli", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=120,
                           preexec_fn=_drop_read_override if drop_caps else None)
 

@@ -16,8 +16,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from pipeline.config import HEAD_CHOICES, HEAD_RECIPES, ParamsError, params_from_dict
-from pipeline.heads.baselines import (
+from nsnet.config import HEAD_CHOICES, HEAD_RECIPES, ParamsError, params_from_dict
+from nsnet.heads.baselines import (
     RINE,
     SETTINGS,
     Cozzolino,
@@ -27,9 +27,9 @@ from pipeline.heads.baselines import (
     make_optimizer,
     rine_supcon,
 )
-from pipeline.heads.detectors import BASELINE_HEADS, HEADS, build_head
-from pipeline.heads.losses import supcon_loss
-from stages.cli import main
+from nsnet.heads.detectors import BASELINE_HEADS, HEADS, build_head
+from nsnet.heads.losses import supcon_loss
+from nsnet.stages.cli import main
 
 
 def _data(n: int, *shape: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

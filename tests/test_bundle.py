@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.config import (
+from nsnet.config import (
     CaptionParams,
     ClipParams,
     PatchParams,
@@ -22,8 +22,8 @@ from pipeline.config import (
     TrainParams,
     params_from_dict,
 )
-from pipeline.heads.bundle import CONFIG, WEIGHTS, load_bundle, read_config, save_bundle
-from pipeline.heads.bundle_config import (
+from nsnet.heads.bundle import CONFIG, WEIGHTS, load_bundle, read_config, save_bundle
+from nsnet.heads.bundle_config import (
     Backbones,
     BundleConfig,
     BundleDecision,
@@ -34,9 +34,9 @@ from pipeline.heads.bundle_config import (
     PatchesConfig,
     ViewsConfig,
 )
-from pipeline.heads.detectors import HPARAM_KEYS, AdvancedNSNet, NSNet, build_head
-from pipeline.heads.head_training import HeadTraining
-from pipeline.heads.training_info import ClassCounts, TrainingRecord
+from nsnet.heads.detectors import HPARAM_KEYS, AdvancedNSNet, NSNet, build_head
+from nsnet.heads.head_training import HeadTraining
+from nsnet.heads.training_info import ClassCounts, TrainingRecord
 
 HP = {"hidden_dim": 16, "proj_dim": 8, "dropout": 0.0, "normalize": True}
 FORMAT_1 = Path(__file__).parent / "fixtures" / "bundle_format1"
@@ -125,7 +125,7 @@ BROKEN = [
 def test_broken_config_is_refused_naming_file_and_key(tmp_path, what, key, value, message):
     from click.testing import CliRunner
 
-    from stages.cli import main
+    from nsnet.stages.cli import main
 
     save_bundle(tmp_path, build_head("advanced", 12, **HP), FULL)
     config = json.loads((tmp_path / CONFIG).read_text())
@@ -152,7 +152,7 @@ def test_config_that_is_not_json_is_refused(tmp_path):
 
 
 def test_weights_that_do_not_fit_the_head_are_one_message(tmp_path):
-    from pipeline.heads.bundle import _digest
+    from nsnet.heads.bundle import _digest
 
     save_bundle(tmp_path, build_head("advanced", 12, **HP), FULL)
     save_bundle(tmp_path / "other", build_head("advanced", 16, **HP), FULL)
@@ -227,7 +227,7 @@ def _with_weights(bundle: Path, model: torch.nn.Module) -> None:
     (the config's layout untouched)."""
     from safetensors.torch import save
 
-    from pipeline.heads.bundle import _digest
+    from nsnet.heads.bundle import _digest
 
     blob = save({k: v.contiguous() for k, v in model.state_dict().items()})
     (bundle / WEIGHTS).write_bytes(blob)
@@ -278,7 +278,7 @@ def test_format_1_bundle_loads(tmp_path):
 
 def test_a_format_1_bundle_scores_images(tmp_path):
     """The chain that predict rebuilds from a format-1 bundle runs (tiny backbones)."""
-    from pipeline.inference.predict import load_chain, predict_paths
+    from nsnet.inference.predict import load_chain, predict_paths
 
     image = tmp_path / "x.png"
     Image.new("RGB", (96, 96), (120, 30, 200)).save(image)

@@ -7,9 +7,9 @@ import pytest
 from sklearn.calibration import _sigmoid_calibration, calibration_curve
 from sklearn.linear_model import LogisticRegression
 
-from pipeline.config import ParamsError, parse_threshold
-from pipeline.heads.bundle_config import BundleDecision, parse_config
-from pipeline.heads.decision import (
+from nsnet.config import ParamsError, parse_threshold
+from nsnet.heads.bundle_config import BundleDecision, parse_config
+from nsnet.heads.decision import (
     Decision,
     DecisionError,
     choose_threshold,
@@ -17,7 +17,7 @@ from pipeline.heads.decision import (
     fit_platt,
     fit_temperature,
 )
-from pipeline.metrics import (
+from nsnet.metrics import (
     expected_calibration_error,
     is_fake,
     oracle_accuracy,
@@ -202,7 +202,7 @@ def test_table_reports_acc_at_half_decision_and_oracle():
 def test_per_format_breakdown_scores_each_format_separately():
     import pandas as pd
 
-    from pipeline.evaluation.evaluate_stage import format_breakdown
+    from nsnet.evaluation.evaluate_stage import format_breakdown
 
     frame = pd.DataFrame({"label": [0, 0, 1, 1, 0, 1], "format": ["JPEG", "JPEG", "PNG", "PNG",
                                                                   "PNG", ""],

@@ -10,10 +10,10 @@ import pytest
 from click.testing import CliRunner, Result
 from conftest import part_of, read_part, tiny_raw, write_params
 
-from pipeline.cache_store import table_provenance
-from pipeline.config import load_params
-from pipeline.data.manifest import read_manifest
-from stages.cli import main
+from nsnet.cache_store import table_provenance
+from nsnet.config import load_params
+from nsnet.data.manifest import read_manifest
+from nsnet.stages.cli import main
 
 SUBCOMMANDS = ("scan", "index", "extract", "train", "evaluate", "compare", "demo-data", "cache",
                "evaluate-degraded")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import (
+from nsnet.config import (
     Params,
     ParamsError,
     apply_overrides,
@@ -143,7 +143,7 @@ def test_section_given_as_scalar_is_an_error():
 def test_auto_runtime_settings_fit_the_machine():
     """`auto` resolves per machine: workers leave a core to the models, torch threads avoid
     cores that workers or other processes already use, batches depend on the device."""
-    from pipeline import runtime
+    from nsnet import runtime
 
     cores = runtime.cpu_count()
     assert runtime.workers("auto") == max(0, min(runtime.MAX_AUTO_WORKERS, cores - 1))
@@ -164,7 +164,7 @@ def test_every_auto_is_resolved_in_one_place():
     values stay as written, and a dask scheduler keeps compute.device for its workers."""
     import dataclasses
 
-    from pipeline import runtime
+    from nsnet import runtime
 
     defaults = Params()
     machine = _machine_keys(Params)  # integers-or-auto (config's `auto=True`) and devices
@@ -226,10 +226,10 @@ def test_auto_params_accept_auto_or_a_number_only(tmp_path):
 
 
 def test_precision_names_are_the_one_precision_map():
-    """``compute.precision`` accepts exactly the names of ``pipeline.backbones.precision``, the
+    """``compute.precision`` accepts exactly the names of ``nsnet.backbones.precision``, the
     one place that maps them to autocast dtypes (extraction and predict both read it)."""
-    from pipeline.backbones.precision import PRECISIONS, amp_dtype
-    from pipeline.config import ComputeParams
+    from nsnet.backbones.precision import PRECISIONS, amp_dtype
+    from nsnet.config import ComputeParams
 
     field = {f.name: f for f in dataclasses.fields(ComputeParams)}["precision"]
     assert tuple(field.metadata["choices"]) == tuple(PRECISIONS)
@@ -257,7 +257,7 @@ class Outer:
 def test_typed_sections_check_required_optional_and_tuple_fields():
     """The machinery typed bundle configs use: a field without a default is required, ``X |
     None`` reports X's own error, tuples stay tuples, NaN only where a field allows it."""
-    from pipeline.config import build_section
+    from nsnet.config import build_section
 
     assert build_section(Outer, {"name": "a", "shape": [1, 2]}) == Outer("a", None, (1, 2))
     assert build_section(Outer, {"name": "a", "inner": None}).inner is None

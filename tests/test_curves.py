@@ -12,12 +12,12 @@ from click.testing import CliRunner
 from matplotlib.colors import to_hex
 from PIL import Image
 
-from pipeline.heads.train_stage import run_train
-from pipeline.reports import curves
-from pipeline.reports.figures import render_tsne
-from pipeline.reports.report_stage import draw_curves
-from pipeline.reports.result_figures import render_robustness
-from stages.cli import main
+from nsnet.heads.train_stage import run_train
+from nsnet.reports import curves
+from nsnet.reports.figures import render_tsne
+from nsnet.reports.report_stage import draw_curves
+from nsnet.reports.result_figures import render_robustness
+from nsnet.stages.cli import main
 from tests.conftest import write_params
 
 

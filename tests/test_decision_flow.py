@@ -11,18 +11,18 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from pipeline.config import parse_threshold
-from pipeline.evaluation.evaluate_stage import run_evaluate
-from pipeline.extraction.cached_features import load_features, select
-from pipeline.heads.bundle import load_bundle
-from pipeline.heads.decision import choose_threshold
-from pipeline.heads.train_stage import run_train
-from pipeline.heads.training_loop import predict_logits
-from pipeline.inference.explain import explain_image
-from pipeline.inference.predict import load_chain, predict_paths
-from pipeline.inference.verdict import verdict
-from pipeline.metrics import expected_calibration_error
-from stages.cli import main
+from nsnet.config import parse_threshold
+from nsnet.evaluation.evaluate_stage import run_evaluate
+from nsnet.extraction.cached_features import load_features, select
+from nsnet.heads.bundle import load_bundle
+from nsnet.heads.decision import choose_threshold
+from nsnet.heads.train_stage import run_train
+from nsnet.heads.training_loop import predict_logits
+from nsnet.inference.explain import explain_image
+from nsnet.inference.predict import load_chain, predict_paths
+from nsnet.inference.verdict import verdict
+from nsnet.metrics import expected_calibration_error
+from nsnet.stages.cli import main
 from tests.conftest import tiny_raw, write_params
 
 
@@ -102,7 +102,7 @@ def test_predict_and_explain_give_evaluates_calibrated_probability(built_cache, 
     assert df["label"].tolist() == [verdict(p, chain.threshold, chain.band) for p in expected]
     ex = explain_image(chain, rows["path"].iloc[0])
     assert ex.prob == pytest.approx(expected[0], abs=1e-5) and ex.threshold == chain.threshold
-    from pipeline.inference.detector import Detector  # the Python API and `nsnet serve`
+    from nsnet.inference.detector import Detector  # the Python API and `nsnet serve`
 
     det = Detector.load(work / "model", device="cpu")
     got = det.predict(rows["path"].tolist())["prob"].to_numpy()
@@ -133,9 +133,9 @@ def test_bad_threshold_rule_is_one_clear_message(tmp_path):
 
 
 def test_val_rule_without_fakes_in_validation_is_one_clear_message(built_cache):
-    from pipeline.extraction.cached_features import FeatureSet
-    from pipeline.heads.decision import DecisionError
-    from pipeline.heads.train_stage import train_head
+    from nsnet.extraction.cached_features import FeatureSet
+    from nsnet.heads.decision import DecisionError
+    from nsnet.heads.train_stage import train_head
 
     params = _params(built_cache, "val_eer", "none")
     params = dataclasses.replace(params, train=dataclasses.replace(params.train, epochs=1))

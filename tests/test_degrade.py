@@ -11,17 +11,17 @@ import pytest
 from conftest import read_part, tiny_params
 from PIL import Image
 
-from pipeline.backbones.clip import load_clip
-from pipeline.cache_store import StoreError
-from pipeline.config import ParamsError
-from pipeline.data import degradations as degrade
-from pipeline.data.images import open_image, read_bytes
-from pipeline.data.manifest import file_paths, read_manifest
-from pipeline.evaluation.degraded_eval_stage import format_degraded_table, run_evaluate_degraded
-from pipeline.extraction import image_pass
-from pipeline.extraction.extract_stage import run_extract
-from pipeline.extraction.patch_selection import PatchSpec, select_patches
-from pipeline.heads.train_stage import run_train
+from nsnet.backbones.clip import load_clip
+from nsnet.cache_store import StoreError
+from nsnet.config import ParamsError
+from nsnet.data import degradations as degrade
+from nsnet.data.images import open_image, read_bytes
+from nsnet.data.manifest import file_paths, read_manifest
+from nsnet.evaluation.degraded_eval_stage import format_degraded_table, run_evaluate_degraded
+from nsnet.extraction import image_pass
+from nsnet.extraction.extract_stage import run_extract
+from nsnet.extraction.patch_selection import PatchSpec, select_patches
+from nsnet.heads.train_stage import run_train
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +180,7 @@ def test_evaluate_degraded_prints_one_summary_and_never_the_clean_table_again(
     degradation, and with --per-source the degraded copies' tables only."""
     from click.testing import CliRunner
 
-    from stages.cli import main
+    from nsnet.stages.cli import main
     from tests.conftest import write_params
 
     work, params, _, _ = degraded_workspace

@@ -1,4 +1,4 @@
-"""The Python API: ``pipeline.Detector`` scores paths, bytes, PIL images and arrays exactly as
+"""The Python API: ``nsnet.Detector`` scores paths, bytes, PIL images and arrays exactly as
 ``nsnet predict`` scores the files, and explains one image as ``nsnet explain`` does."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.data.manifest import read_manifest
-from pipeline.heads.train_stage import run_train
-from pipeline.inference.explain import explain_image
-from pipeline.inference.predict import RESULT_COLUMNS, load_chain, predict_paths
+from nsnet.data.manifest import read_manifest
+from nsnet.heads.train_stage import run_train
+from nsnet.inference.explain import explain_image
+from nsnet.inference.predict import RESULT_COLUMNS, load_chain, predict_paths
 
 
 def train_bundle(built_cache, out: Path) -> Path:
@@ -31,7 +31,7 @@ def bundle(built_cache, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def detector(bundle):
-    from pipeline import Detector
+    from nsnet import Detector
 
     return Detector.load(bundle, device="cpu")
 
@@ -85,7 +85,7 @@ def test_bad_items_get_a_status_not_an_exception(detector, tmp_path):
 
 
 def test_explain_equals_nsnet_explain_and_rejects_bad_input(detector, paths):
-    from pipeline.data.images import ImageError
+    from nsnet.data.images import ImageError
 
     ex = detector.explain(paths[1])
     ref = explain_image(detector.chain, paths[1])
@@ -100,10 +100,10 @@ def test_explain_equals_nsnet_explain_and_rejects_bad_input(detector, paths):
 
 
 def test_detector_is_public_and_documented(bundle):
-    import pipeline
+    import nsnet
 
-    assert "Detector" in pipeline.__all__
-    from pipeline import Detector
+    assert "Detector" in nsnet.__all__
+    from nsnet import Detector
 
     assert "Example" in Detector.__doc__ and "Example" in Detector.load.__doc__
     assert Detector.load(bundle, device="cpu").describe()["head"] == "advanced"

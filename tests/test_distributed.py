@@ -10,7 +10,7 @@ import pickle
 import numpy as np
 import pytest
 
-from pipeline.extraction.extract_stage import compute_shard, ok_rows, plan_extract, run_extract
+from nsnet.extraction.extract_stage import compute_shard, ok_rows, plan_extract, run_extract
 from tests.conftest import read_part, tiny_params
 
 distributed = pytest.importorskip("dask.distributed")
@@ -42,8 +42,8 @@ def test_dask_cluster_matches_in_process_run(built_cache, demo_images, tmp_path)
         summary = run_extract(params, built_cache.manifest, store, addr)
 
         def model_loads() -> tuple[int, int, int, int]:
-            from pipeline.backbones.blip import load_blip
-            from pipeline.backbones.clip import load_clip
+            from nsnet.backbones.blip import load_blip
+            from nsnet.backbones.clip import load_clip
 
             b, c = load_blip.cache_info(), load_clip.cache_info()
             return b.misses, b.hits + b.misses, c.misses, c.hits + c.misses

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import PARAM_DOCS
+from nsnet.config import PARAM_DOCS
 from tools import doc_outputs, gen_docs
 
 ROOT = Path(__file__).resolve().parents[1]

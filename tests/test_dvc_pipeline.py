@@ -20,10 +20,10 @@ import click
 import pytest
 import yaml
 
-from pipeline.config import Params, edit_params_text
-from pipeline.data.demo_data import DEMO_VALUES, make_workspace
-from pipeline.data.manifest import read_manifest
-from stages.cli import main
+from nsnet.config import Params, edit_params_text
+from nsnet.data.demo_data import DEMO_VALUES, make_workspace
+from nsnet.data.manifest import read_manifest
+from nsnet.stages.cli import main
 from tests.conftest import fast_values, workspace_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -125,7 +125,7 @@ def test_feature_stages_do_not_depend_on_training():
     assert not set(FEATURE_STAGES) & reruns(stages)
 
 
-# Settings that change how fast, not what (pipeline.runtime resolves their `auto`).
+# Settings that change how fast, not what (nsnet.runtime resolves their `auto`).
 MACHINE_KEYS = ("compute.device", "compute.num_workers", "compute.torch_threads",
                 "compute.shard_size", "compute.scheduler", "clip.batch_size",
                 "caption.batch_size", "data.num_workers", "train.device")

@@ -1,5 +1,5 @@
-"""The experiment decided once (``pipeline.data.experiment``) and mean ± std over seeds
-(``pipeline.evaluation.seeds``, ``train.seeds``) through train, evaluate, compare and
+"""The experiment decided once (``nsnet.data.experiment``) and mean ± std over seeds
+(``nsnet.evaluation.seeds``, ``train.seeds``) through train, evaluate, compare and
 evaluate-degraded."""
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ import pytest
 from click.testing import CliRunner
 from conftest import tiny_raw, write_params
 
-from pipeline.config import ParamsError, params_from_dict
-from pipeline.data.experiment import matrix_sources, resolve_experiment, seeds_of
-from pipeline.evaluation.compare_stage import format_comparison, run_compare
-from pipeline.evaluation.evaluate_stage import format_evaluation, run_evaluate
-from pipeline.evaluation.seeds import over_seeds
-from pipeline.extraction.cached_features import load_features, select
-from pipeline.heads.train_stage import run_train, training_sets
-from stages.cli import main
+from nsnet.config import ParamsError, params_from_dict
+from nsnet.data.experiment import matrix_sources, resolve_experiment, seeds_of
+from nsnet.evaluation.compare_stage import format_comparison, run_compare
+from nsnet.evaluation.evaluate_stage import format_evaluation, run_evaluate
+from nsnet.evaluation.seeds import over_seeds
+from nsnet.extraction.cached_features import load_features, select
+from nsnet.heads.train_stage import run_train, training_sets
+from nsnet.stages.cli import main
 
 
 def manifest_frame(rows: list[tuple[str, str, str, int, str]]) -> pd.DataFrame:
@@ -250,7 +250,7 @@ def test_cli_says_how_many_seeds(built_cache, tmp_path):
 
 
 def test_evaluate_degraded_over_seeds(seeded, built_cache, tmp_path):
-    from pipeline.evaluation.degraded_eval_stage import run_evaluate_degraded
+    from nsnet.evaluation.degraded_eval_stage import run_evaluate_degraded
 
     work, params, _, out = seeded
     results = run_evaluate_degraded(params, built_cache.manifest, built_cache.features,

@@ -12,10 +12,10 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from pipeline.data.images import open_image
-from pipeline.data.manifest import read_manifest
-from pipeline.heads.train_stage import run_train
-from pipeline.inference.explain import (
+from nsnet.data.images import open_image
+from nsnet.data.manifest import read_manifest
+from nsnet.heads.train_stage import run_train
+from nsnet.inference.explain import (
     Explanation,
     explain_image,
     occlude,
@@ -23,9 +23,9 @@ from pipeline.inference.explain import (
     semantic_removed,
     write_report,
 )
-from pipeline.inference.predict import compute_features, load_chain
-from pipeline.reports.explanation import contribution_text
-from stages.cli import main
+from nsnet.inference.predict import compute_features, load_chain
+from nsnet.reports.explanation import contribution_text
+from nsnet.stages.cli import main
 
 
 def empty_params(tmp_path: Path) -> Path:
@@ -110,7 +110,7 @@ def test_semantic_share_matches_the_nsnet_basis(built_cache, fakes, tmp_path):
 
 def test_cli_writes_png_and_json(chain, fakes, tmp_path):
     bundle = tmp_path / "b"
-    from pipeline.heads.bundle import save_bundle
+    from nsnet.heads.bundle import save_bundle
 
     save_bundle(bundle, chain.head, chain.config)
     out = tmp_path / "why.png"
@@ -137,7 +137,7 @@ def test_explain_warns_when_the_selection_saw_no_content(chain, explained, tmp_p
     path = tmp_path / "bordered.png"
     Image.fromarray(img).save(path)
     bundle = tmp_path / "b"
-    from pipeline.heads.bundle import save_bundle
+    from nsnet.heads.bundle import save_bundle
 
     save_bundle(bundle, chain.head, chain.config)
     res = CliRunner().invoke(main, ["explain", str(path), "--model", str(bundle), "--out",
@@ -168,7 +168,7 @@ def test_cli_contributions_have_significant_digits(chain, fakes, tmp_path):
     """The text lists the JSON's top contributions to 3 significant digits, however small (the
     picture prints them with significant digits too; a fixed 4 decimals read +0.0000)."""
     bundle = tmp_path / "b"
-    from pipeline.heads.bundle import save_bundle
+    from nsnet.heads.bundle import save_bundle
 
     save_bundle(bundle, chain.head, chain.config)
     res = CliRunner().invoke(main, ["explain", fakes[0], "--model", str(bundle), "--out",
@@ -188,7 +188,7 @@ def test_cli_contributions_have_significant_digits(chain, fakes, tmp_path):
 def test_explain_runs_no_blip_for_a_head_that_reads_no_caption(built_cache, fakes, tmp_path):
     """Like `nsnet predict` and the API (CAPTION_HEADS): the nsnet head gets no caption, in
     the text, the JSON and the picture; the advanced head keeps its BLIP caption."""
-    from pipeline.inference.predict import CAPTION_HEADS, predict_paths
+    from nsnet.inference.predict import CAPTION_HEADS, predict_paths
 
     bundle = train_bundle(built_cache, tmp_path / "ns", "nsnet", 2)
     assert "nsnet" not in CAPTION_HEADS

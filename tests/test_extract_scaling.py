@@ -18,20 +18,20 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.backbones.blip import BlipResize, load_blip
-from pipeline.cache_store import FeatureStore, write_table
-from pipeline.data.images import open_image
-from pipeline.data.index_stage import build_index
-from pipeline.data.manifest import file_paths
-from pipeline.extraction import image_pass, sharding
-from pipeline.extraction.cached_features import load_features
-from pipeline.extraction.extract_stage import compute_shard, ok_rows, plan_extract, run_extract
-from pipeline.extraction.image_pass import ImagePass, ImageWork, PassPlan, batches
-from pipeline.extraction.patch_selection import PatchSpec, select_batch
-from pipeline.extraction.plan import Shard
-from pipeline.extraction.settings import ExtractRuntime, ExtractSettings
-from pipeline.heads.bundle import load_bundle
-from pipeline.heads.train_stage import run_train
+from nsnet.backbones.blip import BlipResize, load_blip
+from nsnet.cache_store import FeatureStore, write_table
+from nsnet.data.images import open_image
+from nsnet.data.index_stage import build_index
+from nsnet.data.manifest import file_paths
+from nsnet.extraction import image_pass, sharding
+from nsnet.extraction.cached_features import load_features
+from nsnet.extraction.extract_stage import compute_shard, ok_rows, plan_extract, run_extract
+from nsnet.extraction.image_pass import ImagePass, ImageWork, PassPlan, batches
+from nsnet.extraction.patch_selection import PatchSpec, select_batch
+from nsnet.extraction.plan import Shard
+from nsnet.extraction.settings import ExtractRuntime, ExtractSettings
+from nsnet.heads.bundle import load_bundle
+from nsnet.heads.train_stage import run_train
 from tests.conftest import part_of, read_part, tiny_params
 
 SPEC = PatchSpec()
@@ -92,7 +92,7 @@ def test_workers_send_back_fixed_size_arrays_not_decoded_images(tmp_path):
     image size."""
     from transformers import BlipImageProcessor
 
-    from pipeline.data.manifest import content_id
+    from nsnet.data.manifest import content_id
 
     rng = np.random.default_rng(0)
     works = []
@@ -330,7 +330,7 @@ def test_a_cache_of_the_previous_layout_is_converted_without_recomputing(built_c
     shutil.copy(built_cache.manifest, work / "cache" / "manifest.parquet")
     write_legacy(built_cache, work / "cache")
     manifest, store = work / "cache" / "manifest.parquet", work / "cache" / "features"
-    from pipeline.cache_store import StoreError
+    from nsnet.cache_store import StoreError
 
     with pytest.raises(StoreError, match="previous layout.*nsnet extract"):
         load_features(built_cache.params, manifest, store)

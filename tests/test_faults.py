@@ -22,12 +22,12 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from pipeline.atomic import atomic_path, write_json
-from pipeline.data.demo_data import make_demo_images
-from pipeline.data.manifest import read_manifest
-from pipeline.extraction.extract_stage import run_extract
-from pipeline.heads.train_stage import run_train
-from stages.cli import main
+from nsnet.atomic import atomic_path, write_json
+from nsnet.data.demo_data import make_demo_images
+from nsnet.data.manifest import read_manifest
+from nsnet.extraction.extract_stage import run_extract
+from nsnet.heads.train_stage import run_train
+from nsnet.stages.cli import main
 from tests.conftest import (
     ROOT,
     build_cache,
@@ -56,7 +56,7 @@ def nsnet(args: list[str], cwd: Path, fsize: int | None = None) -> subprocess.Po
             resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, resource.RLIM_INFINITY))
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-m", "stages.cli", *args], cwd=cwd, env=env,
+    return subprocess.Popen([sys.executable, "-m", "nsnet.stages.cli", *args], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=limit)
 
@@ -192,7 +192,7 @@ def test_ctrl_c_swallowed_by_a_finalizer_still_stops_the_run():
     the next shard all the same, saying what was kept."""
     import gc
 
-    from pipeline.extraction.sharding import Interrupted, run
+    from nsnet.extraction.sharding import Interrupted, run
 
     class SignalsWhenCollected:
         def __del__(self) -> None:

@@ -21,18 +21,18 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from pipeline.atomic import write_json, write_text
-from pipeline.config import HEAD_CHOICES, ParamsError, params_from_dict
-from pipeline.data.manifest import read_manifest
-from pipeline.heads.bundle import CONFIG, load_bundle, save_bundle
-from pipeline.heads.bundle_config import BundleConfig, HeadConfig
-from pipeline.heads.detectors import BASELINE_HEADS, HEADS, build_head
-from pipeline.heads.train_stage import run_train
-from pipeline.inference.explain import explain_image, write_report
-from pipeline.inference.predict import load_chain, predict_paths, write_results
-from pipeline.inference.verdict import verdict
-from pipeline.reports.figures import MIN_SCALE, _norm, distinct_top, patch_locations
-from stages.cli import main
+from nsnet.atomic import write_json, write_text
+from nsnet.config import HEAD_CHOICES, ParamsError, params_from_dict
+from nsnet.data.manifest import read_manifest
+from nsnet.heads.bundle import CONFIG, load_bundle, save_bundle
+from nsnet.heads.bundle_config import BundleConfig, HeadConfig
+from nsnet.heads.detectors import BASELINE_HEADS, HEADS, build_head
+from nsnet.heads.train_stage import run_train
+from nsnet.inference.explain import explain_image, write_report
+from nsnet.inference.predict import load_chain, predict_paths, write_results
+from nsnet.inference.verdict import verdict
+from nsnet.reports.figures import MIN_SCALE, _norm, distinct_top, patch_locations
+from nsnet.stages.cli import main
 from tests.test_bad_images import _nsnet  # the CLI without the caps that bypass permissions
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -168,7 +168,7 @@ def test_outputs_follow_the_umask(tmp_path, umask, mode):
 
 
 def test_help_does_not_import_torch():
-    code = ("import sys\nfrom stages.cli import main\n"
+    code = ("import sys\nfrom nsnet.stages.cli import main\n"
             "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
             "heavy = [m for m in ('torch', 'numpy', 'pandas', 'PIL', 'open_clip', 'transformers',"
             " 'h5py', 'matplotlib', 'pyarrow') if m in sys.modules]\n"
@@ -282,7 +282,7 @@ PARAM_COMMANDS.update(predict=["missing.png"], explain=["missing.png"])
 
 
 def test_every_params_command_loads_through_the_one_loader():
-    """`stages.common.load` prints the params line; every command with --params calls it
+    """`nsnet.stages.common.load` prints the params line; every command with --params calls it
     (serve too, which this file cannot start)."""
     import inspect
 
@@ -317,7 +317,7 @@ def test_every_command_says_once_which_params_file_it_uses(tmp_path, name):
 
 
 def test_the_params_line_names_the_file_in_use(tmp_path):
-    from pipeline.config import source_line
+    from nsnet.config import source_line
 
     (tmp_path / "params.yaml").write_text("seed: 1\n")
     assert source_line(None, (), tmp_path) == "params: params.yaml"
@@ -368,7 +368,7 @@ def test_a_bundle_of_the_head_once_called_ufd_loads_as_composite_probe(tmp_path)
     """A bundle the format-1 writer saved under the old head name (no other section)."""
     from safetensors.torch import save
 
-    from pipeline.heads.bundle import WEIGHTS, _digest
+    from nsnet.heads.bundle import WEIGHTS, _digest
 
     head = build_head("composite_probe", 8)
     blob = save(head.state_dict())
@@ -395,8 +395,8 @@ def _load_in_subprocess(code: str) -> subprocess.CompletedProcess:
 
 def test_missing_hub_weights_one_message_with_a_command_that_exists(tmp_path):
     proc = _load_in_subprocess(
-        "from pipeline.backbones.clip import load_clip\n"
-        "from pipeline.backbones.blip import load_blip\n"
+        "from nsnet.backbones.clip import load_clip\n"
+        "from nsnet.backbones.blip import load_blip\n"
         "for f, a in ((load_clip, ('ViT-B-32', 'openai', 'cpu')),\n"
         "             (load_blip, ('Salesforce/blip-image-captioning-base', 'cpu'))):\n"
         "    try:\n        f(*a)\n    except Exception as e:\n"
@@ -410,9 +410,9 @@ def test_missing_hub_weights_one_message_with_a_command_that_exists(tmp_path):
 
 
 def test_broken_local_weights_do_not_blame_the_hub(tmp_path):
-    from pipeline.backbones.availability import ModelUnavailable
-    from pipeline.backbones.blip import load_blip
-    from pipeline.backbones.clip import load_clip
+    from nsnet.backbones.availability import ModelUnavailable
+    from nsnet.backbones.blip import load_blip
+    from nsnet.backbones.clip import load_clip
 
     bad = tmp_path / "ckpt.pt"
     bad.write_bytes(b"not a checkpoint")
@@ -432,7 +432,7 @@ REAL_MODELS = {"clip": {"arch": "ViT-L-14", "pretrained": "openai"},
 TIMED_CLI = """\
 import sys, time
 import huggingface_hub, open_clip, torch, transformers
-from stages.cli import main
+from nsnet.stages.cli import main
 start = time.monotonic()
 try:
     main(sys.argv[1:], prog_name="nsnet")
@@ -445,9 +445,9 @@ def test_extract_names_every_missing_model_at_once_before_any_work(tmp_path, dem
     """Real CLIP and BLIP names, an empty Hugging Face cache, no hub: one message lists both
     (with how to get each and the keys of the offline backbones), within seconds, nothing
     computed."""
-    from pipeline.cache_store import FeatureStore
-    from pipeline.data.demo_data import TINY_MODELS
-    from pipeline.data.index_stage import build_index
+    from nsnet.cache_store import FeatureStore
+    from nsnet.data.demo_data import TINY_MODELS
+    from nsnet.data.index_stage import build_index
     from tests.conftest import tiny_params, tiny_raw, write_params
 
     manifest = tmp_path / "manifest.parquet"
@@ -483,7 +483,7 @@ def test_extract_names_every_missing_model_at_once_before_any_work(tmp_path, dem
 def test_predict_names_every_missing_backbone_of_its_bundle(tmp_path, monkeypatch):
     """A bundle whose CLIP checkpoint and BLIP are both absent: one message names both, before
     either is loaded, and says they come with the bundle (no params key switches them)."""
-    from pipeline.heads.bundle_config import Backbones, CaptionFacts, ClipFacts, PatchesConfig
+    from nsnet.heads.bundle_config import Backbones, CaptionFacts, ClipFacts, PatchesConfig
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     bb = Backbones(clip=ClipFacts("ViT-B-32", str(tmp_path / "absent.pt")),
@@ -512,7 +512,7 @@ def _hub_cache(root: Path, repo: str, *files: str) -> None:
 
 
 def test_model_check_reads_the_cache_and_local_paths_without_loading(tmp_path, monkeypatch):
-    from pipeline.backbones.availability import ModelUnavailable, Need, require_models
+    from nsnet.backbones.availability import ModelUnavailable, Need, require_models
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     cache = str(tmp_path / "hub")
@@ -595,7 +595,7 @@ def _hsv(colour: str) -> tuple[float, float, float]:
 
 
 def test_tsne_source_colours_never_reuse_the_label_colours():
-    from pipeline.reports.figures import LABEL_COLOURS, source_styles
+    from nsnet.reports.figures import LABEL_COLOURS, source_styles
 
     styles = source_styles([f"gen{i}" for i in range(20)])
     assert len(set(styles.values())) == 20  # every source is distinguishable
@@ -632,7 +632,7 @@ def test_threshold_is_printed_the_same_way_everywhere(bundle, images, built_cach
                                                        monkeypatch):
     """predict, explain, the explanation picture and evaluate print a threshold with the 4
     decimals that metrics.json keeps: 0.191785 reads 0.1918 everywhere."""
-    from pipeline.metrics import rounded, threshold_text
+    from nsnet.metrics import rounded, threshold_text
 
     assert threshold_text(0.191785) == "0.1918" and threshold_text(0.5) == "0.5"
     for t in (0.191785, 0.5, 0.0001, 0.99999, 0.123):

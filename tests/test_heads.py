@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.heads.detectors import AdvancedNSNet, NSNet, SemanticMapper, build_head
-from pipeline.heads.losses import supcon_loss
-from pipeline.heads.projection import (
+from nsnet.heads.detectors import AdvancedNSNet, NSNet, SemanticMapper, build_head
+from nsnet.heads.losses import supcon_loss
+from nsnet.heads.projection import (
     project_out_direction,
     project_out_subspace,
     semantic_basis,

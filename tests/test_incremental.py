@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.data.demo_data import DEMO_VALUES, make_demo_images, make_workspace
+from nsnet.data.demo_data import DEMO_VALUES, make_demo_images, make_workspace
 from tests.conftest import workspace_params
 from tests.test_dvc_pipeline import ROOT, _env, init_workspace, ran, sh, skipped
 

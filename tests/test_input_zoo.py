@@ -23,9 +23,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipeline.data.index_stage import read_skipped
-from pipeline.data.manifest import read_manifest
-from pipeline.heads.train_stage import run_train
+from nsnet.data.index_stage import read_skipped
+from nsnet.data.manifest import read_manifest
+from nsnet.heads.train_stage import run_train
 from tests.conftest import tiny_raw, write_params
 from tests.test_bad_images import _nsnet
 

@@ -2,7 +2,7 @@
 
 Each test builds a small tree of real image files (64 px PNG/JPEG) in the shape of GenImage,
 UniversalFakeDetect (test set and ProGAN training set), AIGIBench or a plain real/fake folder,
-and checks what ``pipeline.manifest.build_index`` records for every file.
+and checks what ``nsnet.manifest.build_index`` records for every file.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import pytest
 from conftest import tiny_params
 from PIL import Image
 
-from pipeline.config import ParamsError
-from pipeline.data.index_stage import build_index
-from pipeline.data.layouts import LayoutError, classify, detect_layout, genimage_name
-from pipeline.data.manifest import read_manifest
+from nsnet.config import ParamsError
+from nsnet.data.index_stage import build_index
+from nsnet.data.layouts import LayoutError, classify, detect_layout, genimage_name
+from nsnet.data.manifest import read_manifest
 
 _RNG = np.random.default_rng(11)
 

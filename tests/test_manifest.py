@@ -13,9 +13,9 @@ import pytest
 from conftest import tiny_params
 from PIL import Image
 
-from pipeline.cache_store import table_provenance
-from pipeline.data.index_stage import build_index, read_skipped
-from pipeline.data.manifest import MANIFEST_COLUMNS, read_manifest
+from nsnet.cache_store import table_provenance
+from nsnet.data.index_stage import build_index, read_skipped
+from nsnet.data.manifest import MANIFEST_COLUMNS, read_manifest
 
 
 def _png(path: Path, rng: np.random.Generator, size: int = 40) -> Path:

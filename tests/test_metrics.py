@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from sklearn import metrics as skm
 
-from pipeline.metrics import (
+from nsnet.metrics import (
     average_precision,
     binary_metrics,
     eval_groups,

@@ -21,7 +21,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from stages.cli import main
+from nsnet.stages.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 PY_DIRS = ("pipeline", "stages", "bench", "tools")
@@ -33,7 +33,8 @@ READS_PARAMS_COMMENTS = pytest.mark.reads_repo_params
 
 COMMAND = re.compile(r"\bnsnet ([a-z][a-z0-9_-]*)")
 # English after the project's name, not a command: "this nsnet reads format 2", "nsnet k=1"
-PROSE = {"reads", "decodes", "before", "detector", "commands", "project", "web", "k", "within"}
+PROSE = {"import", "reads", "decodes", "before", "detector", "commands", "project", "web", "k",
+         "within"}  # and `from nsnet import Detector`
 STAGE = re.compile(r"\b[Ss]tage [`'\"]([a-z_]+)[`'\"]|[`'\"]([a-z_]+)[`'\"] stage\b")
 REPRO = re.compile(r"\bdvc repro((?: [a-z][a-z_]*)+)")
 

@@ -1,6 +1,6 @@
 """open_clip releases: 3.x (``weights_only``), 2.3x (``load_weights_only``), 2.2x (neither).
 
-``pipeline.backbones.clip`` picks the keyword from ``create_model``'s signature. The first tests
+``nsnet.backbones.clip`` picks the keyword from ``create_model``'s signature. The first tests
 check that choice on the three signature shapes and on the installed release. The last one runs
 the real loading code (a local checkpoint, and a malicious one that must be refused) under
 other open_clip releases installed side by side: ``make check-open-clip`` installs the floor
@@ -17,7 +17,7 @@ from pathlib import Path
 import open_clip
 import pytest
 
-from pipeline.backbones.clip import open_clip_version, safe_load_kwargs
+from nsnet.backbones.clip import open_clip_version, safe_load_kwargs
 
 ROOT = Path(__file__).resolve().parents[1]
 RELEASES = [p for p in os.environ.get("NSNET_OPEN_CLIP_RELEASES", "").split(os.pathsep) if p]
@@ -51,8 +51,8 @@ def test_installed_release_gets_its_own_keyword():
 SCRIPT = r"""
 import pathlib, sys, tempfile
 import numpy as np, open_clip, torch
-from pipeline.backbones.availability import ModelUnavailable
-from pipeline.backbones.clip import TINY_NAME, _register_tiny, load_clip
+from nsnet.backbones.availability import ModelUnavailable
+from nsnet.backbones.clip import TINY_NAME, _register_tiny, load_clip
 
 class Payload:
     def __reduce__(self):

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from stages.cli import main
+from nsnet.stages.cli import main
 from tests.conftest import ROOT, tiny_raw, write_params
 
 STAGES = ["index", "extract", "train", "evaluate"]
@@ -86,7 +86,7 @@ def test_real_subprocess_exit_code_and_stderr(tmp_path):
     raw = tiny_raw(tmp_path / "images")
     raw["train"]["dropout"] = 1.0
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
-    proc = subprocess.run([sys.executable, "-m", "stages.cli", "index"], cwd=tmp_path,
+    proc = subprocess.run([sys.executable, "-m", "nsnet.stages.cli", "index"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=120,
                           env={"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1",
                                "PATH": "/usr/bin:/bin"})

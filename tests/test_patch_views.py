@@ -20,15 +20,15 @@ import torch
 import yaml
 from click.testing import CliRunner
 
-import pipeline.extraction.cached_features as features
-from pipeline.cache_store import StoreError
-from pipeline.config import ParamsError, params_from_dict
-from pipeline.data.images import open_image
-from pipeline.evaluation.compare_stage import format_comparison, run_compare
-from pipeline.evaluation.evaluate_stage import run_evaluate
-from pipeline.extraction.cached_features import MappedRows, load_features, select
-from pipeline.extraction.extract_stage import run_extract
-from pipeline.extraction.patch_selection import (
+import nsnet.extraction.cached_features as features
+from nsnet.cache_store import StoreError
+from nsnet.config import ParamsError, params_from_dict
+from nsnet.data.images import open_image
+from nsnet.evaluation.compare_stage import format_comparison, run_compare
+from nsnet.evaluation.evaluate_stage import run_evaluate
+from nsnet.extraction.cached_features import MappedRows, load_features, select
+from nsnet.extraction.extract_stage import run_extract
+from nsnet.extraction.patch_selection import (
     PatchSpec,
     choose,
     composite,
@@ -39,11 +39,11 @@ from pipeline.extraction.patch_selection import (
     view_composites,
     view_orders,
 )
-from pipeline.heads.train_stage import run_train
-from pipeline.heads.training_loop import average_views, fit, predict_proba
-from pipeline.inference.explain import explain_image, occlude, score_composites
-from pipeline.inference.predict import load_chain, predict_paths
-from stages.cli import main
+from nsnet.heads.train_stage import run_train
+from nsnet.heads.training_loop import average_views, fit, predict_proba
+from nsnet.inference.explain import explain_image, occlude, score_composites
+from nsnet.inference.predict import load_chain, predict_paths
+from nsnet.stages.cli import main
 from tests.conftest import BuiltCache, build_cache, part_of, tiny_raw, write_params
 
 K = 3
@@ -328,7 +328,7 @@ def test_compare_puts_one_view_and_k_views_side_by_side(built_cache, views_cache
 def test_degraded_test_copies_hold_the_same_patch_orders(views_cache, views_bundle, tmp_path):
     """`nsnet extract` embeds K orders of each degraded test image; evaluate-degraded combines
     them like evaluate and says so."""
-    from pipeline.evaluation.degraded_eval_stage import run_evaluate_degraded
+    from nsnet.evaluation.degraded_eval_stage import run_evaluate_degraded
 
     ws = views_cache.copy_to(tmp_path / "ws")
     params = _params(views_cache)
@@ -359,7 +359,7 @@ def test_k_view_images_are_reused_when_only_captions_change(views_cache, tmp_pat
 def test_dvc_reruns_only_the_image_embeddings_when_patches_views_changes(tmp_path):
     """Real dvc on the real dvc.yaml: a new patches.views re-runs extract, which embeds only the
     new patch order (captions, selections and text are reused), never index."""
-    from pipeline.data.demo_data import TINY_MODELS, make_workspace
+    from nsnet.data.demo_data import TINY_MODELS, make_workspace
     from tests.conftest import fast_values, workspace_params
     from tests.test_dvc_pipeline import ROOT, ran, sh, skipped
 
@@ -394,8 +394,8 @@ def test_predict_and_explain_cli_say_the_views(views_cache, views_bundle, tmp_pa
 
 
 def test_python_detector_used_by_serve_combines_the_views(views_cache, views_bundle):
-    """`pipeline.Detector` (what `nsnet serve` runs) scores K-view bundles as evaluate does."""
-    from pipeline.inference.detector import Detector
+    """`nsnet.Detector` (what `nsnet serve` runs) scores K-view bundles as evaluate does."""
+    from nsnet.inference.detector import Detector
 
     params = _params(views_cache)
     fs = load_features(params, views_cache.manifest, views_cache.features)
@@ -413,8 +413,8 @@ def test_python_detector_used_by_serve_combines_the_views(views_cache, views_bun
 
 def test_calibrated_k_view_bundle_scores_the_same_in_evaluate_and_predict(views_cache, tmp_path):
     """Views are combined into one logit, then the bundle's calibration applies, everywhere."""
-    from pipeline.evaluation.evaluate_stage import score
-    from pipeline.heads.bundle import load_bundle
+    from nsnet.evaluation.evaluate_stage import score
+    from nsnet.heads.bundle import load_bundle
 
     params = _params(views_cache, epochs=8, lr=3e-3)
     params.evaluate.calibration = "platt"

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.data.images import open_image
-from pipeline.data.manifest import read_manifest
-from pipeline.extraction.patch_selection import (
+from nsnet.data.images import open_image
+from nsnet.data.manifest import read_manifest
+from nsnet.extraction.patch_selection import (
     PatchSpec,
     choose,
     patch_entropies,
@@ -178,7 +178,7 @@ def test_cached_selections_point_at_the_source_pixels(built_cache, tmp_path):
     """The store's selection part holds cells, not pixels: at each row's cells the entropies
     are the numpy reference's, they are the lowest/highest ones, and the composite rebuilt
     from the image (kept with patches.keep_composites) is those pixels."""
-    from pipeline.extraction.extract_stage import run_extract
+    from nsnet.extraction.extract_stage import run_extract
 
     rows = read_manifest(built_cache.manifest, only_ok=True)
     spec = PatchSpec.of(built_cache.params.patches)

@@ -13,19 +13,19 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from pipeline.data.manifest import read_manifest
-from pipeline.extraction.cached_features import load_features
-from pipeline.heads.train_stage import run_train
-from pipeline.heads.training_loop import predict_proba
-from pipeline.inference.predict import (
+from nsnet.data.manifest import read_manifest
+from nsnet.extraction.cached_features import load_features
+from nsnet.heads.train_stage import run_train
+from nsnet.heads.training_loop import predict_proba
+from nsnet.inference.predict import (
     expand_inputs,
     format_results,
     load_chain,
     predict_paths,
     write_results,
 )
-from pipeline.inference.verdict import verdict
-from stages.cli import main
+from nsnet.inference.verdict import verdict
+from nsnet.stages.cli import main
 from tests.conftest import read_part
 from tests.test_serve import serving
 

@@ -18,13 +18,13 @@ from click.testing import CliRunner
 from conftest import build_cache, tiny_raw, write_params
 from PIL import Image
 
-from pipeline.config import PRESET_CHOICES, ParamsError, params_from_dict
-from pipeline.data.index_stage import read_skipped
-from pipeline.data.layouts import classify
-from pipeline.data.manifest import read_manifest
-from pipeline.data.presets import AIGIBENCH_SUBSETS, PRESETS, PROGAN_CLASSES, get_preset
-from pipeline.evaluation.protocol_rows import preset_table
-from stages.cli import main
+from nsnet.config import PRESET_CHOICES, ParamsError, params_from_dict
+from nsnet.data.index_stage import read_skipped
+from nsnet.data.layouts import classify
+from nsnet.data.manifest import read_manifest
+from nsnet.data.presets import AIGIBENCH_SUBSETS, PRESETS, PROGAN_CLASSES, get_preset
+from nsnet.evaluation.protocol_rows import preset_table
+from nsnet.stages.cli import main
 
 _RNG = np.random.default_rng(16)
 UFD_ROWS = ["progan", "cyclegan", "biggan", "stylegan", "gaugan", "stargan", "deepfake", "sitd",

@@ -17,12 +17,12 @@ from click.testing import CliRunner
 from conftest import build_cache, tiny_raw, write_params
 from PIL import Image
 
-from pipeline.config import params_from_dict
-from pipeline.evaluation.evaluate_stage import run_evaluate
-from pipeline.extraction.cached_features import load_features, select
-from pipeline.heads.train_stage import run_train
-from pipeline.metrics import format_table
-from stages.cli import main
+from nsnet.config import params_from_dict
+from nsnet.evaluation.evaluate_stage import run_evaluate
+from nsnet.extraction.cached_features import load_features, select
+from nsnet.heads.train_stage import run_train
+from nsnet.metrics import format_table
+from nsnet.stages.cli import main
 
 _RNG = np.random.default_rng(5)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.data.presets import PRESETS, Published, published_results
+from nsnet.data.presets import PRESETS, Published, published_results
 
 
 def test_every_preset_carries_a_sourced_table():

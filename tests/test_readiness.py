@@ -11,11 +11,11 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from pipeline.config import params_from_dict
-from pipeline.data.index_stage import build_index
-from pipeline.data.manifest import read_manifest
-from pipeline.data.readiness import MIN_VAL_IMAGES, training_problems, validation_warnings
-from stages.cli import main
+from nsnet.config import params_from_dict
+from nsnet.data.index_stage import build_index
+from nsnet.data.manifest import read_manifest
+from nsnet.data.readiness import MIN_VAL_IMAGES, training_problems, validation_warnings
+from nsnet.stages.cli import main
 from tests.conftest import write_params
 
 NUMPY_REPRS = ("np.int64", "np.float64", "np.str_", "array(", "dtype=")

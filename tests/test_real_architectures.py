@@ -21,11 +21,11 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.backbones.blip import load_blip
-from pipeline.backbones.clip import load_clip
-from pipeline.extraction.patch_selection import PatchSpec
-from pipeline.heads.bundle import save_bundle
-from pipeline.heads.bundle_config import (
+from nsnet.backbones.blip import load_blip
+from nsnet.backbones.clip import load_clip
+from nsnet.extraction.patch_selection import PatchSpec
+from nsnet.heads.bundle import save_bundle
+from nsnet.heads.bundle_config import (
     Backbones,
     BundleConfig,
     CaptionFacts,
@@ -34,9 +34,9 @@ from pipeline.heads.bundle_config import (
     HeadSettings,
     PatchesConfig,
 )
-from pipeline.heads.detectors import build_head
-from pipeline.heads.training_loop import HPARAM_KEYS
-from pipeline.inference.predict import load_chain, predict_paths
+from nsnet.heads.detectors import build_head
+from nsnet.heads.training_loop import HPARAM_KEYS
+from nsnet.inference.predict import load_chain, predict_paths
 
 pytestmark = pytest.mark.slow
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP's, which ViT-L-14 uses

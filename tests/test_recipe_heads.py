@@ -19,24 +19,24 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from pipeline.backbones import recipes as R
-from pipeline.backbones.clip import load_clip
-from pipeline.config import HEAD_RECIPES, params_from_dict
-from pipeline.data.images import open_image
-from pipeline.evaluation.compare_stage import (
+from nsnet.backbones import recipes as R
+from nsnet.backbones.clip import load_clip
+from nsnet.config import HEAD_RECIPES, params_from_dict
+from nsnet.data.images import open_image
+from nsnet.evaluation.compare_stage import (
     METRIC_LABELS,
     METRICS,
     format_comparison,
     run_compare,
 )
-from pipeline.evaluation.evaluate_stage import run_evaluate
-from pipeline.extraction import image_pass
-from pipeline.extraction.cached_features import load_features, training_crops
-from pipeline.extraction.extract_stage import plan_extract, run_extract
-from pipeline.heads.bundle import load_bundle
-from pipeline.heads.train_stage import run_train
-from pipeline.inference.predict import load_chain, predict_paths
-from stages.cli import main
+from nsnet.evaluation.evaluate_stage import run_evaluate
+from nsnet.extraction import image_pass
+from nsnet.extraction.cached_features import load_features, training_crops
+from nsnet.extraction.extract_stage import plan_extract, run_extract
+from nsnet.heads.bundle import load_bundle
+from nsnet.heads.train_stage import run_train
+from nsnet.inference.predict import load_chain, predict_paths
+from nsnet.stages.cli import main
 from tests.conftest import read_part, tiny_raw, write_params
 
 ALL = ["composite_probe", "nsnet", "advanced", "univfd", "rine", "cozzolino"]
@@ -142,7 +142,7 @@ def test_bundles_name_their_recipe_and_predict_scores_as_evaluate(store, bundles
     fs = fs.subset(keep)
     chain = load_chain(bundle, device="cpu")
     assert chain.blip is None  # none of these heads reads a caption: no BLIP at inference
-    from pipeline.heads.training_loop import predict_proba
+    from nsnet.heads.training_loop import predict_proba
 
     cached = predict_proba(chain.head, fs.image, fs.text)
     df = predict_paths(chain, fs.frame["path"].tolist(), batch_size=8)
@@ -232,7 +232,7 @@ def test_compare_runs_every_head_from_one_extraction(store, tmp_path):
 
 
 def test_compare_prints_the_published_numbers_under_a_preset(store, tmp_path):
-    from pipeline.evaluation.compare_stage import published_columns
+    from nsnet.evaluation.compare_stage import published_columns
 
     cols = published_columns("aigibench-2", ["univfd", "rine", "nsnet"])
     assert cols["univfd"]["acc"] == pytest.approx(72.5) and "rine" not in cols

@@ -24,8 +24,8 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
-from pipeline.backbones import recipes as R
-from pipeline.backbones.clip import ClipBackbone, load_clip
+from nsnet.backbones import recipes as R
+from nsnet.backbones.clip import ClipBackbone, load_clip
 
 PROJECT = Path(__file__).resolve().parents[1]
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # validate.py MEAN["clip"], STD["clip"]
@@ -228,8 +228,8 @@ def test_cozzolino_tag_is_the_official_checkpoint():
 
 @pytest.mark.slow
 def test_missing_cozzolino_weights_say_how_to_get_them(tmp_path):
-    code = ("from pipeline.backbones.recipes import load_cozzolino\n"
-            "from pipeline.backbones.availability import ModelUnavailable\n"
+    code = ("from nsnet.backbones.recipes import load_cozzolino\n"
+            "from nsnet.backbones.availability import ModelUnavailable\n"
             "try:\n    load_cozzolino('cpu')\nexcept ModelUnavailable as e:\n    print(e)\n")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path),
            "PYTHONPATH": str(PROJECT)}

@@ -24,18 +24,18 @@ from conftest import (
 )
 from PIL import Image
 
-from pipeline.config import params_from_dict
-from pipeline.data.manifest import read_manifest
-from pipeline.data.presets import PUBLISHED
-from pipeline.evaluation.compare_stage import run_compare
-from pipeline.evaluation.matrix import grid, unseen_mean
-from pipeline.extraction.extract_stage import run_extract
-from pipeline.reports.matrix_stage import format_matrix, run_matrix
-from pipeline.reports.report_stage import run_report
-from pipeline.reports.robustness_stage import run_robustness
-from pipeline.reports.style import SERIES_COLOURS, text_colour
-from pipeline.reports.tables import Cell, Row, Table, latex_escape, to_latex, to_markdown
-from stages.cli import main
+from nsnet.config import params_from_dict
+from nsnet.data.manifest import read_manifest
+from nsnet.data.presets import PUBLISHED
+from nsnet.evaluation.compare_stage import run_compare
+from nsnet.evaluation.matrix import grid, unseen_mean
+from nsnet.extraction.extract_stage import run_extract
+from nsnet.reports.matrix_stage import format_matrix, run_matrix
+from nsnet.reports.report_stage import run_report
+from nsnet.reports.robustness_stage import run_robustness
+from nsnet.reports.style import SERIES_COLOURS, text_colour
+from nsnet.reports.tables import Cell, Row, Table, latex_escape, to_latex, to_markdown
+from nsnet.stages.cli import main
 
 GENERATORS = ["bilinear", "nn_conv", "tconv"]
 
@@ -146,8 +146,8 @@ def test_robustness_is_compare_under_each_degradation(degraded, tmp_path):
         assert rob["results"][head]["clean"]["mean"] == pytest.approx(
             res["heads"][head]["test"]["mean"])
     # the trained bundle's head under each degradation = nsnet evaluate-degraded's numbers
-    from pipeline.evaluation.degraded_eval_stage import run_evaluate_degraded
-    from pipeline.heads.train_stage import run_train
+    from nsnet.evaluation.degraded_eval_stage import run_evaluate_degraded
+    from nsnet.heads.train_stage import run_train
 
     run_train(params, work.manifest, work.features, tmp_path / "model", tmp_path / "log.csv")
     bundle = run_evaluate_degraded(params, work.manifest, work.features, tmp_path / "model",
@@ -366,9 +366,9 @@ def test_a_matrix_row_without_validation_fakes_decides_at_half():
     import pandas as pd
     import torch
 
-    from pipeline.data.experiment import resolve_experiment
-    from pipeline.evaluation.matrix import decision_for
-    from pipeline.extraction.cached_features import FeatureSet
+    from nsnet.data.experiment import resolve_experiment
+    from nsnet.evaluation.matrix import decision_for
+    from nsnet.extraction.cached_features import FeatureSet
 
     rows = [(f"r{s}{i}", "real", s, 0) for s in ("train", "val", "test") for i in range(2)]
     rows += [(f"t{s}{i}", "tconv", s, 1) for s in ("train", "test") for i in range(2)]

@@ -16,14 +16,14 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from pipeline.backbones.availability import ModelUnavailable
-from pipeline.backbones.blip import load_blip
-from pipeline.backbones.clip import TINY_NAME, _register_tiny, load_clip
-from pipeline.data.manifest import read_manifest
-from pipeline.heads.bundle import CONFIG, WEIGHTS, load_bundle
-from pipeline.heads.train_stage import run_train
-from pipeline.heads.training_loop import TrainingDiverged
-from stages.cli import main
+from nsnet.backbones.availability import ModelUnavailable
+from nsnet.backbones.blip import load_blip
+from nsnet.backbones.clip import TINY_NAME, _register_tiny, load_clip
+from nsnet.data.manifest import read_manifest
+from nsnet.heads.bundle import CONFIG, WEIGHTS, load_bundle
+from nsnet.heads.train_stage import run_train
+from nsnet.heads.training_loop import TrainingDiverged
+from nsnet.stages.cli import main
 from tests.conftest import corrupt_feature, tiny_params, tiny_raw, write_params
 
 
@@ -135,8 +135,8 @@ def test_nonfinite_features_stop_training_without_a_bundle(tmp_path, built_cache
 
 
 def test_training_diverged_is_raised_by_fit(tmp_path, built_cache):
-    from pipeline.extraction.cached_features import load_features, select
-    from pipeline.heads.training_loop import fit
+    from nsnet.extraction.cached_features import load_features, select
+    from nsnet.heads.training_loop import fit
 
     fs = load_features(built_cache.params, built_cache.manifest, built_cache.features)
     train = select(fs, "train")

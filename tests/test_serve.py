@@ -28,10 +28,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.data.manifest import read_manifest
-from pipeline.inference.detector import Detector
-from pipeline.inference.predict import load_chain, predict_paths
-from pipeline.serving.app import ServeSettings, Service, create_app
+from nsnet.data.manifest import read_manifest
+from nsnet.inference.detector import Detector
+from nsnet.inference.predict import load_chain, predict_paths
+from nsnet.serving.app import ServeSettings, Service, create_app
 from tests.conftest import require_system_packages
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -165,7 +165,7 @@ def test_served_probabilities_equal_predict(server, paths, expected):
 
 
 def test_explain_adds_per_patch_contributions_and_a_png(server, chain, paths):
-    from pipeline.inference.explain import explain_image
+    from nsnet.inference.explain import explain_image
 
     with server.client() as c:
         res = c.post("/v1/detect", params={"explain": "true"}, files=files_of(paths[:1]))
@@ -410,7 +410,7 @@ def test_nsnet_serve_command_with_token_from_env(bundle, tmp_path):
 # --- the web page in a real browser -------------------------------------------------------
 
 def test_page_ships_no_external_resources(server):
-    from pipeline.serving.app import STATIC
+    from nsnet.serving.app import STATIC
 
     for f in STATIC.iterdir():
         text = f.read_text()

@@ -21,10 +21,10 @@ import httpx
 import numpy as np
 import pytest
 
-from pipeline.data.images import IMAGE_EXTENSIONS
-from pipeline.data.manifest import read_manifest
-from pipeline.inference.predict import load_chain, predict_paths
-from pipeline.serving.contract import MEDIA_TYPES
+from nsnet.data.images import IMAGE_EXTENSIONS
+from nsnet.data.manifest import read_manifest
+from nsnet.inference.predict import load_chain, predict_paths
+from nsnet.serving.contract import MEDIA_TYPES
 from tests.test_serve import files_of, png_bytes, serving
 
 TOKEN = "contract-token"

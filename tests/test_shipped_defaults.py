@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.data.demo_data import TINY_MODELS, make_workspace
+from nsnet.data.demo_data import TINY_MODELS, make_workspace
 from tests.conftest import ROOT, default_raw, workspace_params
 from tests.test_dvc_pipeline import ran, sh, stages_of
 

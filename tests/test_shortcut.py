@@ -20,12 +20,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.config import MAPPER_CHOICES, ParamsError, TrainParams, params_from_dict
-from pipeline.heads.bundle import CONFIG, BundleError, load_bundle, save_bundle
-from pipeline.heads.bundle_config import BundleConfig, HeadConfig, HeadSettings
-from pipeline.heads.detectors import MAPPERS, build_head
-from pipeline.heads.semantic_map import fit_semantic_map
-from pipeline.heads.training_loop import fit, head_loss, predict_proba
+from nsnet.config import MAPPER_CHOICES, ParamsError, TrainParams, params_from_dict
+from nsnet.heads.bundle import CONFIG, BundleError, load_bundle, save_bundle
+from nsnet.heads.bundle_config import BundleConfig, HeadConfig, HeadSettings
+from nsnet.heads.detectors import MAPPERS, build_head
+from nsnet.heads.semantic_map import fit_semantic_map
+from nsnet.heads.training_loop import fit, head_loss, predict_proba
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("bench_shortcut",
@@ -75,7 +75,7 @@ def test_every_mapper_is_accepted(mapper):
 def test_the_cli_refuses_a_bad_mapper_before_any_work(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
-    from stages.cli import main
+    from nsnet.stages.cli import main
     from tests.conftest import tiny_raw, write_params
 
     raw = tiny_raw(tmp_path / "images")
@@ -327,7 +327,7 @@ def test_a_bundle_without_mapper_is_the_seeds_head(tmp_path):
 # ----------------------------------------------------------------------------- through the stages
 
 def _trained(built_cache, root: Path, mapper: str) -> tuple[Path, object]:
-    from pipeline.heads.train_stage import run_train
+    from nsnet.heads.train_stage import run_train
 
     params = dataclasses.replace(built_cache.params, train=dataclasses.replace(
         built_cache.params.train, epochs=6, lr=3e-3, device="cpu", mapper=mapper))
@@ -338,10 +338,10 @@ def _trained(built_cache, root: Path, mapper: str) -> tuple[Path, object]:
 
 @pytest.mark.parametrize("mapper", MAPPERS)
 def test_train_evaluate_and_predict_agree_for_every_mapper(built_cache, tmp_path_factory, mapper):
-    from pipeline.evaluation.evaluate_stage import score
-    from pipeline.extraction.cached_features import load_features
-    from pipeline.inference.detector import Detector
-    from pipeline.inference.predict import load_chain, predict_paths
+    from nsnet.evaluation.evaluate_stage import score
+    from nsnet.extraction.cached_features import load_features
+    from nsnet.inference.detector import Detector
+    from nsnet.inference.predict import load_chain, predict_paths
 
     bundle, params = _trained(built_cache, tmp_path_factory.mktemp("mapper"), mapper)
     model, config = load_bundle(bundle)
@@ -364,8 +364,8 @@ def test_train_evaluate_and_predict_agree_for_every_mapper(built_cache, tmp_path
 
 
 def test_compare_and_serve_carry_the_mapper(built_cache, tmp_path_factory):
-    from pipeline.evaluation.compare_stage import run_compare
-    from pipeline.inference.predict import load_chain, predict_paths
+    from nsnet.evaluation.compare_stage import run_compare
+    from nsnet.inference.predict import load_chain, predict_paths
     from tests.test_serve import files_of, serving
 
     root = tmp_path_factory.mktemp("carry")
@@ -387,13 +387,13 @@ def test_compare_and_serve_carry_the_mapper(built_cache, tmp_path_factory):
 
 
 def _some_paths(built_cache) -> list[str]:
-    from pipeline.data.manifest import read_manifest
+    from nsnet.data.manifest import read_manifest
 
     return read_manifest(built_cache.manifest, only_ok=True)["path"].tolist()[::11][:3]
 
 
 def _real_loader(settings):
-    from pipeline.serving.app import load_detector
+    from nsnet.serving.app import load_detector
 
     return load_detector(settings)  # the bundle is read from disk, as `nsnet serve` does
 
@@ -405,7 +405,7 @@ def _r2(fitted, fs) -> float:
 
 
 def test_with_few_rows_the_map_does_not_memorise_the_training_images(monkeypatch):
-    import pipeline.heads.semantic_map as sm
+    import nsnet.heads.semantic_map as sm
 
     world = bench.World(dim=32, rank=4)
     geo = bench.geometry(world, 0)

@@ -1,8 +1,8 @@
 """The whole chain on the session cache: features align with the manifest, heads train."""
 
-from pipeline.data.manifest import read_manifest
-from pipeline.evaluation.evaluate_stage import run_evaluate
-from pipeline.heads.train_stage import run_train
+from nsnet.data.manifest import read_manifest
+from nsnet.evaluation.evaluate_stage import run_evaluate
+from nsnet.heads.train_stage import run_train
 from tests.conftest import part_of, read_part
 
 

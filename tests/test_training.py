@@ -8,13 +8,13 @@ import pandas as pd
 import pytest
 import torch
 
-import pipeline.extraction.cached_features as features
-from pipeline.config import TrainParams
-from pipeline.evaluation.compare_stage import format_comparison, run_compare
-from pipeline.extraction.cached_features import FeatureSet, MappedRows, load_features, select
-from pipeline.heads.train_stage import run_train
-from pipeline.heads.training_loop import TrainingDiverged, fit, head_loss, predict_proba
-from pipeline.metrics import binary_metrics
+import nsnet.extraction.cached_features as features
+from nsnet.config import TrainParams
+from nsnet.evaluation.compare_stage import format_comparison, run_compare
+from nsnet.extraction.cached_features import FeatureSet, MappedRows, load_features, select
+from nsnet.heads.train_stage import run_train
+from nsnet.heads.training_loop import TrainingDiverged, fit, head_loss, predict_proba
+from nsnet.metrics import binary_metrics
 
 TP = TrainParams(epochs=4, batch_size=32, hidden_dim=32, proj_dim=16, nsnet_k=4, device="cpu")
 

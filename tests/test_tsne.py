@@ -11,12 +11,12 @@ import yaml
 from click.testing import CliRunner
 from PIL import Image
 
-from pipeline.config import FigureParams, ParamsError, params_from_dict
-from pipeline.extraction.cached_features import load_features
-from pipeline.heads.bundle import load_bundle
-from pipeline.heads.train_stage import run_train
-from pipeline.reports.tsne_stage import before_after, run_tsne, subsample
-from stages.cli import main
+from nsnet.config import FigureParams, ParamsError, params_from_dict
+from nsnet.extraction.cached_features import load_features
+from nsnet.heads.bundle import load_bundle
+from nsnet.heads.train_stage import run_train
+from nsnet.reports.tsne_stage import before_after, run_tsne, subsample
+from nsnet.stages.cli import main
 from tests.conftest import ROOT, default_raw, tiny_raw, write_params
 
 

@@ -12,8 +12,8 @@ import sys
 import pytest
 import yaml
 
-from pipeline.config import edit_params_text, params_from_dict
-from pipeline.data.demo_data import DEMO_VALUES, TINY_MODELS, make_workspace
+from nsnet.config import edit_params_text, params_from_dict
+from nsnet.data.demo_data import DEMO_VALUES, TINY_MODELS, make_workspace
 from tests.conftest import ROOT, default_raw
 
 

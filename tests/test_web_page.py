@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import shutil
 
-from pipeline.inference.predict import load_chain
+from nsnet.inference.predict import load_chain
 from tests.test_explain import train_bundle
 from tests.test_serve import (  # noqa: F401 - fixtures used by name
     browser_driver,

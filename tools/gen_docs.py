@@ -37,7 +37,7 @@ def _help(command: Any, name: str) -> str:
     """``nsnet [name] --help`` as a terminal ``WIDTH`` columns wide prints it."""
     import click
 
-    from stages.cli import main
+    from nsnet.stages.cli import main
 
     ctx = click.Context(main, info_name="nsnet", terminal_width=WIDTH, max_content_width=WIDTH,
                         **main.context_settings)
@@ -48,7 +48,7 @@ def _help(command: Any, name: str) -> str:
 
 def render_commands() -> str:
     """docs/commands.md: a table of the commands, then each command's `--help`."""
-    from stages.cli import main
+    from nsnet.stages.cli import main
 
     lines = [GENERATED.format(source="the click commands in stages/"), "",
              "# Command reference", "",
@@ -72,7 +72,7 @@ def render_commands() -> str:
 
 # ----------------------------------------------------------------------------- parameters
 def _flow(value: Any) -> str:
-    from pipeline.config import _flow as flow
+    from nsnet.config import _flow as flow
 
     if isinstance(value, list) and value and dataclasses.is_dataclass(value[0]):
         value = [v.path for v in value]  # data.roots: its paths, as params.yaml writes them
@@ -113,7 +113,7 @@ def _values(tp: Any, meta: typing.Mapping[str, Any]) -> str:
 
 def parameter_rows(cls: type | None = None, prefix: str = "") -> list[tuple[str, str, str]]:
     """(dotted key, default, accepted values) of every leaf parameter, in file order."""
-    from pipeline.config import Params
+    from nsnet.config import Params
 
     cls = cls or Params
     hints = typing.get_type_hints(cls)
@@ -130,7 +130,7 @@ def parameter_rows(cls: type | None = None, prefix: str = "") -> list[tuple[str,
 
 def render_parameters() -> str:
     """docs/parameters.md: one table per section of params.yaml."""
-    from pipeline.config import PARAM_DOCS
+    from nsnet.config import PARAM_DOCS
 
     lines = [GENERATED.format(source="the dataclasses and PARAM_DOCS in pipeline/config.py"),
              "", "# Parameters (`params.yaml`)", "",

@@ -231,7 +231,7 @@ def _blip_problem(need: Need, cache_dir: str | None) -> tuple[str, bool]:
 
 
 def _switch_keys() -> str:
-    from pipeline.data.demo_data import TINY_MODELS
+    from nsnet.data.demo_data import TINY_MODELS
 
     empty = '""'  # what a shell and --set both read as an empty string
     return " ".join(f"--set {k}={v or empty}" for k, v in TINY_MODELS.items())

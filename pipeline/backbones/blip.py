@@ -17,15 +17,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.backbones.availability import (
+from nsnet.backbones.availability import (
     BLIP_FOLDER_HELP,
     BLIP_HELP,
     ModelUnavailable,
     ensure_offline_if_unreachable,
     first_line,
 )
-from pipeline.backbones.clip import resolve_device
-from pipeline.backbones.precision import autocast
+from nsnet.backbones.clip import resolve_device
+from nsnet.backbones.precision import autocast
 
 TINY_MODEL = "tiny"
 TINY_SEED = 0
@@ -202,5 +202,5 @@ def load_blip(name: str, device: str = "auto") -> Captioner:
     return Captioner(model=model, processor=processor, device=dev, provenance=provenance)
 
 
-# The code that defines the cached captions (``pipeline.provenance.code_fingerprint``).
+# The code that defines the cached captions (``nsnet.provenance.code_fingerprint``).
 CAPTION_CODE = (BlipResize, Captioner.generate, load_blip, _tiny, _real, _SPECIALS, _WORDS)

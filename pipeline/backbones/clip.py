@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.backbones.availability import (
+from nsnet.backbones.availability import (
     CLIP_FILE_HELP,
     CLIP_HELP,
     ModelUnavailable,
@@ -28,7 +28,7 @@ from pipeline.backbones.availability import (
     first_line,
     quiet_root_logging,
 )
-from pipeline.backbones.precision import autocast
+from nsnet.backbones.precision import autocast
 
 TINY_ARCH = "tiny"
 TINY_NAME = "nsnet-tiny-clip"
@@ -232,7 +232,7 @@ def load_clip(arch: str, pretrained: str = "", device: str = "auto") -> ClipBack
                         image_size=size, embed_dim=embed_dim, device=dev, provenance=provenance)
 
 
-# The code that defines the cached embeddings (``pipeline.provenance.code_fingerprint``).
+# The code that defines the cached embeddings (``nsnet.provenance.code_fingerprint``).
 _MODEL_CODE = (load_clip, _build, _register_tiny, CONFIG_DIR / f"{TINY_NAME}.json")
 IMAGE_CODE = (ClipBackbone.encode_images, *_MODEL_CODE)
 TEXT_CODE = (ClipBackbone.encode_texts, *_MODEL_CODE)

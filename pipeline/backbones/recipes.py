@@ -33,8 +33,8 @@ import torch
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
-from pipeline.backbones.clip import ClipBackbone, load_clip
-from pipeline.backbones.precision import autocast
+from nsnet.backbones.clip import ClipBackbone, load_clip
+from nsnet.backbones.precision import autocast
 
 __all__ = [
     "COZZOLINO_ARCH", "COZZOLINO_PRETRAINED", "CROP", "RINE_TRAIN", "UNIVFD_TRAIN", "Augment",
@@ -347,7 +347,7 @@ def cozzolino_features(clip: ClipBackbone, pixels: np.ndarray,
     return torch.nn.functional.normalize(pooled, dim=-1)
 
 
-# The code that defines each recipe's cached feature (``pipeline.provenance.code_fingerprint``).
+# The code that defines each recipe's cached feature (``nsnet.provenance.code_fingerprint``).
 _CROP_PIXELS = (center_crop, _pad_to, resize_shorter, _jpeg, draw_augment, _prepare, apply_augment,
                 augment_draws, augment_seed, crop_set, CROP)
 CLIP_CROP_CODE = (*_CROP_PIXELS, UNIVFD_TRAIN, _normalised, clip_crop_embeddings)

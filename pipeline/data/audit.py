@@ -33,12 +33,12 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from pipeline import runtime
-from pipeline.atomic import write_json
-from pipeline.config import Params, parse_degradation
-from pipeline.data.manifest import read_manifest
-from pipeline.metrics import aligned
-from pipeline.provenance import base_provenance
+from nsnet import runtime
+from nsnet.atomic import write_json
+from nsnet.config import Params, parse_degradation
+from nsnet.data.manifest import read_manifest
+from nsnet.metrics import aligned
+from nsnet.provenance import base_provenance
 
 # ITU-T T.81 Annex K tables (natural order, as PIL's ``img.quantization``), used by libjpeg.
 STD_LUMA = np.array([
@@ -130,8 +130,8 @@ def audit_frame(manifest: pd.DataFrame, workers: int | str = 0) -> pd.DataFrame:
         heads = ok[HEADER_COLUMNS[:-1]].copy()
         heads["audit_error"] = ""
     else:
-        from pipeline import runtime
-        from pipeline.data.manifest import file_paths
+        from nsnet import runtime
+        from nsnet.data.manifest import file_paths
 
         heads = read_headers([os.fsdecode(p) for p in file_paths(ok)],
                              runtime.index_workers(workers))

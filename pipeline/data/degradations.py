@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
-from pipeline.config import (  # the name grammar is a parameter format, parsed in config
+from nsnet.config import (  # the name grammar is a parameter format, parsed in config
     GENIMAGE_DEGRADATIONS,
     Degradation,
     DegradationError,
@@ -62,7 +62,7 @@ _FUNCS: dict[str, Callable[[np.ndarray, float], np.ndarray]] = {
 
 
 def parse(name: str) -> Degradation:
-    """Validate a degradation name (see ``pipeline.config.parse_degradation``)."""
+    """Validate a degradation name (see ``nsnet.config.parse_degradation``)."""
     return parse_degradation(name)
 
 

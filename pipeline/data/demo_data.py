@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from pipeline.config import edit_params_text
+from nsnet.config import edit_params_text
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "motorcycle_left",
           "immunohistochemistry", "retina", "cat", "color")

@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.config import HEAD_CHOICES, Params
-from pipeline.data.manifest import read_manifest
-from pipeline.data.presets import Preset, get_preset, match_sources, preset_training
+from nsnet.config import HEAD_CHOICES, Params
+from nsnet.data.manifest import read_manifest
+from nsnet.data.presets import Preset, get_preset, match_sources, preset_training
 
 TRAINABLE_HEADS = HEAD_CHOICES  # every head trains over the store (its recipe's features)
 TRAIN_SPLITS = ("train", "val")

@@ -205,5 +205,5 @@ def decode_data(data: bytes, path: str | os.PathLike[str], max_pixels: int = 178
 
 
 # The code that turns a file's bytes into the pixels every cached feature is computed from
-# (``pipeline.provenance.code_fingerprint``): editing it invalidates the feature store.
+# (``nsnet.provenance.code_fingerprint``): editing it invalidates the feature store.
 PIXEL_CODE = (open_image, to_rgb_array)

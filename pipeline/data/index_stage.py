@@ -29,12 +29,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from pipeline import runtime
-from pipeline.atomic import write_json
-from pipeline.cache_store import table_provenance, write_table
-from pipeline.config import Params
-from pipeline.data.audit import header_row
-from pipeline.data.images import (
+from nsnet import runtime
+from nsnet.atomic import write_json
+from nsnet.cache_store import table_provenance, write_table
+from nsnet.config import Params
+from nsnet.data.audit import header_row
+from nsnet.data.images import (
     UNSUPPORTED,
     ImageError,
     decode_data,
@@ -42,9 +42,9 @@ from pipeline.data.images import (
     read_bytes,
     unsupported_reason,
 )
-from pipeline.data.layouts import Entry, LayoutError, entries_of
-from pipeline.data.listing import check_listed_roots, read_listing, scan_roots
-from pipeline.data.manifest import (
+from nsnet.data.layouts import Entry, LayoutError, entries_of
+from nsnet.data.listing import check_listed_roots, read_listing, scan_roots
+from nsnet.data.manifest import (
     MANIFEST_COLUMNS,
     OK,
     OldManifest,
@@ -52,8 +52,8 @@ from pipeline.data.manifest import (
     read_manifest,
     split_for,
 )
-from pipeline.data.skip_lists import SKIP_STATUS, SkipLists, read_skip_lists
-from pipeline.provenance import base_provenance
+from nsnet.data.skip_lists import SKIP_STATUS, SkipLists, read_skip_lists
+from nsnet.provenance import base_provenance
 
 
 class StrictModeError(RuntimeError):

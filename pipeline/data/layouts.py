@@ -32,7 +32,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.data.images import IMAGE_EXTENSIONS
+from nsnet.data.images import IMAGE_EXTENSIONS
 
 REAL_NAMES = {"real", "0_real", "nature", "reals", "0"}
 FAKE_NAMES = {"fake", "1_fake", "ai", "fakes", "1", "generated", "synthetic"}
@@ -234,7 +234,7 @@ def entries_of(root: str, relpaths: Sequence[bytes], layout: str = "auto",
                unlabelled: list[int] | None = None) -> Iterator[tuple[int, Entry]]:
     """(position, entry) of every listed file of ``root`` that sits in a label folder.
 
-    ``relpaths`` are the files' paths relative to the root (``pipeline.data.listing``). Files of
+    ``relpaths`` are the files' paths relative to the root (``nsnet.data.listing``). Files of
     every name are entries (the index gives those we do not decode the status
     ``unsupported_format``), so none disappears without a trace; the positions of files outside
     any label folder are appended to ``unlabelled``.

@@ -25,10 +25,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.atomic import atomic_path
-from pipeline.config import Params
-from pipeline.data.images import display_path
-from pipeline.data.layouts import LAYOUT_EXAMPLES, LayoutError, WalkError
+from nsnet.atomic import atomic_path
+from nsnet.config import Params
+from nsnet.data.images import display_path
+from nsnet.data.layouts import LAYOUT_EXAMPLES, LayoutError, WalkError
 
 COLUMNS = ["root", "relpath", "size", "mtime_ns"]
 LISTING_FORMAT = 1

@@ -6,7 +6,7 @@ deterministic split; size, mode, format, the header facts the shortcut audit rea
 quality, IJG tables, EXIF, ICC), bytes and modification time; what reading the file
 gave (``probe_status``/``probe_error``) and the row's final ``status``/``error`` (which adds
 duplicates, label conflicts, too-small images and skip lists). Paths are never absolute unless
-the root is, so a cloned or moved workspace reads its own files. ``pipeline.data.index_stage``
+the root is, so a cloned or moved workspace reads its own files. ``nsnet.data.index_stage``
 builds it; every later stage reads it with ``read_manifest``.
 """
 

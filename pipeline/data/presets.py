@@ -36,7 +36,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from pipeline.config import PRESET_CHOICES
+from nsnet.config import PRESET_CHOICES
 
 NONE = "none"
 

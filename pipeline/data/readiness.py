@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.config import Params, parse_threshold
-from pipeline.data.experiment import resolve_experiment
+from nsnet.config import Params, parse_threshold
+from nsnet.data.experiment import resolve_experiment
 
 LABELS = {0: "real", 1: "generated"}
 # Fewest validation images of each label, and generated ones of each training generator, to
@@ -63,7 +63,7 @@ def training_problems(manifest: pd.DataFrame, params: Params) -> list[str]:
     if params.protocol.preset == "none" and missing:
         return [f"protocol.train_sources names {', '.join(missing)}, not found among the "
                 f"training sources ({', '.join(known)})"]
-    try:  # the rows `nsnet train` will select (pipeline.data.experiment decides them)
+    try:  # the rows `nsnet train` will select (nsnet.data.experiment decides them)
         exp = resolve_experiment(params, manifest)
     except ValueError as exc:
         return [str(exc)]
@@ -124,7 +124,7 @@ def validation_warnings(manifest: pd.DataFrame, params: Params) -> list[str]:
 def check_training(manifest: str | Path, params: Params) -> list[str]:
     """Raise ``NotTrainable`` (one message, every problem) when training would fail; else
     return the ``validation_warnings``."""
-    from pipeline.data.manifest import read_manifest
+    from nsnet.data.manifest import read_manifest
 
     frame = read_manifest(manifest)
     problems = training_problems(frame, params)

@@ -1,7 +1,7 @@
 """Train every head on the same cache and print the comparison: one block per metric, rows =
 sources + mean, columns = heads, within 120 columns (heads that do not fit go on below).
 
-Each head reads its own recipe of features from the one store (``pipeline.config.HEAD_RECIPES``:
+Each head reads its own recipe of features from the one store (``nsnet.config.HEAD_RECIPES``:
 the NS-Net family the patch composites and captions, UniversalFakeDetect the center-cropped
 image's embedding, RINE the class tokens of every block, Cozzolino et al. a second backbone),
 so every column is its method as its paper runs it. Under ``protocol.preset`` the published
@@ -21,30 +21,30 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from pipeline.atomic import write_json
-from pipeline.config import HEAD_RECIPES, Params
-from pipeline.data.experiment import Experiment, resolve_experiment, with_seed
-from pipeline.data.presets import published_results
-from pipeline.evaluation.evaluate_stage import evaluate_sets
-from pipeline.evaluation.protocol_rows import with_duplicate_members
-from pipeline.evaluation.seeds import over_seeds, seeds_note, std_of
-from pipeline.extraction.cached_features import FeatureSet
-from pipeline.heads.train_stage import (
+from nsnet.atomic import write_json
+from nsnet.config import HEAD_RECIPES, Params
+from nsnet.data.experiment import Experiment, resolve_experiment, with_seed
+from nsnet.data.presets import published_results
+from nsnet.evaluation.evaluate_stage import evaluate_sets
+from nsnet.evaluation.protocol_rows import with_duplicate_members
+from nsnet.evaluation.seeds import over_seeds, seeds_note, std_of
+from nsnet.extraction.cached_features import FeatureSet
+from nsnet.heads.train_stage import (
     TrainViews,
     epoch_bar,
     epochs_of,
     head_inputs,
     train_head,
 )
-from pipeline.metrics import compact, details_path, pct, pct_pm
-from pipeline.provenance import base_provenance
+from nsnet.metrics import compact, details_path, pct, pct_pm
+from nsnet.provenance import base_provenance
 
 METRICS = ("acc", "real_acc", "fake_acc", "ap")
 METRIC_LABELS = {"acc": "acc (%)", "real_acc": "real acc (%)", "fake_acc": "fake acc (%)",
                  "ap": "AP (%)"}
 PAPER = "paper (published)"  # the row of the published means under a preset
 WIDTH = 120  # the printed table's and notes' columns at most
-# Our head -> the method name of the presets' published tables (pipeline.data.presets).
+# Our head -> the method name of the presets' published tables (nsnet.data.presets).
 PAPER_METHOD = {"univfd": "univfd", "rine": "rine", "cozzolino": "cozzolino", "nsnet": "nsnet"}
 
 

@@ -16,24 +16,24 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.atomic import write_json
-from pipeline.config import Params
-from pipeline.data.experiment import Experiment, resolve_experiment
-from pipeline.evaluation.evaluate_stage import (
+from nsnet.atomic import write_json
+from nsnet.config import Params
+from nsnet.data.experiment import Experiment, resolve_experiment
+from nsnet.evaluation.evaluate_stage import (
     decision_table,
     load_seed_runs,
     score,
 )
-from pipeline.evaluation.protocol_rows import (
+from nsnet.evaluation.protocol_rows import (
     protocol_table,
     protocol_test_set,
     with_duplicate_members,
 )
-from pipeline.evaluation.seeds import over_seeds, std_of
-from pipeline.extraction.cached_features import FeatureSet, load_features
-from pipeline.heads.decision import Decision
-from pipeline.metrics import pct_pm, rounded
-from pipeline.provenance import base_provenance
+from nsnet.evaluation.seeds import over_seeds, std_of
+from nsnet.extraction.cached_features import FeatureSet, load_features
+from nsnet.heads.decision import Decision
+from nsnet.metrics import pct_pm, rounded
+from nsnet.provenance import base_provenance
 
 SUMMARY_KEYS = ("acc", "real_acc", "fake_acc", "ap")
 CLEAN = "clean"

@@ -15,23 +15,23 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.atomic import atomic_path, write_json
-from pipeline.config import Params
-from pipeline.data.experiment import Experiment, resolve_experiment
-from pipeline.evaluation.protocol_rows import (
+from nsnet.atomic import atomic_path, write_json
+from nsnet.config import Params
+from nsnet.data.experiment import Experiment, resolve_experiment
+from nsnet.evaluation.protocol_rows import (
     protocol_table,
     protocol_test_set,
     protocol_val_set,
     with_duplicate_members,
 )
-from pipeline.evaluation.seeds import over_seeds, seeds_note, std_of
-from pipeline.extraction.cached_features import FeatureSet, load_features
-from pipeline.heads.bundle import load_bundle
-from pipeline.heads.bundle_config import BundleConfig
-from pipeline.heads.decision import Decision
-from pipeline.heads.train_stage import seed_dir
-from pipeline.heads.training_loop import predict_logits
-from pipeline.metrics import (
+from nsnet.evaluation.seeds import over_seeds, seeds_note, std_of
+from nsnet.extraction.cached_features import FeatureSet, load_features
+from nsnet.heads.bundle import load_bundle
+from nsnet.heads.bundle_config import BundleConfig
+from nsnet.heads.decision import Decision
+from nsnet.heads.train_stage import seed_dir
+from nsnet.heads.training_loop import predict_logits
+from nsnet.metrics import (
     binary_metrics,
     compact,
     details_path,
@@ -46,7 +46,7 @@ from pipeline.metrics import (
     rounded,
     threshold_text,
 )
-from pipeline.provenance import base_provenance, fingerprint
+from nsnet.provenance import base_provenance, fingerprint
 
 # The numbers of metrics/metrics.json, the DVC metrics file: few and short, so that
 # `dvc exp show --only-changed` fits 120 columns with the parameter that changed in view
@@ -123,7 +123,7 @@ def evaluate_sets(params: Params, fs: FeatureSet, model: Any, decision: Decision
 def bundle_decision(params: Params, config: BundleConfig, model_dir: str | Path) -> Decision:
     """The bundle's decision, after checking it was made with the current evaluate.* params
     and patch-order views."""
-    from pipeline.config import parse_threshold
+    from nsnet.config import parse_threshold
 
     decision = config.decision.as_decision()
     want = (parse_threshold(params.evaluate.threshold).text, params.evaluate.calibration)

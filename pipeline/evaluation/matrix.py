@@ -15,13 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.config import Params, parse_threshold
-from pipeline.data.experiment import Experiment, matrix_sources, with_seed
-from pipeline.evaluation.evaluate_stage import evaluate_sets
-from pipeline.evaluation.protocol_rows import with_duplicate_members
-from pipeline.evaluation.seeds import over_seeds, std_of
-from pipeline.extraction.cached_features import FeatureSet
-from pipeline.heads.train_stage import HeadInputs, TrainViews, train_head
+from nsnet.config import Params, parse_threshold
+from nsnet.data.experiment import Experiment, matrix_sources, with_seed
+from nsnet.evaluation.evaluate_stage import evaluate_sets
+from nsnet.evaluation.protocol_rows import with_duplicate_members
+from nsnet.evaluation.seeds import over_seeds, std_of
+from nsnet.extraction.cached_features import FeatureSet
+from nsnet.heads.train_stage import HeadInputs, TrainViews, train_head
 
 MEAN = "mean"
 FALLBACK = "†"  # marks a row whose decision fell back to 0.5 (see ``decision_for``)
@@ -78,7 +78,7 @@ def columns_of(tables: list[dict[str, Any]]) -> list[str]:
 def cross_generator(params: Params, exp: Experiment, inputs: HeadInputs,
                     heads: tuple[str, ...], bar: Any = None) -> dict[str, Any]:
     """Every head trained on every matrix source, each tested on every test row; ``inputs``
-    gives each head its recipe's features (``pipeline.heads.train_stage.head_inputs``).
+    gives each head its recipe's features (``nsnet.heads.train_stage.head_inputs``).
 
     Returns ``{"heads", "train_sources", "columns", "diagonal", "cells": {head: {source:
     {"test": table, "training": {...}}}}, "seeds"}``; ``diagonal[source]`` names the columns

@@ -1,10 +1,10 @@
 """Evaluation rows of a benchmark protocol: the preset's official table, and the shared reals
 that the deduplicated cache would otherwise lose. Which rows are scored is the
-``Experiment``'s decision (``pipeline.data.experiment``); this module applies it to features.
+``Experiment``'s decision (``nsnet.data.experiment``); this module applies it to features.
 
 ``protocol_table`` scores the test split as the protocol says: with ``protocol.preset`` the
 preset's rows in the paper's order and names, each against its own reals or its real pool
-(``preset_table``); without one, one row per generator (``pipeline.metrics.per_source_table``).
+(``preset_table``); without one, one row per generator (``nsnet.metrics.per_source_table``).
 
 Benchmarks share real images between generators: UniversalFakeDetect's diffusion folders
 (``ldm_200/0_real``, ``glide_100_27/0_real``, ...) hold copies of the same LAION reals. The
@@ -23,10 +23,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline.data.experiment import Experiment
-from pipeline.data.presets import Preset, match_sources
-from pipeline.extraction.cached_features import FeatureSet, take_rows
-from pipeline.metrics import (
+from nsnet.data.experiment import Experiment
+from nsnet.data.presets import Preset, match_sources
+from nsnet.extraction.cached_features import FeatureSet, take_rows
+from nsnet.metrics import (
     TABLE_KEYS,
     binary_metrics,
     per_source_table,

@@ -13,11 +13,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import HEAD_RECIPES, Params
-from pipeline.data.experiment import Experiment, with_seed
-from pipeline.evaluation.degraded_eval_stage import degraded_sets, degraded_table
-from pipeline.evaluation.seeds import over_seeds
-from pipeline.heads.train_stage import HeadInputs, head_inputs, train_head
+from nsnet.config import HEAD_RECIPES, Params
+from nsnet.data.experiment import Experiment, with_seed
+from nsnet.evaluation.degraded_eval_stage import degraded_sets, degraded_table
+from nsnet.evaluation.seeds import over_seeds
+from nsnet.heads.train_stage import HeadInputs, head_inputs, train_head
 
 
 def robustness(params: Params, exp: Experiment, manifest: str | Path, features: str | Path,

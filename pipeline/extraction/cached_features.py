@@ -24,10 +24,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline.cache_store import FeatureStore, Part, StoreError, encode_ids, require
-from pipeline.config import Params
-from pipeline.data.manifest import read_manifest
-from pipeline.extraction.settings import (
+from nsnet.cache_store import FeatureStore, Part, StoreError, encode_ids, require
+from nsnet.config import Params
+from nsnet.data.manifest import read_manifest
+from nsnet.extraction.settings import (
     CLIP_CROP,
     CLIP_LAYERS,
     COZZOLINO,
@@ -308,7 +308,7 @@ def _width(store: FeatureStore, settings: ExtractSettings, treatments: list[str]
 
 
 def _refuse_previous_layout(store: Path) -> None:
-    from pipeline.extraction.store_admin import LEGACY_FILES, has_legacy
+    from nsnet.extraction.store_admin import LEGACY_FILES, has_legacy
 
     if has_legacy(store.parent) and not FeatureStore(store).describe():
         found = [f for f in LEGACY_FILES if (store.parent / f).exists()]

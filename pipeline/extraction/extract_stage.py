@@ -6,11 +6,11 @@ a few hundred bytes, never the composite pixels), the BLIP caption, the CLIP emb
 composite in each of the ``patches.views`` patch orders and the CLIP embedding of the caption.
 The run is plan -> compute -> commit:
 
-* ``plan`` (``pipeline.extraction.plan``) asks the store which (image, treatment, part) triples
+* ``plan`` (``nsnet.extraction.plan``) asks the store which (image, treatment, part) triples
   are missing, without loading a model or opening an image;
 * ``compute_shard`` decodes each image of a shard once, derives every treatment's inputs from
   those pixels in worker processes, runs BLIP and CLIP on the missing ones only;
-* each shard commits one new segment per part (``pipeline.cache_store``).
+* each shard commits one new segment per part (``nsnet.cache_store``).
 
 So a new image costs its own features only, a removed one costs nothing, a new ``clip.*``
 setting never re-runs BLIP, and an interrupted run resumes from its committed segments.
@@ -28,15 +28,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline.atomic import write_json
-from pipeline.backbones.availability import Need, require_models
-from pipeline.cache_store import FeatureStore, PartStore
-from pipeline.config import Params
-from pipeline.data.manifest import OK, read_manifest
-from pipeline.extraction import sharding
-from pipeline.extraction.image_pass import ImagePass, PassPlan, batches
-from pipeline.extraction.plan import ExtractPlan, Shard, make_plan
-from pipeline.extraction.settings import (
+from nsnet.atomic import write_json
+from nsnet.backbones.availability import Need, require_models
+from nsnet.cache_store import FeatureStore, PartStore
+from nsnet.config import Params
+from nsnet.data.manifest import OK, read_manifest
+from nsnet.extraction import sharding
+from nsnet.extraction.image_pass import ImagePass, PassPlan, batches
+from nsnet.extraction.plan import ExtractPlan, Shard, make_plan
+from nsnet.extraction.settings import (
     CAPTION,
     CLIP_CROP,
     CLIP_LAYERS,
@@ -50,7 +50,7 @@ from pipeline.extraction.settings import (
     image_kind,
     kind_base,
 )
-from pipeline.provenance import ProvenanceMismatch, base_provenance
+from nsnet.provenance import ProvenanceMismatch, base_provenance
 
 RESUME_HINT = "a rerun of `nsnet extract` (or `dvc repro`) resumes from there"
 # What the heads read from the store, beside its parts (``write_catalogs``): dvc.yaml's
@@ -124,8 +124,8 @@ def plan_extract(params: Params, manifest: str | Path, store: str | Path) -> Ext
 def compute_shard(shard: Shard, progress: Callable[[int], Any] | None = None) -> int:
     """Compute a shard's missing kinds from one decode per image; commit one segment per part
     and treatment. Returns the number of samples."""
-    from pipeline.backbones.clip import resolve_device
-    from pipeline.backbones.precision import amp_dtype
+    from nsnet.backbones.clip import resolve_device
+    from nsnet.backbones.precision import amp_dtype
 
     settings, rt = shard.settings, shard.runtime
     device = resolve_device(rt.device)
@@ -166,8 +166,8 @@ def model_needs(settings: ExtractSettings, kinds: set[str]) -> dict[str, Need]:
 
 
 def _load(settings: ExtractSettings, device: str, kinds: set[str]) -> dict[str, Any]:
-    from pipeline.backbones.blip import load_blip
-    from pipeline.backbones.clip import load_clip
+    from nsnet.backbones.blip import load_blip
+    from nsnet.backbones.clip import load_clip
 
     return {role: load_blip(n.name, device) if n.kind == "blip" else
             load_clip(n.name, n.pretrained, device)
@@ -211,7 +211,7 @@ def _recipes(shard: Shard, models: dict[str, Any], batch: dict[str, torch.Tensor
              amp: torch.dtype | None, out: dict[str, list[Any]]) -> None:
     """The baseline recipes of one batch: ``clip_crop`` embeddings, ``clip_layers`` class
     tokens (crop 0 of both, the same center crop, in one forward pass) and ``cozzolino``."""
-    from pipeline.backbones import recipes
+    from nsnet.backbones import recipes
 
     rt, spec = shard.runtime, shard.settings.recipe
     layers = None if spec.layers == "all" else list(spec.layers)
@@ -265,7 +265,7 @@ def _encode_texts(clip: Any, captions: list[str], batch: int, amp: torch.dtype |
 def _commit(shard: Shard, out: dict[str, list[Any]], models: dict[str, Any]) -> None:
     """One segment per (kind, treatment), selections and captions first (what later kinds of
     an interrupted shard build on)."""
-    from pipeline.extraction.plan import kind_rank
+    from nsnet.extraction.plan import kind_rank
 
     store = FeatureStore(shard.store)
     ids = [w.image_id for w in shard.images for _ in w.treatments]
@@ -331,8 +331,8 @@ def _check_same_weights(part: PartStore, model_prov: dict[str, Any]) -> None:
 def run_extract(params: Params, manifest: str | Path, store: str | Path,
                 scheduler: str = "") -> ExtractSummary:
     """Plan, compute the missing samples (in-process or on a dask cluster), commit them."""
-    from pipeline import runtime
-    from pipeline.backbones.clip import resolve_device
+    from nsnet import runtime
+    from nsnet.backbones.clip import resolve_device
 
     migrated = _migrate_previous_layout(params, manifest, store)
     plan = plan_extract(params, manifest, store)  # reads the manifest and store, no image
@@ -360,8 +360,8 @@ def run_extract(params: Params, manifest: str | Path, store: str | Path,
 def _migrate_previous_layout(params: Params, manifest: str | Path, store: str | Path
                              ) -> list[str]:
     """An empty store beside files of the previous layout: convert them first (no recompute;
-    ``pipeline.extraction.store_admin.migrate_legacy``). The old files are left in place."""
-    from pipeline.extraction.store_admin import has_legacy, migrate_legacy
+    ``nsnet.extraction.store_admin.migrate_legacy``). The old files are left in place."""
+    from nsnet.extraction.store_admin import has_legacy, migrate_legacy
 
     folder = Path(store).parent
     if FeatureStore(store).describe() or not has_legacy(folder):

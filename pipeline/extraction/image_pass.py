@@ -5,12 +5,12 @@ decodes them once and, for each treatment the image is needed under (the file as
 ``protocol.train_reencode``, each degradation), derives from those pixels what the models need:
 the patch selection (cells and entropies, a few hundred bytes), the 224 px composites of the
 requested patch orders for CLIP, the uint8 384 px resize for BLIP, and the baseline recipes'
-224 px crops (``pipeline.backbones.recipes``). Only those fixed-size
+224 px crops (``nsnet.backbones.recipes``). Only those fixed-size
 arrays cross back to the main process, where the models run on the GPU while the workers decode
 the next images (``prefetch``).
 
 Workers run torch with one thread each (``worker_init``); the main process's thread count is
-set by ``pipeline.runtime.configure_threads``.
+set by ``nsnet.runtime.configure_threads``.
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from pipeline.backbones import recipes
-from pipeline.data import degradations
-from pipeline.data.images import decode_data, read_bytes
-from pipeline.data.manifest import content_id
-from pipeline.extraction.patch_selection import PatchSpec, composite, select_cells, view_cells
+from nsnet.backbones import recipes
+from nsnet.data import degradations
+from nsnet.data.images import decode_data, read_bytes
+from nsnet.data.manifest import content_id
+from nsnet.extraction.patch_selection import PatchSpec, composite, select_cells, view_cells
 
 # Counts decodes in this process (the benchmark reads it with ``num_workers=0``).
 DECODES = {"count": 0}

@@ -208,7 +208,7 @@ def select_batch(images: list[np.ndarray], ids: list[str], spec: PatchSpec) -> l
     return out  # type: ignore[return-value]
 
 
-# The code that defines each cached output (``pipeline.provenance.code_fingerprint``): the
+# The code that defines each cached output (``nsnet.provenance.code_fingerprint``): the
 # selection (cells and entropies) and the composites built from it in each patch order.
 SELECTION_CODE = (select_cells, choose, patch_entropies, _hermitian_weights, to_gray, seed_of,
                   LUMA)

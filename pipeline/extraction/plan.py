@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from pipeline.cache_store import FeatureStore, encode_ids
-from pipeline.data.manifest import file_paths
-from pipeline.extraction.image_pass import ImageWork
-from pipeline.extraction.settings import (
+from nsnet.cache_store import FeatureStore, encode_ids
+from nsnet.data.manifest import file_paths
+from nsnet.extraction.image_pass import ImageWork
+from nsnet.extraction.settings import (
     CAPTION,
     CLIP_CROP,
     CLIP_LAYERS,

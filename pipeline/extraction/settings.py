@@ -19,10 +19,10 @@ import functools
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from pipeline.cache_store import Part
-from pipeline.config import Params
-from pipeline.extraction.patch_selection import LUMA, PatchSpec
-from pipeline.provenance import code_fingerprint
+from nsnet.cache_store import Part
+from nsnet.config import Params
+from nsnet.extraction.patch_selection import LUMA, PatchSpec
+from nsnet.provenance import code_fingerprint
 
 SELECTION, CAPTION, IMAGE, TEXT, COMPOSITE = "selection", "caption", "image", "text", "composite"
 CLIP_CROP, CLIP_LAYERS, COZZOLINO = "clip_crop", "clip_layers", "cozzolino"
@@ -139,7 +139,7 @@ class ExtractSettings:
     def from_params(cls, params: Params) -> ExtractSettings:
         """What ``nsnet extract`` computes: the recipes of ``train.head`` and
         ``compare.heads``, every ``protocol.degradations`` entry, the composites when kept."""
-        from pipeline.config import requested_recipes
+        from nsnet.config import requested_recipes
 
         return cls.reading(params, *requested_recipes(params),
                            degradations=tuple(params.protocol.degradations),
@@ -179,11 +179,11 @@ class ExtractSettings:
     @functools.lru_cache(maxsize=64)  # noqa: B019 - frozen, hashable, few treatments
     def parts(self, treatment: str = "") -> PartSet:
         """The store parts of images under ``treatment`` (their keys are derived here)."""
-        from pipeline.backbones.blip import CAPTION_CODE
-        from pipeline.backbones.clip import IMAGE_CODE, TEXT_CODE
-        from pipeline.data import degradations
-        from pipeline.data.images import PIXEL_CODE
-        from pipeline.extraction.patch_selection import ORDER_CODE, SELECTION_CODE
+        from nsnet.backbones.blip import CAPTION_CODE
+        from nsnet.backbones.clip import IMAGE_CODE, TEXT_CODE
+        from nsnet.data import degradations
+        from nsnet.data.images import PIXEL_CODE
+        from nsnet.extraction.patch_selection import ORDER_CODE, SELECTION_CODE
 
         pixels = {"treatment": treatment}
         pixel_code = (*PIXEL_CODE, degradations) if treatment else PIXEL_CODE
@@ -214,8 +214,8 @@ class ExtractSettings:
 
     def _recipe_parts(self, treatment: str, pixel_code: tuple
                       ) -> tuple[tuple[Part, ...], tuple[Part, ...], Part]:
-        from pipeline.backbones.clip import IMAGE_CODE
-        from pipeline.backbones.recipes import CLIP_CROP_CODE, CLIP_LAYERS_CODE, COZZOLINO_CODE
+        from nsnet.backbones.clip import IMAGE_CODE
+        from nsnet.backbones.recipes import CLIP_CROP_CODE, CLIP_LAYERS_CODE, COZZOLINO_CODE
 
         precision = {"compute": {"precision": self.precision}}
         base = {"treatment": treatment, "clip": asdict(self.clip), **precision}
@@ -262,9 +262,9 @@ class ExtractRuntime:
 
     @classmethod
     def from_params(cls, params: Params) -> ExtractRuntime:
-        """Resolve every ``auto`` for this machine (``pipeline.runtime``)."""
-        from pipeline import runtime
-        from pipeline.backbones.clip import resolve_device
+        """Resolve every ``auto`` for this machine (``nsnet.runtime``)."""
+        from nsnet import runtime
+        from nsnet.backbones.clip import resolve_device
 
         device = resolve_device(params.compute.device)
         return cls(device=params.compute.device,

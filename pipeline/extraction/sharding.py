@@ -1,13 +1,13 @@
 """Running shards of work in-process or on a dask cluster, resumably.
 
-A shard commits its results as new segments of the feature store (``pipeline.cache_store``),
+A shard commits its results as new segments of the feature store (``nsnet.cache_store``),
 each atomically. A run that is killed, interrupted or fails keeps every segment committed so
 far; the next run plans again from what the store holds, so it computes only what is still
 missing. Segments are named by their rows, so two runs computing the same rows write the same
 files and never corrupt each other.
 
 With a dask scheduler address the shards are submitted to the cluster; models are cached per
-worker process (``functools.lru_cache`` in ``pipeline.backbones``), so each worker loads a model
+worker process (``functools.lru_cache`` in ``nsnet.backbones``), so each worker loads a model
 once, not once per task, and writes its segments directly into the store.
 """
 

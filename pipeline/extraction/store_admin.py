@@ -24,10 +24,10 @@ import h5py
 import numpy as np
 import pyarrow.parquet as pq
 
-from pipeline.cache_store import FeatureStore, decode_ids
-from pipeline.config import Params
-from pipeline.extraction.settings import ExtractSettings, image_kind
-from pipeline.provenance import base_provenance
+from nsnet.cache_store import FeatureStore, decode_ids
+from nsnet.config import Params
+from nsnet.extraction.settings import ExtractSettings, image_kind
+from nsnet.provenance import base_provenance
 
 LEGACY_FILES = ("selections.h5", "captions.parquet", "embeddings.h5")
 WIDTH = 120  # the listing's columns at most

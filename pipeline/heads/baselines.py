@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.heads.output import HeadOutput
+from nsnet.heads.output import HeadOutput
 
 __all__ = ["RINE", "SETTINGS", "Cozzolino", "PaperSettings", "Plateau", "UnivFD", "make_optimizer",
            "rine_supcon"]
@@ -128,7 +128,7 @@ def rine_supcon(features: torch.Tensor, labels: torch.Tensor, temperature: float
                 base_temperature: float = 0.07) -> torch.Tensor:
     """RINE's ``SupConLoss`` (Khosla et al. 2020, ``L_out``) for one view of (B, P) unit
     vectors: an anchor without a positive adds 0 to the mean (it is not dropped, unlike
-    ``pipeline.heads.losses.supcon_loss``); the loss is scaled by temperature/base_temperature."""
+    ``nsnet.heads.losses.supcon_loss``); the loss is scaled by temperature/base_temperature."""
     b = features.shape[0]
     eye = torch.eye(b, dtype=torch.bool, device=features.device)
     logits = features @ features.T / temperature

@@ -1,6 +1,6 @@
 """Model bundles: ``model.safetensors`` (weights, no pickle) + ``config.json``.
 
-The config (``pipeline.heads.bundle_config.BundleConfig``) names the head and its settings, the
+The config (``nsnet.heads.bundle_config.BundleConfig``) names the head and its settings, the
 backbones that made its input features (CLIP arch/weights, the captioner, the patch spec), the
 decision and the training provenance, so ``predict`` can rebuild the exact feature chain from
 the bundle alone.
@@ -16,15 +16,15 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save
 
-from pipeline.atomic import atomic_path, write_json
-from pipeline.heads.bundle_config import (
+from nsnet.atomic import atomic_path, write_json
+from nsnet.heads.bundle_config import (
     CONFIG,
     FORMAT_VERSION,
     BundleConfig,
     BundleError,
     parse_config,
 )
-from pipeline.heads.detectors import build_head
+from nsnet.heads.detectors import build_head
 
 WEIGHTS = "model.safetensors"
 __all__ = ["CONFIG", "FORMAT_VERSION", "WEIGHTS", "BundleConfig", "BundleError", "load_bundle",

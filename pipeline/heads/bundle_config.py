@@ -7,7 +7,7 @@ params.yaml spells them), its decision (calibration, threshold, uncertain band),
 views it scores (``views``), how it was trained (``training``) and by which code
 (``provenance``).
 
-``parse_config`` reads the file's mapping through ``pipeline.config.build_section``, the
+``parse_config`` reads the file's mapping through ``nsnet.config.build_section``, the
 validator of ``params.yaml``: a wrong type, an out-of-range value, an unknown or a missing key
 is refused naming the file and the dotted key. Format 2 is written; format 1 (nsnet before typed
 bundles) is converted on read; any other format is refused.
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import (
+from nsnet.config import (
     HEAD_RECIPES,
     CaptionParams,
     ClipParams,
@@ -35,10 +35,10 @@ from pipeline.config import (
     param_field,
     to_plain,
 )
-from pipeline.extraction.patch_selection import PatchSpec
-from pipeline.heads.decision import Decision
-from pipeline.heads.detectors import HPARAM_KEYS, RENAMED_HEADS
-from pipeline.heads.training_info import RECIPE_CHOICES, TrainingRecord
+from nsnet.extraction.patch_selection import PatchSpec
+from nsnet.heads.decision import Decision
+from nsnet.heads.detectors import HPARAM_KEYS, RENAMED_HEADS
+from nsnet.heads.training_info import RECIPE_CHOICES, TrainingRecord
 
 CONFIG = "config.json"
 FORMAT_VERSION = 2
@@ -145,7 +145,7 @@ class Backbones:
 
 @dataclass(frozen=True)
 class BundleDecision:
-    """The decision fit on the validation split (``pipeline.heads.decision``), the uncertain band
+    """The decision fit on the validation split (``nsnet.heads.decision``), the uncertain band
     around its threshold (``evaluate.uncertain_band``) and the validation report."""
 
     threshold: float = checked_field(0.5, lo=0.0, hi=1.0)

@@ -23,8 +23,8 @@ import numpy as np
 from scipy.optimize import minimize, minimize_scalar
 from scipy.special import expit, log_expit
 
-from pipeline.config import ThresholdRule, parse_threshold
-from pipeline.metrics import expected_calibration_error
+from nsnet.config import ThresholdRule, parse_threshold
+from nsnet.metrics import expected_calibration_error
 
 LOG_T_BOUNDS = (-5.0, 5.0)  # temperature in [0.0067, 148]: a separable val set cannot blow up
 
@@ -36,7 +36,7 @@ class DecisionError(ValueError):
 @dataclass(frozen=True)
 class Decision:
     """``prob = sigmoid(scale * logit + shift)``; generated when ``prob > threshold``
-    (``pipeline.metrics.is_fake``: exactly the threshold counts as real)."""
+    (``nsnet.metrics.is_fake``: exactly the threshold counts as real)."""
 
     threshold: float = 0.5
     rule: str = "0.5"

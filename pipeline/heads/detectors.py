@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.heads.baselines import RINE, Cozzolino, UnivFD
-from pipeline.heads.output import HeadOutput
-from pipeline.heads.projection import project_out_direction, project_out_subspace
-from pipeline.heads.semantic_map import LinearSemanticMap
+from nsnet.heads.baselines import RINE, Cozzolino, UnivFD
+from nsnet.heads.output import HeadOutput
+from nsnet.heads.projection import project_out_direction, project_out_subspace
+from nsnet.heads.semantic_map import LinearSemanticMap
 
 
 class ArtifactHead(nn.Module):
@@ -42,7 +42,7 @@ class ArtifactHead(nn.Module):
 
 class _Base(nn.Module):
     kind = "base"
-    recipe = "composite"  # the features it reads (pipeline.config.HEAD_RECIPES)
+    recipe = "composite"  # the features it reads (nsnet.config.HEAD_RECIPES)
 
     def __init__(self, dim: int, normalize: bool) -> None:
         super().__init__()
@@ -108,7 +108,7 @@ class SemanticMapper(nn.Module):
         return self.norm(t + self.mlp(t))
 
 
-# How the advanced head makes its semantic direction f (= pipeline.config.MAPPER_CHOICES):
+# How the advanced head makes its semantic direction f (= nsnet.config.MAPPER_CHOICES):
 # end_to_end  the seed: the mapper is trained by the detection loss and the alignment term
 # identity    f = t, the caption embedding itself (no mapper)
 # detached    the mapper learns only from the alignment term; the projection uses a stop-gradient f

@@ -7,7 +7,7 @@ learning rate, batch size, epochs, loss, model selection and stopping rule:
   ``train.epochs``, the project's loss (``training_loop.head_loss``), the epoch with the best
   validation AP;
 * ``univfd``, ``rine``, ``cozzolino``: their official code's settings
-  (``pipeline.heads.baselines.SETTINGS``, each value cited), their own ``loss``, and their
+  (``nsnet.heads.baselines.SETTINGS``, each value cited), their own ``loss``, and their
   selection: UniversalFakeDetect keeps its best validation accuracy and divides the learning
   rate by ten on a plateau (stopping below 1e-6); RINE and Cozzolino et al. keep the last epoch.
 
@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-from pipeline.config import TrainParams
-from pipeline.heads.baselines import SETTINGS
+from nsnet.config import TrainParams
+from nsnet.heads.baselines import SETTINGS
 
 SELECTIONS = ("best_val_ap", "best_val_acc", "last")
 

@@ -15,7 +15,7 @@ class HeadOutput:
     semantic: torch.Tensor | None = None  # (B, d) mapped caption direction (advanced)
     # (B, d) the image feature as the head takes it in, before any projection (L2-normalised
     # when the head normalises): ``prepared - projected`` is what the head removed as semantic
-    # (``pipeline.inference.predict.semantic_shares``, the t-SNE's "before" points)
+    # (``nsnet.inference.predict.semantic_shares``, the t-SNE's "before" points)
     prepared: torch.Tensor = field(kw_only=True)
 
     @property

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.heads.projection import Sliceable
+from nsnet.heads.projection import Sliceable
 
 RIDGE = 1e-3  # least ridge strength, relative to the mean caption variance per dimension
 # At most this share of the rows' degrees of freedom goes into the map (ridge raised until the

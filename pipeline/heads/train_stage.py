@@ -13,17 +13,17 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
-from pipeline.atomic import atomic_path
-from pipeline.config import HEAD_RECIPES, Params, ProtocolParams
-from pipeline.data.experiment import Experiment, resolve_experiment, with_seed
-from pipeline.extraction.cached_features import (
+from nsnet.atomic import atomic_path
+from nsnet.config import HEAD_RECIPES, Params, ProtocolParams
+from nsnet.data.experiment import Experiment, resolve_experiment, with_seed
+from nsnet.extraction.cached_features import (
     FeatureSet,
     Rows,
     load_features,
     training_crops,
 )
-from pipeline.heads.bundle import save_bundle
-from pipeline.heads.bundle_config import (
+from nsnet.heads.bundle import save_bundle
+from nsnet.heads.bundle_config import (
     Backbones,
     BundleConfig,
     BundleDecision,
@@ -35,17 +35,17 @@ from pipeline.heads.bundle_config import (
     RecipeFacts,
     ViewsConfig,
 )
-from pipeline.heads.decision import Decision, fit_decision
-from pipeline.heads.head_training import HeadTraining
-from pipeline.heads.training_info import TrainingRecord
-from pipeline.heads.training_loop import (
+from nsnet.heads.decision import Decision, fit_decision
+from nsnet.heads.head_training import HeadTraining
+from nsnet.heads.training_info import TrainingRecord
+from nsnet.heads.training_loop import (
     EpochCallback,
     TrainResult,
     fit,
     head_shape,
     predict_logits,
 )
-from pipeline.provenance import base_provenance, fingerprint
+from nsnet.provenance import base_provenance, fingerprint
 
 SEEDS_DIR = "seeds"  # models/detector/seeds/<seed>/: the bundles of train.seeds after the first
 
@@ -78,7 +78,7 @@ def bundle_config(params: Params, kind: str, result: TrainResult, fs: FeatureSet
                   decision_report: dict[str, Any] | None = None,
                   experiment: Experiment | None = None) -> BundleConfig:
     """The config of the bundle of a head trained on ``train`` (rows of ``fs``)."""
-    prov = fs.provenance  # spelled as params.yaml (pipeline.extraction.cached_features)
+    prov = fs.provenance  # spelled as params.yaml (nsnet.extraction.cached_features)
     exp = experiment or resolve_experiment(params, fs.frame)
     recipe = HEAD_RECIPES[kind]
     return BundleConfig(

@@ -2,7 +2,7 @@
 ``TrainingRecord`` (the bundle's ``training`` section: the info plus the params, protocol, rows
 and features it was trained with).
 
-Both are validated by ``pipeline.config.build_section`` when a bundle is read, like params.
+Both are validated by ``nsnet.config.build_section`` when a bundle is read, like params.
 """
 
 from __future__ import annotations
@@ -11,14 +11,14 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.config import (
+from nsnet.config import (
     HEAD_RECIPES,
     ProtocolParams,
     TrainParams,
     checked_field,
     to_plain,
 )
-from pipeline.heads.head_training import HeadTraining
+from nsnet.heads.head_training import HeadTraining
 
 RECIPE_CHOICES = tuple(dict.fromkeys(HEAD_RECIPES.values()))  # composite, clip_crop, ...
 

@@ -23,17 +23,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.backbones.clip import resolve_device
-from pipeline.config import HEAD_RECIPES, VIEW_AVERAGES, TrainParams
-from pipeline.extraction.cached_features import FeatureSet, Rows, iter_blocks
-from pipeline.heads.baselines import Plateau
-from pipeline.heads.detectors import FITTED_MAPPERS, HPARAM_KEYS, TRAINED_MAPPERS, build_head
-from pipeline.heads.head_training import HeadTraining
-from pipeline.heads.losses import bce_loss, supcon_loss
-from pipeline.heads.projection import semantic_basis
-from pipeline.heads.semantic_map import fit_semantic_map
-from pipeline.heads.training_info import ClassCounts, TrainingInfo
-from pipeline.metrics import binary_metrics
+from nsnet.backbones.clip import resolve_device
+from nsnet.config import HEAD_RECIPES, VIEW_AVERAGES, TrainParams
+from nsnet.extraction.cached_features import FeatureSet, Rows, iter_blocks
+from nsnet.heads.baselines import Plateau
+from nsnet.heads.detectors import FITTED_MAPPERS, HPARAM_KEYS, TRAINED_MAPPERS, build_head
+from nsnet.heads.head_training import HeadTraining
+from nsnet.heads.losses import bce_loss, supcon_loss
+from nsnet.heads.projection import semantic_basis
+from nsnet.heads.semantic_map import fit_semantic_map
+from nsnet.heads.training_info import ClassCounts, TrainingInfo
+from nsnet.metrics import binary_metrics
 
 
 class TrainingDiverged(RuntimeError):

@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.data.images import ImageError, to_rgb_array
-from pipeline.data.manifest import content_id
-from pipeline.inference.predict import (
+from nsnet.data.images import ImageError, to_rgb_array
+from nsnet.data.manifest import content_id
+from nsnet.inference.predict import (
     Chain,
     Decoded,
     _decode,
@@ -26,7 +26,7 @@ from pipeline.inference.predict import (
     new_row,
     score_decoded,
 )
-from pipeline.reports.explanation import Explanation
+from nsnet.reports.explanation import Explanation
 
 Item = Any  # str | Path | bytes | PIL.Image.Image | np.ndarray
 
@@ -59,7 +59,7 @@ class Detector:
 
     Example::
 
-        from pipeline import Detector
+        from nsnet import Detector
         det = Detector.load("models/detector", device="cpu")
         table = det.predict(["photo.jpg", pil_image, numpy_rgb])  # a pandas DataFrame
         table[["path", "prob", "label", "caption"]]
@@ -162,7 +162,7 @@ class Detector:
             ex = det.explain("photo.jpg")
             print(ex.prob, ex.label, ex.caption, [p.contribution for p in ex.top(3)])
         """
-        from pipeline.inference.explain import explain_array
+        from nsnet.inference.explain import explain_array
 
         row, rgb = self.decode(image, name)
         if rgb is None:

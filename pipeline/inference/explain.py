@@ -16,17 +16,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.data.images import ImageError, ImageInfo, decode_file, display_path
-from pipeline.data.manifest import content_id
-from pipeline.extraction.patch_selection import (
+from nsnet.data.images import ImageError, ImageInfo, decode_file, display_path
+from nsnet.data.manifest import content_id
+from nsnet.extraction.patch_selection import (
     LUMA,
     PatchSpec,
     composite,
     view_cells,
     view_orders,
 )
-from pipeline.heads.training_loop import combine_views
-from pipeline.inference.predict import (
+from nsnet.heads.training_loop import combine_views
+from nsnet.inference.predict import (
     Chain,
     Features,
     as_cached,
@@ -35,8 +35,8 @@ from pipeline.inference.predict import (
     head_logits,
     semantic_shares,
 )
-from pipeline.inference.verdict import verdict
-from pipeline.reports.explanation import Explanation, PatchReport
+from nsnet.inference.verdict import verdict
+from nsnet.reports.explanation import Explanation, PatchReport
 
 
 def occlude(composite: np.ndarray, tiles: np.ndarray | list[int], spec: PatchSpec,
@@ -152,8 +152,8 @@ CROP_GRID = PatchSpec(32, 24, 25)  # a baseline's 224 px crop as 7 x 7 tiles of 
 def _explain_crop(chain: Chain, rgb: np.ndarray, image_id: str, name: str) -> Explanation:
     """Occlusion over the 7 x 7 tiles of the crop a baseline head reads (the test-time center
     crop, or Cozzolino et al.'s resized crop): the same attribution, on that head's input."""
-    from pipeline.backbones import recipes
-    from pipeline.extraction.patch_selection import patch_entropies, to_gray
+    from nsnet.backbones import recipes
+    from nsnet.extraction.patch_selection import patch_entropies, to_gray
 
     crop = recipes.cozzolino_pixels(rgb) if chain.recipe == "cozzolino" \
         else recipes.center_crop(rgb)
@@ -199,8 +199,8 @@ def _view_attribution(chain: Chain, rgb: np.ndarray, image_id: str, cells: np.nd
 
 def write_report(ex: Explanation, out: str | Path, k: int = 5) -> tuple[Path, Path]:
     """The PNG report at ``out`` and its JSON twin (same stem, ``.json``)."""
-    from pipeline.atomic import write_json
-    from pipeline.reports.figures import render_explanation
+    from nsnet.atomic import write_json
+    from nsnet.reports.figures import render_explanation
 
     out = Path(out)
     png = render_explanation(ex, out, k)

@@ -22,8 +22,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline.atomic import atomic_path
-from pipeline.data.images import (
+from nsnet.atomic import atomic_path
+from nsnet.data.images import (
     UNSUPPORTED,
     ImageError,
     decode_data,
@@ -31,21 +31,21 @@ from pipeline.data.images import (
     read_bytes,
     unsupported_reason,
 )
-from pipeline.data.layouts import WalkError, walk_files
-from pipeline.data.manifest import content_id
-from pipeline.extraction.patch_selection import (
+from nsnet.data.layouts import WalkError, walk_files
+from nsnet.data.manifest import content_id
+from nsnet.extraction.patch_selection import (
     PatchSpec,
     Selection,
     composite,
     select_batch,
     view_cells,
 )
-from pipeline.heads.bundle import load_bundle
-from pipeline.heads.bundle_config import BundleConfig, RecipeFacts
-from pipeline.heads.decision import Decision
-from pipeline.heads.training_loop import combine_views, view_logits
-from pipeline.inference.verdict import FAKE, REAL, UNCERTAIN, verdict
-from pipeline.metrics import aligned
+from nsnet.heads.bundle import load_bundle
+from nsnet.heads.bundle_config import BundleConfig, RecipeFacts
+from nsnet.heads.decision import Decision
+from nsnet.heads.training_loop import combine_views, view_logits
+from nsnet.inference.verdict import FAKE, REAL, UNCERTAIN, verdict
+from nsnet.metrics import aligned
 
 RESULT_COLUMNS = ["path", "status", "prob", "label", "caption", "id", "width", "height", "error",
                   "semantic_share"]
@@ -67,8 +67,8 @@ class Chain:
     head: torch.nn.Module
     config: BundleConfig
     spec: PatchSpec | None  # the patch spec (composite recipe)
-    clip: Any  # pipeline.backbones.clip.ClipBackbone: the backbone that made the features
-    blip: Any  # pipeline.backbones.blip.Captioner, or None when no caption is computed
+    clip: Any  # nsnet.backbones.clip.ClipBackbone: the backbone that made the features
+    blip: Any  # nsnet.backbones.blip.Captioner, or None when no caption is computed
     max_new_tokens: int
     threshold: float
     amp: torch.dtype | None = None
@@ -114,10 +114,10 @@ def load_chain(model_dir: str | Path, device: str = "auto", precision: str = "fp
         chain = load_chain("models/detector", device="cuda")
         table = predict_paths(chain, ["photo.jpg"])  # prob, label, caption, ...
     """
-    from pipeline.backbones.availability import BUNDLE_HINT, Need, require_models
-    from pipeline.backbones.blip import load_blip
-    from pipeline.backbones.clip import load_clip, resolve_device
-    from pipeline.backbones.precision import amp_dtype
+    from nsnet.backbones.availability import BUNDLE_HINT, Need, require_models
+    from nsnet.backbones.blip import load_blip
+    from nsnet.backbones.clip import load_clip, resolve_device
+    from nsnet.backbones.precision import amp_dtype
 
     head, config = load_bundle(model_dir, resolve_device(device))
     bb, recipe = config.backbones, config.head.recipe
@@ -149,7 +149,7 @@ def load_chain(model_dir: str | Path, device: str = "auto", precision: str = "fp
 
 def _feature_width(clip: Any, recipe: str, facts: RecipeFacts | None) -> int:
     """Values per image the backbone gives for ``recipe`` (the head's input width)."""
-    from pipeline.backbones import recipes
+    from nsnet.backbones import recipes
 
     if recipe in ("composite", "clip_crop"):
         return int(clip.embed_dim)
@@ -219,7 +219,7 @@ def compute_features(chain: Chain, images: Sequence[np.ndarray], ids: Sequence[s
 
 def _recipe_features(chain: Chain, images: Sequence[np.ndarray]) -> torch.Tensor:
     """A baseline's input: the test-time crop (crop 0), through the backbone as in extract."""
-    from pipeline.backbones import recipes
+    from nsnet.backbones import recipes
 
     if chain.recipe == "cozzolino":
         pixels = np.stack([recipes.cozzolino_pixels(rgb) for rgb in images])

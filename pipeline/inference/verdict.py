@@ -4,7 +4,7 @@ A probability within ``band`` of the threshold is too close to call: ``predict``
 column, ``explain``'s picture and JSON (and any other reader of a bundle) say ``uncertain``
 instead of flipping between REAL and GENERATED on noise. ``band`` is the bundle's
 ``uncertain_band`` (``evaluate.uncertain_band`` at training time; 0.0 in older bundles). The
-edges follow the benchmarks' convention (``pipeline.metrics.is_fake``: fake iff
+edges follow the benchmarks' convention (``nsnet.metrics.is_fake``: fake iff
 ``prob > threshold``), so with ``band = 0`` the verdict is exactly ``evaluate``'s decision.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 
-from pipeline.metrics import is_fake
+from nsnet.metrics import is_fake
 
 FAKE, REAL, UNCERTAIN = "generated", "real", "uncertain"
 VERDICTS = (FAKE, REAL, UNCERTAIN)

@@ -19,9 +19,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from pipeline.reports.style import DPI, OKABE_ITO, save, styled  # noqa: E402
+from nsnet.reports.style import DPI, OKABE_ITO, save, styled  # noqa: E402
 
-# The figure style's colours (pipeline.reports.style): one per series, colour-blind safe.
+# The figure style's colours (nsnet.reports.style): one per series, colour-blind safe.
 RAW, CALIBRATED, CURVE = OKABE_ITO["vermillion"], OKABE_ITO["green"], OKABE_ITO["blue"]
 DIAGONAL = "#888888"
 NAMES = ("roc", "pr", "confusion", "reliability", "train_log")

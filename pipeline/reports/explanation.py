@@ -1,6 +1,6 @@
 """The record of one explanation: per-patch occlusion contributions and the verdict.
 
-``pipeline.inference.explain`` fills it; ``pipeline.reports.figures`` draws it and ``to_json``
+``nsnet.inference.explain`` fills it; ``nsnet.reports.figures`` draws it and ``to_json``
 writes it, so the picture and the JSON come from one object.
 """
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.extraction.patch_selection import PatchSpec
+from nsnet.extraction.patch_selection import PatchSpec
 
 
 def contribution_text(value: float) -> str:

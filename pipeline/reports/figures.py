@@ -1,5 +1,5 @@
 """Pictures a person can read: the explanation report and the t-SNE figure (matplotlib, Agg),
-in the shared figure style (``pipeline.reports.style``)."""
+in the shared figure style (``nsnet.reports.style``)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import numpy as np  # noqa: E402
 from matplotlib.colors import TwoSlopeNorm  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
-from pipeline.metrics import threshold_text  # noqa: E402
-from pipeline.reports.style import (  # noqa: E402
+from nsnet.metrics import threshold_text  # noqa: E402
+from nsnet.reports.style import (  # noqa: E402
     DIVERGING,
     LABEL_COLOURS,
     save,
@@ -28,7 +28,7 @@ from pipeline.reports.style import (  # noqa: E402
 if TYPE_CHECKING:
     import pandas as pd
 
-    from pipeline.reports.explanation import Explanation, PatchReport
+    from nsnet.reports.explanation import Explanation, PatchReport
 
 CMAP = DIVERGING  # red: pushed toward generated, blue: toward real
 VERDICT_COLOURS = {**LABEL_COLOURS, "uncertain": "#555555"}

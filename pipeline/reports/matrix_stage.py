@@ -7,10 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.atomic import write_json
-from pipeline.config import Params
-from pipeline.data.experiment import matrix_sources, resolve_experiment
-from pipeline.evaluation.matrix import (
+from nsnet.atomic import write_json
+from nsnet.config import Params
+from nsnet.data.experiment import matrix_sources, resolve_experiment
+from nsnet.evaluation.matrix import (
     FALLBACK,
     MEAN,
     cross_generator,
@@ -18,10 +18,10 @@ from pipeline.evaluation.matrix import (
     grid,
     unseen_summary,
 )
-from pipeline.heads.train_stage import epoch_bar, epochs_of, head_inputs
-from pipeline.metrics import details_path, pct_pm, rounded
-from pipeline.provenance import base_provenance
-from pipeline.reports.result_figures import render_matrix
+from nsnet.heads.train_stage import epoch_bar, epochs_of, head_inputs
+from nsnet.metrics import details_path, pct_pm, rounded
+from nsnet.provenance import base_provenance
+from nsnet.reports.result_figures import render_matrix
 
 
 def run_matrix(params: Params, manifest: str | Path, features: str | Path,

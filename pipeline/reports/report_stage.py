@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipeline.atomic import atomic_path
-from pipeline.reports.tables import collect_tables, read_details, render
+from nsnet.atomic import atomic_path
+from nsnet.reports.tables import collect_tables, read_details, render
 
 DEFAULT_DETAILS = {
     "compare": "metrics/details/compare.json",
@@ -49,7 +49,7 @@ def draw_curves(plots_dir: str | Path, out: str | Path | None = None,
     ``nsnet evaluate`` writes in ``plots_dir``."""
     import pandas as pd
 
-    from pipeline.reports.result_figures import render_curves
+    from nsnet.reports.result_figures import render_curves
 
     plots_dir = Path(plots_dir)
     need = [plots_dir / "roc.csv", plots_dir / "pr.csv"]

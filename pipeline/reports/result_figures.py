@@ -1,4 +1,4 @@
-"""Figures of results, in the shared style (``pipeline.reports.style``): the cross-generator
+"""Figures of results, in the shared style (``nsnet.reports.style``): the cross-generator
 matrix heatmap, the robustness curves and the test curves (ROC, precision-recall, reliability)."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline.config import parse_degradation
-from pipeline.evaluation.matrix import FALLBACK, MEAN, fallback_rows, grid
-from pipeline.reports.style import (
+from nsnet.config import parse_degradation
+from nsnet.evaluation.matrix import FALLBACK, MEAN, fallback_rows, grid
+from nsnet.reports.style import (
     DPI,
     OKABE_ITO,
     PAGE_PX,

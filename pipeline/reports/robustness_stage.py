@@ -5,15 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipeline.atomic import write_json
-from pipeline.config import Params
-from pipeline.data.experiment import resolve_experiment
-from pipeline.evaluation.robustness import robustness
-from pipeline.evaluation.seeds import std_of
-from pipeline.heads.train_stage import epoch_bar, epochs_of
-from pipeline.metrics import pct_pm
-from pipeline.provenance import base_provenance
-from pipeline.reports.result_figures import render_robustness
+from nsnet.atomic import write_json
+from nsnet.config import Params
+from nsnet.data.experiment import resolve_experiment
+from nsnet.evaluation.robustness import robustness
+from nsnet.evaluation.seeds import std_of
+from nsnet.heads.train_stage import epoch_bar, epochs_of
+from nsnet.metrics import pct_pm
+from nsnet.provenance import base_provenance
+from nsnet.reports.result_figures import render_robustness
 
 
 def run_robustness(params: Params, manifest: str | Path, features: str | Path,

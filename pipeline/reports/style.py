@@ -28,7 +28,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from pipeline.atomic import atomic_path  # noqa: E402
+from nsnet.atomic import atomic_path  # noqa: E402
 
 DPI = 120
 PAGE_PX = 1300  # widest PNG: a 1400 px wide `dvc plots show` page holds it beside its margins

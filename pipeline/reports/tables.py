@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.data.presets import Published, published_results
-from pipeline.evaluation.matrix import FALLBACK, MEAN, fallback_rows, grid
+from nsnet.data.presets import Published, published_results
+from nsnet.evaluation.matrix import FALLBACK, MEAN, fallback_rows, grid
 
 FORMATS = ("markdown", "latex", "csv")
 METRICS = {"acc": "accuracy", "ap": "AP"}

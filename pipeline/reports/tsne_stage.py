@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.config import Params
-from pipeline.extraction.cached_features import FeatureSet, load_features
-from pipeline.heads.bundle import load_bundle
+from nsnet.config import Params
+from nsnet.extraction.cached_features import FeatureSet, load_features
+from nsnet.heads.bundle import load_bundle
 
 
 @torch.no_grad()
@@ -68,7 +68,7 @@ def label_separation(x: np.ndarray, labels: np.ndarray) -> float:
 def run_tsne(params: Params, manifest: str | Path, features: str | Path,
              model_dir: str | Path, out_png: str | Path) -> dict[str, Any]:
     """Draw the 2 x 2 t-SNE figure; return counts and the label separation before/after."""
-    from pipeline.reports.figures import render_tsne
+    from nsnet.reports.figures import render_tsne
 
     model, config = load_bundle(model_dir)
     fs = load_features(params, manifest, features,

@@ -32,13 +32,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from pipeline.inference.detector import Detector
-from pipeline.inference.predict import Decoded
-from pipeline.serving import contract, schemas
-from pipeline.serving.auth import BearerAuth
-from pipeline.serving.batcher import MicroBatcher, Overloaded, TimedOut
-from pipeline.serving.errors import ApiError, error_response
-from pipeline.serving.uploads import Upload, UploadReader
+from nsnet.inference.detector import Detector
+from nsnet.inference.predict import Decoded
+from nsnet.serving import contract, schemas
+from nsnet.serving.auth import BearerAuth
+from nsnet.serving.batcher import MicroBatcher, Overloaded, TimedOut
+from nsnet.serving.errors import ApiError, error_response
+from nsnet.serving.uploads import Upload, UploadReader
 
 STATIC = Path(__file__).parent / "static"
 log = logging.getLogger("nsnet.serve")
@@ -129,8 +129,8 @@ class Service:
 
     def run_batch(self, jobs: list[Job]) -> list[dict[str, Any]]:
         """Score every job's image in one model call (worker thread), then explain if asked."""
-        from pipeline.inference.explain import explain_array
-        from pipeline.reports.figures import explanation_png
+        from nsnet.inference.explain import explain_array
+        from nsnet.reports.figures import explanation_png
 
         det = self.ready()
         df = det.predict_decoded([j.decoded for j in jobs])

@@ -13,7 +13,7 @@ import hmac
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from pipeline.serving.errors import ApiError, error_response
+from nsnet.serving.errors import ApiError, error_response
 
 PROTECTED = "/v1"
 

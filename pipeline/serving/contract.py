@@ -14,11 +14,11 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from pipeline.serving import schemas
-from pipeline.serving.uploads import EXTRA_PARTS
+from nsnet.serving import schemas
+from nsnet.serving.uploads import EXTRA_PARTS
 
 SCHEME = "bearerAuth"
-# The media type of each image file extension nsnet decodes (``pipeline.data.images``'s
+# The media type of each image file extension nsnet decodes (``nsnet.data.images``'s
 # ``IMAGE_EXTENSIONS``): the content types a file part is declared with (``encoding``). The server
 # reads the bytes, whatever a part's label says.
 MEDIA_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
@@ -64,7 +64,7 @@ def bundle_patch_size(model_dir: str | Path) -> int | None:
     """The smallest image side the bundle scores, from its config.json: the patch size (the
     composite recipe) or 1 (the baselines' crops pad smaller images); None if it cannot be read
     (the server then reports the load error at /readyz)."""
-    from pipeline.heads.bundle import read_config
+    from nsnet.heads.bundle import read_config
 
     try:
         config = read_config(model_dir)

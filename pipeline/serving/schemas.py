@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema
 
-# The per-image statuses of an upload (``pipeline.inference.predict.decode_bytes``).
+# The per-image statuses of an upload (``nsnet.inference.predict.decode_bytes``).
 IMAGE_STATUSES = ("ok", "empty_file", "not_an_image", "corrupt", "too_large", "too_small")
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 
-from pipeline.serving.errors import ApiError
+from nsnet.serving.errors import ApiError
 
 # Plain (non-file) form fields read before the body is refused as too many parts (413); any
 # plain field fails the request anyway (400), these are only read to tell which answer fits.
