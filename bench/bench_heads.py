@@ -38,7 +38,8 @@ import torch  # noqa: E402
 from nsnet.backbones.clip import load_clip, resolve_device  # noqa: E402
 from nsnet.config import TrainParams  # noqa: E402
 from nsnet.extraction.cached_features import FeatureSet  # noqa: E402
-from nsnet.heads.detectors import AdvancedNSNet, HeadOutput, build_head  # noqa: E402
+from nsnet.heads.detectors import AdvancedNSNet, HeadOutput  # noqa: E402
+from nsnet.heads.method import build_head  # noqa: E402
 from nsnet.heads.training_loop import HPARAM_KEYS, fit, head_loss  # noqa: E402
 
 

@@ -153,13 +153,14 @@ def child_parts(ws: Path) -> None:
     from nsnet.backbones.blip import BlipResize, Captioner
     from nsnet.backbones.clip import ClipBackbone
     from nsnet.config import load_params
-    from nsnet.extraction import extract_stage, image_pass
+    from nsnet.extraction import extract_stage, image_pass, patch_selection
 
     acc = dict.fromkeys(PARTS, 0.0)
+    # the composite recipe's derive looks these up in patch_selection when it runs
     for owner, name, key in ((image_pass, "decode_data", "decode"),
-                             (image_pass, "select_cells", "selection"),
-                             (image_pass, "composite", "composites"),
-                             (image_pass, "view_cells", "composites"),
+                             (patch_selection, "select_cells", "selection"),
+                             (patch_selection, "composite", "composites"),
+                             (patch_selection, "view_cells", "composites"),
                              (BlipResize, "resize", "blip_resize"),
                              (Captioner, "generate", "blip"),
                              (ClipBackbone, "encode_images", "clip_image"),

@@ -66,7 +66,6 @@ def run(cmd: list[str], cwd: Path) -> None:
                    env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
-HEADS = ("composite_probe", "nsnet", "advanced", "univfd", "rine", "cozzolino")
 
 
 def demo_bundle(work: Path) -> tuple[Path, Path]:
@@ -84,7 +83,9 @@ def per_head_rates(ws: Path, files: list[Path], batch: int, device: str
                    ) -> list[tuple[str, str, bool, float]]:
     """(head, recipe, BLIP loaded, images/s of batched `predict`) for a bundle of every head."""
     rows = []
-    for head in HEADS:
+    from nsnet.registry import METHODS
+
+    for head in METHODS.names():
         out = ws / "models" / head
         run(NSNET + ["train", "--set", "compute.device=cpu", "--set", "train.epochs=3",
                      "--set", f"train.head={head}", "--out", str(out), "--log",

@@ -53,9 +53,10 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from nsnet.config import MAPPER_CHOICES, TrainParams  # noqa: E402
+from nsnet.config import TrainParams  # noqa: E402
 from nsnet.extraction.cached_features import FeatureSet  # noqa: E402
 from nsnet.heads.training_loop import fit, predict_proba  # noqa: E402
+from nsnet.registry import MAPPERS  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -138,7 +139,7 @@ def heads(world: World, only: list[str] | None = None) -> list[tuple[str, str, d
         ("nsnet k=1", "nsnet", {"nsnet_k": 1}),
         (f"nsnet k={world.rank} (= rank)", "nsnet", {"nsnet_k": world.rank}),
     ]
-    rows += [(f"advanced mapper={m}", "advanced", {"mapper": m}) for m in MAPPER_CHOICES]
+    rows += [(f"advanced mapper={m}", "advanced", {"mapper": m}) for m in MAPPERS]
     return [r for r in rows if not only or any(o in r[0] for o in only)]
 
 

@@ -41,8 +41,9 @@ _PUBLIC = {
     "ModelUnavailable": "nsnet.backbones.availability",
     "PatchSpec": "nsnet.extraction.patch_selection",
     "select_patches": "nsnet.extraction.patch_selection",
-    "build_head": "nsnet.heads.detectors",
-    "HEADS": "nsnet.heads.detectors",
+    "build_head": "nsnet.heads.method",
+    "method": "nsnet.heads.method",
+    "METHODS": "nsnet.registry",
     "load_bundle": "nsnet.heads.bundle",
     "save_bundle": "nsnet.heads.bundle",
     "load_chain": "nsnet.inference.predict",
@@ -52,7 +53,7 @@ _PUBLIC = {
     "verdict": "nsnet.inference.verdict",
 }
 __all__ = [
-    "HEADS",
+    "METHODS",
     "Detector",
     "ModelUnavailable",
     "Params",
@@ -65,6 +66,7 @@ __all__ = [
     "load_chain",
     "load_clip",
     "load_params",
+    "method",
     "predict_paths",
     "save_bundle",
     "select_patches",
@@ -78,11 +80,12 @@ if TYPE_CHECKING:
     from nsnet.config import Params, ParamsError, load_params
     from nsnet.extraction.patch_selection import PatchSpec, select_patches
     from nsnet.heads.bundle import load_bundle, save_bundle
-    from nsnet.heads.detectors import HEADS, build_head
+    from nsnet.heads.method import build_head, method
     from nsnet.inference.detector import Detector
     from nsnet.inference.explain import explain_image
     from nsnet.inference.predict import load_chain, predict_paths
     from nsnet.inference.verdict import verdict
+    from nsnet.registry import METHODS
 
 
 def __getattr__(name: str) -> Any:

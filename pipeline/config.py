@@ -18,16 +18,18 @@ from typing import Any
 
 import yaml
 
+from nsnet.registry import LAYOUTS, MAPPERS, METHODS, PRESETS
+
 
 class ParamsError(ValueError):
     """A parameter file or override is invalid; the message names the offending key."""
 
 
-class _Loader(yaml.SafeLoader):
+class YamlLoader(yaml.SafeLoader):
     """Safe YAML loader that also reads ``1e-3`` (no dot) as a float, as YAML 1.2 and DVC do."""
 
 
-_Loader.add_implicit_resolver(
+YamlLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
     list("-+0123456789"),
@@ -36,32 +38,14 @@ _Loader.add_implicit_resolver(
 
 def _check(lo: float | None = None, hi: float | None = None, choices: tuple = (), **kw: Any):
     """Field metadata: inclusive numeric bounds and/or allowed string choices; ``kw``:
-    ``exclusive_lo``, ``auto`` (an integer or "auto"), ``renamed`` (old value -> help),
+    ``exclusive_lo``, ``auto`` (an integer or "auto"), ``registry`` (a ``nsnet.registry``
+    registry whose names are the choices: its owners list them, config keeps no copy),
     ``pattern`` (a string's regular expression, ``means`` its description), ``nan`` (a float
     that may be NaN: a recorded result, e.g. an AP without validation rows)."""
     return {"lo": lo, "hi": hi, "choices": choices, **kw}
 
 
-# = nsnet.heads.detectors HEADS + BASELINE_HEADS (tested)
-HEAD_CHOICES = ("composite_probe", "nsnet", "advanced", "univfd", "rine", "cozzolino")
-# Old head names: naming one raises ParamsError with this explanation.
-RENAMED_HEAD_HELP = {
-    "ufd": "'ufd' was renamed 'composite_probe': it is a linear probe on our patch composites, "
-           "not UniversalFakeDetect. UniversalFakeDetect's own probe (CLIP embedding of the "
-           "center-cropped image) is the head 'univfd'",
-}
-# The feature recipe each head reads (= each head class's ``recipe``, tested): ``composite`` is
-# the patch composite's CLIP embedding with the caption's (NS-Net's input); the others are the
-# inputs of the paper baselines (nsnet.backbones.recipes).
-HEAD_RECIPES = {"composite_probe": "composite", "nsnet": "composite", "advanced": "composite",
-                "univfd": "clip_crop", "rine": "clip_layers", "cozzolino": "cozzolino"}
 DEFAULT_COMPARE_HEADS = ("composite_probe", "nsnet", "advanced")
-# How the advanced head makes its semantic direction (= nsnet.heads.detectors.MAPPERS, tested)
-MAPPER_CHOICES = ("end_to_end", "identity", "detached", "regression", "regression_real",
-                  "regression_within")
-LAYOUT_CHOICES = ("auto", "real_fake", "genimage", "ufd", "aigibench")
-# Benchmark presets (defined in ``nsnet.data.presets``): official training sources and rows.
-PRESET_CHOICES = ("none", "genimage", "ufd", "aigibench-1", "aigibench-2")
 
 
 @dataclass
@@ -85,13 +69,13 @@ class RootParams:
 
     path: str = ""
     role: str = field(default="auto", metadata=_check(choices=ROLE_CHOICES))
-    layout: str = field(default="", metadata=_check(choices=("", *LAYOUT_CHOICES)))
+    layout: str = field(default="", metadata=_check(registry=LAYOUTS, empty=True))
 
 
 @dataclass
 class DataParams:
     roots: list[RootParams] = field(default_factory=lambda: [RootParams("data/images")])
-    layout: str = field(default="auto", metadata=_check(choices=LAYOUT_CHOICES))
+    layout: str = field(default="auto", metadata=_check(registry=LAYOUTS))
     split: SplitParams = field(default_factory=SplitParams)
     max_image_pixels: int = field(default=178_956_970, metadata=_check(1))
     strict: bool = False
@@ -101,7 +85,7 @@ class DataParams:
 
 @dataclass
 class ProtocolParams:
-    preset: str = field(default="none", metadata=_check(choices=PRESET_CHOICES))
+    preset: str = field(default="none", metadata=_check(registry=PRESETS))
     train_sources: list[str] = field(default_factory=list)
     test_sources: list[str] = field(default_factory=list)
     degradations: list[str] = field(default_factory=list)
@@ -143,8 +127,7 @@ class ComputeParams:
 
 @dataclass
 class TrainParams:
-    head: str = field(default="advanced",
-                      metadata=_check(choices=HEAD_CHOICES, renamed=RENAMED_HEAD_HELP))
+    head: str = field(default="advanced", metadata=_check(registry=METHODS))
     epochs: int = field(default=20, metadata=_check(1, 100_000))
     batch_size: int = field(default=256, metadata=_check(2, 1_000_000))
     lr: float = field(default=2e-4, metadata=_check(0.0, 10.0, exclusive_lo=True))
@@ -156,7 +139,7 @@ class TrainParams:
     proj_dim: int = field(default=128, metadata=_check(1, 65536))
     dropout: float = field(default=0.1, metadata=_check(0.0, 0.99))
     nsnet_k: int = field(default=32, metadata=_check(0, 65536))
-    mapper: str = field(default="regression_within", metadata=_check(choices=MAPPER_CHOICES))
+    mapper: str = field(default="regression_within", metadata=_check(registry=MAPPERS))
     normalize: bool = True
     balance: bool = True
     seed: int = field(default=0, metadata=_check(0))
@@ -236,6 +219,10 @@ class Params:
     compare: CompareParams = field(default_factory=CompareParams)
     recipes: RecipeParams = field(default_factory=RecipeParams)
     matrix: MatrixParams = field(default_factory=MatrixParams)
+    # each head's own settings, methods.<head>.<key>: validated by the head's module
+    # (nsnet.heads.methods.<head>, its ``settings``) when the head is used
+    methods: dict[str, dict[str, Any]] = field(default_factory=dict, metadata=_check(
+        registry=METHODS, keys=True))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -261,8 +248,17 @@ def _coerce(key: str, value: Any, tp: Any, meta: typing.Mapping[str, Any]) -> An
             raise ParamsError(f"{key}: expected a mapping, got {type(value).__name__}")
         return _build(tp, value, key + ".")
     if origin is dict:
+        if value is None and meta.get("keys"):  # a section whose entries are all commented out
+            return {}
         if not isinstance(value, dict):
             raise ParamsError(f"{key}: expected a mapping, got {type(value).__name__}")
+        if meta.get("keys"):  # each key a registry name, each value a mapping (its section)
+            for name, section in value.items():
+                problem = meta["registry"].problem(name) if isinstance(name, str) else "not a name"
+                if problem:
+                    raise ParamsError(f"{key}.{name}: {problem}")
+                if not isinstance(section, dict):
+                    raise ParamsError(f"{key}.{name}: expected a mapping, got {section!r}")
         return value
     if origin in (list, tuple):
         if not isinstance(value, list | tuple):
@@ -310,9 +306,11 @@ def _coerce(key: str, value: Any, tp: Any, meta: typing.Mapping[str, Any]) -> An
                           f"{key}: {value!r} is out of range (must be >= {lo})")
     if hi is not None and value > hi:
         raise ParamsError(f"{key}: {value!r} is out of range (must be <= {hi})")
-    renamed = meta.get("renamed") or {}
-    if isinstance(value, str) and value in renamed:
-        raise ParamsError(f"{key}: {renamed[value]}")
+    registry = meta.get("registry")
+    if registry is not None and isinstance(value, str) and not (meta.get("empty") and value == ""):
+        problem = registry.problem(value)
+        if problem:
+            raise ParamsError(f"{key}: {problem}")
     choices = meta.get("choices") or ()
     if choices and value not in choices:
         raise ParamsError(f"{key}: {value!r} is not one of {', '.join(map(str, choices))}")
@@ -383,24 +381,15 @@ def check_value(key: str, value: Any, cls: type, name: str) -> Any:
     return _coerce(key, value, typing.get_type_hints(cls)[name], f.metadata)
 
 
-def requested_recipes(p: Params) -> list[str]:
-    """The feature recipes the params' heads read (``train.head`` and ``compare.heads``), in a
-    fixed order: what ``nsnet extract`` computes."""
-    wanted = {HEAD_RECIPES[h] for h in (p.train.head, *p.compare.heads)}
-    return [r for r in ("composite", "clip_crop", "clip_layers", "cozzolino") if r in wanted]
-
-
 def _check_compare(p: Params) -> None:
     heads = p.compare.heads
     if not heads:
         raise ParamsError("compare.heads: name at least one head, e.g. [composite_probe, nsnet, "
                           "advanced]")
     for i, head in enumerate(heads):
-        if head in RENAMED_HEAD_HELP:
-            raise ParamsError(f"compare.heads[{i}]: {RENAMED_HEAD_HELP[head]}")
-        if head not in HEAD_CHOICES:
-            raise ParamsError(f"compare.heads[{i}]: {head!r} is not one of "
-                              f"{', '.join(HEAD_CHOICES)}")
+        problem = METHODS.problem(head)
+        if problem:
+            raise ParamsError(f"compare.heads[{i}]: {problem}")
     if len(set(heads)) != len(heads):
         raise ParamsError(f"compare.heads: heads repeat in {heads}")
     layers = p.recipes.layers
@@ -606,7 +595,7 @@ def parse_override(item: str) -> tuple[str, Any]:
     if not key.strip():
         raise ParamsError(f"override {item!r} must look like key.sub=value")
     try:
-        return key.strip(), yaml.load(raw, Loader=_Loader) if raw.strip() else ""
+        return key.strip(), yaml.load(raw, Loader=YamlLoader) if raw.strip() else ""
     except yaml.YAMLError as exc:
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ParamsError(f"--set {item}: the value is not valid YAML ({problem}); quote "
@@ -661,7 +650,7 @@ def load_params(path: str | Path = "params.yaml", overrides: typing.Iterable[str
                           f"--params {path}: not a file")
     if path.exists():
         try:
-            raw = yaml.load(path.read_bytes().decode("utf-8"), Loader=_Loader) or {}
+            raw = yaml.load(path.read_bytes().decode("utf-8"), Loader=YamlLoader) or {}
         except UnicodeDecodeError as exc:
             raise ParamsError(f"{path}: not a text (UTF-8 YAML) file: byte {exc.start} cannot "
                               "be decoded") from exc
@@ -672,203 +661,3 @@ def load_params(path: str | Path = "params.yaml", overrides: typing.Iterable[str
         if not isinstance(raw, dict):
             raise ParamsError(f"{path}: the top level must be a mapping")
     return params_from_dict(apply_overrides(raw, overrides))
-
-
-# ----------------------------------------------------------------------------- editing a file
-_LINE = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z_][\w-]*):(?P<gap> *)(?P<value>[^#]*?)"
-                   r"(?P<comment> +#.*)?$")
-
-
-def _flow(value: Any) -> str:
-    return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix(
-        "\n...").strip()
-
-
-def edit_params_text(text: str, values: dict[str, Any]) -> str:
-    """``text`` (a params file) with the dotted ``values`` set, its comments kept.
-
-    Each key's one-line value is replaced in place (a key that is absent is added to its
-    section). When the file is laid out otherwise (a multi-line value, an odd layout), the
-    result is the whole mapping written afresh without comments, so it is always correct.
-    """
-    want = yaml.load(text, Loader=_Loader) or {}
-    for key, value in values.items():
-        node = want
-        *parents, last = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[last] = value
-    lines = text.splitlines()
-    for key, value in values.items():
-        lines = _set_line(lines, key.split("."), _flow(value))
-    edited = "\n".join(lines) + "\n"
-    try:
-        if yaml.load(edited, Loader=_Loader) == want:
-            return edited
-    except yaml.YAMLError:
-        pass
-    return yaml.safe_dump(want, sort_keys=False)
-
-
-def _set_line(lines: list[str], path: list[str], value: str) -> list[str]:
-    """Set ``path`` (section keys, then the key) where it is written on one line; a key that
-    is not there leaves ``lines`` as they are (``edit_params_text`` then rewrites the file)."""
-    start, end, depth = 0, len(lines), 0
-    for i, part in enumerate(path):
-        for row in range(start, end):
-            m = _LINE.match(lines[row])
-            if m and len(m["indent"]) == depth and m["key"] == part:
-                break
-        else:
-            return lines
-        if i == len(path) - 1:
-            comment = (m["comment"] or "").lstrip()
-            head = f"{m['indent']}{part}: {value}"
-            if comment:  # keep the comment's column when the new value fits
-                column = len(lines[row]) - len(comment)
-                head = head.ljust(column) if len(head) < column else head + "  "
-            return [*lines[:row], head + comment, *lines[row + 1:]]
-        start, end = row + 1, _block_end(lines, row + 1, depth)
-        depth += 2
-    return lines
-
-
-def _block_end(lines: list[str], row: int, depth: int) -> int:
-    """First row after ``row`` that belongs to a key at ``depth`` or shallower."""
-    for i in range(row, len(lines)):
-        stripped = lines[i].strip()
-        if stripped and not stripped.startswith("#") and \
-                len(lines[i]) - len(lines[i].lstrip(" ")) <= depth:
-            return i
-    return len(lines)
-
-
-# ----------------------------------------------------------------------------- what each key means
-# One line or a few per key, the source of the parameter reference (docs/parameters.md, written
-# by `make docs` from these and the dataclasses above; tests/test_docs.py checks that every key
-# has one and that the committed page is what the code generates).
-PARAM_DOCS: dict[str, str] = {
-    "seed": "seed of the figures' subsampling and of the audit's folds and forest (training "
-            "has its own `train.seed`)",
-    "data.roots": "folders to scan; an entry is a path or `{path, role, layout}`: role `auto` "
-                  "(the layout's split, else by content hash) \\| `train` (train/val only) \\| "
-                  "`test` (all test); layout `\"\"` = `data.layout` (see "
-                  "[benchmarks](benchmarks.md))",
-    "data.layout": "how labels, sources and splits are read from the folders (see "
-                   "[usage](usage.md#using-your-own-images))",
-    "data.split": "train/val/test shares by content hash when the layout has no split (must "
-                  "sum to 1)",
-    "data.split.train": "share of images in the training split",
-    "data.split.val": "share of images in the validation split (model selection, decision)",
-    "data.split.test": "share of images in the test split",
-    "data.max_image_pixels": "decompression-bomb guard: larger images (width x height) are "
-                             "recorded as `too_large`",
-    "data.strict": "any unreadable or skipped file is an error",
-    "data.num_workers": "processes that hash and decode during `index` and read headers "
-                        "during `audit`; `auto` = all cores",
-    "data.skip_lists": "text files listing images to leave out (GenImage's "
-                       "`corrupted_files/*.txt`, `improper_png_header/*.txt`); listed files get "
-                       "status `skip_listed`",
-    "protocol.preset": "a paper's protocol: its training sources, official test rows and real "
-                       "pools (see [benchmarks](benchmarks.md)); with a preset leave "
-                       "`train_sources`/`test_sources` empty",
-    "protocol.train_sources": "sources (generators) trained and validated on; `[]` = all",
-    "protocol.test_sources": "sources tested on; `[]` = all",
-    "protocol.degradations": "degraded copies of the test set (`nsnet extract` computes them, "
-                             "`nsnet evaluate-degraded` scores them): `jpeg<q>`, `resize<n>`, "
-                             "`blur<sigma>`, e.g. GenImage's `[jpeg65, jpeg30, resize112, "
-                             "resize64, blur3, blur5]` (see [robustness](robustness.md))",
-    "protocol.train_reencode": "`\"\"` or `jpeg<q>`: `nsnet extract` re-encodes every train/val "
-                               "image as JPEG quality q (removes a format shortcut; test images "
-                               "as they are; see [robustness](robustness.md#shortcut-audit))",
-    "patches.size": "patch side in pixels (images are never resized)",
-    "patches.n_low": "lowest spectral-entropy patches kept (`n_low + n_high` must be a square)",
-    "patches.n_high": "highest spectral-entropy patches kept",
-    "patches.keep_composites": "also write the 224 px composites to `cache/composites.h5` "
-                               "(150 KB per image, view 0, to look at; not a DVC output)",
-    "patches.views": "K fixed patch orders per image, each embedded by CLIP (the reference's "
-                     "shuffle, cached): view 0 seeded by the image id, view k by (id, k); see "
-                     "[heads](heads.md#patch-order-views)",
-    "clip.arch": "open_clip architecture, or `tiny` (random, built in, no download)",
-    "clip.pretrained": "open_clip tag or a local checkpoint file (`\"\"` with `tiny`)",
-    "clip.batch_size": "images per CLIP forward; `auto` = 512 / 256 / 64 on GPUs with >= 40 / "
-                       "16 / less GiB, 32 on CPU",
-    "caption.model": "BLIP captioner: Hugging Face id, local folder, or `tiny`",
-    "caption.max_new_tokens": "caption length limit (reference code: 40)",
-    "caption.batch_size": "images per BLIP generate call; `auto` = 256 / 192 / 96 / 32 on GPUs "
-                          "with >= 80 / 40 / 16 / less GiB, 16 on CPU",
-    "compute.device": "`auto` (a GPU if visible) \\| `cpu` \\| `cuda` \\| `cuda:N` for "
-                      "extraction and inference",
-    "compute.precision": "autocast dtype on GPU (`fp32` \\| `fp16` \\| `bf16`); CPU runs fp32",
-    "compute.num_workers": "decoding worker processes of `extract`; `auto` = cores - 1 (at "
-                           "most 32)",
-    "compute.torch_threads": "torch threads of the main process; `auto` = on a CPU the cores "
-                             "the workers leave free and other processes do not use (1-minute "
-                             "load average), at least 1; up to 4 with a GPU",
-    "compute.shard_size": "images per resumable shard of the extraction",
-    "compute.scheduler": "dask scheduler address (`tcp://host:8786`); `\"\"` = in-process "
-                         "(see [scaling](scaling.md))",
-    "train.head": "the head `dvc repro` trains: the NS-Net family on patch composites and "
-                  "captions, or a paper baseline on its own recipe (see [heads](heads.md), "
-                  "[baselines](baselines.md))",
-    "train.epochs": "training epochs; the one with the best validation AP is kept",
-    "train.batch_size": "rows per step (the ragged last batch is dropped: SupCon needs pairs)",
-    "train.lr": "Adam learning rate (authors' notebook)",
-    "train.weight_decay": "Adam weight decay",
-    "train.temperature": "SupCon temperature (authors' notebook)",
-    "train.bce_weight": "λ in (1-λ)·SupCon + λ·BCE: the authors' SupCon + 0.2·BCE, rescaled",
-    "train.align_weight": "`advanced`: weight of MSE(mapper(t), x), the authors' 0.3 on the "
-                          "same scale; 0 = off",
-    "train.mapper": "`advanced`: how the semantic direction removed from each image feature "
-                    "is made and trained (see [shortcut](shortcut.md#the-mapper-variants-"
-                    "trainmapper-advanced-head))",
-    "train.hidden_dim": "hidden width of the head MLP and of the mapper MLP",
-    "train.proj_dim": "size of the contrastive embedding",
-    "train.dropout": "dropout in the head",
-    "train.nsnet_k": "`nsnet`: caption directions removed (capped at min(n, d))",
-    "train.normalize": "L2-normalise features for `nsnet`/`advanced` (the probe always uses "
-                       "raw features)",
-    "train.balance": "weight BCE by n_real / n_fake so unequal classes do not bias the head",
-    "train.seed": "initialisation, shuffling and dropout",
-    "train.seeds": "several seeds, e.g. `[0, 1, 2]`: `train`, `evaluate`, `evaluate-degraded`, "
-                   "`compare`, `matrix` and `robustness` run once per seed and report mean ± "
-                   "std (sample std) over them; `models/detector` is the first seed's bundle, "
-                   "the others in `models/detector/seeds/`; `[]` = `train.seed` alone (see "
-                   "[results](results.md#seeds-mean--standard-deviation))",
-    "train.device": "`auto` \\| `cpu` \\| `cuda[:i]` for training",
-    "evaluate.threshold": "a number in [0, 1], or a rule applied on the validation split at "
-                          "train time: `val_acc`, `val_eer`, `val_fpr:<x>`; fake iff prob > "
-                          "threshold (see [decisions](decisions.md))",
-    "evaluate.calibration": "fit on the validation logits at train time, stored in the bundle "
-                            "(see [decisions](decisions.md))",
-    "evaluate.view_average": "with `patches.views` > 1, how an image's K view logits become "
-                             "one: the mean logit \\| the logit of the mean probability \\| "
-                             "view 0 only",
-    "evaluate.uncertain_band": "`predict`/`explain` call an image `uncertain` within this of "
-                               "the threshold (stored in the bundle)",
-    "audit.warn_auc": "`nsnet audit` warns when a classifier on file metadata alone exceeds "
-                      "this cross-validated AUC",
-    "audit.folds": "cross-validation folds of that classifier",
-    "figures.tsne_points": "images subsampled for `nsnet tsne`",
-    "figures.tsne_perplexity": "t-SNE perplexity (clipped to (n - 1) / 3 for small sets)",
-    "matrix.train_sources": "`nsnet matrix` trains on each of these sources in turn (with the "
-                            "train side's reals) and tests on every source; `[]` = every source "
-                            "with generated training images (see "
-                            "[results](results.md#the-cross-generator-matrix))",
-    "matrix.metric": "the number in the matrix heatmap's cells",
-    "compare.heads": "heads `nsnet compare` trains side by side, each on its recipe, from one "
-                     "extraction; `nsnet extract` computes the recipes of these and of "
-                     "`train.head` only (see [baselines](baselines.md))",
-    "recipes.crop_augmentations": "`univfd` (clip_crop): crops of UniversalFakeDetect's "
-                                  "training augmentation per training image, beside crop 0 "
-                                  "(the test-time center crop every image has; 1.5 KB per crop "
-                                  "at ViT-L/14)",
-    "recipes.layer_augmentations": "`rine` (clip_layers): crops of RINE's training "
-                                   "augmentation per training image, beside crop 0",
-    "recipes.layers": "`rine`: CLIP blocks whose class token is kept: `all` (RINE) or 0-based "
-                      "indices, e.g. `[11, 17, 23]` (2 KB per block per crop at ViT-L/14)",
-    "recipes.cozzolino_arch": "`cozzolino`: its open_clip backbone (CommonPool-XL ViT-L/14), "
-                              "or `tiny`",
-    "recipes.cozzolino_pretrained": "`cozzolino`: open_clip tag or a local checkpoint file "
-                                    "(`\"\"` with `tiny`)",
-}

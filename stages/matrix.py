@@ -17,16 +17,13 @@ def heads_option(func: Callable[..., Any]) -> Callable[..., Any]:
 
 def parse_heads(heads: str) -> tuple[str, ...] | None:
     """``--heads a,b`` as a tuple (None: the experiment's heads); unknown names are refused."""
-    from nsnet.config import RENAMED_HEAD_HELP
-    from nsnet.data.experiment import TRAINABLE_HEADS
+    from nsnet.registry import METHODS
 
     chosen = tuple(dict.fromkeys(h.strip() for h in heads.split(",") if h.strip()))
     for h in chosen:
-        if h in RENAMED_HEAD_HELP:
-            raise click.BadParameter(RENAMED_HEAD_HELP[h], param_hint="--heads")
-        if h not in TRAINABLE_HEADS:
-            raise click.BadParameter(f"{h!r} is not a head this store can train; choose from "
-                                     f"{', '.join(TRAINABLE_HEADS)}", param_hint="--heads")
+        problem = METHODS.problem(h)
+        if problem:
+            raise click.BadParameter(problem, param_hint="--heads")
     return chosen or None
 
 

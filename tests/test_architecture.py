@@ -19,7 +19,7 @@ PACKAGE = ROOT / "pipeline"
 # The flow, upstream first: a module may import from its own layer and the layers before it.
 LAYERS = [
     ("foundations", {"nsnet.config", "nsnet.atomic", "nsnet.provenance",
-                     "nsnet.cache_store", "nsnet.metrics", "nsnet.runtime"}),
+                     "nsnet.cache_store", "nsnet.metrics", "nsnet.runtime", "nsnet.registry"}),
     ("data in", {"nsnet.data"}),
     ("frozen backbones", {"nsnet.backbones"}),
     ("extraction", {"nsnet.extraction"}),
@@ -280,12 +280,18 @@ def test_the_private_name_check_sees_imports_attributes_and_getattr() -> None:
 def test_the_wheel_installs_one_top_level_package(tmp_path) -> None:
     """`pip wheel --no-deps .` holds `nsnet` (library, commands, package data) and nothing else
     at top level: no generic `pipeline` or `stages` in the user's site-packages."""
+    import shutil
     import subprocess
     import sys
     import zipfile
 
+    src = tmp_path / "src"  # a copy: building writes build/ and *.egg-info beside the sources
+    for name in ("pipeline", "stages", "setup.py", "pyproject.toml", "README.md"):
+        copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy
+        copy(ROOT / name, src / name, **({"ignore": shutil.ignore_patterns("__pycache__")}
+                                         if (ROOT / name).is_dir() else {}))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
-                    "--no-build-isolation", "-w", str(tmp_path), str(ROOT)],
+                    "--no-build-isolation", "-w", str(tmp_path), str(src)],
                    check=True, capture_output=True, cwd=tmp_path)
     (wheel,) = tmp_path.glob("nsnet-*.whl")
     names = zipfile.ZipFile(wheel).namelist()

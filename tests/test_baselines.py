@@ -16,7 +16,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from nsnet.config import HEAD_CHOICES, HEAD_RECIPES, ParamsError, params_from_dict
+from nsnet.config import ParamsError, params_from_dict
 from nsnet.heads.baselines import (
     RINE,
     SETTINGS,
@@ -27,9 +27,11 @@ from nsnet.heads.baselines import (
     make_optimizer,
     rine_supcon,
 )
-from nsnet.heads.detectors import BASELINE_HEADS, HEADS, build_head
 from nsnet.heads.losses import supcon_loss
+from nsnet.heads.method import build_head, method
 from nsnet.stages.cli import main
+
+BASELINE_HEADS = {"univfd": UnivFD, "rine": RINE, "cozzolino": Cozzolino}
 
 
 def _data(n: int, *shape: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -197,9 +199,8 @@ def test_each_head_learns_with_its_paper_settings(kind, shape, kwargs, one_threa
 
 def test_paper_settings_cite_every_value_and_cannot_change():
     assert set(SETTINGS) == set(BASELINE_HEADS)
-    fields = {f.name for f in dataclasses.fields(PaperSettings)} - {"sources", "recipe"}
+    fields = {f.name for f in dataclasses.fields(PaperSettings)} - {"sources"}
     for kind, s in SETTINGS.items():
-        assert s.recipe == BASELINE_HEADS[kind].recipe
         assert set(s.sources) == fields, kind
         assert all(s.sources.values())
         with pytest.raises(dataclasses.FrozenInstanceError):
@@ -263,8 +264,8 @@ def test_plateau_is_univfds_stopping_rule():
 
 # --------------------------------------------------------------------------- names and params
 def test_baseline_heads_are_built_and_named():
-    assert HEAD_CHOICES == tuple(HEADS) and set(BASELINE_HEADS) <= set(HEADS)
-    assert {k: cls.recipe for k, cls in HEADS.items()} == HEAD_RECIPES
+    assert {k: method(k).recipe for k in BASELINE_HEADS} == {
+        "univfd": "clip_crop", "rine": "clip_layers", "cozzolino": "cozzolino"}
     for kind, cls in BASELINE_HEADS.items():
         head = build_head(kind, 16, n_layers=3, hidden_dim=99, proj_dim=7, dropout=0.3)
         assert isinstance(head, cls) and head.kind == kind

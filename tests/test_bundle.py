@@ -34,8 +34,8 @@ from nsnet.heads.bundle_config import (
     PatchesConfig,
     ViewsConfig,
 )
-from nsnet.heads.detectors import HPARAM_KEYS, AdvancedNSNet, NSNet, build_head
-from nsnet.heads.head_training import HeadTraining
+from nsnet.heads.detectors import HPARAM_KEYS, AdvancedNSNet, NSNet
+from nsnet.heads.method import build_head, method
 from nsnet.heads.training_info import ClassCounts, TrainingRecord
 
 HP = {"hidden_dim": 16, "proj_dim": 8, "dropout": 0.0, "normalize": True}
@@ -170,8 +170,8 @@ def test_weights_that_do_not_fit_the_head_are_one_message(tmp_path):
 
 def _record() -> TrainingRecord:
     return TrainingRecord(
-        class_counts=ClassCounts(real=3, fake=4), patch_views=2, schedule=HeadTraining.of(
-            "advanced", TrainParams()), mapper_rows=7, mapper_r2=0.25,
+        class_counts=ClassCounts(real=3, fake=4), patch_views=2, schedule=method(
+            "advanced").schedule(TrainParams()), mapper_rows=7, mapper_r2=0.25,
         params=TrainParams(hidden_dim=16), protocol=ProtocolParams(train_sources=["a"]),
         n_train=7, train_sources=("a", "real"), train_ids="ids", features="feats",
         best_epoch=2, best_val_ap=0.75, preset="ufd", preset_train_sources=("a", "b"),

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from nsnet.config import PARAM_DOCS
 from tools import doc_outputs, gen_docs
+from tools.param_docs import PARAM_DOCS
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = gen_docs.doc_files()
@@ -29,7 +29,7 @@ def test_references_are_what_the_code_generates():
 def test_every_parameter_has_a_description():
     keys = [key for key, _, _ in gen_docs.parameter_rows()]
     missing = [k for k in keys if not PARAM_DOCS.get(k)]
-    assert not missing, f"add these keys to PARAM_DOCS in pipeline/config.py: {missing}"
+    assert not missing, f"add these keys to PARAM_DOCS in tools/param_docs.py: {missing}"
     sections = {k.rsplit(".", 1)[0] for k in keys if "." in k}
     unknown = sorted(set(PARAM_DOCS) - set(keys) - sections)
     assert not unknown, f"PARAM_DOCS describes keys that do not exist: {unknown}"

@@ -20,9 +20,10 @@ import click
 import pytest
 import yaml
 
-from nsnet.config import Params, edit_params_text
-from nsnet.data.demo_data import DEMO_VALUES, make_workspace
+from nsnet.config import Params
+from nsnet.data.demo_data import DEMO_VALUES, IMPORT_DIR, make_workspace
 from nsnet.data.manifest import read_manifest
+from nsnet.data.params_text import edit_params_text
 from nsnet.stages.cli import main
 from tests.conftest import fast_values, workspace_params
 
@@ -45,7 +46,7 @@ GIT_ID = {"GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@localhost",
 
 def _env() -> dict[str, str]:
     env = {**os.environ, **GIT_ID, "HF_HUB_OFFLINE": "1", "DVC_NO_ANALYTICS": "1"}
-    env["PYTHONPATH"] = "."  # the workspace's own copy of pipeline/ and stages/ runs
+    env["PYTHONPATH"] = IMPORT_DIR  # the workspace's own copy of pipeline/ and stages/ runs
     env.setdefault("OMP_NUM_THREADS", "1")  # tiny models: one thread is fastest on a busy box
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     return env

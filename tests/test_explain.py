@@ -186,12 +186,13 @@ def test_cli_contributions_have_significant_digits(chain, fakes, tmp_path):
 
 
 def test_explain_runs_no_blip_for_a_head_that_reads_no_caption(built_cache, fakes, tmp_path):
-    """Like `nsnet predict` and the API (CAPTION_HEADS): the nsnet head gets no caption, in
-    the text, the JSON and the picture; the advanced head keeps its BLIP caption."""
-    from nsnet.inference.predict import CAPTION_HEADS, predict_paths
+    """Like `nsnet predict` and the API (the method's ``captions``): the nsnet head gets no
+    caption, in the text, the JSON and the picture; the advanced head keeps its BLIP caption."""
+    from nsnet.heads.method import method
+    from nsnet.inference.predict import predict_paths
 
     bundle = train_bundle(built_cache, tmp_path / "ns", "nsnet", 2)
-    assert "nsnet" not in CAPTION_HEADS
+    assert not method("nsnet").captions and method("advanced").captions
     nchain = load_chain(bundle, "cpu")
     assert nchain.blip is None and predict_paths(nchain, fakes[:1])["caption"].tolist() == [""]
     res = CliRunner().invoke(main, ["explain", fakes[0], "--model", str(bundle), "--out",

@@ -26,9 +26,10 @@ from nsnet.data.manifest import file_paths
 from nsnet.extraction import image_pass, sharding
 from nsnet.extraction.cached_features import load_features
 from nsnet.extraction.extract_stage import compute_shard, ok_rows, plan_extract, run_extract
-from nsnet.extraction.image_pass import ImagePass, ImageWork, PassPlan, batches
+from nsnet.extraction.image_pass import ImagePass, ImageWork, batches
 from nsnet.extraction.patch_selection import PatchSpec, select_batch
 from nsnet.extraction.plan import Shard
+from nsnet.extraction.recipes.composite import pass_plan
 from nsnet.extraction.settings import ExtractRuntime, ExtractSettings
 from nsnet.heads.bundle import load_bundle
 from nsnet.heads.train_stage import run_train
@@ -102,7 +103,7 @@ def test_workers_send_back_fixed_size_arrays_not_decoded_images(tmp_path):
         works.append(ImageWork(content_id(path.read_bytes()), os.fsencode(path), ("",),
                                (None,), (None,)))
     resize = BlipResize(BlipImageProcessor())  # BLIP-base's 384 px
-    ds = ImagePass(works, PassPlan(SPEC, 10**8, blip=resize))
+    ds = ImagePass(works, pass_plan(SPEC, 10**8, blip=resize))
     (batch,) = list(batches(ds, 3, 2))
     assert tuple(batch["composite"].shape) == (3, 1, SPEC.side, SPEC.side, 3)
     assert batch["composite"].dtype == torch.uint8 and batch["blip"].dtype == torch.uint8
@@ -115,7 +116,7 @@ def test_one_decode_serves_every_treatment_of_an_image(built_cache):
     """An image needed as is and under two degradations is read and decoded once."""
     work = _works(built_cache, 1)[0]._replace(treatments=("", "jpeg30", "blur3"),
                                                cells=(None,) * 3, captions=(None,) * 3)
-    ds = ImagePass([work], PassPlan(SPEC, 10**8))
+    ds = ImagePass([work], pass_plan(SPEC, 10**8))
     image_pass.DECODES["count"] = 0
     (batch,) = list(batches(ds, 8, 0))
     assert image_pass.DECODES["count"] == 1 and len(batch["cells"]) == 3
@@ -123,7 +124,7 @@ def test_one_decode_serves_every_treatment_of_an_image(built_cache):
 
 
 def test_workers_fetch_small_groups_joined_into_exact_model_batches(built_cache):
-    ds = ImagePass(_works(built_cache, 14), PassPlan(SPEC, 10**8))
+    ds = ImagePass(_works(built_cache, 14), pass_plan(SPEC, 10**8))
     got = list(batches(ds, 6, 2, fetch=4))  # groups of 4 images, cut into batches of 6
     assert [len(b["cells"]) for b in got] == [6, 6, 2]
     (whole,) = list(batches(ds, 14, 0))

@@ -22,11 +22,11 @@ from click.testing import CliRunner
 from PIL import Image
 
 from nsnet.atomic import write_json, write_text
-from nsnet.config import HEAD_CHOICES, ParamsError, params_from_dict
+from nsnet.config import ParamsError, params_from_dict
 from nsnet.data.manifest import read_manifest
 from nsnet.heads.bundle import CONFIG, load_bundle, save_bundle
 from nsnet.heads.bundle_config import BundleConfig, HeadConfig
-from nsnet.heads.detectors import BASELINE_HEADS, HEADS, build_head
+from nsnet.heads.method import build_head
 from nsnet.heads.train_stage import run_train
 from nsnet.inference.explain import explain_image, write_report
 from nsnet.inference.predict import load_chain, predict_paths, write_results
@@ -179,10 +179,6 @@ def test_help_does_not_import_torch():
                               text=True, timeout=120)
         assert "Usage:" in proc.stdout, proc.stderr
         assert "HEAVY []" in proc.stderr, proc.stderr
-
-
-def test_head_choices_are_the_heads():
-    assert tuple(HEADS) == HEAD_CHOICES and set(BASELINE_HEADS) <= set(HEADS)
 
 
 def test_every_option_has_help_text():

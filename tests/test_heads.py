@@ -7,8 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nsnet.heads.detectors import AdvancedNSNet, NSNet, SemanticMapper, build_head
+from nsnet.heads.detectors import AdvancedNSNet, NSNet, SemanticMapper
 from nsnet.heads.losses import supcon_loss
+from nsnet.heads.method import build_head
 from nsnet.heads.projection import (
     project_out_direction,
     project_out_subspace,

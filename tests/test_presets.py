@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from conftest import build_cache, tiny_raw, write_params
 from PIL import Image
 
-from nsnet.config import PRESET_CHOICES, ParamsError, params_from_dict
+from nsnet.config import ParamsError, params_from_dict
 from nsnet.data.index_stage import read_skipped
 from nsnet.data.layouts import classify
 from nsnet.data.manifest import read_manifest
@@ -342,8 +342,10 @@ def test_preset_training_sources_partly_or_wholly_absent(aigibench_cache, genima
 
 
 # --------------------------------------------------------------------------- units and params
-def test_preset_choices_match_the_defined_presets():
-    assert set(PRESET_CHOICES) == {"none", *PRESETS}
+def test_preset_names_are_the_defined_presets():
+    from nsnet.registry import PRESETS as PRESET_NAMES
+
+    assert PRESET_NAMES.names() == ("none", *PRESETS)
     assert get_preset("none") is None
     assert len(PRESETS["ufd"].rows) == 19 and len(PRESETS["genimage"].rows) == 8
 

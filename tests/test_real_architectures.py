@@ -34,7 +34,7 @@ from nsnet.heads.bundle_config import (
     HeadSettings,
     PatchesConfig,
 )
-from nsnet.heads.detectors import build_head
+from nsnet.heads.method import build_head
 from nsnet.heads.training_loop import HPARAM_KEYS
 from nsnet.inference.predict import load_chain, predict_paths
 

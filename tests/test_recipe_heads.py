@@ -21,7 +21,7 @@ from click.testing import CliRunner
 
 from nsnet.backbones import recipes as R
 from nsnet.backbones.clip import load_clip
-from nsnet.config import HEAD_RECIPES, params_from_dict
+from nsnet.config import params_from_dict
 from nsnet.data.images import open_image
 from nsnet.evaluation.compare_stage import (
     METRIC_LABELS,
@@ -34,6 +34,7 @@ from nsnet.extraction import image_pass
 from nsnet.extraction.cached_features import load_features, training_crops
 from nsnet.extraction.extract_stage import plan_extract, run_extract
 from nsnet.heads.bundle import load_bundle
+from nsnet.heads.method import method
 from nsnet.heads.train_stage import run_train
 from nsnet.inference.predict import load_chain, predict_paths
 from nsnet.stages.cli import main
@@ -130,13 +131,13 @@ def test_bundles_name_their_recipe_and_predict_scores_as_evaluate(store, bundles
     ws, _, _ = store
     params, bundle = bundles[head]
     _, config = load_bundle(bundle)
-    assert config.head.recipe == HEAD_RECIPES[head]
+    assert config.head.recipe == method(head).recipe
     if head == "rine":
         assert config.head.row_shape == (2, 128)  # tiny CLIP: 2 blocks x 128
     res = run_evaluate(params, ws.manifest, ws.features, bundle, tmp_path / "m.json",
                        tmp_path / "plots")
     assert 0.0 <= res["test"]["mean"]["acc"] <= 1.0
-    fs = load_features(params, ws.manifest, ws.features, recipe=HEAD_RECIPES[head])
+    fs = load_features(params, ws.manifest, ws.features, recipe=method(head).recipe)
     keep = np.zeros(len(fs), bool)
     keep[::4] = True
     fs = fs.subset(keep)
@@ -224,7 +225,9 @@ def test_compare_runs_every_head_from_one_extraction(store, tmp_path):
     params.train = dataclasses.replace(params.train, device="cpu", epochs=3)
     out = run_compare(params, ws.manifest, ws.features, out_json=tmp_path / "c.json")
     assert list(out["heads"]) == ALL
-    assert {h: r["recipe"] for h, r in out["heads"].items()} == HEAD_RECIPES
+    assert {h: r["recipe"] for h, r in out["heads"].items()} == {
+        "composite_probe": "composite", "nsnet": "composite", "advanced": "composite",
+        "univfd": "clip_crop", "rine": "clip_layers", "cozzolino": "cozzolino"}
     table = format_comparison(out)
     assert all(h in table.splitlines()[0] for h in ALL)
     assert max(map(len, table.splitlines())) <= 120  # six heads fit a terminal

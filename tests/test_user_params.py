@@ -12,8 +12,9 @@ import sys
 import pytest
 import yaml
 
-from nsnet.config import edit_params_text, params_from_dict
+from nsnet.config import params_from_dict
 from nsnet.data.demo_data import DEMO_VALUES, TINY_MODELS, make_workspace
+from nsnet.data.params_text import edit_params_text
 from tests.conftest import ROOT, default_raw
 
 

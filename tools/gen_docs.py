@@ -72,7 +72,7 @@ def render_commands() -> str:
 
 # ----------------------------------------------------------------------------- parameters
 def _flow(value: Any) -> str:
-    from nsnet.config import _flow as flow
+    from nsnet.data.params_text import flow
 
     if isinstance(value, list) and value and dataclasses.is_dataclass(value[0]):
         value = [v.path for v in value]  # data.roots: its paths, as params.yaml writes them
@@ -82,7 +82,11 @@ def _flow(value: Any) -> str:
 def _values(tp: Any, meta: typing.Mapping[str, Any]) -> str:
     """What a key accepts, in words: type, range, choices."""
     parts: list[str] = []
-    choices = meta.get("choices") or ()
+    registry = meta.get("registry")
+    if registry is not None and meta.get("keys"):
+        return "mapping: " + " \\| ".join(f"`{c}`" for c in registry.names()) + " -> settings"
+    choices = (("",) if meta.get("empty") else ()) + tuple(registry.names()) \
+        if registry is not None else meta.get("choices") or ()
     if choices:
         return " \\| ".join(f"`{c}`" if c else '`""`' for c in choices)
     if meta.get("auto"):
@@ -130,9 +134,10 @@ def parameter_rows(cls: type | None = None, prefix: str = "") -> list[tuple[str,
 
 def render_parameters() -> str:
     """docs/parameters.md: one table per section of params.yaml."""
-    from nsnet.config import PARAM_DOCS
+    from tools.param_docs import PARAM_DOCS
 
-    lines = [GENERATED.format(source="the dataclasses and PARAM_DOCS in pipeline/config.py"),
+    lines = [GENERATED.format(source="the dataclasses in pipeline/config.py and PARAM_DOCS in "
+                                     "tools/param_docs.py"),
              "", "# Parameters (`params.yaml`)", "",
              "Every command reads `params.yaml` from the current folder (or `--params FILE`), "
              "says which file it uses, and validates all of it before any work starts: an "

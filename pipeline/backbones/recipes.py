@@ -16,6 +16,9 @@ image before its frozen backbone (file and line citations in docs/baselines.md):
   ``pixels = cozzolino_pixels(rgb)``, the pre-projection feature of OpenCLIP ViT-L/14
   CommonPool-XL (after ``ln_post``), L2-normalised, on a bicubic shorter-side resize to 224 and a
   224 center crop (``networks/openclipnet.py``, ``main.py``, ``weights/*/config.yaml``).
+* ``rigid`` (RIGID, He et al. 2024): ``rigid_embeddings(clip, pixels, rigid_noise(id))`` on
+  ``clip_preprocess(rgb)`` (CLIP's own bicubic shorter-side resize to 224, 224 center crop), the
+  projected embedding of each image and of it with seeded Gaussian noise added.
 
 ``image_tower`` gives the embedding and the layers of the same crops in one forward pass.
 """
@@ -40,7 +43,8 @@ __all__ = [
     "COZZOLINO_ARCH", "COZZOLINO_PRETRAINED", "CROP", "RINE_TRAIN", "UNIVFD_TRAIN", "Augment",
     "AugmentDraw", "all_layers", "apply_augment", "augment_draws", "augment_seed", "center_crop",
     "clip_crop_embeddings", "clip_layers", "cozzolino_features", "cozzolino_pixels", "crop_set",
-    "draw_augment", "image_tower", "load_cozzolino", "resize_shorter",
+    "draw_augment", "image_tower", "load_cozzolino", "resize_shorter", "clip_preprocess",
+    "rigid_noise", "rigid_embeddings",
 ]
 
 CROP = 224  # every recipe's input side (ViT-L/14)
@@ -212,6 +216,20 @@ def cozzolino_pixels(rgb: np.ndarray) -> np.ndarray:
     return center_crop(resize_shorter(rgb, CROP, "bicubic"), CROP)
 
 
+def clip_preprocess(rgb: np.ndarray, size: int = CROP) -> np.ndarray:
+    """(size, size, 3) uint8: CLIP's own preprocessing before normalisation (open_clip's
+    ``Resize(size, BICUBIC)`` of the shorter side, then ``CenterCrop(size)``)."""
+    _check_rgb(rgb)
+    return center_crop(resize_shorter(rgb, size, "bicubic"), size)
+
+
+def rigid_noise(image_id: str, size: int = CROP) -> np.ndarray:
+    """(3, size, size) float32 standard normal noise, a fixed function of the image's content id
+    (seeded as ``augment_seed(image_id, "rigid", 0)``): the same on every run and device."""
+    rng = np.random.default_rng(augment_seed(image_id, "rigid", 0))
+    return rng.standard_normal((3, size, size), dtype=np.float32)
+
+
 # ------------------------------------------------------------------------------ the image tower
 def _normalised(clip: ClipBackbone, pixels: np.ndarray) -> torch.Tensor:
     """(B, S, S, 3) uint8 -> (B, 3, S, S) float, the model's own mean/std, no resampling."""
@@ -312,6 +330,24 @@ def clip_layers(clip: ClipBackbone, pixels: np.ndarray, layers: Sequence[int] | 
     return image_tower(clip, pixels, layers, amp_dtype)[1]
 
 
+@torch.inference_mode()
+def rigid_embeddings(clip: ClipBackbone, pixels: np.ndarray, noise: np.ndarray, scale: float,
+                     amp_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """(B, S, S, 3) uint8 images and (B, 3, S, S) standard normal noise -> (B, 2, d) float32:
+    CLIP's projected image embedding (not normalised) of each image (row 0) and of it with
+    ``scale * noise`` added in the model's normalised input space (row 1), in one forward pass.
+
+    ViT-L/14 (d = 768): 3,072 bytes per image in fp16.
+    """
+    x = _normalised(clip, pixels)
+    n = torch.from_numpy(np.ascontiguousarray(noise, dtype=np.float32)).to(x.device)
+    if n.shape != x.shape:
+        raise ValueError(f"noise of shape {tuple(n.shape)} for inputs of {tuple(x.shape)}")
+    with autocast(clip.device, amp_dtype):
+        emb = clip.model.encode_image(torch.cat([x, x + scale * n])).float()
+    return torch.stack([emb[:len(x)], emb[len(x):]], dim=1)
+
+
 # ----------------------------------------------------------------------------- second backbone
 def load_cozzolino(device: str = "auto") -> ClipBackbone:
     """Cozzolino et al.'s backbone, OpenCLIP ViT-L/14 CommonPool-XL (``commonpool_xl_s13b_b90k``,
@@ -355,3 +391,5 @@ CLIP_LAYERS_CODE = (*_CROP_PIXELS, RINE_TRAIN, _normalised, _blocks, _check_laye
                     image_tower, clip_layers)
 COZZOLINO_CODE = (cozzolino_pixels, center_crop, _pad_to, resize_shorter, _normalised,
                   cozzolino_features, load_cozzolino)
+RIGID_CODE = (clip_preprocess, center_crop, _pad_to, resize_shorter, _check_rgb, rigid_noise,
+              augment_seed, _normalised, rigid_embeddings)

@@ -14,6 +14,7 @@ simulation to exercise the pipeline, not a real-world benchmark.
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from nsnet.config import edit_params_text
+from nsnet.data.params_text import edit_params_text
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "motorcycle_left",
           "immunohistochemistry", "retina", "cat", "color")
@@ -131,7 +132,21 @@ def make_demo_images(out: str | Path, n_real: int = 240, n_fake_each: int = 160,
 
 
 CODE_DIRS = ("pipeline", "stages")  # dvc.yaml's stages depend on the code they run
+IMPORT_NAMES = {"nsnet": "pipeline", "nsnet/stages": "stages"}  # as setup.py installs them
+IMPORT_DIR = ".nsnet-import"  # a copy's import path: PYTHONPATH=<workspace>/.nsnet-import
 DVCIGNORE = "# compiled Python changes when code runs: not a dependency\n__pycache__/\n*.pyc\n"
+
+
+def _import_tree(workspace: Path) -> None:
+    """``IMPORT_DIR/nsnet``: relative symlinks to the copy's modules and folders, and
+    ``nsnet/stages`` to its ``stages/``, so ``import nsnet`` runs the copy."""
+    top = workspace / IMPORT_DIR
+    for name, folder in IMPORT_NAMES.items():
+        (top / name).mkdir(parents=True, exist_ok=True)
+        for entry in sorted((workspace / folder).iterdir()):
+            link = top / name / entry.name
+            if entry.name != "__pycache__" and not link.exists():
+                link.symlink_to(os.path.relpath(entry, link.parent))
 
 
 def make_workspace(workspace: str | Path, project: str | Path, code: str = "link",
@@ -140,8 +155,10 @@ def make_workspace(workspace: str | Path, project: str | Path, code: str = "link
     """A self-contained DVC workspace: the project's dvc.yaml, demo params, demo images.
 
     ``code="link"`` symlinks the project's ``pipeline/`` and ``stages/`` into the workspace
-    (the code deps of dvc.yaml); ``code="copy"`` copies them, so a test can edit the copy and
-    run it (with the workspace first on ``PYTHONPATH``) without touching the project.
+    (the code deps of dvc.yaml, and the code the installed ``nsnet`` runs); ``code="copy"``
+    copies them, so a test can edit the copy and run it without touching the project: the
+    copy is importable as ``nsnet`` with ``IMPORT_DIR`` first on ``PYTHONPATH`` (relative
+    symlinks into the copy, laid out as the wheel installs it).
     The workspace's ``params.yaml`` is ``params`` (the text of a params file; default: the
     project's own ``params.yaml``) with ``values`` (default ``DEMO_VALUES``; dotted keys)
     set, its comments kept.
@@ -158,6 +175,8 @@ def make_workspace(workspace: str | Path, project: str | Path, code: str = "link
                             ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         else:
             raise ValueError(f"code must be 'link' or 'copy', not {code!r}")
+    if code == "copy":
+        _import_tree(workspace)
     values = DEMO_VALUES if values is None else values
     text = (project / "params.yaml").read_text() if params is None else params
     changed = ", ".join(values)

@@ -28,11 +28,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from nsnet.config import HEAD_CHOICES, Params
+from nsnet.config import Params
 from nsnet.data.manifest import read_manifest
 from nsnet.data.presets import Preset, get_preset, match_sources, preset_training
 
-TRAINABLE_HEADS = HEAD_CHOICES  # every head trains over the store (its recipe's features)
 TRAIN_SPLITS = ("train", "val")
 
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nsnet.data.images import IMAGE_EXTENSIONS
+from nsnet.registry import LAYOUTS as LAYOUT_NAMES
 
 REAL_NAMES = {"real", "0_real", "nature", "reals", "0"}
 FAKE_NAMES = {"fake", "1_fake", "ai", "fakes", "1", "generated", "synthetic"}
@@ -52,6 +53,9 @@ LAYOUT_EXAMPLES = {
     "ufd": ("<generator>/0_real/", "<generator>/1_fake/"),
     "aigibench": ("train/<source>/0_real/", "train/<source>/1_fake/"),
 }
+
+for _name in ("auto", *LAYOUTS):  # auto: detected per root (``detect_layout``)
+    LAYOUT_NAMES.register(_name, LAYOUT_EXAMPLES.get(_name, ()))
 
 # GenImage's eight generators, matched on a folder name reduced to lowercase letters and digits
 # (``stable_diffusion_v_1_4`` and ``imagenet_ai_0419_sdv4`` both give ``SDv1.4``).

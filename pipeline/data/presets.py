@@ -36,7 +36,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from nsnet.config import PRESET_CHOICES
+from nsnet.registry import PRESETS as PRESET_NAMES
 
 NONE = "none"
 
@@ -184,6 +184,11 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+PRESET_NAMES.register(NONE, None)  # no preset: data.roots and protocol.* decide
+for _name, _preset in PRESETS.items():
+    PRESET_NAMES.register(_name, _preset)
+
+
 def source_key(name: str) -> str:
     """Folder names compared without case or punctuation: ``FLUX1-dev`` = ``flux1_dev``."""
     return re.sub(r"[^a-z0-9]", "", name.lower())
@@ -193,11 +198,10 @@ def get_preset(name: str) -> Preset | None:
     """The preset called ``name``, or None for ``none``."""
     if name == NONE:
         return None
-    try:
-        return PRESETS[name]
-    except KeyError:
+    if name not in PRESET_NAMES:
         raise ValueError(f"unknown protocol.preset {name!r}; choose one of "
-                         f"{', '.join(PRESET_CHOICES)}") from None
+                         f"{', '.join(PRESET_NAMES)}")
+    return PRESET_NAMES.get(name)
 
 
 def published_results(preset: str, method: str | None = None) -> list[Published]:

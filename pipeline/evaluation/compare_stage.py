@@ -22,30 +22,31 @@ from pathlib import Path
 from typing import Any
 
 from nsnet.atomic import write_json
-from nsnet.config import HEAD_RECIPES, Params
-from nsnet.data.experiment import Experiment, resolve_experiment, with_seed
+from nsnet.config import Params
+from nsnet.data.experiment import Experiment, resolve_experiment
 from nsnet.data.presets import published_results
 from nsnet.evaluation.evaluate_stage import evaluate_sets
 from nsnet.evaluation.protocol_rows import with_duplicate_members
 from nsnet.evaluation.seeds import over_seeds, seeds_note, std_of
 from nsnet.extraction.cached_features import FeatureSet
+from nsnet.heads.method import TRAINING_FREE, is_training_free, method
 from nsnet.heads.train_stage import (
+    SeedFit,
     TrainViews,
     epoch_bar,
     epochs_of,
+    fit_over_seeds,
     head_inputs,
-    train_head,
 )
 from nsnet.metrics import compact, details_path, pct, pct_pm
 from nsnet.provenance import base_provenance
+from nsnet.registry import RECIPES
 
 METRICS = ("acc", "real_acc", "fake_acc", "ap")
 METRIC_LABELS = {"acc": "acc (%)", "real_acc": "real acc (%)", "fake_acc": "fake acc (%)",
                  "ap": "AP (%)"}
 PAPER = "paper (published)"  # the row of the published means under a preset
 WIDTH = 120  # the printed table's and notes' columns at most
-# Our head -> the method name of the presets' published tables (nsnet.data.presets).
-PAPER_METHOD = {"univfd": "univfd", "rine": "rine", "cozzolino": "cozzolino", "nsnet": "nsnet"}
 
 
 def run_compare(params: Params, manifest: str | Path, features: str | Path,
@@ -65,7 +66,7 @@ def run_compare(params: Params, manifest: str | Path, features: str | Path,
     columns: list[tuple[str, str, FeatureSet, TrainViews | None]] = []  # name, head, fs, crops
     for kind in heads:
         fs, train_crops = inputs(kind)
-        if HEAD_RECIPES[kind] == "composite" and views:  # checks k before training
+        if views and RECIPES.get(method(kind).recipe).patch_orders:  # checks k before training
             columns += [(f"{kind} K={k}", kind, fs.first_views(k), None) for k in views]
         else:
             columns.append((kind, kind, fs, train_crops))
@@ -102,24 +103,18 @@ def head_over_seeds(params: Params, exp: Experiment, kind: str, fs: FeatureSet,
     ``std`` beside them, ``training`` is the first seed's record (with every seed's best epoch
     and val AP under ``seeds`` when there are several)."""
     scored = with_duplicate_members(fs, exp)
-    runs: dict[int, dict[str, Any]] = {}
-    trained: dict[int, dict[str, Any]] = {}
-    for seed in exp.seeds:
-        result, config = train_head(with_seed(params, seed), kind, fs, bar=bar,
-                                    train_crops=train_crops, experiment=exp)
-        metrics, _ = evaluate_sets(params, scored, result.model, config.decision.as_decision(),
-                                   exp)
-        runs[seed] = {"test": metrics.get("test"), "val": metrics.get("val")}
-        assert config.training is not None
-        trained[seed] = config.training.to_json()
-    training = trained[exp.seeds[0]]
-    if exp.n_seeds > 1:
-        training = {**training, "seeds": {s: {k: t[k] for k in ("best_epoch", "best_val_ap")}
-                                          for s, t in trained.items()}}
+    fits = fit_over_seeds(params, exp, kind, fs, train_crops, bar)
+
+    def score(fit: SeedFit) -> dict[str, Any]:
+        metrics, _ = evaluate_sets(params, scored, fit.model, fit.decision, exp)
+        return {"test": metrics.get("test"), "val": metrics.get("val")}
+
+    runs = fits.each(score)
+    training = fits.record()
     tables = {split: over_seeds({s: r[split] for s, r in runs.items()})
               if all(r[split] for r in runs.values()) else None for split in ("test", "val")}
     return {**tables, "training": training, "patch_views": fs.n_views,
-            "recipe": HEAD_RECIPES[kind]}
+            "recipe": method(kind).recipe}
 
 
 def published_columns(preset: str, heads: list[str]) -> dict[str, dict[str, Any]]:
@@ -129,8 +124,8 @@ def published_columns(preset: str, heads: list[str]) -> dict[str, dict[str, Any]
         return {}
     out = {}
     for head in dict.fromkeys(heads):
-        method = PAPER_METHOD.get(head)
-        found = published_results(preset, method) if method else []
+        name = method(head).published  # its name in the presets' published tables
+        found = published_results(preset, name) if name else []
         if found:
             p = found[0]
             out[head] = {"acc": p.acc, "ap": p.ap, "title": p.title, "source": p.source,
@@ -183,7 +178,7 @@ def format_comparison(out: dict[str, Any], split: str = "test", width: int = WID
     notes = [f"{split} split, %; mean = over sources; acc / real acc / fake acc: on all / real / "
              "generated images at each head's decision threshold. Epoch kept (each head's "
              f"selection rule){first_seed}: "
-             + ", ".join(_unit(f"{h} {out['heads'][h]['training']['best_epoch']}")
+             + ", ".join(_unit(f"{h} {_epoch(out['heads'][h]['training'])}")
                          for h in heads) + "."]
     if several:
         notes.append(f"{seeds_note(out)} (train.seeds {out['seeds']}; sample standard "
@@ -208,6 +203,11 @@ def format_comparison(out: dict[str, Any], split: str = "test", width: int = WID
 
 
 _KEEP = "\x00"  # a space the notes' wrapping does not break at
+
+
+def _epoch(training: dict[str, Any]) -> str:
+    """The epoch kept, or ``training-free`` for a head fit without a gradient step."""
+    return TRAINING_FREE if is_training_free(training) else str(training["best_epoch"])
 
 
 def _unit(text: str) -> str:

@@ -41,11 +41,12 @@ CLEAN = "clean"
 
 def degraded_test_set(params: Params, exp: Experiment, manifest: str | Path,
                       features: str | Path, degradation: str = "",
-                      recipe: str = "composite") -> FeatureSet:
+                      recipe: str = "composite", loaded: FeatureSet | None = None) -> FeatureSet:
     """The experiment's test rows under ``degradation`` ("" = clean), with the duplicate
-    members that give shared reals back to every generator, exactly as in ``nsnet evaluate``."""
-    fs = with_duplicate_members(load_features(params, manifest, features, degradation, recipe),
-                                exp)
+    members that give shared reals back to every generator, exactly as in ``nsnet evaluate``
+    (``loaded``: those features when the caller has read them already)."""
+    fs = with_duplicate_members(
+        loaded or load_features(params, manifest, features, degradation, recipe), exp)
     test = protocol_test_set(exp, fs)
     if not len(test):
         raise ValueError(f"no test rows of protocol.test_sources in {manifest}")
@@ -53,11 +54,13 @@ def degraded_test_set(params: Params, exp: Experiment, manifest: str | Path,
 
 
 def degraded_sets(params: Params, exp: Experiment, manifest: str | Path,
-                  features: str | Path, recipe: str = "composite") -> dict[str, FeatureSet]:
+                  features: str | Path, recipe: str = "composite",
+                  clean: FeatureSet | None = None) -> dict[str, FeatureSet]:
     """``clean`` and every ``protocol.degradations`` entry: its test rows' features (of the
-    head's ``recipe``)."""
+    head's ``recipe``; ``clean``: its clean features, when read already)."""
     names = {CLEAN: "", **{d: d for d in params.protocol.degradations}}
-    return {name: degraded_test_set(params, exp, manifest, features, d, recipe)
+    return {name: degraded_test_set(params, exp, manifest, features, d, recipe,
+                                    None if d else clean)
             for name, d in names.items()}
 
 

@@ -16,12 +16,12 @@ from typing import Any
 import numpy as np
 
 from nsnet.config import Params, parse_threshold
-from nsnet.data.experiment import Experiment, matrix_sources, with_seed
+from nsnet.data.experiment import Experiment, matrix_sources
 from nsnet.evaluation.evaluate_stage import evaluate_sets
 from nsnet.evaluation.protocol_rows import with_duplicate_members
 from nsnet.evaluation.seeds import over_seeds, std_of
 from nsnet.extraction.cached_features import FeatureSet
-from nsnet.heads.train_stage import HeadInputs, TrainViews, train_head
+from nsnet.heads.train_stage import HeadInputs, SeedFit, TrainViews, fit_over_seeds
 
 MEAN = "mean"
 FALLBACK = "†"  # marks a row whose decision fell back to 0.5 (see ``decision_for``)
@@ -52,20 +52,17 @@ def train_and_test(params: Params, exp: Experiment, kind: str, fs: FeatureSet,
     """(each seed's test table, first seed's training record) of ``kind`` trained on
     ``exp``'s training rows of ``fs`` (its augmented ``train_crops`` for the cropped recipes)
     and scored on ``scored``."""
-    runs, first = {}, {}
     params, note = decision_for(params, exp, fs)
-    for seed in exp.seeds:
-        result, config = train_head(with_seed(params, seed), kind, fs, bar=bar,
-                                    train_crops=train_crops, experiment=exp)
-        metrics, _ = evaluate_sets(params, scored, result.model, config.decision.as_decision(),
-                                   exp)
+    fits = fit_over_seeds(params, exp, kind, fs, train_crops, bar)
+
+    def test_table(fit: SeedFit) -> dict[str, Any]:
+        metrics, _ = evaluate_sets(params, scored, fit.model, fit.decision, exp)
         if not metrics.get("test"):
             raise ValueError("the cross-generator matrix needs test rows: the experiment has "
                              "none (protocol.test_sources, data.roots)")
-        runs[seed] = metrics["test"]
-        assert config.training is not None
-        first = first or {**config.training.to_json(), "decision_note": note}
-    return runs, first
+        return metrics["test"]
+
+    return fits.each(test_table), {**fits.first.record(), "decision_note": note}
 
 
 def columns_of(tables: list[dict[str, Any]]) -> list[str]:

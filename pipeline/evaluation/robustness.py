@@ -13,11 +13,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from nsnet.config import HEAD_RECIPES, Params
-from nsnet.data.experiment import Experiment, with_seed
+from nsnet.config import Params
+from nsnet.data.experiment import Experiment
 from nsnet.evaluation.degraded_eval_stage import degraded_sets, degraded_table
 from nsnet.evaluation.seeds import over_seeds
-from nsnet.heads.train_stage import HeadInputs, head_inputs, train_head
+from nsnet.heads.method import method
+from nsnet.heads.train_stage import HeadInputs, fit_over_seeds, head_inputs
 
 
 def robustness(params: Params, exp: Experiment, manifest: str | Path, features: str | Path,
@@ -31,17 +32,13 @@ def robustness(params: Params, exp: Experiment, manifest: str | Path, features: 
     results: dict[str, dict[str, Any]] = {}
     for kind in heads:
         fs, crops = inputs(kind)
-        recipe = HEAD_RECIPES[kind]
+        recipe = method(kind).recipe
         if recipe not in test_sets:
-            test_sets[recipe] = degraded_sets(params, exp, manifest, features, recipe)
+            test_sets[recipe] = degraded_sets(params, exp, manifest, features, recipe, fs)
         sets = test_sets[recipe]
-        runs: dict[str, dict[int, Any]] = {name: {} for name in sets}
-        for seed in exp.seeds:
-            result, config = train_head(with_seed(params, seed), kind, fs, bar=bar,
-                                        train_crops=crops, experiment=exp)
-            decision = config.decision.as_decision()
-            for name, test in sets.items():
-                runs[name][seed] = degraded_table(params, exp, result.model, test, decision)
-        results[kind] = {name: over_seeds(per) for name, per in runs.items()}
+        fits = fit_over_seeds(params, exp, kind, fs, crops, bar)
+        results[kind] = {name: over_seeds(fits.each(
+            lambda fit, test=test: degraded_table(params, exp, fit.model, test, fit.decision)))
+            for name, test in sets.items()}
     return {"heads": list(heads), "degradations": list(params.protocol.degradations),
             "results": results, "seeds": list(exp.seeds), "preset": exp.preset_name}

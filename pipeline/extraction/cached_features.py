@@ -27,13 +27,8 @@ import torch
 from nsnet.cache_store import FeatureStore, Part, StoreError, encode_ids, require
 from nsnet.config import Params
 from nsnet.data.manifest import read_manifest
-from nsnet.extraction.settings import (
-    CLIP_CROP,
-    CLIP_LAYERS,
-    COZZOLINO,
-    ExtractSettings,
-    PartSet,
-)
+from nsnet.extraction.settings import ExtractSettings, PartSet, kind_base
+from nsnet.registry import RECIPES
 
 
 class MappedRows:
@@ -184,8 +179,8 @@ def _rows(arr: np.ndarray, mapped: bool) -> Rows:
     return MappedRows(base, torch.arange(len(base)))
 
 
-def feature_rows(params: Params, manifest: str | Path, degradation: str = ""
-                 ) -> tuple[pd.DataFrame, list[str]]:
+def feature_rows(params: Params, manifest: str | Path, degradation: str = "",
+                 settings: ExtractSettings | None = None) -> tuple[pd.DataFrame, list[str]]:
     """The manifest rows whose features a head reads, and each row's treatment.
 
     Clean features: every usable row, training images under ``protocol.train_reencode``.
@@ -197,43 +192,44 @@ def feature_rows(params: Params, manifest: str | Path, degradation: str = ""
                              f"{list(params.protocol.degradations)}")
         rows = rows[rows["split"] == "test"].reset_index(drop=True)
         return rows, [degradation] * len(rows)
-    settings = ExtractSettings.reading(params)
+    settings = settings or ExtractSettings.reading(params)
     return rows, [settings.treatment(s) for s in rows["split"]]
 
 
 def load_features(params: Params, manifest: str | Path, store: str | Path,
-                  degradation: str = "", recipe: str = "composite") -> FeatureSet:
+                  degradation: str = "", recipe: str = "composite",
+                  settings: ExtractSettings | None = None) -> FeatureSet:
     """Gather the manifest's features of one recipe from the store, in manifest order.
 
     ``composite`` (NS-Net's input): the composite's CLIP embedding in each of
     ``patches.views`` patch orders, (n, d) or (n, K, d), and the caption's embedding (n, d).
-    ``clip_crop`` / ``clip_layers`` / ``cozzolino`` (the baselines' inputs): crop 0 (the
-    test-time crop) of each image, (n, d) (``clip_layers``: its (L, D) class tokens flattened
-    to (n, L * D)), and no text (n, 0); the training crops come from ``training_crops``.
+    ``clip_crop`` / ``clip_layers`` / ``cozzolino`` / ``rigid`` (the other heads' inputs): crop
+    0 (the test-time crop) of each image, (n, F), rows of more than one dimension flattened
+    (``clip_layers``' (L, D) class tokens to L * D, ``rigid``'s (2, d) pair to 2d; the
+    provenance's ``row_shape`` keeps the shape), and no text (n, 0); the training crops come
+    from ``training_crops``. Which parts those are is the recipe's (``Recipe.test_kinds``,
+    ``text_kind``).
 
     The parts read are the ones the params name (backbone, captions, patch selection, views,
     each row's treatment), so features made with other settings are never mixed in; an image
-    without them is a ``StoreError`` that says to run ``nsnet extract``.
+    without them is a ``StoreError`` that says to run ``nsnet extract``. ``settings``: the
+    reading settings of ``recipe`` (and ``degradation``) when the caller has them already.
     """
-    settings = ExtractSettings.reading(params, recipe,
-                                       degradations=(degradation,) if degradation else ())
+    settings = settings or ExtractSettings.reading(
+        params, recipe, degradations=(degradation,) if degradation else ())
     fs_store = _open(store)
-    rows, treatments = feature_rows(params, manifest, degradation)
+    rows, treatments = feature_rows(params, manifest, degradation, settings)
     treats = np.asarray(treatments, dtype=object)
     ids = encode_ids(rows["id"].tolist())
     n = len(rows)
     first = settings.parts(treatments[0] if n else settings.treatment("test"))
-    if recipe == "composite":
-        k = settings.views
-        image = _gather_into(fs_store, settings, ids, treats, "image",
-                             [lambda ps, v=v: ps.images[v] for v in range(k)], k > 1)
-        text = _gather_into(fs_store, settings, ids, treats, "text", [lambda ps: ps.text])
-    elif recipe in (CLIP_CROP, CLIP_LAYERS, COZZOLINO):
-        image = _gather_into(fs_store, settings, ids, treats, recipe,
-                             [lambda ps: recipe_part(ps, recipe, 0)])
-        text = _rows(np.zeros((n, 0), np.float32), False)
-    else:
-        raise ValueError(f"unknown feature recipe {recipe!r}")
+    rec = RECIPES.get(recipe)
+    kinds = rec.test_kinds(settings)
+    image = _gather_into(fs_store, settings, ids, treats, kind_base(kinds[0]),
+                         [lambda ps, k=k: ps[k] for k in kinds], len(kinds) > 1)
+    text = (_gather_into(fs_store, settings, ids, treats, rec.text_kind,
+                         [lambda ps: ps[rec.text_kind]])
+            if rec.text_kind else _rows(np.zeros((n, 0), np.float32), False))
     columns = ["id", "label", "source", "split", "path"]
     columns += [c for c in ("format",) if c in rows]  # per-format metrics (shortcut check)
     frame = rows[columns].reset_index(drop=True)
@@ -241,28 +237,20 @@ def load_features(params: Params, manifest: str | Path, store: str | Path,
     return FeatureSet(frame, image, text, prov)
 
 
-def training_crops(params: Params, store: str | Path, recipe: str, frame: pd.DataFrame
-                   ) -> Rows | None:
+def training_crops(params: Params, store: str | Path, recipe: str, frame: pd.DataFrame,
+                   settings: ExtractSettings | None = None) -> Rows | None:
     """The augmented training crops (1..K-1) of a cropped recipe for ``frame``'s rows (training
     images), (n, K - 1, F) ((n, F) for one); None when the recipe keeps only crop 0 (K = 1) or
-    has none."""
-    settings = ExtractSettings.reading(params, recipe)
-    k = {CLIP_CROP: settings.recipe.crops,
-         CLIP_LAYERS: settings.recipe.layer_crops}.get(recipe, 1)
-    if k < 2:
+    has none (``Recipe.train_kinds``)."""
+    settings = settings or ExtractSettings.reading(params, recipe)
+    kinds = RECIPES.get(recipe).train_kinds(settings)
+    if not kinds:
         return None
     fs_store = _open(store)
     ids = encode_ids(frame["id"].tolist())
     treats = np.asarray([settings.treatment(s) for s in frame["split"]], dtype=object)
     return _gather_into(fs_store, settings, ids, treats, recipe,
-                        [lambda ps, v=v: recipe_part(ps, recipe, v) for v in range(1, k)], k > 2)
-
-
-def recipe_part(parts: PartSet, recipe: str, view: int) -> Part:
-    """The part of ``recipe`` (``clip_crop``, ``clip_layers``, ``cozzolino``) for ``view``."""
-    if recipe == COZZOLINO:
-        return parts.cozzolino
-    return (parts.clip_crop if recipe == CLIP_CROP else parts.clip_layers)[view]
+                        [lambda ps, k=k: ps[k] for k in kinds], len(kinds) > 1)
 
 
 def _open(store: str | Path) -> FeatureStore:
@@ -337,7 +325,7 @@ def _provenance(store: FeatureStore, settings: ExtractSettings, parts: PartSet,
     facts of the backbone that embedded them under ``clip`` (weights, preprocessing, width: from
     the part's ``part.json``; a part converted from the previous layout has none), the recipe
     and its row shape, the degradation and the keys of the parts read."""
-    first = parts.images[0] if recipe == "composite" else recipe_part(parts, recipe, 0)
+    first = parts[RECIPES.get(recipe).test_kinds(settings)[0]]
     made = store.part(first).info().get("provenance", {})
     prov = settings.provenance()
     prov["clip"].update({k: made[k] for k in CLIP_FACTS if k in made})

@@ -1,15 +1,16 @@
 """The ``extract`` stage: bring the feature store up to date with the manifest and params.
 
 For every usable image of the manifest (and every test image under each of
-``protocol.degradations``), the store must hold the patch selection (grid cells and entropies,
-a few hundred bytes, never the composite pixels), the BLIP caption, the CLIP embedding of the
-composite in each of the ``patches.views`` patch orders and the CLIP embedding of the caption.
-The run is plan -> compute -> commit:
+``protocol.degradations``), the store must hold the parts of each recipe the heads read
+(``nsnet.extraction.recipes``): for the composite recipe the patch selection (grid cells and
+entropies, a few hundred bytes, never the composite pixels), the BLIP caption, the CLIP
+embedding of the composite in each of the ``patches.views`` patch orders and the CLIP embedding
+of the caption. The run is plan -> compute -> commit:
 
 * ``plan`` (``nsnet.extraction.plan``) asks the store which (image, treatment, part) triples
   are missing, without loading a model or opening an image;
 * ``compute_shard`` decodes each image of a shard once, derives every treatment's inputs from
-  those pixels in worker processes, runs BLIP and CLIP on the missing ones only;
+  those pixels in worker processes, runs the recipes' models on the missing ones only;
 * each shard commits one new segment per part (``nsnet.cache_store``).
 
 So a new image costs its own features only, a removed one costs nothing, a new ``clip.*``
@@ -36,19 +37,12 @@ from nsnet.data.manifest import OK, read_manifest
 from nsnet.extraction import sharding
 from nsnet.extraction.image_pass import ImagePass, PassPlan, batches
 from nsnet.extraction.plan import ExtractPlan, Shard, make_plan
+from nsnet.extraction.recipe import MAIN, Recipe, RecipeRun
 from nsnet.extraction.settings import (
-    CAPTION,
-    CLIP_CROP,
-    CLIP_LAYERS,
-    COMPOSITE,
-    COZZOLINO,
-    SELECTION,
-    TEXT,
     ExtractRuntime,
     ExtractSettings,
-    crop_kind,
-    image_kind,
-    kind_base,
+    kind_rank,
+    recipe_of,
 )
 from nsnet.provenance import ProvenanceMismatch, base_provenance
 
@@ -123,46 +117,43 @@ def plan_extract(params: Params, manifest: str | Path, store: str | Path) -> Ext
 
 def compute_shard(shard: Shard, progress: Callable[[int], Any] | None = None) -> int:
     """Compute a shard's missing kinds from one decode per image; commit one segment per part
-    and treatment. Returns the number of samples."""
+    and treatment. Returns the number of samples.
+
+    Each recipe computes its own kinds (``Recipe.task``/``derive`` in the decoding workers,
+    ``embed`` on each batch, ``after_pass``); the runner only loads the models they need,
+    runs the pass and commits."""
     from nsnet.backbones.clip import resolve_device
     from nsnet.backbones.precision import amp_dtype
 
     settings, rt = shard.settings, shard.runtime
     device = resolve_device(rt.device)
-    amp = amp_dtype(settings.precision)
-    kinds = set(shard.kinds)
-    models = _load(settings, rt.device, kinds)
-    out: dict[str, list[Any]] = {k: [] for k in kinds}
+    models = _load(settings, rt.device, set(shard.kinds))
+    shared: dict[str, Any] = {}  # forward passes one batch shares between recipes
+    runs = [(recipe, RecipeRun(settings.spec(recipe.name), kinds, models,
+                               amp_dtype(settings.precision), rt.clip_batch, device, settings,
+                               shared))
+            for recipe, kinds in settings.kinds_by_recipe(shard.kinds)]
+    tower = next((t for r, run in runs if (t := r.center_tokens(run)) is not None), None)
+    for _, run in runs:
+        run.tower_layers = tower
+    out: dict[str, list[Any]] = {k: [] for k in shard.kinds}
     if shard.needs_pixels:
-        _image_pass(shard, models, amp, device, out, progress)
-    if TEXT in kinds:
-        captions = (out[CAPTION] if CAPTION in kinds else
-                    [c for w in shard.images for c in w.captions])
-        out[TEXT] = list(_encode_texts(models["clip"], captions, rt.clip_batch, amp))
-        if not shard.needs_pixels and progress:
-            progress(shard.samples)
+        _image_pass(shard, runs, shared, "blip" in models, device, out, progress)
+    for recipe, run in runs:
+        recipe.after_pass(run, shard.images, out)
+    if not shard.needs_pixels and progress:
+        progress(shard.samples)
     _commit(shard, out, models)
     return shard.samples
 
 
-CLIP_KINDS = ("image", TEXT, CLIP_CROP, CLIP_LAYERS)  # computed by the main CLIP
-
-
 def model_needs(settings: ExtractSettings, kinds: set[str]) -> dict[str, Need]:
     """The models that computing ``kinds`` loads, by role (``clip``, ``blip``, ``cozzolino``):
-    the CLIP for embeddings, BLIP only for captions, Cozzolino's backbone for its recipe."""
+    what each recipe's kinds need (``Recipe.needs``), the main CLIP first."""
     needs: dict[str, Need] = {}
-    bases = {kind_base(k) for k in kinds}
-    if bases & set(CLIP_KINDS):
-        needs["clip"] = Need("clip", settings.clip.arch, settings.clip.pretrained,
-                             ("clip.arch", "clip.pretrained"))
-    if CAPTION in bases:
-        needs["blip"] = Need("blip", settings.caption.model, keys=("caption.model",))
-    if COZZOLINO in bases:
-        spec = settings.recipe.cozzolino
-        needs[COZZOLINO] = Need("clip", spec.arch, spec.pretrained,
-                                ("recipes.cozzolino_arch", "recipes.cozzolino_pretrained"))
-    return needs
+    for recipe, mine in settings.kinds_by_recipe(kinds):
+        needs.update(recipe.needs(settings, mine))
+    return dict(sorted(needs.items(), key=lambda item: item[0] != MAIN))
 
 
 def _load(settings: ExtractSettings, device: str, kinds: set[str]) -> dict[str, Any]:
@@ -174,99 +165,31 @@ def _load(settings: ExtractSettings, device: str, kinds: set[str]) -> dict[str, 
             for role, n in model_needs(settings, kinds).items()}
 
 
-def _image_pass(shard: Shard, models: dict[str, Any], amp: torch.dtype | None,
-                device: torch.device, out: dict[str, list[Any]],
+def _image_pass(shard: Shard, runs: list[tuple[Recipe, RecipeRun]], shared: dict[str, Any],
+                captions: bool, device: torch.device, out: dict[str, list[Any]],
                 progress: Callable[[int], Any] | None) -> None:
-    settings, rt = shard.settings, shard.runtime
-    blip = models.get("blip")
-    resize = blip.resizer if blip is not None else None
-    plan = PassPlan(settings.patches, rt.max_pixels, select=SELECTION in shard.kinds,
-                    views=shard.views, keep_view0=COMPOSITE in shard.kinds, blip=resize,
-                    crop_indices=shard.views_of(CLIP_CROP),
-                    layer_indices=shard.views_of(CLIP_LAYERS),
-                    cozzolino=COZZOLINO in shard.kinds)
-    built = plan.composites
-    batch_size = rt.caption_batch if blip is not None else rt.clip_batch
+    """Decode each image once (workers derive every recipe's pixels), then let each recipe
+    embed each batch (``shared``: the runs' per-batch memo); a pass that captions runs at the
+    captioner's batch size."""
+    rt = shard.runtime
+    tasks = [(recipe, run, task) for recipe, run in runs
+             if (task := recipe.task(run)) is not None]
+    plan = PassPlan(rt.max_pixels, tuple((recipe.name, task) for recipe, _, task in tasks))
+    batch_size = rt.caption_batch if captions else rt.clip_batch
     for batch in batches(ImagePass(shard.images, plan), batch_size, rt.num_workers,
                          pin=device.type == "cuda"):
         n = len(next(iter(batch.values())))
-        if plan.select:
-            out[SELECTION].extend(zip(batch["cells"].numpy(), batch["entropy"].numpy(),
-                                      strict=True))
-        if blip is not None:
-            pixels = resize.normalise(batch["blip"], device)  # type: ignore[union-attr]
-            out[CAPTION].extend(blip.generate(pixels, settings.caption.max_new_tokens, amp))
-        for view in shard.views:
-            comps = batch["composite"][:, built.index(view)].numpy()
-            out[image_kind(view)].extend(
-                _encode_images(models["clip"], comps, rt.clip_batch, amp))
-        if COMPOSITE in shard.kinds:
-            out[COMPOSITE].extend(batch["composite"][:, built.index(0)].numpy())
-        _recipes(shard, models, batch, amp, out)
+        shared.clear()
+        for recipe, run, task in tasks:
+            for kind, rows in recipe.embed(run, task, batch).items():
+                out[kind].extend(rows)
         if progress:
             progress(n)
-
-
-def _recipes(shard: Shard, models: dict[str, Any], batch: dict[str, torch.Tensor],
-             amp: torch.dtype | None, out: dict[str, list[Any]]) -> None:
-    """The baseline recipes of one batch: ``clip_crop`` embeddings, ``clip_layers`` class
-    tokens (crop 0 of both, the same center crop, in one forward pass) and ``cozzolino``."""
-    from nsnet.backbones import recipes
-
-    rt, spec = shard.runtime, shard.settings.recipe
-    layers = None if spec.layers == "all" else list(spec.layers)
-    crops, tokens = shard.views_of(CLIP_CROP), shard.views_of(CLIP_LAYERS)
-    clip, bs = models.get("clip"), rt.clip_batch
-
-    def chunks(pixels: np.ndarray, fn: Callable[[np.ndarray], Any]) -> list[Any]:
-        got = [fn(pixels[i:i + bs]) for i in range(0, len(pixels), bs)]
-        return [np.concatenate([g[j].cpu().numpy() for g in got]) for j in range(len(got[0]))] \
-            if isinstance(got[0], tuple) else [np.concatenate([g.cpu().numpy() for g in got])]
-
-    shared = 0 in crops and 0 in tokens
-    if shared:
-        pixels = batch[CLIP_CROP][:, crops.index(0)].numpy()
-        emb, toks = chunks(pixels, lambda p: recipes.image_tower(clip, p, layers, amp))
-        out[crop_kind(CLIP_CROP, 0)].extend(emb.astype(np.float16))
-        out[crop_kind(CLIP_LAYERS, 0)].extend(toks.astype(np.float16))
-    for view in crops:
-        if not (shared and view == 0):
-            pixels = batch[CLIP_CROP][:, crops.index(view)].numpy()
-            (emb,) = chunks(pixels, lambda p: recipes.clip_crop_embeddings(clip, p, amp))
-            out[crop_kind(CLIP_CROP, view)].extend(emb.astype(np.float16))
-    for view in tokens:
-        if not (shared and view == 0):
-            pixels = batch[CLIP_LAYERS][:, tokens.index(view)].numpy()
-            (toks,) = chunks(pixels, lambda p: recipes.clip_layers(clip, p, layers, amp))
-            out[crop_kind(CLIP_LAYERS, view)].extend(toks.astype(np.float16))
-    if COZZOLINO in shard.kinds:
-        pixels = batch[COZZOLINO].numpy()
-        (feat,) = chunks(pixels, lambda p: recipes.cozzolino_features(models[COZZOLINO], p, amp))
-        out[COZZOLINO].extend(feat.astype(np.float16))
-
-
-def _encode_images(clip: Any, composites: np.ndarray, batch: int, amp: torch.dtype | None
-                   ) -> np.ndarray:
-    """(n, S, S, 3) uint8 -> (n, d) float16 CLIP image embeddings, ``batch`` at a time."""
-    if not len(composites):
-        return np.empty((0, clip.embed_dim), np.float16)
-    return np.concatenate([clip.encode_images(composites[i:i + batch], amp).cpu().numpy()
-                           .astype(np.float16) for i in range(0, len(composites), batch)])
-
-
-def _encode_texts(clip: Any, captions: list[str], batch: int, amp: torch.dtype | None
-                  ) -> np.ndarray:
-    if not captions:
-        return np.empty((0, clip.embed_dim), np.float16)
-    return np.concatenate([clip.encode_texts(captions[i:i + batch], amp).cpu().numpy()
-                           .astype(np.float16) for i in range(0, len(captions), batch)])
 
 
 def _commit(shard: Shard, out: dict[str, list[Any]], models: dict[str, Any]) -> None:
     """One segment per (kind, treatment), selections and captions first (what later kinds of
     an interrupted shard build on)."""
-    from nsnet.extraction.plan import kind_rank
-
     store = FeatureStore(shard.store)
     ids = [w.image_id for w in shard.images for _ in w.treatments]
     treats = np.asarray([t for w in shard.images for t in w.treatments], dtype=object)
@@ -276,36 +199,17 @@ def _commit(shard: Shard, out: dict[str, list[Any]], models: dict[str, Any]) -> 
         if len(rows) != len(ids):
             raise RuntimeError(f"extract computed {len(rows)} {kind} rows for {len(ids)} "
                                "samples")
+        recipe = recipe_of(kind)
+        role = recipe.model_role(kind)
+        model_prov = dict(models[role].provenance) if role else {}
         for treatment in sorted(set(treats)):
             pick = np.flatnonzero(treats == treatment)
             part = shard.settings.parts(treatment).by_kind()[kind]
-            model_prov = _model_provenance(kind, models)
             target = store.part(part)
             _check_same_weights(target, model_prov)
-            target.write_segment([ids[i] for i in pick], _arrays(kind, [rows[i] for i in pick]),
+            target.write_segment([ids[i] for i in pick],
+                                 recipe.arrays(kind, [rows[i] for i in pick]),
                                  {**base, **model_prov, "treatment": treatment})
-
-
-def _arrays(kind: str, rows: list[Any]) -> dict[str, np.ndarray]:
-    if kind == SELECTION:
-        return {"cells": np.stack([c for c, _ in rows]).astype(np.int32),
-                "entropy": np.stack([e for _, e in rows]).astype(np.float32)}
-    if kind == CAPTION:
-        return {"caption": np.asarray(rows, dtype=object)}
-    if kind == COMPOSITE:
-        return {"composite": np.stack(rows).astype(np.uint8)}
-    return {"emb": np.stack(rows).astype(np.float16)}  # image, text, the baseline recipes
-
-
-def _model_provenance(kind: str, models: dict[str, Any]) -> dict[str, Any]:
-    base = kind_base(kind)
-    if base == CAPTION:
-        return dict(models["blip"].provenance)
-    if base == COZZOLINO:
-        return dict(models[COZZOLINO].provenance)
-    if base in CLIP_KINDS:
-        return dict(models["clip"].provenance)
-    return {}
 
 
 # Provenance keys that identify a model's weights beyond its name (a local checkpoint's hash,

@@ -2,10 +2,9 @@
 
 A worker process reads an image's bytes, checks them against the manifest's content id,
 decodes them once and, for each treatment the image is needed under (the file as it is,
-``protocol.train_reencode``, each degradation), derives from those pixels what the models need:
-the patch selection (cells and entropies, a few hundred bytes), the 224 px composites of the
-requested patch orders for CLIP, the uint8 384 px resize for BLIP, and the baseline recipes'
-224 px crops (``nsnet.backbones.recipes``). Only those fixed-size
+``protocol.train_reencode``, each degradation), derives from those pixels what each requested
+recipe's models need (``Recipe.derive``: the composite recipe's patch selection, 224 px
+composites and 384 px BLIP resize; the baseline recipes' 224 px crops). Only those fixed-size
 arrays cross back to the main process, where the models run on the GPU while the workers decode
 the next images (``prefetch``).
 
@@ -24,11 +23,10 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from nsnet.backbones import recipes
 from nsnet.data import degradations
 from nsnet.data.images import decode_data, read_bytes
 from nsnet.data.manifest import content_id
-from nsnet.extraction.patch_selection import PatchSpec, composite, select_cells, view_cells
+from nsnet.registry import RECIPES
 
 # Counts decodes in this process (the benchmark reads it with ``num_workers=0``).
 DECODES = {"count": 0}
@@ -55,28 +53,16 @@ class ImageWork(NamedTuple):
 
 @dataclass(frozen=True)
 class PassPlan:
-    """What one pass derives from each decoded image, for every treatment."""
+    """What one pass derives from each decoded image, for every treatment: each recipe's pixel
+    task (``Recipe.task``), by recipe name."""
 
-    spec: PatchSpec
     max_pixels: int
-    select: bool = True  # compute cells/entropies (False: they come with the ImageWork)
-    views: tuple[int, ...] = (0,)  # patch orders whose composites CLIP embeds (or () )
-    keep_view0: bool = False  # also hand back view 0's composite (patches.keep_composites)
-    blip: Any = None  # a BlipResize when captions are computed
-    crop_indices: tuple[int, ...] = ()  # clip_crop crops (UniversalFakeDetect's)
-    layer_indices: tuple[int, ...] = ()  # clip_layers crops (RINE's)
-    cozzolino: bool = False  # Cozzolino et al.'s resized center crop
-
-    @property
-    def composites(self) -> tuple[int, ...]:
-        """The patch orders whose composites are built (embedded, or kept)."""
-        return tuple(sorted(set(self.views) | ({0} if self.keep_view0 else set())))
+    tasks: tuple[tuple[str, Any], ...] = ()
 
 
 class ImagePass(torch.utils.data.Dataset):
-    """Item ``i``: a list with one dict per treatment of image ``i`` (one decode):
-    ``cells``, ``entropy`` (with ``select``), ``composite`` (V, side, side, 3) of the plan's
-    patch orders, ``blip`` (3, S, S) uint8 (with a BLIP resize)."""
+    """Item ``i``: a list with one dict per treatment of image ``i`` (one decode), the arrays
+    every task's recipe derives (``Recipe.derive``)."""
 
     def __init__(self, images: Sequence[ImageWork], plan: PassPlan) -> None:
         self.images, self.plan = list(images), plan
@@ -95,30 +81,12 @@ class ImagePass(torch.utils.data.Dataset):
         return [self._derive(rgb, work, j) for j in range(len(work.treatments))]
 
     def _derive(self, rgb: np.ndarray, work: ImageWork, j: int) -> dict[str, np.ndarray]:
-        plan = self.plan
         treatment = work.treatments[j]
         if treatment:
             rgb = degradations.apply(treatment, rgb)
         item: dict[str, np.ndarray] = {}
-        cells = work.cells[j]
-        if plan.select:
-            cells, item["entropy"] = select_cells(rgb, work.image_id, plan.spec)
-            item["cells"] = cells
-        wanted = plan.composites
-        if wanted:
-            if cells is None:
-                raise ValueError(f"{work.image_id}: no patch selection to build composites from")
-            orders = view_cells(cells, work.image_id, max(wanted) + 1)
-            item["composite"] = np.stack([composite(rgb, orders[k], plan.spec) for k in wanted])
-        if plan.blip is not None:
-            item["blip"] = plan.blip.resize(rgb)
-        for key, wanted, spec in (("clip_crop", plan.crop_indices, recipes.UNIVFD_TRAIN),
-                                  ("clip_layers", plan.layer_indices, recipes.RINE_TRAIN)):
-            if wanted:
-                crops = recipes.crop_set(rgb, work.image_id, max(wanted) + 1, spec)
-                item[key] = crops[list(wanted)]
-        if plan.cozzolino:
-            item["cozzolino"] = recipes.cozzolino_pixels(rgb)
+        for name, task in self.plan.tasks:
+            item.update(RECIPES.get(name).derive(task, rgb, work, j))
         return item
 
 

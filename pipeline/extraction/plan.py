@@ -4,8 +4,9 @@ shards. No model is loaded and no image is opened here, so a plan is cheap to ma
 The manifest's usable rows ask for one *sample* per image in the clean pass (under
 ``protocol.train_reencode`` for training images) and one per test image and degradation. Each
 sample lacks some *kinds* of work (``selection``, ``caption``, ``image:<view>``, ``text``,
-``composite``): those whose part has no row for the image's id. Samples that lack the same kinds
-are grouped, and an image's samples stay together so that one decode serves all its treatments.
+``composite``, ``clip_crop:<crop>``, ``rigid``...: each recipe's parts): those whose part has no
+row for the image's id. Samples that lack the same kinds are grouped, and an image's samples
+stay together so that one decode serves all its treatments.
 """
 
 from __future__ import annotations
@@ -22,25 +23,15 @@ from nsnet.data.manifest import file_paths
 from nsnet.extraction.image_pass import ImageWork
 from nsnet.extraction.settings import (
     CAPTION,
-    CLIP_CROP,
-    CLIP_LAYERS,
     COMPOSITE,
-    COZZOLINO,
     IMAGE,
-    PIXEL_KINDS,
     SELECTION,
     TEXT,
     ExtractRuntime,
     ExtractSettings,
-    kind_base,
-    kind_view,
+    kind_rank,
+    pixel_kind,
 )
-
-KIND_ORDER = (SELECTION, CAPTION, COMPOSITE, IMAGE, TEXT, CLIP_CROP, CLIP_LAYERS, COZZOLINO)
-
-
-def kind_rank(kind: str) -> tuple[int, int]:
-    return KIND_ORDER.index(kind_base(kind)), kind_view(kind)
 
 
 @dataclass(frozen=True)
@@ -60,17 +51,7 @@ class Shard:
 
     @property
     def needs_pixels(self) -> bool:
-        return any(kind_base(k) in PIXEL_KINDS for k in self.kinds)
-
-    def views_of(self, base: str) -> tuple[int, ...]:
-        """The views of ``base`` (``image``: patch orders; ``clip_crop``, ``clip_layers``:
-        crops) that this shard computes."""
-        return tuple(kind_view(k) for k in self.kinds if kind_base(k) == base and ":" in k)
-
-    @property
-    def views(self) -> tuple[int, ...]:
-        """The patch orders whose image embeddings this shard computes."""
-        return self.views_of(IMAGE)
+        return any(pixel_kind(k) for k in self.kinds)
 
 
 @dataclass
@@ -108,8 +89,8 @@ def missing_kinds(settings: ExtractSettings, store: FeatureStore, rows: pd.DataF
     """Work kind -> boolean mask of the samples that need it and whose part lacks the id.
 
     Every sample needs every requested kind, except the augmented crops of the cropped
-    recipes (``clip_crop:<k>``, ``clip_layers:<k>``, k > 0), which only training images need
-    (the heads validate and test on crop 0, the test-time crop)."""
+    recipes (``clip_crop:<k>``, ``clip_layers:<k>``, k > 0: ``Recipe.training_only``), which
+    only training images need (the heads validate and test on crop 0, the test-time crop)."""
     ids = encode_ids(rows["id"].tolist())
     kinds = list(settings.parts("").by_kind())
     out = {k: np.zeros(len(sample_row), dtype=bool) for k in kinds}
@@ -169,11 +150,11 @@ def _image_works(settings: ExtractSettings, store: FeatureStore, rows: pd.DataFr
         rws = [int(sample_row[s]) for s in samples if sample_treat[s] == treatment]
         parts = settings.parts(treatment)
         if need_cells:
-            got = store.part(parts.selection).gather([ids[r] for r in rws], ["cells"])
+            got = store.part(parts[SELECTION]).gather([ids[r] for r in rws], ["cells"])
             known_cells.update({(r, treatment): c for r, c in zip(rws, got["cells"],
                                                                    strict=True)})
         if need_captions:
-            got = store.part(parts.caption).gather([ids[r] for r in rws], ["caption"])
+            got = store.part(parts[CAPTION]).gather([ids[r] for r in rws], ["caption"])
             known_captions.update({(r, treatment): c for r, c in zip(rws, got["caption"],
                                                                       strict=True)})
     works = []

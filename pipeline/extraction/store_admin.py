@@ -229,8 +229,8 @@ def _split_kinds(part_name: str, arrays: dict[str, np.ndarray], parts: Any
     image = arrays["image"]
     if image.ndim == 2:
         image = image[:, None]
-    return {image_kind(k): {"emb": image[:, k]} for k in range(min(image.shape[1],
-                                                                    len(parts.images)))}
+    views = sum(image_kind(k) in parts.kinds for k in range(image.shape[1]))
+    return {image_kind(k): {"emb": image[:, k]} for k in range(views)}
 
 
 def _read_legacy(folder: Path) -> dict[str, tuple[list[str], dict[str, np.ndarray], dict]]:

@@ -39,7 +39,6 @@ GRIP = "grip-unina/ClipBased-SyntheticImageDetection@c76ef7f"
 class PaperSettings:
     """How the official code trains a head; ``sources`` cites each value (field -> file)."""
 
-    recipe: str  # the feature-store part the head reads
     optimizer: str  # "adamw" | "adam"
     lr: float
     betas: tuple[float, float]
@@ -99,7 +98,6 @@ class UnivFD(nn.Module):
     initialised N(0, 0.02) (``networks/trainer.py``, ``init_gain``), bias PyTorch's default."""
 
     kind = "univfd"
-    recipe = "clip_crop"
 
     def __init__(self, dim: int = 768, **_: object) -> None:
         super().__init__()
@@ -155,7 +153,6 @@ class RINE(nn.Module):
     """
 
     kind = "rine"
-    recipe = "clip_layers"
 
     def __init__(self, dim: int = 1024, n_layers: int = 24, n_proj: int = 2, width: int = 1024,
                  factor: float = 0.2, p_drop: float = 0.5, **_: object) -> None:
@@ -196,7 +193,6 @@ class Cozzolino(nn.Module):
     Its logit is the released model's LLR: > 0 = synthetic."""
 
     kind = "cozzolino"
-    recipe = "cozzolino"
 
     def __init__(self, dim: int = 1024, **_: object) -> None:
         super().__init__()
@@ -217,7 +213,7 @@ class Cozzolino(nn.Module):
 
 SETTINGS: dict[str, PaperSettings] = {
     "univfd": PaperSettings(
-        recipe="clip_crop", optimizer="adamw", lr=1e-4, betas=(0.9, 0.999), weight_decay=0.0,
+        optimizer="adamw", lr=1e-4, betas=(0.9, 0.999), weight_decay=0.0,
         batch_size=256, epochs=100,
         early_stopping="Plateau on validation accuracy: patience 5 epochs, min gain 0.001 "
                        "(0.002 after a drop), lr / 10 at each plateau, stop below 1e-6",
@@ -236,7 +232,7 @@ SETTINGS: dict[str, PaperSettings] = {
                            "(data/datasets.py:86-115); 8 cached views approximate that",
         }),
     "rine": PaperSettings(
-        recipe="clip_layers", optimizer="adam", lr=1e-3, betas=(0.9, 0.999), weight_decay=0.0,
+        optimizer="adam", lr=1e-3, betas=(0.9, 0.999), weight_decay=0.0,
         batch_size=128, epochs=1,
         early_stopping="none (lr / 10 at epochs 6 and 11, unused with 1 epoch)",
         threshold=0.5, train_crops=1,
@@ -256,7 +252,7 @@ SETTINGS: dict[str, PaperSettings] = {
                            "(src/utils.py:26-38)",
         }),
     "cozzolino": PaperSettings(
-        recipe="cozzolino", optimizer="adam", lr=1e-3, betas=(0.9, 0.999), weight_decay=1e-4,
+        optimizer="adam", lr=1e-3, betas=(0.9, 0.999), weight_decay=1e-4,
         batch_size=256, epochs=100, early_stopping="none: train all epochs, keep the last",
         threshold=0.5, train_crops=0,
         sources={

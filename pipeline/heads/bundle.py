@@ -24,7 +24,7 @@ from nsnet.heads.bundle_config import (
     BundleError,
     parse_config,
 )
-from nsnet.heads.detectors import build_head
+from nsnet.heads.method import build_head
 
 WEIGHTS = "model.safetensors"
 __all__ = ["CONFIG", "FORMAT_VERSION", "WEIGHTS", "BundleConfig", "BundleError", "load_bundle",

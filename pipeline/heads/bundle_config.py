@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 from nsnet.config import (
-    HEAD_RECIPES,
     CaptionParams,
     ClipParams,
     EvaluateParams,
@@ -37,13 +36,14 @@ from nsnet.config import (
 )
 from nsnet.extraction.patch_selection import PatchSpec
 from nsnet.heads.decision import Decision
-from nsnet.heads.detectors import HPARAM_KEYS, RENAMED_HEADS
-from nsnet.heads.training_info import RECIPE_CHOICES, TrainingRecord
+from nsnet.heads.detectors import HPARAM_KEYS
+from nsnet.heads.method import method
+from nsnet.heads.training_info import TrainingRecord
+from nsnet.registry import METHODS, RECIPES
 
 CONFIG = "config.json"
 FORMAT_VERSION = 2
 FORMATS_READ = (1, 2)
-BASELINE_RECIPES = tuple(r for r in RECIPE_CHOICES if r != "composite")
 
 
 class BundleError(ValueError):
@@ -78,7 +78,7 @@ class HeadConfig:
 
     name: str = param_field(TrainParams, "head")
     dim: int = checked_field(lo=1)
-    recipe: str = checked_field("composite", choices=RECIPE_CHOICES)
+    recipe: str = checked_field("composite", registry=RECIPES)
     row_shape: tuple[int, ...] = ()
     train: HeadSettings = HeadSettings()
 
@@ -128,7 +128,7 @@ class RecipeFacts:
     """A baseline's recipe: its ``name`` and, for ``clip_layers``, the blocks read
     (``recipes.layers``: block indices, or ``all``); its backbone is ``backbones.clip``."""
 
-    name: str = checked_field(choices=BASELINE_RECIPES)
+    name: str = checked_field(registry=RECIPES)
     layers: tuple[int, ...] | str = "all"
 
 
@@ -225,9 +225,9 @@ def check_config(c: BundleConfig) -> None:
     """What one field's check cannot see: the head's recipe and row shape fit its name and
     width, and the backbones are those of that recipe."""
     head = c.head
-    if head.recipe != HEAD_RECIPES[head.name]:
+    if head.recipe != method(head.name).recipe:
         raise ParamsError(f"head.recipe: {head.recipe!r}, but the {head.name} head reads "
-                          f"{HEAD_RECIPES[head.name]!r}")
+                          f"{method(head.name).recipe!r}")
     shape = head.shape
     if not 1 <= len(shape) <= 2 or min(shape) < 1 or shape[-1] != head.dim:
         raise ParamsError(f"head.row_shape: {list(shape)} is not [dim] or [blocks, dim] with "
@@ -237,10 +237,10 @@ def check_config(c: BundleConfig) -> None:
 
 
 def _check_backbones(bb: Backbones, recipe: str) -> None:
-    if recipe == "composite":
+    if RECIPES.get(recipe).patch_orders:  # the patch composite's chain: captioner, patches
         for key in ("caption", "patches"):
             if getattr(bb, key) is None:
-                raise ParamsError(f"backbones.{key}: missing (the composite recipe needs it)")
+                raise ParamsError(f"backbones.{key}: missing (the {recipe} recipe needs it)")
         assert bb.patches is not None
         count = bb.patches.n_low + bb.patches.n_high
         if count < 1 or round(math.sqrt(count)) ** 2 != count:
@@ -282,7 +282,7 @@ def from_format_1(old: dict[str, Any]) -> dict[str, Any]:
     out["head"] = {_V1_HEAD.get(k, k): v for k, v in head.items()}
     name = out["head"].get("name")
     if isinstance(name, str):
-        out["head"]["name"] = RENAMED_HEADS.get(name, name)  # a `ufd` bundle: composite_probe
+        out["head"]["name"] = METHODS.current(name)  # a `ufd` bundle: composite_probe
     decision = dict(_section(old, "decision", optional=True) or {})
     if "threshold" in old:
         check_value("threshold", old["threshold"], BundleDecision, "threshold")
@@ -317,11 +317,12 @@ def _backbones_1(bb: dict[str, Any]) -> dict[str, Any]:
 def _training_1(training: dict[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in training.items() if k != "views"}
     views = training.get("views", 1)  # rows per image drawn from: patch orders or crops
-    if training.get("recipe", "composite") == "composite":
+    recipe = training.get("recipe", "composite")
+    if isinstance(recipe, str) and recipe in RECIPES and RECIPES.get(recipe).patch_orders:
         out["patch_views"] = views
     else:
         out["crops"] = views
     params = out.get("params")
-    if isinstance(params, dict) and params.get("head") in RENAMED_HEADS:
-        out["params"] = {**params, "head": RENAMED_HEADS[params["head"]]}
+    if isinstance(params, dict) and isinstance(params.get("head"), str):
+        out["params"] = {**params, "head": METHODS.current(params["head"])}
     return out

@@ -6,11 +6,13 @@
                      captions, then an MLP head (Yan et al. 2025)
 * ``AdvancedNSNet``  learned semantic mapper ``f = LayerNorm(t + MLP(t))`` and per-sample
                      projection ``x - (x.f)/(f.f) f``, then the same MLP head (the seed);
-                     ``mapper`` picks how ``f`` is made (``MAPPERS``, docs/shortcut.md)
+                     ``mapper`` picks how ``f`` is made (``nsnet.heads.mappers``,
+                     docs/shortcut.md)
 
 Each ``forward(x, t)`` returns a ``HeadOutput`` with the logit (fake = positive), the
 contrastive embedding and, for the advanced head, the mapped semantic direction. The baseline
-heads of other papers (``univfd``, ``rine``, ``cozzolino``) live in ``baselines.py``.
+heads of other papers (``univfd``, ``rine``, ``cozzolino``) live in ``baselines.py``; each head
+is registered with how it trains by its module in ``nsnet.heads.methods``.
 """
 
 from __future__ import annotations
@@ -19,10 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nsnet.heads.baselines import RINE, Cozzolino, UnivFD
 from nsnet.heads.output import HeadOutput
 from nsnet.heads.projection import project_out_direction, project_out_subspace
 from nsnet.heads.semantic_map import LinearSemanticMap
+from nsnet.registry import MAPPERS
 
 
 class ArtifactHead(nn.Module):
@@ -42,7 +44,6 @@ class ArtifactHead(nn.Module):
 
 class _Base(nn.Module):
     kind = "base"
-    recipe = "composite"  # the features it reads (nsnet.config.HEAD_RECIPES)
 
     def __init__(self, dim: int, normalize: bool) -> None:
         super().__init__()
@@ -108,35 +109,20 @@ class SemanticMapper(nn.Module):
         return self.norm(t + self.mlp(t))
 
 
-# How the advanced head makes its semantic direction f (= nsnet.config.MAPPER_CHOICES):
-# end_to_end  the seed: the mapper is trained by the detection loss and the alignment term
-# identity    f = t, the caption embedding itself (no mapper)
-# detached    the mapper learns only from the alignment term; the projection uses a stop-gradient f
-# regression  a frozen ridge map caption -> image semantics, fit once on the training rows; the
-#             projection removes the image's deviation from the mean training image along f
-# regression_real    the same, fit on the real (label 0) training rows only
-# regression_within  the same, fit within each class (real, fake) on all training rows
-MAPPERS = ("end_to_end", "identity", "detached", "regression", "regression_real",
-           "regression_within")
-TRAINED_MAPPERS = ("end_to_end", "detached")  # those the alignment term trains
-FITTED_MAPPERS = ("regression", "regression_real", "regression_within")  # fit before training
-
-
 class AdvancedNSNet(_Base):
     """Per-sample projection ``x - (x.f)/(f.f) f`` of the image feature, with ``f`` made from the
-    caption embedding as ``mapper`` says (``MAPPERS``), then the artifact head."""
+    caption embedding as ``mapper`` says (``nsnet.heads.mappers``), then the artifact head."""
 
     kind = "advanced"
 
     def __init__(self, dim: int, hidden_dim: int = 512, proj_dim: int = 128, dropout: float = 0.1,
                  normalize: bool = True, mapper: str = "end_to_end", **_: object) -> None:
         super().__init__(dim, normalize)
-        if mapper not in MAPPERS:
-            raise ValueError(f"unknown mapper {mapper!r}; choose one of {', '.join(MAPPERS)}")
-        self.mapper_kind = mapper
-        if mapper in TRAINED_MAPPERS:
+        kind = MAPPERS.get(mapper)  # UnknownName lists the mappers
+        self.mapper_kind, self.detached = mapper, kind.trained and not kind.trains_image_loss
+        if kind.trained:
             self.mapper: nn.Module | None = SemanticMapper(dim, hidden_dim)
-        elif mapper in FITTED_MAPPERS:
+        elif kind.fitted:
             self.mapper = LinearSemanticMap(dim)
         else:
             self.mapper = None
@@ -151,44 +137,10 @@ class AdvancedNSNet(_Base):
             mean = self.mapper.image_mean  # along f is removed: f predicts that deviation
             xp = project_out_direction(x - mean, f) + mean
         else:
-            xp = project_out_direction(x, f.detach() if self.mapper_kind == "detached" else f)
+            xp = project_out_direction(x, f.detach() if self.detached else f)
         logit, emb = self.head(xp)
         return HeadOutput(logit, emb, xp, f, prepared=x)
 
 
 # train.* keys a head is built from (stored in a bundle's head.hparams)
 HPARAM_KEYS = ("hidden_dim", "proj_dim", "dropout", "nsnet_k", "normalize", "mapper")
-# The NS-Net family, on the composite recipe (patch composites + captions).
-COMPOSITE_HEADS: dict[str, type[_Base]] = {"composite_probe": CompositeProbe, "nsnet": NSNet,
-                                           "advanced": AdvancedNSNet}
-# Other papers' heads, each on its own recipe (clip_crop, clip_layers, cozzolino).
-BASELINE_HEADS: dict[str, type[torch.nn.Module]] = {"univfd": UnivFD, "rine": RINE,
-                                                    "cozzolino": Cozzolino}
-HEADS: dict[str, type[torch.nn.Module]] = {**COMPOSITE_HEADS, **BASELINE_HEADS}
-RENAMED_HEADS = {"ufd": "composite_probe"}  # old name -> current (old bundles still load)
-
-
-def build_head(kind: str, dim: int, **hparams: object) -> torch.nn.Module:
-    """A fresh detection head over ``dim``-d CLIP features.
-
-    Args:
-        kind: ``composite_probe`` (linear probe on the patch composite; ``ufd`` before),
-            ``nsnet`` (fixed top-k caption null space), ``advanced`` (per-sample projection
-            orthogonal to a learned semantic mapping), or a baseline of ``BASELINE_HEADS``
-            (``univfd``, ``rine``, ``cozzolino``, which ignore the generic hparams).
-        dim: feature width (768 for ViT-L-14).
-        **hparams: the head's hyper-parameters (``hidden_dim``, ``proj_dim``, ``dropout``,
-            ``normalize``, ``nsnet_k`` for nsnet, ``mapper`` for advanced); ``train.*`` in
-            params.yaml names them.
-
-    Raises:
-        ValueError: unknown ``kind``.
-
-    Example::
-
-        head = build_head("advanced", 768, hidden_dim=512, proj_dim=128)
-        out = head(image_features, text_features)  # out.logit (fake > 0)
-    """
-    if kind not in HEADS:
-        raise ValueError(f"unknown head {kind!r}; choose one of {', '.join(HEADS)}")
-    return HEADS[kind](dim, **hparams)

@@ -1,16 +1,10 @@
-"""How each head is trained: the NS-Net family from ``train.*``, the baselines as their papers.
+"""How a head is trained: its optimiser, learning rate, batch size, epochs, loss, model
+selection and stopping rule, as one frozen ``HeadTraining``.
 
-``HeadTraining.of(kind, train_params)`` is the one place that decides a head's optimiser,
-learning rate, batch size, epochs, loss, model selection and stopping rule:
-
-* ``composite_probe``, ``nsnet``, ``advanced``: Adam with ``train.lr``, ``train.batch_size``,
-  ``train.epochs``, the project's loss (``training_loop.head_loss``), the epoch with the best
-  validation AP;
-* ``univfd``, ``rine``, ``cozzolino``: their official code's settings
-  (``nsnet.heads.baselines.SETTINGS``, each value cited), their own ``loss``, and their
-  selection: UniversalFakeDetect keeps its best validation accuracy and divides the learning
-  rate by ten on a plateau (stopping below 1e-6); RINE and Cozzolino et al. keep the last epoch.
-
+Each method's ``schedule`` makes it (``nsnet.heads.method``): the NS-Net family from
+``train.*`` (Adam, the project's loss, the epoch with the best validation AP), the paper
+baselines from their official code's settings (``paper_schedule`` over
+``nsnet.heads.baselines.SETTINGS``, each value cited), a training-free method with no epoch.
 ``train.seed`` and ``train.device`` apply to every head.
 """
 
@@ -21,8 +15,7 @@ from typing import Any
 
 import torch
 
-from nsnet.config import TrainParams
-from nsnet.heads.baselines import SETTINGS
+from nsnet.heads.baselines import PaperSettings
 
 SELECTIONS = ("best_val_ap", "best_val_acc", "last")
 
@@ -31,7 +24,7 @@ SELECTIONS = ("best_val_ap", "best_val_acc", "last")
 class HeadTraining:
     """The training schedule of one head."""
 
-    optimizer: str  # adam | adamw
+    optimizer: str  # adam | adamw | none (training-free)
     lr: float
     betas: tuple[float, float]
     weight_decay: float
@@ -42,19 +35,17 @@ class HeadTraining:
     own_loss: bool  # the head's ``loss(out, y)`` (its paper's), else the project's loss
     source: str  # where the values come from: "train.*" or the official code
 
-    @classmethod
-    def of(cls, kind: str, tp: TrainParams) -> HeadTraining:
-        if kind not in SETTINGS:
-            return cls("adam", tp.lr, (0.9, 0.999), tp.weight_decay, tp.batch_size, tp.epochs,
-                       "best_val_ap", False, False, "train.*")
-        s = SETTINGS[kind]
-        select = "best_val_acc" if kind == "univfd" else "last"
-        return cls(s.optimizer, s.lr, tuple(s.betas), s.weight_decay, s.batch_size, s.epochs,
-                   select, kind == "univfd", True, "official code (docs/baselines.md)")
-
     def make_optimizer(self, params: Any) -> torch.optim.Optimizer:
+        if self.epochs == 0:  # training-free: nothing to optimise
+            return torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.0)
         cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[self.optimizer]
         return cls(params, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def paper_schedule(s: PaperSettings, select: str = "last", plateau: bool = False) -> HeadTraining:
+    """A baseline's schedule as its official code trains it (its own loss)."""
+    return HeadTraining(s.optimizer, s.lr, tuple(s.betas), s.weight_decay, s.batch_size,
+                        s.epochs, select, plateau, True, "official code (docs/baselines.md)")

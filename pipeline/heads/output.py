@@ -26,3 +26,10 @@ class HeadOutput:
         if x.shape != self.projected.shape:
             return torch.zeros(len(x))
         return (x - self.projected).norm(dim=1) / x.norm(dim=1).clamp_min(1e-12)
+
+
+def device_of(model: torch.nn.Module) -> torch.device:
+    """Where a head's tensors live (parameters, or buffers for a training-free head)."""
+    for t in (*model.parameters(), *model.buffers()):
+        return t.device
+    return torch.device("cpu")

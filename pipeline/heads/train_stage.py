@@ -1,11 +1,15 @@
-"""The ``train`` stage: fit the configured head on the protocol's training rows."""
+"""The ``train`` stage: fit the configured head on the protocol's training rows.
+
+It also holds the experiment loop every command shares: ``fit_over_seeds`` trains one head
+once per seed of the experiment and returns typed ``SeedFits``, which ``nsnet train`` saves
+and ``compare``, ``matrix`` and ``robustness`` score."""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,7 +18,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from nsnet.atomic import atomic_path
-from nsnet.config import HEAD_RECIPES, Params, ProtocolParams
+from nsnet.config import Params, ProtocolParams
 from nsnet.data.experiment import Experiment, resolve_experiment, with_seed
 from nsnet.extraction.cached_features import (
     FeatureSet,
@@ -22,6 +26,7 @@ from nsnet.extraction.cached_features import (
     load_features,
     training_crops,
 )
+from nsnet.extraction.settings import ExtractSettings
 from nsnet.heads.bundle import save_bundle
 from nsnet.heads.bundle_config import (
     Backbones,
@@ -36,7 +41,7 @@ from nsnet.heads.bundle_config import (
     ViewsConfig,
 )
 from nsnet.heads.decision import Decision, fit_decision
-from nsnet.heads.head_training import HeadTraining
+from nsnet.heads.method import method
 from nsnet.heads.training_info import TrainingRecord
 from nsnet.heads.training_loop import (
     EpochCallback,
@@ -46,6 +51,7 @@ from nsnet.heads.training_loop import (
     predict_logits,
 )
 from nsnet.provenance import base_provenance, fingerprint
+from nsnet.registry import RECIPES
 
 SEEDS_DIR = "seeds"  # models/detector/seeds/<seed>/: the bundles of train.seeds after the first
 
@@ -80,7 +86,7 @@ def bundle_config(params: Params, kind: str, result: TrainResult, fs: FeatureSet
     """The config of the bundle of a head trained on ``train`` (rows of ``fs``)."""
     prov = fs.provenance  # spelled as params.yaml (nsnet.extraction.cached_features)
     exp = experiment or resolve_experiment(params, fs.frame)
-    recipe = HEAD_RECIPES[kind]
+    recipe = method(kind).recipe
     return BundleConfig(
         head=HeadConfig(name=kind, dim=dim, recipe=recipe,
                         row_shape=tuple(prov.get("row_shape") or [dim]),
@@ -112,17 +118,17 @@ def training_protocol(params: Params) -> ProtocolParams:
 def backbones(params: Params, prov: dict[str, Any], recipe: str) -> Backbones:
     """What ``predict`` must run to make the head's input: the backbone that made the features
     (its settings and facts, from the features' provenance), and the captioner plus the patch
-    spec (the composite recipe) or the recipe's own settings."""
+    spec (the composite recipe) or the recipe's own settings (``Recipe.bundle_facts``)."""
     clip = prov.get("clip", {})
-    r = params.recipes
-    arch, pretrained = clip.get("arch"), clip.get("pretrained")
-    if recipe == "cozzolino":  # its own backbone made the features
-        arch, pretrained = r.cozzolino_arch, r.cozzolino_pretrained
+    rec = RECIPES.get(recipe)
+    spec = rec.spec(params)
+    # the recipe's own backbone made the features (cozzolino), or the main CLIP
+    arch, pretrained = rec.own_backbone(spec) or (clip.get("arch"), clip.get("pretrained"))
     listed = {k: tuple(clip[k]) for k in ("mean", "std") if clip.get(k) is not None}
     facts = ClipFacts(arch=arch, pretrained=pretrained or "",
                       **{k: clip.get(k) for k in ("weights", "weights_blake2b", "open_clip",
                                                   "image_size", "embed_dim")}, **listed)
-    if recipe == "composite":
+    if rec.patch_orders:
         patches = prov.get("patches") or {}
         return Backbones(
             clip=facts,
@@ -130,9 +136,7 @@ def backbones(params: Params, prov: dict[str, Any], recipe: str) -> Backbones:
                                  params.caption.max_new_tokens),
             patches=PatchesConfig(**{k: patches[k] for k in ("size", "n_low", "n_high")})
             if patches else None)
-    layers = r.layers if isinstance(r.layers, str) else tuple(r.layers)
-    return Backbones(clip=facts, recipe=RecipeFacts(recipe, layers if recipe == "clip_layers"
-                                                    else "all"))
+    return Backbones(clip=facts, recipe=RecipeFacts(recipe, **rec.bundle_facts(spec)))
 
 
 def epoch_bar(total: int, desc: str) -> tqdm:
@@ -177,6 +181,80 @@ def train_head(params: Params, kind: str, fs: FeatureSet,
                                  decision, report, exp)
 
 
+# --- the experiment loop: one detector over the seeds (train, compare, matrix, robustness) ---
+
+@dataclass(frozen=True)
+class SeedFit:
+    """One seed's trained head and the config its bundle would carry."""
+
+    seed: int
+    params: Params  # the params with ``train.seed`` = seed
+    result: TrainResult
+    config: BundleConfig
+
+    @property
+    def model(self) -> Any:
+        return self.result.model
+
+    @property
+    def decision(self) -> Decision:
+        return self.config.decision.as_decision()
+
+    def record(self) -> dict[str, Any]:
+        """The bundle's training record, as JSON."""
+        assert self.config.training is not None
+        return self.config.training.to_json()
+
+
+@dataclass(frozen=True)
+class SeedFits:
+    """Head ``kind`` fit once per seed of the experiment (the first seed first)."""
+
+    kind: str
+    fits: tuple[SeedFit, ...]
+
+    def __iter__(self) -> Iterator[SeedFit]:
+        return iter(self.fits)
+
+    @property
+    def first(self) -> SeedFit:
+        return self.fits[0]
+
+    @property
+    def several(self) -> bool:
+        return len(self.fits) > 1
+
+    def record(self) -> dict[str, Any]:
+        """The first seed's training record; with several seeds, every seed's best epoch and
+        validation AP under ``seeds``."""
+        out = self.first.record()
+        if self.several:
+            out["seeds"] = {f.seed: {"best_epoch": f.result.best_epoch,
+                                     "best_val_ap": f.result.best_val_ap} for f in self.fits}
+        return out
+
+    def each(self, score: Callable[[SeedFit], Any]) -> dict[int, Any]:
+        """``{seed: score(fit)}``: what a caller measures of every seed's head."""
+        return {f.seed: score(f) for f in self.fits}
+
+
+def fit_over_seeds(params: Params, exp: Experiment, kind: str, fs: FeatureSet,
+                   train_crops: TrainViews | None = None, bar: Any = None,
+                   on_first_epoch: EpochCallback | None = None) -> SeedFits:
+    """Train ``kind`` on ``exp``'s training rows of ``fs`` once per seed of ``exp``.
+
+    ``train_crops`` gives the cropped recipes' augmented training crops; ``bar`` advances once
+    per epoch; ``on_first_epoch`` sees each epoch's log row of the first seed (``nsnet train``
+    writes it as plots/train_log.csv)."""
+    fits = []
+    for i, seed in enumerate(exp.seeds):
+        seeded = with_seed(params, seed)
+        result, config = train_head(seeded, kind, fs, on_first_epoch if i == 0 else None, bar,
+                                    train_crops=train_crops, experiment=exp)
+        fits.append(SeedFit(seed, seeded, result, config))
+    return SeedFits(kind, tuple(fits))
+
+
 def seed_dir(out_dir: str | Path, seed: int) -> Path:
     """Where the bundle of a further seed of ``train.seeds`` goes."""
     return Path(out_dir) / SEEDS_DIR / str(seed)
@@ -185,10 +263,11 @@ def seed_dir(out_dir: str | Path, seed: int) -> Path:
 def head_features(params: Params, manifest: str | Path, features: str | Path, kind: str
                   ) -> tuple[FeatureSet, TrainViews | None]:
     """The features of ``kind``'s recipe, and its training crops (the cropped recipes)."""
-    recipe = HEAD_RECIPES[kind]
-    fs = load_features(params, manifest, features, recipe=recipe)
-    if recipe in ("clip_crop", "clip_layers"):
-        return fs, lambda frame: training_crops(params, features, recipe, frame)
+    recipe = method(kind).recipe
+    settings = ExtractSettings.reading(params, recipe)  # once for the features and the crops
+    fs = load_features(params, manifest, features, recipe=recipe, settings=settings)
+    if RECIPES.get(recipe).train_kinds(settings):
+        return fs, lambda frame: training_crops(params, features, recipe, frame, settings)
     return fs, None
 
 
@@ -201,7 +280,7 @@ def head_inputs(params: Params, manifest: str | Path, features: str | Path) -> H
     loaded: dict[str, tuple[FeatureSet, TrainViews | None]] = {}
 
     def inputs(kind: str) -> tuple[FeatureSet, TrainViews | None]:
-        recipe = HEAD_RECIPES[kind]
+        recipe = method(kind).recipe
         if recipe not in loaded:
             loaded[recipe] = head_features(params, manifest, features, kind)
         return loaded[recipe]
@@ -211,7 +290,7 @@ def head_inputs(params: Params, manifest: str | Path, features: str | Path) -> H
 
 def epochs_of(params: Params, kind: str) -> int:
     """How many epochs ``kind`` trains for at most (its paper's, or ``train.epochs``)."""
-    return HeadTraining.of(kind, params.train).epochs
+    return method(kind).schedule(params.train).epochs
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -239,18 +318,12 @@ def run_train(params: Params, manifest: str | Path, features: str | Path, out_di
         with atomic_path(log_csv) as tmp:
             pd.DataFrame(rows).to_csv(tmp, index=False)
 
-    runs: dict[int, dict[str, Any]] = {}
     with epoch_bar(epochs_of(params, kind) * exp.n_seeds, "train") as bar:
-        for i, seed in enumerate(exp.seeds):
-            result, config = train_head(with_seed(params, seed), kind, fs,
-                                        log_epoch if i == 0 else None, bar,
-                                        train_crops=views, experiment=exp)
-            if i == 0:
-                save_bundle(out_dir, result.model, config)
-                shutil.rmtree(Path(out_dir) / SEEDS_DIR, ignore_errors=True)
-                assert config.training is not None
-                first = config.training
-            else:
-                save_bundle(seed_dir(out_dir, seed), result.model, config)
-            runs[seed] = {"best_epoch": result.best_epoch, "best_val_ap": result.best_val_ap}
-    return TrainRun(**first.as_kwargs(), seeds=runs if exp.n_seeds > 1 else {})
+        fits = fit_over_seeds(params, exp, kind, fs, views, bar, on_first_epoch=log_epoch)
+    save_bundle(out_dir, fits.first.model, fits.first.config)
+    shutil.rmtree(Path(out_dir) / SEEDS_DIR, ignore_errors=True)
+    for later in fits.fits[1:]:
+        save_bundle(seed_dir(out_dir, later.seed), later.model, later.config)
+    assert fits.first.config.training is not None
+    return TrainRun(**fits.first.config.training.as_kwargs(),
+                    seeds=fits.record().get("seeds", {}))

@@ -12,15 +12,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from nsnet.config import (
-    HEAD_RECIPES,
     ProtocolParams,
     TrainParams,
     checked_field,
     to_plain,
 )
 from nsnet.heads.head_training import HeadTraining
-
-RECIPE_CHOICES = tuple(dict.fromkeys(HEAD_RECIPES.values()))  # composite, clip_crop, ...
+from nsnet.registry import RECIPES
 
 
 @dataclass(frozen=True)
@@ -45,6 +43,8 @@ class TrainingInfo:
     explained_variance: float | None = checked_field(None, nan=True)  # of the captions
     mapper_rows: int | None = checked_field(None, lo=0)  # advanced, regression* mappers
     mapper_r2: float | None = checked_field(None, nan=True)
+    # what another method's fit captured (a training-free head's threshold, prompts, ...)
+    fitted: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def as_kwargs(self) -> dict[str, Any]:
         """Its fields, shallow (nested types kept), to extend into a subclass (a record)."""
@@ -59,7 +59,7 @@ class TrainingRecord(TrainingInfo):
 
     params: TrainParams
     protocol: ProtocolParams
-    recipe: str = checked_field("composite", choices=RECIPE_CHOICES)
+    recipe: str = checked_field("composite", registry=RECIPES)
     n_train: int = checked_field(lo=0)
     train_sources: tuple[str, ...] = ()
     train_ids: str  # fingerprint of the training rows' ids

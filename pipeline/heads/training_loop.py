@@ -24,16 +24,16 @@ import numpy as np
 import torch
 
 from nsnet.backbones.clip import resolve_device
-from nsnet.config import HEAD_RECIPES, VIEW_AVERAGES, TrainParams
+from nsnet.config import VIEW_AVERAGES, Params, TrainParams
 from nsnet.extraction.cached_features import FeatureSet, Rows, iter_blocks
 from nsnet.heads.baselines import Plateau
-from nsnet.heads.detectors import FITTED_MAPPERS, HPARAM_KEYS, TRAINED_MAPPERS, build_head
+from nsnet.heads.detectors import HPARAM_KEYS
 from nsnet.heads.head_training import HeadTraining
-from nsnet.heads.losses import bce_loss, supcon_loss
-from nsnet.heads.projection import semantic_basis
-from nsnet.heads.semantic_map import fit_semantic_map
+from nsnet.heads.method import FitInputs, Method, method
+from nsnet.heads.output import device_of
 from nsnet.heads.training_info import ClassCounts, TrainingInfo
 from nsnet.metrics import binary_metrics
+from nsnet.registry import RECIPES
 
 
 class TrainingDiverged(RuntimeError):
@@ -65,16 +65,9 @@ def _check_finite(name: str, rows: Rows) -> None:
 
 def head_loss(kind: str, out: Any, y: torch.Tensor, x: torch.Tensor, tp: TrainParams,
               pos_weight: torch.Tensor | None = None) -> torch.Tensor:
-    """UFD: BCE. NS-Net/advanced: (1-lambda) SupCon + lambda BCE (+ alignment for advanced,
-    when its mapper is a trained one: ``end_to_end`` or ``detached``)."""
-    if kind == "composite_probe":
-        return bce_loss(out.logit, y, pos_weight)
-    loss = (1 - tp.bce_weight) * supcon_loss(out.embedding, y, tp.temperature) \
-        + tp.bce_weight * bce_loss(out.logit, y, pos_weight)
-    if kind == "advanced" and tp.align_weight > 0 and tp.mapper in TRAINED_MAPPERS:
-        target = torch.nn.functional.normalize(x.float(), dim=-1) if tp.normalize else x.float()
-        loss = loss + tp.align_weight * torch.nn.functional.mse_loss(out.semantic, target)
-    return loss
+    """The project's loss of head ``kind`` (its method's ``loss``): BCE for the composite
+    probe, (1-lambda) SupCon + lambda BCE for NS-Net (+ alignment for a trained mapper)."""
+    return method(kind).loss(out, y, x, tp, pos_weight)
 
 
 @torch.no_grad()
@@ -82,7 +75,7 @@ def view_logits(model: torch.nn.Module, image: Rows, text: Rows,
                 batch_size: int = 8192) -> torch.Tensor:
     """(n, K) head logits of every row and view ((n, d) image features: K = 1), on CPU."""
     model.eval()
-    device = next(model.parameters()).device
+    device = device_of(model)
     views = image.shape[1] if len(image.shape) == 3 else 1
     step = max(1, batch_size // views)
     out = []
@@ -140,39 +133,22 @@ def _gather(rows: Rows, idx: torch.Tensor, view: torch.Tensor | None) -> torch.T
 EpochCallback = Callable[[dict[str, float]], None]
 
 
-def _prepare(kind: str, train: FeatureSet, tp: TrainParams, device: torch.device
-             ) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Build the head (seeded) and, for NS-Net, fit its semantic basis on the training captions
-    (an advanced head with a ``regression*`` mapper: its frozen map, on the training rows).
-    A baseline's input shape comes from its recipe (RINE: blocks x width). Returns the head and
-    what the fit captured (``TrainingInfo``'s nsnet_k / explained_variance or mapper_*)."""
-    dim, shape = head_shape(kind, train)
-    model = build_head(kind, dim, **shape, **{k: getattr(tp, k) for k in HPARAM_KEYS})
-    fitted_info: dict[str, Any] = {}
-    if kind == "nsnet":
-        basis, explained = semantic_basis(train.text, tp.nsnet_k, normalize=tp.normalize)
-        model.set_basis(basis)
-        fitted_info = {"nsnet_k": int(basis.shape[1]), "explained_variance": float(explained)}
-    elif kind == "advanced" and tp.mapper in FITTED_MAPPERS:
-        labels = train.labels
-        rows = train.subset((labels == 0).numpy()) if tp.mapper == "regression_real" else train
-        fitted = fit_semantic_map(rows.text, rows.image, normalize=tp.normalize,
-                                  groups=labels if tp.mapper == "regression_within" else None)
-        model.mapper.set_map(fitted)
-        fitted_info = {"mapper_rows": len(rows), "mapper_r2": float(fitted.r2)}
-    return model.to(device), fitted_info
+def _prepare(m: Method, train: FeatureSet, val: FeatureSet | None, params: Params,
+             device: torch.device) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Build the head (seeded) and run its method's fit before training (NS-Net's semantic
+    basis, the advanced head's frozen map, a training-free method's whole fit). Returns the
+    head and what the fit captured (``TrainingInfo``'s nsnet_k / mapper_* / ...)."""
+    tp = params.train
+    dim, shape = head_shape(m.name, train)
+    model = m.build(dim, **shape, **{k: getattr(tp, k) for k in HPARAM_KEYS})
+    fitted = m.prepare(model, FitInputs(train, val, params)) if m.prepare else {}
+    return model.to(device), fitted
 
 
 def head_shape(kind: str, fs: FeatureSet) -> tuple[int, dict[str, int]]:
-    """``build_head``'s width for ``fs``'s features, and for RINE the number of transformer
-    blocks (its rows are (L, D) class tokens, flattened to L * D)."""
-    row = list(fs.provenance.get("row_shape") or [fs.dim])
-    if kind == "rine":
-        if len(row) != 2:
-            raise ValueError(f"the rine head reads (blocks, width) class tokens (recipe "
-                             f"clip_layers); these features have rows of shape {row}")
-        return row[1], {"n_layers": row[0]}
-    return fs.dim, {}
+    """``build_head``'s width for ``fs``'s features and any argument the features decide
+    (RINE: the number of transformer blocks), as head ``kind``'s method reads them."""
+    return method(kind).shape(fs)
 
 
 def _on_device(rows: Rows, device: torch.device) -> Rows:
@@ -182,7 +158,7 @@ def _on_device(rows: Rows, device: torch.device) -> Rows:
     return rows
 
 
-def fit(kind: str, train: FeatureSet, val: FeatureSet | None, tp: TrainParams,
+def fit(kind: str, train: FeatureSet, val: FeatureSet | None, tp: TrainParams | Params,
         log: list[dict[str, float]] | None = None,
         on_epoch: EpochCallback | None = None, view_average: str = "mean_logit"
         ) -> TrainResult:
@@ -192,7 +168,11 @@ def fit(kind: str, train: FeatureSet, val: FeatureSet | None, tp: TrainParams,
     ``log`` and passes it to ``on_epoch``. Deterministic for ``tp.seed`` on a given device (the
     global torch RNG is left as it was). With (n, K, d) features each epoch trains on one
     seeded random view per image; validation combines the views by ``view_average``.
+    ``tp`` is ``train.*``, or the whole params (what a method's fit may read, e.g. the CLIP
+    that made the features or its ``methods.<name>`` section).
     """
+    params = tp if isinstance(tp, Params) else Params(train=tp)
+    tp = params.train
     if len(train) < 2 or train.frame["label"].nunique() < 2:
         raise ValueError(
             f"the training set needs real and fake images (got {len(train)} rows, labels "
@@ -207,8 +187,8 @@ def fit(kind: str, train: FeatureSet, val: FeatureSet | None, tp: TrainParams,
     cuda = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(tp.seed)
-        return _fit(kind, train, val, tp, device, log if log is not None else [], on_epoch,
-                    view_average)
+        return _fit(method(kind), train, val, params, device,
+                    log if log is not None else [], on_epoch, view_average)
 
 
 @dataclass
@@ -229,11 +209,12 @@ def _selection_score(select: str, epoch: int, m: dict[str, float] | None) -> tup
     return tuple(-math.inf if math.isnan(m[k]) else m[k] for k in keys)
 
 
-def _fit(kind: str, train: FeatureSet, val: FeatureSet | None, tp: TrainParams,
+def _fit(meth: Method, train: FeatureSet, val: FeatureSet | None, params: Params,
          device: torch.device, history: list[dict[str, float]],
          on_epoch: EpochCallback | None, view_average: str) -> TrainResult:
-    spec = HeadTraining.of(kind, tp)
-    model, fitted_info = _prepare(kind, train, tp, device)
+    tp = params.train
+    spec = meth.schedule(tp)
+    model, fitted_info = _prepare(meth, train, val, params, device)
     opt = spec.make_optimizer(model.parameters())
     plateau = Plateau(spec.lr) if spec.plateau else None
     gen = torch.Generator().manual_seed(tp.seed)
@@ -241,17 +222,17 @@ def _fit(kind: str, train: FeatureSet, val: FeatureSet | None, tp: TrainParams,
     n_fake = int(train.labels.sum())
     pos_weight = torch.tensor((n - n_fake) / n_fake, device=device) \
         if tp.balance and not spec.own_loss else None
-    composite = HEAD_RECIPES[kind] == "composite"  # else the rows are crops of a recipe
+    views = RECIPES.get(train.provenance.get("recipe", meth.recipe)).patch_orders  # else crops
     info = TrainingInfo(class_counts=ClassCounts(n - n_fake, n_fake),
-                        patch_views=train.n_views if composite else 1,
-                        crops=0 if composite else train.n_views, schedule=spec,
+                        patch_views=train.n_views if views else 1,
+                        crops=0 if views else train.n_views, schedule=spec,
                         **fitted_info)
     rows = (_on_device(train.image, device), _on_device(train.text, device),
             train.labels.to(device))
     best = _Best((-math.inf,), 0, copy.deepcopy(model.state_dict()))
     for epoch in range(1, spec.epochs + 1):
         t0 = time.perf_counter()
-        row = {"epoch": epoch, "train_loss": _train_epoch(kind, model, opt, rows, train.n_views,
+        row = {"epoch": epoch, "train_loss": _train_epoch(meth, model, opt, rows, train.n_views,
                                                           tp, spec, gen, pos_weight, epoch)}
         m = _validate(model, val, view_average, row)
         row["epoch_seconds"] = time.perf_counter() - t0
@@ -269,12 +250,15 @@ def _fit(kind: str, train: FeatureSet, val: FeatureSet | None, tp: TrainParams,
             if action == "drop_lr":
                 for group in opt.param_groups:
                     group["lr"] = plateau.lr
+    if spec.epochs == 0:  # training-free: the fit is the model; its validation scores
+        m = _validate(model, val, view_average, {})
+        best.val_ap = m["ap"] if m else float("nan")
     model.load_state_dict(best.state)
     model.eval()
     return TrainResult(model, history, best.epoch, best.val_ap, info)
 
 
-def _train_epoch(kind: str, model: torch.nn.Module, opt: torch.optim.Optimizer,
+def _train_epoch(m: Method, model: torch.nn.Module, opt: torch.optim.Optimizer,
                  rows: tuple[Rows, Rows, torch.Tensor], n_views: int, tp: TrainParams,
                  spec: HeadTraining, gen: torch.Generator, pos_weight: torch.Tensor | None,
                  epoch: int) -> float:
@@ -299,7 +283,7 @@ def _train_epoch(kind: str, model: torch.nn.Module, opt: torch.optim.Optimizer,
         t = t_all[idx].to(device, non_blocking=True).float()
         y = y_all[idx.to(device)]
         out = model(x, t)
-        loss = model.loss(out, y) if spec.own_loss else head_loss(kind, out, y, x, tp, pos_weight)
+        loss = model.loss(out, y) if spec.own_loss else m.loss(out, y, x, tp, pos_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

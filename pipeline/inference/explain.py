@@ -36,6 +36,7 @@ from nsnet.inference.predict import (
     semantic_shares,
 )
 from nsnet.inference.verdict import verdict
+from nsnet.registry import RECIPES
 from nsnet.reports.explanation import Explanation, PatchReport
 
 
@@ -115,7 +116,7 @@ def explain_image(chain: Chain, path: str | Path, max_pixels: int = 178_956_970,
 
 def explain_array(chain: Chain, rgb: np.ndarray, image_id: str, name: str) -> Explanation:
     """``explain_image`` of a decoded (H, W, 3) uint8 image whose content id is ``image_id``."""
-    if chain.recipe != "composite":
+    if not RECIPES.get(chain.recipe).patch_orders:
         return _explain_crop(chain, rgb, image_id, name)
     height, width = rgb.shape[:2]
     if min(width, height) < chain.spec.size:
@@ -150,13 +151,12 @@ CROP_GRID = PatchSpec(32, 24, 25)  # a baseline's 224 px crop as 7 x 7 tiles of 
 
 
 def _explain_crop(chain: Chain, rgb: np.ndarray, image_id: str, name: str) -> Explanation:
-    """Occlusion over the 7 x 7 tiles of the crop a baseline head reads (the test-time center
-    crop, or Cozzolino et al.'s resized crop): the same attribution, on that head's input."""
-    from nsnet.backbones import recipes
+    """Occlusion over the 7 x 7 tiles of the crop a crop recipe's head reads (its test-time
+    input, ``Recipe.test_pixels``: the center crop, or a resized one): the same attribution, on
+    that head's input."""
     from nsnet.extraction.patch_selection import patch_entropies, to_gray
 
-    crop = recipes.cozzolino_pixels(rgb) if chain.recipe == "cozzolino" \
-        else recipes.center_crop(rgb)
+    crop = RECIPES.get(chain.recipe).test_pixels(rgb)
     spec = CROP_GRID
     feats = compute_features(chain, [crop], [image_id])
     base = float(head_logits(chain, feats.image, feats.text)[0])

@@ -43,16 +43,17 @@ from nsnet.extraction.patch_selection import (
 from nsnet.heads.bundle import load_bundle
 from nsnet.heads.bundle_config import BundleConfig, RecipeFacts
 from nsnet.heads.decision import Decision
+from nsnet.heads.method import method
+from nsnet.heads.output import device_of
 from nsnet.heads.training_loop import combine_views, view_logits
 from nsnet.inference.verdict import FAKE, REAL, UNCERTAIN, verdict
 from nsnet.metrics import aligned
+from nsnet.registry import RECIPES
 
 RESULT_COLUMNS = ["path", "status", "prob", "label", "caption", "id", "width", "height", "error",
                   "semantic_share"]
 OUT_FORMATS = (".csv", ".jsonl", ".parquet")
 __all__ = ["FAKE", "REAL", "UNCERTAIN", "Chain", "load_chain", "predict_paths", "score_decoded"]
-# Heads that read the caption's embedding per image (the others are scored without BLIP).
-CAPTION_HEADS = ("advanced",)
 
 
 @dataclass
@@ -61,7 +62,8 @@ class Chain:
 
     ``recipe`` says what the head reads (``composite``: patch composites and, for the advanced
     head, captions; ``clip_crop`` / ``clip_layers`` / ``cozzolino``: the baselines' crops), and
-    only that is computed: BLIP runs only for a head that reads captions (``CAPTION_HEADS``),
+    only that is computed: BLIP runs only for a head that reads captions (its method's
+    ``captions``),
     or when ``captions`` was asked for (``predict --captions``)."""
 
     head: torch.nn.Module
@@ -89,7 +91,7 @@ class Chain:
 
     @property
     def reads_captions(self) -> bool:
-        return self.kind in CAPTION_HEADS
+        return method(self.kind).captions
 
     @property
     def min_side(self) -> int:
@@ -125,7 +127,7 @@ def load_chain(model_dir: str | Path, device: str = "auto", precision: str = "fp
         raise ValueError(f"{model_dir}: the bundle's config.json does not name its backbones "
                          "(backbones.clip, backbones.caption and backbones.patches, or "
                          "backbones.recipe); retrain it with `nsnet train`")
-    caption = recipe == "composite" and (config.head.name in CAPTION_HEADS or captions)
+    caption = RECIPES.get(recipe).patch_orders and (method(config.head.name).captions or captions)
     needs = [Need("clip", bb.clip.arch, bb.clip.pretrained, ("backbones.clip",), False)]
     if caption and bb.caption:
         needs.append(Need("blip", bb.caption.model, "", ("backbones.caption",), False))
@@ -149,15 +151,8 @@ def load_chain(model_dir: str | Path, device: str = "auto", precision: str = "fp
 
 def _feature_width(clip: Any, recipe: str, facts: RecipeFacts | None) -> int:
     """Values per image the backbone gives for ``recipe`` (the head's input width)."""
-    from nsnet.backbones import recipes
-
-    if recipe in ("composite", "clip_crop"):
-        return int(clip.embed_dim)
-    if recipe == "cozzolino":
-        return int(clip.model.visual.ln_post.normalized_shape[0])
-    layers = facts.layers if facts is not None else "all"
-    blocks = recipes.all_layers(clip) if isinstance(layers, str) else layers
-    return len(blocks) * int(clip.model.visual.transformer.width)
+    rec = RECIPES.get(recipe)
+    return rec.width(clip, rec.inference_spec(facts))
 
 
 def as_cached(features: torch.Tensor) -> torch.Tensor:
@@ -168,7 +163,7 @@ def as_cached(features: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def head_logits(chain: Chain, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
     """Head logits for (B, d) image and text features (any device; returned on CPU)."""
-    device = next(chain.head.parameters()).device
+    device = device_of(chain.head)
     return chain.head(image.to(device).float(), text.to(device).float()).logit.cpu()
 
 
@@ -179,7 +174,7 @@ def semantic_shares(chain: Chain, image: torch.Tensor, text: torch.Tensor) -> np
     ``x`` is the feature the head sees (normalised for nsnet/advanced); 0 for the probes and
     the baselines, which remove nothing.
     """
-    device = next(chain.head.parameters()).device
+    device = device_of(chain.head)
     out = chain.head(image.to(device).float(), text.to(device).float())
     return out.removed_share.cpu().numpy()
 
@@ -195,8 +190,8 @@ class Features:
 def compute_features(chain: Chain, images: Sequence[np.ndarray], ids: Sequence[str]) -> Features:
     """The head's input features of decoded images, as the training chain made them (and the
     captions, when the chain computes them)."""
-    if chain.recipe != "composite":
-        return Features([], [""] * len(images), _recipe_features(chain, images),
+    if not RECIPES.get(chain.recipe).patch_orders:
+        return Features([], [""] * len(images), _recipe_features(chain, images, ids),
                         torch.zeros((len(images), 0)))
     assert chain.spec is not None
     selections = select_batch(list(images), list(ids), chain.spec)
@@ -217,18 +212,14 @@ def compute_features(chain: Chain, images: Sequence[np.ndarray], ids: Sequence[s
     return Features(selections, captions, image, text)
 
 
-def _recipe_features(chain: Chain, images: Sequence[np.ndarray]) -> torch.Tensor:
-    """A baseline's input: the test-time crop (crop 0), through the backbone as in extract."""
-    from nsnet.backbones import recipes
-
-    if chain.recipe == "cozzolino":
-        pixels = np.stack([recipes.cozzolino_pixels(rgb) for rgb in images])
-        return as_cached(recipes.cozzolino_features(chain.clip, pixels, chain.amp))
-    crops = np.stack([recipes.center_crop(rgb) for rgb in images])
-    if chain.recipe == "clip_crop":
-        return as_cached(recipes.clip_crop_embeddings(chain.clip, crops, chain.amp))
-    tokens = recipes.clip_layers(chain.clip, crops, chain.layers, chain.amp)
-    return as_cached(tokens.flatten(1))
+def _recipe_features(chain: Chain, images: Sequence[np.ndarray], ids: Sequence[str]
+                     ) -> torch.Tensor:
+    """A crop recipe's input (its test-time kind, crop 0), computed as extract computes it:
+    the recipe's own ``derive`` + ``embed`` (``Recipe.infer``), rows flattened."""
+    rec = RECIPES.get(chain.recipe)
+    bb = chain.config.backbones
+    spec = rec.inference_spec(bb.recipe if bb is not None else None)
+    return as_cached(rec.infer(chain.clip, spec, images, ids, chain.amp))
 
 
 def first_view(image: torch.Tensor) -> torch.Tensor:

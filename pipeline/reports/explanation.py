@@ -54,6 +54,11 @@ class Explanation:
     input_kind: str = "composite"  # "composite" (the selected patches) or "crop" (a baseline's
     # 224 px crop in 7 x 7 tiles; then ``image`` is that crop and rows/cols are within it)
 
+    @property
+    def on_patches(self) -> bool:
+        """Whether the input attributed is the selected patches' composite (else a crop)."""
+        return self.input_kind != "crop"
+
     def top(self, k: int = 5, sign: int = 1) -> list[PatchReport]:
         """The ``k`` patches that pushed most toward generated (sign=1) or real (sign=-1)."""
         ranked = sorted(self.patches, key=lambda p: -sign * p.contribution)

@@ -107,7 +107,7 @@ def explanation_figure(ex: Explanation, k: int = 5) -> plt.Figure:
             ax.text(col + s / 2, row + s / 2, str(min(ranks)), color="white",
                     fontsize=9, fontweight="bold", ha="center", va="center",
                     bbox={"boxstyle": "circle,pad=0.15", "fc": "black", "alpha": 0.7, "lw": 0})
-    what = (f"the {len(ex.patches)} selected {s}px patches" if ex.input_kind == "composite"
+    what = (f"the {len(ex.patches)} selected {s}px patches" if ex.on_patches
             else f"the {ex.head} head's {ex.image.shape[1]}px crop in {s}px tiles")
     ax.set_title(f"{Path(ex.path).name}  ({ex.width}x{ex.height})\n{what}, coloured by "
                  "contribution", fontsize=10)
@@ -126,7 +126,7 @@ def explanation_figure(ex: Explanation, k: int = 5) -> plt.Figure:
             ax.text(c * s + s / 2, r * s + s / 2, str(top[p.index]), color="white", fontsize=9,
                     fontweight="bold", ha="center", va="center")
     ax.set_title(f"composite the detector sees\n({g}x{g} grid: {ex.spec.n_low} smooth + "
-                 f"{ex.spec.n_high} textured patches)" if ex.input_kind == "composite" else
+                 f"{ex.spec.n_high} textured patches)" if ex.on_patches else
                  f"crop the detector sees\n({g}x{g} tiles, each occluded in turn)", fontsize=10)
     ax.axis("off")
     bar = fig.colorbar(im, ax=ax, orientation="horizontal", fraction=0.05, pad=0.03)
@@ -151,7 +151,7 @@ def explanation_figure(ex: Explanation, k: int = 5) -> plt.Figure:
         *(["caption (BLIP):", *textwrap.wrap(f"“{ex.caption}”", 44), ""] if ex.caption
           else []),
         *([f"semantic part removed from the CLIP feature:\n  ||x - Px|| / ||x|| = "
-           f"{100 * ex.semantic_removed:.1f}%", ""] if ex.input_kind == "composite"
+           f"{100 * ex.semantic_removed:.1f}%", ""] if ex.on_patches
           else [f"the {ex.head} head reads the crop's features as they are", "(it removes no "
                 "semantic part)", ""]),
         f"top {len(top)} patches toward generated: {n_low} smooth (low entropy),",

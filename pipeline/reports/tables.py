@@ -29,6 +29,7 @@ from typing import Any
 
 from nsnet.data.presets import Published, published_results
 from nsnet.evaluation.matrix import FALLBACK, MEAN, fallback_rows, grid
+from nsnet.heads.method import is_training_free
 
 FORMATS = ("markdown", "latex", "csv")
 METRICS = {"acc": "accuracy", "ap": "AP"}
@@ -166,6 +167,8 @@ def main_tables(compare: dict[str, Any] | None, evaluate: dict[str, Any] | None,
     quoted = published_results(preset) if preset != "none" else []
     n_seeds = max(len(t.get("seeds") or ()) for t in methods.values()) or 1
     mean_label = first.get("mean_label", "mean")
+    free = [h for h in methods if is_training_free(
+        ((compare or {}).get("heads", {}).get(h) or {}).get("training") or {})]
     out = []
     for metric in metrics:
         rows = [Row(name, [*(_cell(t, metric, c) for c in columns), _cell(t, metric, None)])
@@ -173,6 +176,8 @@ def main_tables(compare: dict[str, Any] | None, evaluate: dict[str, Any] | None,
         rows += [_quoted_row(p, metric, len(columns)) for p in quoted
                  if (p.acc if metric == "acc" else p.ap) is not None]
         notes = [f"Methods trained here ({origin}); {mean_label} = over the test rows."]
+        if free:
+            notes.append(f"Training-free (fit without a gradient step): {', '.join(free)}.")
         if n_seeds > 1:
             notes.append(f"mean ± sample std over {n_seeds} seeds (train.seeds).")
         if missing:

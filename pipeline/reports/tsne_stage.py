@@ -17,6 +17,7 @@ import torch
 from nsnet.config import Params
 from nsnet.extraction.cached_features import FeatureSet, load_features
 from nsnet.heads.bundle import load_bundle
+from nsnet.heads.output import device_of
 
 
 @torch.no_grad()
@@ -24,7 +25,7 @@ def before_after(model: torch.nn.Module, fs: FeatureSet, batch_size: int = 4096
                  ) -> tuple[np.ndarray, np.ndarray]:
     """(head input x, projected Px) for every row, as float32 arrays."""
     model.eval()
-    device = next(model.parameters()).device
+    device = device_of(model)
     xs, ps = [], []
     for i in range(0, len(fs), batch_size):
         x = fs.image[i:i + batch_size].to(device).float()

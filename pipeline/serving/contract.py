@@ -62,15 +62,16 @@ DetectUnavailable = schemas.error_model(
 
 def bundle_patch_size(model_dir: str | Path) -> int | None:
     """The smallest image side the bundle scores, from its config.json: the patch size (the
-    composite recipe) or 1 (the baselines' crops pad smaller images); None if it cannot be read
+    composite recipe) or 1 (the other recipes' crops pad smaller images); None if it cannot be read
     (the server then reports the load error at /readyz)."""
     from nsnet.heads.bundle import read_config
+    from nsnet.registry import RECIPES
 
     try:
         config = read_config(model_dir)
     except (OSError, ValueError):
         return None
-    if config.head.recipe != "composite":
+    if not RECIPES.get(config.head.recipe).patch_orders:  # a crop: smaller images are padded
         return 1
     patches = config.backbones.patches if config.backbones else None
     return patches.size if patches else None
