@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from nsnet.extraction.settings import kind_base, kind_view
+from nsnet.extraction.settings import crop_kind, kind_base, kind_view
 
 if TYPE_CHECKING:
     import torch
@@ -80,6 +80,8 @@ class Recipe:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        if not cls.name:  # an abstract family (CroppedRecipe): its subclasses name themselves
+            return
         cls.kind_bases = cls.kind_bases or (cls.name,)
         cls.pixel_bases = cls.pixel_bases or cls.kind_bases
         cls.read_bases = cls.read_bases or cls.kind_bases
@@ -221,3 +223,54 @@ def center_tower(run: RecipeRun, pixels: np.ndarray) -> tuple[np.ndarray, np.nda
                                   lambda p: recipes.image_tower(clip, p, chosen, amp))
             run.shared[SHARED_TOWER] = (emb, toks)
     return run.shared[SHARED_TOWER]
+
+
+class CroppedRecipe(Recipe):
+    """A recipe over 224 px crops of each image, one part per crop: crop 0 is the test-time
+    center crop (every image; one forward pass shared with the other cropped recipes,
+    ``center_tower``), crops 1..K-1 the paper's training augmentation (training images only),
+    seeded by (image id, crop). A subclass names its augmentation (``augment``, an ``Augment``
+    of ``nsnet.backbones.recipes``), which output of the shared pass is its crop 0
+    (``tower_output``) and how it embeds the other crops (``embed_crops``)."""
+
+    augment: str = ""  # e.g. "UNIVFD_TRAIN"
+    tower_output: int = 0  # center_tower's (embedding, class tokens) index
+
+    def training_only(self, kind: str) -> bool:
+        return kind_view(kind) > 0
+
+    def task(self, run: RecipeRun) -> tuple[int, ...] | None:
+        return run.views(self.name) or None  # the crop indices
+
+    def derive(self, task: tuple[int, ...], rgb: np.ndarray, work: ImageWork, j: int
+               ) -> dict[str, np.ndarray]:
+        from nsnet.backbones import recipes
+
+        spec = getattr(recipes, self.augment)
+        crops = recipes.crop_set(rgb, work.image_id, max(task) + 1, spec)
+        return {self.name: crops[list(task)]}
+
+    def embed_crops(self, run: RecipeRun, pixels: np.ndarray) -> np.ndarray:
+        """The rows of augmented crops (B, S, S, 3) uint8."""
+        raise NotImplementedError
+
+    def embed(self, run: RecipeRun, task: tuple[int, ...], batch: Mapping[str, torch.Tensor]
+              ) -> dict[str, Sequence[Any]]:
+        out = {}
+        for i, view in enumerate(task):
+            pixels = batch[self.name][:, i].numpy()
+            rows = self.embed_crops(run, pixels) if view else \
+                center_tower(run, pixels)[self.tower_output]  # the test-time crop
+            out[crop_kind(self.name, view)] = rows.astype(np.float16)
+        return out
+
+    def test_kinds(self, settings: ExtractSettings | None) -> tuple[str, ...]:
+        return (crop_kind(self.name, 0),)
+
+    def train_kinds(self, settings: ExtractSettings) -> tuple[str, ...]:
+        return tuple(crop_kind(self.name, k) for k in range(1, settings.spec(self.name).crops))
+
+    def test_pixels(self, rgb: np.ndarray) -> np.ndarray:
+        from nsnet.backbones import recipes
+
+        return recipes.center_crop(rgb)

@@ -9,7 +9,6 @@ by (image id, crop), for training images only. Crop 0 shares one forward pass wi
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -17,15 +16,14 @@ import numpy as np
 
 from nsnet.cache_store import Part
 from nsnet.config import Params
-from nsnet.extraction.recipe import MAIN, Recipe, RecipeRun, center_tower, in_chunks
-from nsnet.extraction.settings import ExtractSettings, crop_kind, kind_view
+from nsnet.extraction.recipe import MAIN, CroppedRecipe, RecipeRun, in_chunks
+from nsnet.extraction.settings import ExtractSettings, crop_kind
 from nsnet.provenance import code_fingerprint
 from nsnet.registry import RECIPES
 
 if TYPE_CHECKING:
-    import torch
 
-    from nsnet.extraction.image_pass import ImageWork
+    pass
 
 
 @dataclass(frozen=True)
@@ -35,9 +33,11 @@ class CropSpec:
     crops: int
 
 
-class ClipCrop(Recipe):
+class ClipCrop(CroppedRecipe):
     name = "clip_crop"
     rank = 10
+    augment = "UNIVFD_TRAIN"
+    tower_output = 0  # the projected embedding
 
     def spec(self, params: Params) -> CropSpec:
         return CropSpec(1 + params.recipes.crop_augmentations)
@@ -57,47 +57,15 @@ class ClipCrop(Recipe):
             **base, "crop": k, "augment": "univfd" if k else "center_crop", "code": code})
             for k in range(settings.spec(self.name).crops)}
 
-    def training_only(self, kind: str) -> bool:
-        return kind_view(kind) > 0
-
-    def task(self, run: RecipeRun) -> tuple[int, ...] | None:
-        return run.views(self.name) or None  # the crop indices
-
-    def derive(self, task: tuple[int, ...], rgb: np.ndarray, work: ImageWork, j: int
-               ) -> dict[str, np.ndarray]:
+    def embed_crops(self, run: RecipeRun, pixels: np.ndarray) -> np.ndarray:
         from nsnet.backbones import recipes
 
-        crops = recipes.crop_set(rgb, work.image_id, max(task) + 1, recipes.UNIVFD_TRAIN)
-        return {self.name: crops[list(task)]}
-
-    def embed(self, run: RecipeRun, task: tuple[int, ...], batch: Mapping[str, torch.Tensor]
-              ) -> dict[str, Sequence[Any]]:
-        from nsnet.backbones import recipes
-
-        clip, out = run.models[MAIN], {}
-        for i, view in enumerate(task):
-            pixels = batch[self.name][:, i].numpy()
-            if view:
-                (emb,) = in_chunks(run, pixels,
-                                   lambda p: recipes.clip_crop_embeddings(clip, p, run.amp))
-            else:  # the test-time crop: one pass with clip_layers' crop 0
-                emb = center_tower(run, pixels)[0]
-            out[crop_kind(self.name, view)] = emb.astype(np.float16)
-        return out
-
-    def test_kinds(self, settings: ExtractSettings | None) -> tuple[str, ...]:
-        return (crop_kind(self.name, 0),)
-
-    def train_kinds(self, settings: ExtractSettings) -> tuple[str, ...]:
-        return tuple(crop_kind(self.name, k) for k in range(1, settings.spec(self.name).crops))
+        clip = run.models[MAIN]
+        (emb,) = in_chunks(run, pixels, lambda p: recipes.clip_crop_embeddings(clip, p, run.amp))
+        return emb
 
     def inference_spec(self, facts: Any) -> CropSpec:
         return CropSpec(1)
-
-    def test_pixels(self, rgb: np.ndarray) -> np.ndarray:
-        from nsnet.backbones import recipes
-
-        return recipes.center_crop(rgb)
 
     def width(self, backbone: Any, spec: Any) -> int:
         return int(backbone.embed_dim)

@@ -9,7 +9,6 @@ augmentation, for training images only. Rows are (blocks, width); readers get th
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -17,15 +16,14 @@ import numpy as np
 
 from nsnet.cache_store import Part
 from nsnet.config import Params
-from nsnet.extraction.recipe import MAIN, Recipe, RecipeRun, center_tower, in_chunks
-from nsnet.extraction.settings import ExtractSettings, crop_kind, kind_view
+from nsnet.extraction.recipe import MAIN, CroppedRecipe, RecipeRun, in_chunks
+from nsnet.extraction.settings import ExtractSettings, crop_kind
 from nsnet.provenance import code_fingerprint
 from nsnet.registry import RECIPES
 
 if TYPE_CHECKING:
-    import torch
 
-    from nsnet.extraction.image_pass import ImageWork
+    pass
 
 
 @dataclass(frozen=True)
@@ -42,9 +40,11 @@ class LayersSpec:
         return None if isinstance(self.layers, str) else list(self.layers)
 
 
-class ClipLayers(Recipe):
+class ClipLayers(CroppedRecipe):
     name = "clip_layers"
     rank = 20
+    augment = "RINE_TRAIN"
+    tower_output = 1  # the class tokens of the blocks read
 
     def spec(self, params: Params) -> LayersSpec:
         r = params.recipes
@@ -69,53 +69,21 @@ class ClipLayers(Recipe):
             **base, "crop": k, "augment": "rine" if k else "center_crop", "layers": layers,
             "code": code}) for k in range(spec.crops)}
 
-    def training_only(self, kind: str) -> bool:
-        return kind_view(kind) > 0
-
-    def task(self, run: RecipeRun) -> tuple[int, ...] | None:
-        return run.views(self.name) or None  # the crop indices
-
-    def derive(self, task: tuple[int, ...], rgb: np.ndarray, work: ImageWork, j: int
-               ) -> dict[str, np.ndarray]:
-        from nsnet.backbones import recipes
-
-        crops = recipes.crop_set(rgb, work.image_id, max(task) + 1, recipes.RINE_TRAIN)
-        return {self.name: crops[list(task)]}
-
     def center_tokens(self, run: RecipeRun) -> tuple[int, ...] | str | None:
         return run.spec.layers if 0 in run.views(self.name) else None
 
-    def embed(self, run: RecipeRun, task: tuple[int, ...], batch: Mapping[str, torch.Tensor]
-              ) -> dict[str, Sequence[Any]]:
+    def embed_crops(self, run: RecipeRun, pixels: np.ndarray) -> np.ndarray:
         from nsnet.backbones import recipes
 
-        clip, chosen, out = run.models[MAIN], run.spec.chosen, {}
-        for i, view in enumerate(task):
-            pixels = batch[self.name][:, i].numpy()
-            if view:
-                (toks,) = in_chunks(run, pixels,
-                                    lambda p: recipes.clip_layers(clip, p, chosen, run.amp))
-            else:  # the test-time crop: one pass with clip_crop's crop 0
-                toks = center_tower(run, pixels)[1]
-            out[crop_kind(self.name, view)] = toks.astype(np.float16)
-        return out
-
-    def test_kinds(self, settings: ExtractSettings | None) -> tuple[str, ...]:
-        return (crop_kind(self.name, 0),)
-
-    def train_kinds(self, settings: ExtractSettings) -> tuple[str, ...]:
-        return tuple(crop_kind(self.name, k) for k in range(1, settings.spec(self.name).crops))
+        clip, chosen = run.models[MAIN], run.spec.chosen
+        (toks,) = in_chunks(run, pixels, lambda p: recipes.clip_layers(clip, p, chosen, run.amp))
+        return toks
 
     def bundle_facts(self, spec: LayersSpec) -> dict[str, Any]:
         return {"layers": spec.layers}
 
     def inference_spec(self, facts: Any) -> LayersSpec:
         return LayersSpec(1, facts.layers if facts is not None else "all")
-
-    def test_pixels(self, rgb: np.ndarray) -> np.ndarray:
-        from nsnet.backbones import recipes
-
-        return recipes.center_crop(rgb)
 
     def width(self, backbone: Any, spec: LayersSpec) -> int:
         from nsnet.backbones import recipes
