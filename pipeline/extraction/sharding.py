@@ -27,9 +27,10 @@ class Interrupted(KeyboardInterrupt):
 
 
 class _CtrlC:
-    """SIGINT raises KeyboardInterrupt as usual and is also remembered: CPython drops the
-    exception when the signal lands in a finalizer or a weakref callback ("Exception ignored
-    in ..."), and the run must stop all the same (at the next shard)."""
+    """SIGINT during the shards is remembered, not raised where it lands: raised inside a
+    finalizer or a weakref callback, CPython would print "Exception ignored in ..." with a
+    traceback and drop it. ``check`` raises it at a safe point instead: between shards and
+    after every batch (the progress callback), so a Ctrl-C stops the run within a batch."""
 
     def __init__(self) -> None:
         self.hit = False
@@ -37,7 +38,6 @@ class _CtrlC:
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.hit = True
-        raise KeyboardInterrupt
 
     def __enter__(self) -> _CtrlC:
         if (threading.current_thread() is threading.main_thread()
@@ -68,11 +68,20 @@ def run(shards: Sequence[Any], compute: Callable[..., int], scheduler: str = "",
             done = _run_dask(list(shards), compute, scheduler, bar)
         else:
             with _CtrlC() as ctrl_c:
-                for shard in shards:
+                def progress(n: int) -> None:
+                    bar.update(n)
                     ctrl_c.check()
-                    compute(shard, progress=bar.update)
-                    done += 1
-                ctrl_c.check()
+
+                try:
+                    for shard in shards:
+                        ctrl_c.check()
+                        compute(shard, progress=progress)
+                        done += 1
+                    ctrl_c.check()
+                except Exception:
+                    if ctrl_c.hit:  # e.g. decoding workers that the same Ctrl-C stopped
+                        raise KeyboardInterrupt from None
+                    raise
     except KeyboardInterrupt:
         bar.close()
         raise Interrupted(
