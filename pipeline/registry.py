@@ -44,12 +44,13 @@ class Registry(Generic[T]):
         self._entries: dict[str, T] = {}
         self._old: dict[str, tuple[str, str]] = {}  # old name -> (current name, why)
         self._complete = False
+        self._files: list[str] | None = None
 
     # --- filled by the owners ---------------------------------------------------------------
     def register(self, name: str, entry: T, old_names: Sequence[str] = (), why: str = "") -> T:
         """Add ``entry`` under ``name`` (once); ``old_names`` resolve to it (``why``: the
         explanation a user who names one reads)."""
-        if self.package and name != self._module_stem(name):
+        if self.package and name not in self._module_names():
             raise ValueError(f"{self.kind} {name!r} must live in {self.package}.{name}")
         if name in self._entries and self._entries[name] is not entry:
             raise ValueError(f"{self.kind} {name!r} is registered twice")
@@ -116,13 +117,12 @@ class Registry(Generic[T]):
         return f"{name!r} is not one of {', '.join(self.names())}"
 
     # --- internals ----------------------------------------------------------------------------
-    def _module_stem(self, name: str) -> str:
-        return name if name in self._module_names() else ""
-
     def _module_names(self) -> list[str]:
-        pkg = importlib.import_module(self.package)
-        return [m.name for m in pkgutil.iter_modules(pkg.__path__)
-                if not m.name.startswith("_") and not m.ispkg]
+        if self._files is None:  # the package's files do not change while a process runs
+            pkg = importlib.import_module(self.package)
+            self._files = [m.name for m in pkgutil.iter_modules(pkg.__path__)
+                           if not m.name.startswith("_") and not m.ispkg]
+        return self._files
 
     def _load_all(self) -> None:
         if self._complete:

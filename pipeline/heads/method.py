@@ -23,7 +23,7 @@ under ``methods.<name>`` when it has settings): docs/heads.md, "Adding a detecto
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -99,7 +99,6 @@ class Method:
     settings: type | None = None
     old_names: tuple[str, ...] = ()
     renamed_why: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)  # anything only its module reads
 
     @property
     def training_free(self) -> bool:
